@@ -1,0 +1,3 @@
+from ftml.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""Command line: options -> typed config -> library API; FtmlErrors -> one line, exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ftml import __version__
+from ftml.config import Config, load_config
+from ftml.errors import FtmlError
+
+EXIT_BAD_INPUT = 2
+
+
+def _clean_errors(fn):
+    """Library errors become one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FtmlError as exc:
+            click.echo(f"ftml: error: {exc.one_line()}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("ftml: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _read_options(fn):
+    """Options of the metric data contract, shared by every command that reads metrics."""
+    for opt in reversed([
+        click.option("--timestamp-col", help="Name of the timestamp column."),
+        click.option("--entity-col", help="Name of the entity column (host, pod, service)."),
+        click.option("--step", help="Sampling step, e.g. 60s (default: inferred)."),
+        click.option("--exclude", multiple=True, help="Non-numeric column to ignore."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
+    r = config.read
+    if timestamp_col:
+        r.timestamp_col = timestamp_col
+    if entity_col:
+        r.entity_col = entity_col
+    if step:
+        r.step = step
+    if exclude:
+        r.exclude = list(r.exclude) + list(exclude)
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ftml")
+def main():
+    """ftml: detect incidents in metrics, diagnose their cause, recover safely."""
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--entities", default=8, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--days", default=7.0, show_default=True, type=click.FloatRange(0.05, 3650))
+@click.option("--step", default="60s", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True)
+@_clean_errors
+def simulate(out, entities, days, step, seed, start, fmt):
+    """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv."""
+    from ftml.simulate import write_simulation
+
+    summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
+                               seed=seed, start=start)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command()
+@click.option("--metrics", "metrics", multiple=True, required=True,
+              help="Metric file, directory or glob (repeatable).")
+@click.option("--incidents", type=click.Path(dir_okay=False), help="Labelled incidents file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="ftml.yaml")
+@click.option("--classifier", type=click.Choice(["tree", "svm", "forest"]))
+@click.option("--alarm-budget", type=click.FloatRange(min=0.0),
+              help="False alarms per entity per day (default 0.2).")
+@click.option("--window", type=click.IntRange(min=2), help="Steps per window (default 15).")
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False), help="rules.yaml")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_read_options
+@_clean_errors
+def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
+          quiet, timestamp_col, entity_col, step, exclude):
+    """Train a model from historical metrics (and incidents) into --out."""
+    from ftml import api
+
+    config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude)
+    if classifier:
+        config.diagnose.classifier = classifier
+    if alarm_budget is not None:
+        config.detect.alarm_budget = alarm_budget
+    if window:
+        config.features.window = window
+    result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
+                       quiet=quiet)
+    m = result.manifest
+    cal = m["calibration"]
+    click.echo(f"model {m['model_version']} -> {out}")
+    click.echo(f"  metrics: {len(m['metrics'])}  entities: {m['training']['entities']}  "
+               f"rows: {m['training']['rows']}  counters: {', '.join(m['counters']) or '-'}")
+    click.echo(f"  threshold {cal['threshold']:.4f}: {cal['false_alarms_per_entity_day']:.3f} "
+               f"false alarms per entity-day on calibration (budget {cal['alarm_budget']})")
+    if m["causes"]:
+        conf = m["min_confidence"]
+        click.echo(f"  causes: {', '.join(m['causes'])}" +
+                   (f"  (abstains below confidence {conf:.2f})" if conf is not None else ""))
+    click.echo(f"  took {m['training']['seconds']} s")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--metrics", "metrics", multiple=True, required=True,
+              help="Metric file, directory or glob (repeatable).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Events file: .jsonl, .csv or .parquet.")
+@click.option("--windows-out", type=click.Path(dir_okay=False), help="Per-window scores file.")
+@click.option("--playbooks", type=click.Path(dir_okay=False), help="Playbook file (recommend).")
+@click.option("--chunk-rows", type=click.IntRange(min=1000), default=1_000_000, show_default=True,
+              help="Rows read at a time: bounds memory for large inputs.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_clean_errors
+def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet):
+    """Score metric files with a trained model; write one row per event to --out."""
+    from ftml import api
+
+    result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
+                       playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+    by_cause: dict[str, int] = {}
+    for ev in result.events:
+        by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
+    causes = ", ".join(f"{c}={n}" for c, n in sorted(by_cause.items())) or "-"
+    click.echo(f"{len(result.events)} events ({causes}) in {result.windows} windows of "
+               f"{result.entities} entities, {result.seconds} s -> {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@_clean_errors
+def explain(model_dir):
+    """Print what a model learned: its diagnosis rules, threshold and calibration."""
+    from ftml.bundle import load_model
+
+    model = load_model(model_dir)
+    m = model.manifest
+    click.echo(f"model {m['model_version']}: {len(model.metrics)} metrics, window "
+               f"{model.featurizer.window} steps of {model.step}, threshold {model.threshold:.4f}")
+    click.echo("features are robust z-scores against each entity's own baseline "
+               "(metric:stat)")
+    for r in model.rules:
+        click.echo(f"rule: {r}")
+    if model.diagnoser is None:
+        click.echo("no classifier: detection only (causes from rules or 'unknown')")
+        return
+    click.echo(f"diagnosis ({model.diagnoser.classifier}); abstains as 'unknown' below "
+               f"confidence {model.diagnoser.min_confidence_:.2f}:")
+    click.echo(model.diagnoser.explain(model.featurizer.feature_names_))
+
+
+def _path(p) -> Path | None:
+    return Path(p) if p else None
+
+
+if __name__ == "__main__":
+    main()

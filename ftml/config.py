@@ -1,0 +1,145 @@
+"""Typed configuration: the one home of ftml's defaults.
+
+Loaded from a YAML file (``--config ftml.yaml``) whose top-level sections match the
+dataclasses below; command-line options then override single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ftml.errors import ConfigError
+
+
+@dataclass
+class ReadConfig:
+    """How metric files are read and normalised (the metric contract)."""
+
+    timestamp_col: str | None = None  # None: "timestamp", "time", "ts" or "date"
+    entity_col: str | None = None  # None: "entity", "host", "instance", "pod" or "service"
+    step: str | None = None  # e.g. "60s"; None: inferred from the median spacing
+    max_fill_steps: int = 3  # gaps up to this many steps are forward-filled
+    exclude: list[str] = field(default_factory=list)  # non-numeric columns to drop
+
+
+@dataclass
+class FeatureConfig:
+    window: int = 15  # steps per window
+    stride: int = 1
+    hour_of_day: bool = False  # learn baselines per hour of day
+
+
+@dataclass
+class DetectConfig:
+    n_estimators: int = 200
+    max_samples: int = 512
+    random_state: int = 0
+    alarm_budget: float = 0.2  # false alarms per entity per day
+    calibration_fraction: float = 0.25  # later slice of training held out for the threshold
+    min_windows: int = 3  # k of ...
+    of_windows: int = 5  # ... n flagged windows open an event
+    merge_gap: int = 10  # steps: flags closer than this belong to one event
+    cooldown: int = 30  # steps after an event ends before a new one may open
+    top_metrics: int = 3
+
+
+@dataclass
+class DiagnoseConfig:
+    classifier: str = "tree"  # tree | svm | forest
+    max_depth: int = 6
+    target_precision: float = 0.9  # confidence cut: answers above it are this often right
+    max_event_windows: int = 32  # windows of an event that the classifier looks at
+
+
+@dataclass
+class Config:
+    read: ReadConfig = field(default_factory=ReadConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        if not isinstance(data, dict):
+            raise ConfigError("top level must be a mapping of sections", source=source,
+                              hint="e.g. 'detect: {alarm_budget: 0.2}'")
+        sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in sections:
+                kwargs[name] = _section(_SECTION_TYPES[name], value, source, name)
+            else:
+                extra[name] = value
+        return cls(**kwargs, extra=extra)
+
+
+_SECTION_TYPES = {"read": ReadConfig, "features": FeatureConfig, "detect": DetectConfig,
+                  "diagnose": DiagnoseConfig}
+
+
+def _section(kind: type, value: Any, source: str, name: str):
+    if value is None:
+        return kind()
+    if not isinstance(value, dict):
+        raise ConfigError("section must be a mapping", source=source, where=name)
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    for key, v in value.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{key}'", source=source, where=name,
+                              hint=f"known keys: {', '.join(sorted(known))}")
+        default = getattr(kind(), key)
+        if default is not None and not isinstance(default, list) and v is not None:
+            want = type(default)
+            ok = isinstance(v, want) or (want is float and isinstance(v, int))
+            if not ok or (want is int and isinstance(v, bool)):
+                raise ConfigError(f"'{key}' must be {want.__name__}, got {v!r}", source=source,
+                                  where=f"{name}.{key}")
+    return kind(**value)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise ConfigError("not valid YAML", source=str(path), where=where) from None
+    return Config.from_dict(data, source=str(path))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float, what: str = "duration") -> pd.Timedelta:
+    """'60s', '5m', '1h', '2d' or a number of seconds -> Timedelta."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ConfigError(f"cannot read {what} {text!r}", hint="write e.g. 60s, 5m, 1h or 2d")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be positive, got {text!r}")
+    return pd.Timedelta(seconds=seconds)
