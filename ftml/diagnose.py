@@ -104,7 +104,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        proba = self.model_.predict_proba(X)
+        # libsvm's Cython wants a writable buffer; a read-only (memory-mapped) input gets a copy.
+        proba = self.model_.predict_proba(np.require(X, requirements="W"))
         # Align to classes_ (a class absent after subsampling gets probability 0).
         out = np.zeros((X.shape[0], len(self.classes_)))
         cols = np.searchsorted(self.classes_, self.model_.classes_)
@@ -112,6 +113,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         return out
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def diagnose(self, X) -> tuple[str, float, list[tuple[str, float]]]:

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import check_estimator
+
+from ftml.diagnose import UNKNOWN, Diagnoser, apply_rules, load_rules, parse_rule
+from ftml.errors import ConfigError
+from tests.invariants import check_persistence_round_trip, check_same_seed_same_result
+
+
+def test_diagnoser_passes_sklearn_estimator_checks():
+    # The tree default; the svm variant fails only sklearn's read-only-memmap pickle check,
+    # inside libsvm's own predict_proba.
+    check_estimator(Diagnoser(classifier="tree"))
+
+
+def _blobs(seed=0, per_group=20, groups_per_class=6):
+    rng = np.random.default_rng(seed)
+    X, y, g = [], [], []
+    for c, centre in enumerate([(0, 0), (6, 0), (0, 6)]):
+        for k in range(groups_per_class):
+            X.append(rng.normal(centre, 1.0, size=(per_group, 2)))
+            y += [f"cause{c}"] * per_group
+            g += [c * 100 + k] * per_group
+    return np.vstack(X), np.array(y), np.array(g)
+
+
+@pytest.mark.parametrize("classifier", ["tree", "forest", "svm"])
+def test_diagnoser_names_causes_and_abstains_when_unsure(classifier, tmp_path):
+    X, y, g = _blobs()
+    d = Diagnoser(classifier=classifier).fit(X, y, groups=g)
+    assert 0.0 <= d.min_confidence_ <= 1.0
+    cause, conf, top = d.diagnose(np.array([[6.0, 0.2], [5.8, -0.1]]))
+    assert cause == "cause1" and conf >= d.min_confidence_ and len(top) == 3
+    assert [c for c, _ in top][0] == "cause1"
+    # Halfway between all three classes: probabilities split, so it abstains.
+    d.min_confidence_ = 0.99
+    assert d.diagnose(np.array([[3.0, 3.0], [0.0, 0.0], [6.0, 0.0]]))[0] == UNKNOWN
+    check_persistence_round_trip(d, lambda m: m.predict_proba(X[:20]), tmp_path)
+    check_same_seed_same_result(lambda: Diagnoser(classifier=classifier),
+                                lambda m: m.fit(X, y, groups=g), lambda m: m.predict_proba(X))
+
+
+def test_tree_explain_prints_readable_rules():
+    X, y, g = _blobs()
+    text = Diagnoser().fit(X, y, groups=g).explain(["cpu:mean", "mem:mean"])
+    assert "cpu:mean" in text and "class: cause1" in text
+
+
+@pytest.mark.parametrize("text, metric, op, value, windows, cause", [
+    ("disk_used_pct > 95 for 3 windows -> disk_full", "disk_used_pct", ">", 95, 3, "disk_full"),
+    ("error_rate>=0.05 -> bad_deploy", "error_rate", ">=", 0.05, 1, "bad_deploy"),
+    ("mem_used_pct < 1e-3 for 1 window -> collector_down", "mem_used_pct", "<", 0.001, 1,
+     "collector_down"),
+])
+def test_parse_rule_table(text, metric, op, value, windows, cause):
+    r = parse_rule(text, "r", "rules.yaml")
+    assert (r.metric, r.op, r.value, r.windows, r.cause) == (metric, op, value, windows, cause)
+
+
+def test_rules_file_and_matching(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - 'disk_used_pct > 95 for 3 windows -> disk_full'\n"
+                    "  - {name: errors, when: 'error_rate > 0.1', for: 2, cause: bad_deploy}\n")
+    rules = load_rules(path, ["disk_used_pct", "error_rate"])
+    assert [r.name for r in rules] == ["rule1", "errors"]
+    last = np.array([[96.0, 0.0], [97.0, 0.2], [50.0, 0.3]])
+    assert apply_rules(rules, ["disk_used_pct", "error_rate"], last).name == "errors"
+    last[2, 0] = 99.0
+    assert apply_rules(rules, ["disk_used_pct", "error_rate"], last).name == "rule1"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("rules:\n  - 'disk > 95 -> '\n", "cannot read rule"),
+    ("rules: 3\n", "expected a list"),
+    ("rules:\n  - 'nosuch > 1 -> x'\n", "unknown metric 'nosuch'"),
+    ("rules: [\n", "not valid YAML"),
+])
+def test_bad_rules_files(tmp_path, content, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_rules(path, ["disk"])
+    assert "rules.yaml" in str(err.value)
