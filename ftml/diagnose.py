@@ -52,7 +52,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                                                        random_state=self.random_state))
         if self.classifier == "forest":
             return RandomForestClassifier(n_estimators=200, min_samples_leaf=2,
-                                          class_weight="balanced", n_jobs=-1,
+                                          class_weight="balanced",
                                           random_state=self.random_state)
         raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, "
                          f"got {self.classifier!r}")

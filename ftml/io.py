@@ -3,6 +3,9 @@
 Every input is validated here, once, at the boundary; later stages trust a :class:`MetricData`:
 one frame sorted by entity then time, on a regular step per entity (missing steps present as
 rows of NaN), UTC timestamps and float64 metric columns.
+
+Errors are :class:`InputError` naming the file, the place (data rows count from 1 after the
+header) and what to do.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import glob
 import gzip
 import io as _io
+import itertools
 import json
 import os
+import re
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,10 +39,16 @@ INCIDENT_COLUMNS = ("entity", "start", "end", "cause")
 FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 FORMAT_HINT = "use .csv, .csv.gz, .parquet or .jsonl"
+TIMESTAMP_HINT = "use ISO 8601 (2026-01-05T10:00:00Z) or epoch seconds/milliseconds"
 
-# Epoch numbers are told apart by magnitude: seconds stay below 1e11 until the year 5138,
-# milliseconds since 1973 are above it; likewise for micro- and nanoseconds.
-_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (np.inf, "ns"))
+# Epoch numbers are told apart by magnitude, value by value: seconds stay below 1e11 until the
+# year 5138, milliseconds since 1973 are above it; likewise for micro- and nanoseconds.
+_EPOCH_UNITS = ((1e11, "s", 10**9), (1e14, "ms", 10**6), (1e17, "us", 10**3),
+                (np.inf, "ns", 1))
+# What datetime64[ns] can hold (years 1677-2262).
+_NS_MIN, _NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
 
 
 # --------------------------------------------------------------------------- files
@@ -90,47 +102,115 @@ def _known(path: Path) -> bool:
     return True
 
 
+def _check_file(path: Path) -> tuple[str, bool]:
+    """(format, gzipped) of a file that exists, is not empty and whose first bytes agree with its
+    name: a wrong suffix is caught here, with a clear message, before a parser trips on it."""
+    fmt, gz = file_format(path)
+    source = str(path)
+    if not path.exists():
+        raise InputError("file not found", source=source, hint="check the path")
+    if path.is_dir():
+        raise InputError("is a directory, not a file", source=source, hint="give a file path")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            if fmt == "parquet" and size >= 8:
+                fh.seek(-4, os.SEEK_END)
+                tail = fh.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", source=source,
+                         hint="check the file's permissions") from None
+    if size == 0:
+        raise InputError("file is empty", source=source, hint="give a file with a header and rows")
+    if gz and not head.startswith(_GZIP_MAGIC):
+        raise InputError("named .gz but not gzip-compressed", source=source,
+                         hint="drop the .gz suffix or compress the file with gzip")
+    if not gz and head.startswith(_GZIP_MAGIC):
+        hint = ("un-gzip it: parquet is compressed inside" if fmt == "parquet"
+                else f"name it {path.name}.gz")
+        raise InputError("file is gzip-compressed but not named .gz", source=source, hint=hint)
+    if fmt == "parquet":
+        if head != _PARQUET_MAGIC:
+            raise InputError("not a parquet file", source=source,
+                             hint="name the file after its format: .csv, .jsonl or .parquet")
+        if size < 8 or tail != _PARQUET_MAGIC:
+            raise InputError("parquet file is truncated (no footer)", source=source,
+                             hint="copy or export the file again")
+    elif head == _PARQUET_MAGIC:
+        raise InputError("file is parquet but not named .parquet", source=source,
+                         hint="name it .parquet")
+    return fmt, gz
+
+
 def read_table(path: str | Path, *, dtype_backend_numpy: bool = True) -> pd.DataFrame:
     """Read one CSV / JSON Lines / Parquet file (optionally gzipped) as it is."""
     path = Path(path)
-    fmt, gz = file_format(path)
-    if not path.exists():
-        raise InputError("file not found", source=str(path), hint="check the path")
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", source=str(path), hint="give a file with a header and rows")
-    try:
+    fmt, gz = _check_file(path)
+    with _read_errors(path, gz):
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "csv":
-            sep = "\t" if ".tsv" in path.name.lower() else ","
-            frame = pd.read_csv(path, sep=sep, compression="gzip" if gz else None,
-                                low_memory=False)
+            frame = next(_iter_csv(path, gz, None))
         else:
-            frame = _read_jsonl(path, gz)
-    except InputError:
-        raise
-    except (gzip.BadGzipFile, zlib.error, EOFError):
-        raise InputError("not a valid gzip file", source=str(path),
-                         hint="re-compress it with gzip or drop the .gz suffix") from None
-    except UnicodeDecodeError:
-        hint = "is it compressed? name it .gz" if not gz else "the file is not UTF-8 text"
-        raise InputError("cannot decode the file as text", source=str(path), hint=hint) from None
-    except pd.errors.EmptyDataError:
-        raise InputError("file is empty", source=str(path),
-                         hint="give a file with a header and rows") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(f"cannot parse CSV: {_first_line(exc)}", source=str(path),
-                         hint="every row needs as many fields as the header") from None
-    except OSError as exc:  # pyarrow raises ArrowInvalid (an OSError subclass is not guaranteed)
-        raise InputError(f"cannot read file: {_first_line(exc)}", source=str(path)) from None
-    except Exception as exc:  # pyarrow.lib.ArrowInvalid and friends: a broken parquet file
-        if type(exc).__module__.startswith("pyarrow"):
-            raise InputError(f"not a valid parquet file: {_first_line(exc)}",
-                             source=str(path)) from None
-        raise
+            opener = gzip.open if gz else open
+            with opener(path, "rt", encoding="utf-8-sig") as fh:
+                text = fh.read()
+            if not text.strip():
+                raise InputError("file is empty", source=str(path),
+                                 hint="give one JSON object per line")
+            frame = _parse_jsonl(text, path, 0)
     if frame.shape[0] == 0:
         raise InputError("file has a header but no rows", source=str(path), hint="add data rows")
     return frame
+
+
+@contextmanager
+def _read_errors(path: Path, gz: bool) -> Iterator[None]:
+    """Parser and decompression failures -> one InputError naming the file."""
+    source = str(path)
+    try:
+        yield
+    except InputError:
+        raise
+    except (gzip.BadGzipFile, zlib.error):
+        raise InputError("corrupt gzip data", source=source,
+                         hint="re-compress the file with gzip") from None
+    except EOFError:
+        raise InputError("gzip file is truncated", source=source,
+                         hint="copy or compress the file again") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source,
+                         hint="save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise InputError("file is empty", source=source,
+                         hint="give a file with a header and rows") from None
+    except pd.errors.ParserWarning:
+        # index_col=False turns a first row longer than the header into this warning (made an
+        # error): pandas would otherwise silently shift columns.
+        raise InputError("first data row has more fields than the header", source=source,
+                         where="line 2",
+                         hint="every row needs as many fields as the header") from None
+    except pd.errors.ParserError as exc:
+        raise _csv_error(exc, source) from None
+    except OSError as exc:
+        raise InputError(f"cannot read file: {_first_line(exc)}", source=source) from None
+    except Exception as exc:  # pyarrow.lib.ArrowInvalid and friends: a broken parquet file
+        if type(exc).__module__.startswith("pyarrow"):
+            raise InputError("not a valid parquet file (corrupt)", source=source,
+                             hint="copy or export the file again") from None
+        raise
+
+
+def _csv_error(exc: Exception, source: str) -> InputError:
+    text = _first_line(exc)
+    m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+    if m:
+        return InputError(f"row has {m.group(3)} fields, the header {m.group(1)}", source=source,
+                          where=f"line {m.group(2)}",
+                          hint="every row needs as many fields as the header")
+    return InputError(f"cannot parse CSV: {text}", source=source,
+                      hint="check quoting and the field separator")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,19 +218,47 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_jsonl(path: Path, gz: bool) -> pd.DataFrame:
-    opener = gzip.open if gz else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        text = fh.read()
-    if not text.strip():
-        raise InputError("file is empty", source=str(path), hint="give one JSON object per line")
-    try:
-        return pd.read_json(_io.StringIO(text), lines=True, convert_dates=False,
-                            dtype=False)
-    except ValueError:
-        pass
+def _iter_csv(path: Path, gz: bool, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """CSV in chunks (or whole with ``chunk_rows=None``), a too-long first row an error."""
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        # index_col=False: trailing commas do not turn the first column into an index.
+        reader = pd.read_csv(path, sep=sep, compression="gzip" if gz else None, index_col=False,
+                             low_memory=False, chunksize=chunk_rows)
+    if chunk_rows is None:
+        yield reader
+        return
+    with reader:
+        while True:
+            # The warnings filter is set around each read only: a generator must not leave it
+            # changed while suspended.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                chunk = next(reader, None)
+            if chunk is None:
+                return
+            yield chunk
+
+
+# Values as written: no guessing of dates or types (timestamps are parsed by the contract's
+# rules), floats exact. pandas 3 deprecates convert_dates; dtype=False alone stops it there.
+_JSON_OPTIONS: dict = {"lines": True, "dtype": False, "precise_float": True}
+if int(pd.__version__.split(".")[0]) < 3:
+    _JSON_OPTIONS["convert_dates"] = False
+
+
+def _parse_jsonl(text: str, path: Path, line_offset: int) -> pd.DataFrame:
+    """JSON Lines text -> frame; a line that is not a JSON object is an error naming it."""
+    # pandas takes a line holding an array or a bare value without complaint; find it first.
+    odd = _NOT_AN_OBJECT.search(text)
+    if odd is None:
+        try:
+            return pd.read_json(_io.StringIO(text), **_JSON_OPTIONS)
+        except (ValueError, TypeError):
+            pass
     # Slow path, only on error: find the line that is not a JSON object.
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), line_offset + 1):
         if not line.strip():
             continue
         try:
@@ -159,10 +267,14 @@ def _read_jsonl(path: Path, gz: bool) -> pd.DataFrame:
             raise InputError(f"not valid JSON ({exc.msg})", source=str(path),
                              where=f"line {lineno}", hint="write one JSON object per line") from None
         if not isinstance(obj, dict):
-            raise InputError("line is not a JSON object", source=str(path),
-                             where=f"line {lineno}", hint="write one JSON object per line")
+            kind = "a JSON array" if isinstance(obj, list) else "not a JSON object"
+            raise InputError(f"line is {kind}", source=str(path), where=f"line {lineno}",
+                             hint="write one JSON object per line, as JSON Lines")
     raise InputError("cannot read JSON Lines", source=str(path),
                      hint="write one JSON object per line")
+
+
+_NOT_AN_OBJECT = re.compile(r"^[ \t]*[^{\s]", re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- timestamps
@@ -172,52 +284,144 @@ def parse_timestamps(values: pd.Series, *, source: str, column: str,
                      row_offset: int = 0) -> pd.Series:
     """ISO 8601 (naive = UTC) or epoch s / ms / us / ns (by magnitude) -> UTC datetimes.
 
-    A value that does not parse is an error naming its row (1-based data row).
+    Forms may be mixed within a column. A value that does not parse is an error naming its row
+    (1-based data row).
     """
     s = values
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-    if pd.api.types.is_datetime64_dtype(s.dtype):
-        return s.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype):
+        out = s.dt.tz_convert("UTC") if isinstance(s.dtype, pd.DatetimeTZDtype) \
+            else s.dt.tz_localize("UTC")
+        if out.isna().any():
+            _bad_timestamp(values, np.flatnonzero(out.isna().to_numpy())[0], source, column,
+                           row_offset)
+        return _as_ns(out, values, source, column, row_offset)
+    if len(s) == 0:
+        return pd.Series([], index=s.index, dtype="datetime64[ns, UTC]")
     if pd.api.types.is_bool_dtype(s.dtype):
-        _bad_timestamp(s, s.index[0], source, column, row_offset)
-    if not pd.api.types.is_numeric_dtype(s.dtype):
-        numeric = pd.to_numeric(s, errors="coerce")
-        if numeric.notna().all():
-            s = numeric
+        _bad_timestamp(values, 0, source, column, row_offset)
     if pd.api.types.is_numeric_dtype(s.dtype):
-        if s.isna().any():
-            _bad_timestamp(values, s.index[s.isna().to_numpy()][0], source, column, row_offset)
-        magnitude = float(np.nanmedian(np.abs(s.to_numpy(dtype=float))))
-        unit = next(u for limit, u in _EPOCH_UNITS if magnitude < limit)
-        out = pd.to_datetime(s.to_numpy(dtype=float) if unit == "s" else s.to_numpy(dtype="int64"),
-                             unit=unit, utc=True)
-        return pd.Series(out, index=s.index).astype("datetime64[ns, UTC]")
-    text = s.astype("string")
+        missing = s.isna().to_numpy()
+        if missing.any():
+            _bad_timestamp(values, np.flatnonzero(missing)[0], source, column, row_offset)
+        ns = _epoch_to_ns(s.to_numpy(), values, np.arange(len(s)), source, column, row_offset)
+        return pd.Series(pd.to_datetime(ns, unit="ns", utc=True), index=s.index)
+    text = s.astype("string").str.strip()
+    missing = (text.isna() | (text == "")).to_numpy()
+    if missing.any():
+        _bad_timestamp(values, np.flatnonzero(missing)[0], source, column, row_offset)
+    # Numbers written as text are epochs; everything else must be a date.
+    number = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    is_epoch = ~np.isnan(number)  # "inf" too: an epoch out of range
+    ns = np.empty(len(s), dtype=np.int64)
+    if is_epoch.any():
+        # Parsed again on their own: integers stay int64, exact to the nanosecond.
+        epochs = pd.to_numeric(text[is_epoch]).to_numpy()
+        ns[is_epoch] = _epoch_to_ns(epochs, values, np.flatnonzero(is_epoch), source,
+                                    column, row_offset)
+    dates = ~is_epoch
+    if dates.any():
+        ns[dates] = _iso_to_ns(text[dates], values, np.flatnonzero(dates), source, column,
+                               row_offset)
+    return pd.Series(pd.to_datetime(ns, unit="ns", utc=True), index=s.index)
+
+
+def _epoch_to_ns(numbers: np.ndarray, values: pd.Series, rows: np.ndarray, source: str,
+                 column: str, row_offset: int) -> np.ndarray:
+    """Epoch numbers (each in s, ms, us or ns by its magnitude) -> int64 ns; ``rows`` are their
+    positions in ``values``, for errors."""
+    as_float = numbers.astype(np.float64)
+    magnitude = np.abs(as_float)
+    not_finite = ~np.isfinite(as_float)
+    if not_finite.any():
+        _bad_timestamp(values, rows[np.flatnonzero(not_finite)[0]], source, column, row_offset)
+    out = np.zeros(len(numbers), dtype=np.int64)
+    lower = 0.0
+    for limit, _unit, factor in _EPOCH_UNITS:  # four units: a loop over units, not rows
+        mask = (magnitude >= lower) & (magnitude < limit)
+        lower = limit
+        if not mask.any():
+            continue
+        too_big = mask & (magnitude * factor >= 9.2e18)
+        if too_big.any():
+            _bad_timestamp(values, rows[np.flatnonzero(too_big)[0]], source, column,
+                           row_offset, problem="timestamp out of range")
+        if numbers.dtype.kind in "iu":  # exact integer arithmetic
+            out[mask] = numbers[mask].astype(np.int64) * factor
+        else:
+            # Whole part exact; the fraction to the microsecond, the most a float64 epoch
+            # in seconds holds (digits past it are rounding noise).
+            whole = np.floor(as_float[mask])
+            tick = min(factor, 1000)
+            fraction = np.round((as_float[mask] - whole) * factor / tick).astype(np.int64) * tick
+            out[mask] = whole.astype(np.int64) * factor + fraction
+    return out
+
+
+def _iso_to_ns(text: pd.Series, values: pd.Series, rows: np.ndarray, source: str, column: str,
+               row_offset: int) -> np.ndarray:
+    """ISO 8601 text -> int64 ns; ``rows`` are their positions in ``values``, for errors."""
     try:
         out = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-    except (ValueError, TypeError):
-        out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+    except (ValueError, TypeError, OverflowError):
+        out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
     bad = out.isna().to_numpy()
+    ns = np.empty(len(text), dtype=np.int64)
+    good = ~bad
+    if good.any():
+        ns[good] = to_ns(_as_ns(out[good], values, source, column, row_offset, rows[good]))
     if bad.any():
-        # ISO8601 parsing is strict about one shape per column; retry the mixed ones.
-        retry = pd.to_datetime(text[bad], utc=True, format="mixed", errors="coerce")
-        out = out.copy()
-        out[bad] = retry
-        bad = out.isna().to_numpy()
-    if bad.any():
-        _bad_timestamp(values, s.index[bad][0], source, column, row_offset)
+        # ISO8601 parsing wants one shape per column; parse the odd ones one by one.
+        try:
+            retry = pd.to_datetime(text[bad], utc=True, format="mixed", errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            retry = pd.Series(pd.NaT, index=text.index[bad], dtype="datetime64[ns, UTC]")
+        failed = retry.isna().to_numpy()
+        if failed.any():
+            _bad_timestamp(values, rows[bad][np.flatnonzero(failed)[0]], source, column,
+                           row_offset)
+        ns[bad] = to_ns(_as_ns(retry, values, source, column, row_offset, rows[bad]))
+    return ns
+
+
+def _as_ns(out: pd.Series, values: pd.Series, source: str, column: str, row_offset: int,
+           rows: np.ndarray | None = None) -> pd.Series:
+    """UTC datetimes of any unit -> datetime64[ns, UTC]; a date it cannot hold is an error."""
+    outside = ((out < _NS_MIN) | (out > _NS_MAX)).to_numpy()
+    if outside.any():
+        pos = np.flatnonzero(outside)[0]
+        _bad_timestamp(values, pos if rows is None else rows[pos], source, column, row_offset,
+                       problem="timestamp out of range")
     return out.astype("datetime64[ns, UTC]")
 
 
-def _bad_timestamp(values: pd.Series, label, source: str, column: str, row_offset: int):
-    pos = values.index.get_loc(label)
-    raw = values.iloc[pos]
-    raise InputError(f"cannot parse timestamp {raw!r}", source=source,
-                     where=f"row {row_offset + pos + 1}, column '{column}'",
-                     hint="use ISO 8601 (2026-01-05T10:00:00Z) or epoch seconds/milliseconds")
+def _bad_timestamp(values: pd.Series, pos: int, source: str, column: str, row_offset: int,
+                   problem: str | None = None):
+    raw = values.iloc[int(pos)]
+    if problem is None:
+        problem = "empty timestamp" if _is_blank(raw) else f"cannot parse timestamp {_show(raw)}"
+    elif not _is_blank(raw):
+        problem += f": {_show(raw)}"
+    hint = ("dates must fall between the years 1678 and 2261" if "range" in problem
+            else TIMESTAMP_HINT)
+    raise InputError(problem, source=source,
+                     where=f"row {row_offset + int(pos) + 1}, column '{column}'", hint=hint)
 
 
+def _is_blank(value) -> bool:
+    try:
+        if pd.isna(value):
+            return True
+    except (TypeError, ValueError):  # lists, dicts
+        return False
+    return isinstance(value, str) and not value.strip()
+
+
+def _show(value) -> str:
+    """A cell as the user wrote it, short: 'abc', 12.5, True."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 # --------------------------------------------------------------------------- metric frames
 
 
@@ -279,6 +483,8 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
     """One raw table (wide or long layout) -> wide rows: entity, timestamp, metric columns (float64).
 
     Not yet on a regular step: that is :func:`normalise`'s job, once all inputs are together.
+    Long-layout rows that repeat an (entity, timestamp, metric) stay separate rows, so that
+    :func:`normalise` averages every reading equally however the input was split into chunks.
     """
     ts_col = resolve_column(raw, cfg.timestamp_col, TIMESTAMP_NAMES, "timestamp", source,
                             "--timestamp-col", required=True)
@@ -287,59 +493,98 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
     columns = {str(c).lower(): c for c in raw.columns}
     has_metric, has_value = "metric" in columns, "value" in columns
     excluded = set(cfg.exclude)
-    timestamps = parse_timestamps(raw[ts_col], source=source, column=str(ts_col),
-                                  row_offset=row_offset)
-    entities = (raw[ent_col].astype("string").fillna(DEFAULT_ENTITY)
-                if ent_col is not None else pd.Series(DEFAULT_ENTITY, index=raw.index))
-    if has_metric or has_value:
-        if not (has_metric and has_value):
-            have, lack = ("metric", "value") if has_metric else ("value", "metric")
-            raise InputError(f"unknown layout: a '{have}' column but no '{lack}' column",
-                             source=source, hint="long layout needs timestamp, entity, metric, "
-                                                 "value; wide layout one column per metric")
+    long_layout = has_metric or has_value
+    if long_layout and not (has_metric and has_value):
+        have, lack = ("metric", "value") if has_metric else ("value", "metric")
+        raise InputError(f"unknown layout: a '{have}' column but no '{lack}' column",
+                         source=source, hint="long layout needs timestamp, entity, metric, "
+                                             "value; wide layout one column per metric")
+    if long_layout:
         metric_col, value_col = columns["metric"], columns["value"]
         extra = [c for c in raw.columns
                  if c not in (ts_col, ent_col, metric_col, value_col) and c not in excluded]
         if extra:
             raise InputError(f"unexpected column '{extra[0]}' in long layout", source=source,
                              hint=f"drop it or pass --exclude {extra[0]}")
-        values = _numeric(raw[value_col], source, str(value_col), row_offset)
-        long = pd.DataFrame({"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy(),
-                             "metric": raw[metric_col].astype("string").to_numpy(),
-                             "value": values.to_numpy()})
-        if long["metric"].isna().any():
-            pos = int(np.flatnonzero(long["metric"].isna().to_numpy())[0])
-            raise InputError("empty metric name", source=source,
-                             where=f"row {row_offset + pos + 1}", hint="fill the 'metric' column")
-        wide = long.groupby(["entity", "timestamp", "metric"], sort=False)["value"].mean() \
-            .unstack("metric")
-        wide.columns = [str(c) for c in wide.columns]
-        wide = wide.reset_index()
-        return wide
-    metric_cols = [c for c in raw.columns if c not in (ts_col, ent_col) and c not in excluded]
-    if not metric_cols:
-        raise InputError("no metric columns", source=source,
-                         hint="add one numeric column per metric (wide) or metric/value (long)")
-    out = {"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy()}
-    for c in metric_cols:
-        out[str(c)] = _numeric(raw[c], source, str(c), row_offset).to_numpy()
-    return pd.DataFrame(out)
+        metric_cols = []
+    else:
+        metric_cols = [c for c in raw.columns
+                       if c not in (ts_col, ent_col) and str(c) not in excluded]
+        if not metric_cols:
+            raise InputError("no metric columns", source=source,
+                             hint="add one numeric column per metric (wide layout) or "
+                                  "metric and value columns (long layout)")
+        _check_metric_names([str(c) for c in metric_cols], source)
+    timestamps = parse_timestamps(raw[ts_col], source=source, column=str(ts_col),
+                                  row_offset=row_offset)
+    entities = (_entity_names(raw[ent_col], source, str(ent_col), row_offset)
+                if ent_col is not None else pd.Series(DEFAULT_ENTITY, index=raw.index,
+                                                      dtype="string"))
+    if not long_layout:
+        out = {"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy()}
+        for c in metric_cols:  # a loop over columns, vectorized over rows
+            out[str(c)] = _numeric(raw[c], source, str(c), row_offset)
+        return pd.DataFrame(out)
+    values = _numeric(raw[value_col], source, str(value_col), row_offset)
+    names = raw[metric_col].astype("string").str.strip()
+    empty = (names.isna() | (names == "")).to_numpy()
+    if empty.any():
+        pos = int(np.flatnonzero(empty)[0])
+        raise InputError("empty metric name", source=source,
+                         where=f"row {row_offset + pos + 1}, column '{metric_col}'",
+                         hint="name the metric of every row")
+    _check_metric_names(pd.unique(names).tolist(), source)
+    long = pd.DataFrame({"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy(),
+                         "metric": names.to_numpy(), "value": values})
+    # Repeats of (entity, timestamp, metric) are numbered so the pivot keeps each one.
+    long["repeat"] = long.groupby(["entity", "timestamp", "metric"], sort=False).cumcount()
+    wide = long.set_index(["entity", "timestamp", "repeat", "metric"])["value"] \
+        .unstack("metric")
+    wide.columns = [str(c) for c in wide.columns]
+    return wide.reset_index().drop(columns="repeat")
 
 
-def _numeric(col: pd.Series, source: str, name: str, row_offset: int) -> pd.Series:
-    if pd.api.types.is_bool_dtype(col.dtype):
-        return col.astype("float64")
-    if pd.api.types.is_numeric_dtype(col.dtype):
-        return col.astype("float64")
-    text = col.astype("string").str.strip()
-    num = pd.to_numeric(text.replace("", pd.NA), errors="coerce")
-    bad = (num.isna() & text.notna() & (text != "") & ~text.str.lower().isin(_NAN_WORDS))
-    if bad.any():
-        pos = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"text {col.iloc[pos]!r} in a metric column", source=source,
-                         where=f"column '{name}', row {row_offset + pos + 1}",
-                         hint=f"fix the value or pass --exclude {name} to drop the column")
-    return num.astype("float64")
+def _check_metric_names(names: list[str], source: str) -> None:
+    clash = [n for n in names if n in ("entity", "timestamp")]
+    if clash:
+        raise InputError(f"a metric is named '{clash[0]}', which ftml uses for its own column",
+                         source=source, hint=f"rename it or pass --exclude {clash[0]}")
+
+
+def _entity_names(col: pd.Series, source: str, name: str, row_offset: int) -> pd.Series:
+    """Entity column -> names as text; 7 and 7.0 both become '7' (a CSV column with a blank
+    cell is read as floats)."""
+    if pd.api.types.is_float_dtype(col.dtype):
+        whole = col.dropna()
+        if (whole == np.floor(whole)).all():
+            col = col.astype("Int64")
+    names = col.astype("string").str.strip()
+    empty = (names.isna() | (names == "")).to_numpy()
+    if empty.any():
+        pos = int(np.flatnonzero(empty)[0])
+        raise InputError("empty entity", source=source,
+                         where=f"row {row_offset + pos + 1}, column '{name}'",
+                         hint="name the entity of every row")
+    return names
+
+
+def _numeric(col: pd.Series, source: str, name: str, row_offset: int) -> np.ndarray:
+    """A metric column -> float64; text in it is an error naming the row. Empty cells, NaN-like
+    words and infinities are missing values."""
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+        out = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = col.astype("string").str.strip()
+        num = pd.to_numeric(text, errors="coerce")
+        bad = (num.isna() & text.notna() & (text != "") & ~text.str.lower().isin(_NAN_WORDS))
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"text {_show(col.iloc[pos])} in a metric column", source=source,
+                             where=f"row {row_offset + pos + 1}, column '{name}'",
+                             hint=f"fix the value or pass --exclude {name} to drop the column")
+        out = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    # An infinite reading is a broken one: missing, not a value to learn from.
+    return np.where(np.isinf(out), np.nan, out)
 
 
 _NAN_WORDS = ["nan", "na", "n/a", "null", "none", "-"]
@@ -351,7 +596,9 @@ def to_ns(timestamps) -> np.ndarray:
 
 
 def infer_step(rows: pd.DataFrame) -> pd.Timedelta:
-    """Median spacing between consecutive distinct timestamps of each entity."""
+    """Median spacing between consecutive distinct timestamps of each entity, rounded to the
+    coarsest of 1 s, 100 ms, 10 ms, ... that moves it by at most 2%: jitter in collection times
+    must not give a step like 59.98 s, whose grid would drift against the clock."""
     ts = rows[["entity", "timestamp"]].drop_duplicates().sort_values(["entity", "timestamp"])
     t = to_ns(ts["timestamp"])
     e = pd.factorize(ts["entity"])[0]
@@ -361,7 +608,15 @@ def infer_step(rows: pd.DataFrame) -> pd.Timedelta:
     if diffs.size == 0:
         raise InputError("cannot infer the step: each entity has a single timestamp",
                          hint="pass --step, e.g. --step 60s")
-    return pd.Timedelta(int(np.median(diffs)), unit="ns")
+    median = float(np.median(diffs))
+    for unit in _STEP_UNITS_NS:
+        rounded = round(median / unit) * unit
+        if rounded > 0 and abs(rounded - median) <= 0.02 * median:
+            return pd.Timedelta(int(rounded), unit="ns")
+    return pd.Timedelta(int(round(median)), unit="ns")
+
+
+_STEP_UNITS_NS = tuple(10**k for k in range(9, -1, -1))
 
 
 def normalise(rows: pd.DataFrame, step: pd.Timedelta | None, max_fill_steps: int,
@@ -373,6 +628,11 @@ def normalise(rows: pd.DataFrame, step: pd.Timedelta | None, max_fill_steps: int
     if step is None:
         step = infer_step(rows)
     step_ns = int(step.value)
+    if len(rows) == 0:
+        empty = pd.DataFrame({"entity": pd.Categorical([]),
+                              "timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+                              **{m: pd.Series([], dtype=np.float64) for m in metrics}})
+        return empty, step
     t = to_ns(rows["timestamp"])
     slot = np.floor_divide(t + step_ns // 2, step_ns)  # round to the nearest step
     ent_codes, ent_names = pd.factorize(rows["entity"], sort=True)
@@ -397,6 +657,7 @@ def normalise(rows: pd.DataFrame, step: pd.Timedelta | None, max_fill_steps: int
     last_idx = np.r_[first_idx[1:], len(ent_u)] - 1
     lo, hi = slot_u[first_idx], slot_u[last_idx]
     lengths = (hi - lo + 1).astype(np.int64)
+    _check_grid_size(int(lengths.sum()), len(ent_u), step, lo, hi, ent_names, ent_u[first_idx])
     grid_ent = np.repeat(ent_u[first_idx], lengths)
     offsets = np.r_[0, np.cumsum(lengths)[:-1]]
     grid_slot = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(offsets, lengths) \
@@ -440,10 +701,30 @@ def fill_short_gaps(values: np.ndarray, segments: np.ndarray, limit: int) -> Non
         col[fillable] = col[idx[fillable]]
 
 
+
+# A grid this much larger than the readings means a stray timestamp or a wrong step; building
+# it would exhaust memory before anything said so.
+_MAX_GRID_ROWS = 10_000_000
+_MAX_GRID_RATIO = 20
+
+
+def _check_grid_size(grid_rows: int, readings: int, step: pd.Timedelta, lo: np.ndarray,
+                     hi: np.ndarray, ent_names, ent_first: np.ndarray) -> None:
+    if grid_rows <= max(_MAX_GRID_ROWS, _MAX_GRID_RATIO * readings):
+        return
+    widest = int(np.argmax(hi - lo))
+    step_ns = int(step.value)
+    start = pd.Timestamp(int(lo[widest]) * step_ns, unit="ns", tz="UTC")
+    end = pd.Timestamp(int(hi[widest]) * step_ns, unit="ns", tz="UTC")
+    raise InputError(f"{readings} readings would need {grid_rows} rows at step {step}: entity "
+                     f"'{ent_names[ent_first[widest]]}' spans {start} to {end}",
+                     hint="check for stray timestamps (a wrong year, epoch units) or pass a "
+                          "larger --step")
 def read_metrics(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
                  metrics: list[str] | None = None) -> MetricData:
     """Read, validate and normalise metric files into one :class:`MetricData`."""
     cfg = cfg or ReadConfig()
+    step_from_config(cfg)  # a bad --step fails before any file is read
     files = expand_paths(paths)
     parts = []
     for f in files:
@@ -466,7 +747,12 @@ def rows_to_data(rows: pd.DataFrame, cfg: ReadConfig, sources: list[str],
     if not all_metrics:
         raise InputError("no metric columns", source=where, hint="add numeric metric columns")
     step = step_from_config(cfg)
-    frame, step = normalise(rows, step, cfg.max_fill_steps, all_metrics)
+    try:
+        frame, step = normalise(rows, step, cfg.max_fill_steps, all_metrics)
+    except InputError as exc:
+        if exc.source is not None:
+            raise
+        raise InputError(exc.problem, source=where, where=exc.where, hint=exc.hint) from None
     return MetricData(frame, step, all_metrics, sources)
 
 
@@ -484,17 +770,21 @@ def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
     """Stream wide rows (not yet normalised) from files, ``chunk_rows`` at a time, in file order.
 
     CSV and JSON Lines are read in chunks; Parquet by row group. Memory stays bounded by the
-    chunk size whatever the file size.
+    chunk size whatever the file size. Errors name the row in the whole file, as
+    :func:`read_metrics` does.
     """
     cfg = cfg or ReadConfig()
     for f in expand_paths(paths):
-        fmt, gz = file_format(f)
-        if not f.exists():
-            raise InputError("file not found", source=str(f), hint="check the path")
-        if f.stat().st_size == 0:
-            raise InputError("file is empty", source=str(f), hint="give a file with a header and rows")
+        fmt, gz = _check_file(f)
         offset = 0
-        for raw in _iter_raw(f, fmt, gz, chunk_rows):
+        chunks = _iter_raw(f, fmt, gz, chunk_rows)
+        while True:
+            with _read_errors(f, gz):  # around each read only: never around the consumer
+                raw = next(chunks, None)
+            if raw is None:
+                break
+            if len(raw) == 0:
+                continue
             yield to_rows(raw, str(f), cfg, row_offset=offset)
             offset += len(raw)
         if offset == 0:
@@ -502,38 +792,31 @@ def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
 
 
 def _iter_raw(path: Path, fmt: str, gz: bool, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    try:
-        if fmt == "csv":
-            sep = "\t" if ".tsv" in path.name.lower() else ","
-            with pd.read_csv(path, sep=sep, compression="gzip" if gz else None,
-                             chunksize=chunk_rows, low_memory=False) as reader:
-                yield from reader
-        elif fmt == "parquet":
-            import pyarrow.parquet as pq
+    if fmt == "csv":
+        yield from _iter_csv(path, gz, chunk_rows)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(path)
+        with pq.ParquetFile(path) as pf:
             for batch in pf.iter_batches(batch_size=chunk_rows):
                 yield batch.to_pandas()
-        else:
-            opener = gzip.open if gz else open
-            with opener(path, "rt", encoding="utf-8") as fh:
-                while True:
-                    lines = [ln for ln in (fh.readline() for _ in range(chunk_rows)) if ln]
-                    if not lines:
-                        break
-                    yield pd.read_json(_io.StringIO("".join(lines)), lines=True,
-                                       convert_dates=False, dtype=False)
-    except (gzip.BadGzipFile, zlib.error, EOFError):
-        raise InputError("not a valid gzip file", source=str(path),
-                         hint="re-compress it with gzip or drop the .gz suffix") from None
-    except UnicodeDecodeError:
-        raise InputError("cannot decode the file as text", source=str(path),
-                         hint="is it compressed? name it .gz") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(f"cannot parse CSV: {_first_line(exc)}", source=str(path),
-                         hint="every row needs as many fields as the header") from None
-    except ValueError as exc:
-        raise InputError(f"cannot read: {_first_line(exc)}", source=str(path)) from None
+    else:
+        opener = gzip.open if gz else open
+        line_offset = 0
+        seen_text = False
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
+            while True:
+                lines = list(itertools.islice(fh, chunk_rows))
+                if not lines:
+                    break
+                text = "".join(lines)
+                if text.strip():
+                    seen_text = True
+                    yield _parse_jsonl(text, path, line_offset)
+                line_offset += len(lines)
+        if not seen_text:
+            raise InputError("file is empty", source=str(path),
+                             hint="give one JSON object per line")
 
 
 # --------------------------------------------------------------------------- incidents
@@ -554,36 +837,44 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
             raise InputError(f"no '{need}' column", source=source,
                              hint="incidents need columns entity, start, end, cause")
     out = pd.DataFrame({
-        "start": parse_timestamps(raw[cols["start"]], source=source, column="start").to_numpy(),
-        "end": parse_timestamps(raw[cols["end"]], source=source, column="end").to_numpy(),
+        "start": parse_timestamps(raw[cols["start"]], source=source,
+                                  column=str(cols["start"])).to_numpy(),
+        "end": parse_timestamps(raw[cols["end"]], source=source,
+                                column=str(cols["end"])).to_numpy(),
         "cause": raw[cols["cause"]].astype("string").str.strip().to_numpy(),
     })
-    if out["cause"].isna().any() or (out["cause"] == "").any():
-        pos = int(np.flatnonzero((out["cause"].isna() | (out["cause"] == "")).to_numpy())[0])
-        raise InputError("empty cause", source=source, where=f"row {pos + 1}",
+    empty_cause = (out["cause"].isna() | (out["cause"] == "")).to_numpy()
+    if empty_cause.any():
+        pos = int(np.flatnonzero(empty_cause)[0])
+        raise InputError("empty cause", source=source,
+                         where=f"row {pos + 1}, column '{cols['cause']}'",
                          hint="name the root cause of every incident")
     ent_col = (cfg.entity_col if cfg and cfg.entity_col in raw.columns else
                next((cols[n] for n in ENTITY_NAMES if n in cols), None))
     if ent_col is not None:
-        out.insert(0, "entity", raw[ent_col].astype("string").to_numpy())
+        out.insert(0, "entity", _entity_names(raw[ent_col], source, str(ent_col), 0).to_numpy())
     elif entities is not None and len(entities) == 1:
-        out.insert(0, "entity", entities[0])
+        out.insert(0, "entity", str(entities[0]))
     else:
-        raise InputError("no 'entity' column", source=source,
-                         hint="the metrics have several entities: say which one each incident is on")
+        hint = ("the metrics have several entities: say which one each incident is on"
+                if entities else "add an 'entity' column")
+        raise InputError("no 'entity' column", source=source, hint=hint)
     bad = (out["end"] < out["start"]).to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise InputError("incident ends before it starts", source=source, where=f"row {pos + 1}",
+        raise InputError(f"incident ends ({out['end'].iloc[pos]}) before it starts "
+                         f"({out['start'].iloc[pos]})", source=source, where=f"row {pos + 1}",
                          hint="swap start and end")
     if entities is not None:
         known = set(map(str, entities))
         unknown = ~out["entity"].isin(known).to_numpy()
         if unknown.any():
             pos = int(np.flatnonzero(unknown)[0])
+            shown = ", ".join(sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
             raise InputError(f"incident for entity '{out['entity'].iloc[pos]}' that has no metrics",
-                             source=source, where=f"row {pos + 1}",
-                             hint="fix the entity name or add its metrics")
+                             source=source, where=f"row {pos + 1}, column '{ent_col}'",
+                             hint=f"the metrics have entities {shown}; fix the name or add "
+                                  "its metrics")
     out["entity"] = out["entity"].astype(str)
     out["cause"] = out["cause"].astype(str)
     return out.sort_values(["entity", "start"], kind="stable").reset_index(drop=True)
@@ -592,20 +883,36 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
 # --------------------------------------------------------------------------- writing
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under the current umask (mkstemp's own 0600 would stick)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
     on failure it is removed, so readers never see a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror or exc}", source=str(path),
+                         hint="check that the directory exists and is writable") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        os.chmod(tmp_path, _file_mode())
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", source=str(path),
+                             hint="is it a directory, or read-only?") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -622,22 +929,49 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a frame atomically; the format follows the extension (.csv[.gz], .parquet, .jsonl)."""
+    """Write a frame atomically; the format follows the extension (.csv[.gz], .parquet, .jsonl).
+
+    In text formats timestamps are written as ISO 8601 UTC ('Z'), with a fraction of a second
+    only when some have one, so that they read back exactly."""
     fmt, gz = file_format(path)
     with atomic_path(path) as tmp:
         _writer(fmt, gz)(frame, tmp)
 
 
+def _iso_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Datetime columns -> ISO 8601 UTC text (naive ones taken as UTC)."""
+    out = None
+    for col in frame.columns:
+        s = frame[col]
+        if not (isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype)):
+            continue
+        utc = s.dt.tz_convert("UTC") if isinstance(s.dtype, pd.DatetimeTZDtype) \
+            else s.dt.tz_localize("UTC")
+        ns = to_ns(utc.fillna(pd.Timestamp(0, tz="UTC")))
+        sub_second = ns % 10**9
+        if not sub_second.any():
+            fmt = "%Y-%m-%dT%H:%M:%SZ"
+        elif not (sub_second % 1000).any():
+            fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+        else:  # nanoseconds: strftime stops at microseconds
+            fmt = None
+        text = (utc.dt.strftime(fmt) if fmt else
+                pd.Series(pd.DatetimeIndex(utc).tz_localize(None).astype(str), index=s.index)
+                .str.replace(" ", "T") + "Z")
+        out = frame.copy() if out is None else out
+        out[col] = text.where(s.notna(), None)
+    return frame if out is None else out
+
+
 def _writer(fmt: str, gz: bool) -> Callable[[pd.DataFrame, Path], None]:
     def csv(frame, tmp):
-        frame.to_csv(tmp, index=False, compression="gzip" if gz else None,
-                     date_format="%Y-%m-%dT%H:%M:%SZ")
+        _iso_text(frame).to_csv(tmp, index=False, compression="gzip" if gz else None)
 
     def parquet(frame, tmp):
         frame.to_parquet(tmp, index=False)
 
     def jsonl(frame, tmp):
-        text = frame.to_json(orient="records", lines=True, date_format="iso", date_unit="s")
+        text = _iso_text(frame).to_json(orient="records", lines=True)
         data = text.encode()
         if gz:
             data = gzip.compress(data)
