@@ -19,7 +19,7 @@ from ftml.detect import AlarmThreshold, EventRules, IsolationDetector
 from ftml.diagnose import Diagnoser, load_rules
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.features import Featurizer, Windows
+from ftml.features import Featurizer, Windows, stat_columns
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -47,8 +47,9 @@ class TrainResult:
 
 
 def _progress(total: int | None, desc: str, quiet: bool):
-    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
-                unit="chunk")
+    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
+    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr,
+                leave=False, unit="chunk")
 
 
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
@@ -86,10 +87,12 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     rng = np.random.default_rng(dc.random_state)
     if len(fit_w) > MAX_FIT_WINDOWS:
         fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), MAX_FIT_WINDOWS, replace=False)))
-    detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(fit_w.X)
+    cols = stat_columns(dc.stats, len(featurizer.metrics_))
+    detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
+        fit_w.X[:, cols])
     event_rules = EventRules(dc.min_windows, dc.of_windows, dc.merge_gap, dc.cooldown)
     spans = incident_spans(incidents)
-    cal_scores = detector.score_samples(cal_w.X)
+    cal_scores = detector.score_samples(cal_w.X[:, cols])
     thresholder = AlarmThreshold(dc.alarm_budget, event_rules).fit(
         cal_w.entity, cal_w.end_ns, cal_scores, step_ns, spans)
 
@@ -97,7 +100,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     diag_info: dict[str, Any] = {}
     if incidents is not None and len(inc_w):
         # Train on what diagnosis will see: each incident's highest-scored windows.
-        inc_scores = detector.score_samples(inc_w.X)
+        inc_scores = detector.score_samples(inc_w.X[:, cols])
         label = row_label[inc_w.row]
         keep = _top_per_group(label, inc_scores, gc.max_event_windows)
         X, groups = inc_w.X[keep], label[keep]

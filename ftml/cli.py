@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -174,8 +173,83 @@ def explain(model_dir):
     click.echo(model.diagnoser.explain(model.featurizer.feature_names_))
 
 
-def _path(p) -> Path | None:
-    return Path(p) if p else None
+@main.group()
+def playbook():
+    """Check playbook files and replay them over history."""
+
+
+@playbook.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_clean_errors
+def playbook_check(file):
+    """Validate a playbook file and print cause -> steps."""
+    from ftml.playbooks import validate
+
+    _, text = validate(file)
+    click.echo(text)
+
+
+@playbook.command("replay")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--metrics", "metrics", multiple=True, required=True)
+@click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
+@click.option("--incidents", type=click.Path(dir_okay=False))
+@_clean_errors
+def playbook_replay(model_dir, metrics, playbooks, incidents):
+    """Score history and run the engine over it in dry-run: what would have run, and when."""
+    from ftml import api
+    from ftml.bundle import load_model
+    from ftml.io import read_incidents, read_metrics
+    from ftml.playbooks import load_playbooks
+    from ftml.recover import replay
+
+    model = load_model(model_dir)
+    book = load_playbooks(playbooks, known_metrics=model.metrics)
+    result = api.score(model, metrics, playbooks=playbooks)
+    data = read_metrics(metrics, model.config.read, model.metrics)
+    inc = read_incidents(incidents, data.entities) if incidents else None
+    out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version)
+    click.echo(out.format())
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="State folder of the engine (holds state.db).")
+@click.option("--playbooks", type=click.Path(dir_okay=False),
+              help="Run the approved action here and now (else the owning loop runs it).")
+@click.option("--by", help="Who approves (recorded in the audit).")
+@_clean_errors
+def approve(approval_id, state_dir, playbooks, by):
+    """Approve a pending recovery action."""
+    from ftml import recover
+
+    if playbooks:
+        from ftml.playbooks import load_playbooks
+
+        engine = recover.RecoveryEngine(load_playbooks(playbooks), state_dir=state_dir)
+        try:
+            decision = engine.approve(approval_id, by=by)
+        finally:
+            engine.close()
+        click.echo(f"{approval_id}: {decision.decision} ({decision.reason})")
+        return
+    _, line = recover.approve(state_dir, approval_id, by=by)
+    click.echo(line)
+
+
+@main.command()
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="State folder (holds state.db).")
+@click.option("--since", help="A time (ISO 8601) or a duration such as 2h.")
+@click.option("--entity", help="Only this entity.")
+@_clean_errors
+def audit(state_dir, since, entity):
+    """Print the audit log of recovery decisions and actions."""
+    from ftml.audit import audit_table
+
+    _, text = audit_table(state_dir, since=since, entity=entity)
+    click.echo(text)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class ReadConfig:
 class FeatureConfig:
     window: int = 15  # steps per window
     stride: int = 1
-    hour_of_day: bool = False  # learn baselines per hour of day
+    hour_of_day: bool = True  # learn baselines per hour of day (daily cycles)
 
 
 @dataclass
@@ -48,6 +48,9 @@ class DetectConfig:
     merge_gap: int = 10  # steps: flags closer than this belong to one event
     cooldown: int = 30  # steps after an event ends before a new one may open
     top_metrics: int = 3
+    # Window stats the forest sees (any of mean, std, min, max, last, slope).
+    stats: list[str] = field(default_factory=lambda: ["mean", "std", "min", "max", "last",
+                                                      "slope"])
 
 
 @dataclass

@@ -29,10 +29,11 @@ def run(out: Path, entities: int = 8, train_days: float = 14, test_days: float =
     train_dir, test_dir, model_dir = out / "train", out / "test", out / "model"
     write_simulation(train_dir, entities=entities, days=train_days, seed=seed,
                      start="2026-01-05T00:00:00Z")
-    # The test period follows the training period, with its own seed (unseen faults and noise).
+    # The test period follows the training period on the same fleet, with its own seed:
+    # faults and noise never seen in training.
     test_start = pd.Timestamp("2026-01-05T00:00:00Z") + pd.Timedelta(days=train_days)
     write_simulation(test_dir, entities=entities, days=test_days, seed=seed + 1000,
-                     start=test_start.isoformat())
+                     fleet_seed=seed, start=test_start.isoformat())
     say(f"simulated {entities} entities: {train_days} days to train, {test_days} days to score "
         f"({time.perf_counter() - t0:.1f} s)")
     config = Config()

@@ -17,10 +17,12 @@ from ftml.events import Event
 from ftml.io import to_ns
 
 NS_PER_DAY = 86_400 * 10**9
+#: How far an event may miss an incident and still count as finding it.
+MATCH_TOLERANCE = pd.Timedelta(minutes=5)
 
 
 def event_metrics(events: list[Event], incidents: pd.DataFrame, entity_days: float,
-                  tolerance: pd.Timedelta = pd.Timedelta(minutes=5)) -> dict[str, Any]:
+                  tolerance: pd.Timedelta = MATCH_TOLERANCE) -> dict[str, Any]:
     """Event recall / precision / F1, false alarms per entity-day, detection delay and
     diagnosis accuracy (on the incidents that were found) for one scored period."""
     tol = int(tolerance.value)

@@ -30,6 +30,14 @@ def feature_names(metrics: list[str]) -> list[str]:
     return [f"{m}:{s}" for s in STATS for m in metrics]
 
 
+def stat_columns(stats: list[str] | tuple[str, ...], n_metrics: int) -> np.ndarray:
+    """Column indexes of the given stats in a feature matrix (stat-major layout)."""
+    unknown = [s for s in stats if s not in STATS]
+    if unknown:
+        raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(STATS)}")
+    return np.concatenate([np.arange(n_metrics) + STATS.index(s) * n_metrics for s in stats])
+
+
 def window_features(z: np.ndarray, segments: np.ndarray, window: int,
                     stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Features of every complete window in ``z`` (rows x metrics, standardised).

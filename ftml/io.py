@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import re
-import tempfile
+import secrets
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -185,12 +185,14 @@ def _read_errors(path: Path, gz: bool) -> Iterator[None]:
     except pd.errors.EmptyDataError:
         raise InputError("file is empty", source=source,
                          hint="give a file with a header and rows") from None
-    except pd.errors.ParserWarning:
+    except pd.errors.ParserWarning as exc:
         # index_col=False turns a first row longer than the header into this warning (made an
         # error): pandas would otherwise silently shift columns.
-        raise InputError("first data row has more fields than the header", source=source,
-                         where="line 2",
-                         hint="every row needs as many fields as the header") from None
+        if "header" in str(exc):
+            raise InputError("first data row has more fields than the header", source=source,
+                             where="line 2",
+                             hint="every row needs as many fields as the header") from None
+        raise InputError(f"cannot parse CSV: {_first_line(exc)}", source=source) from None
     except pd.errors.ParserError as exc:
         raise _csv_error(exc, source) from None
     except OSError as exc:
@@ -309,20 +311,38 @@ def parse_timestamps(values: pd.Series, *, source: str, column: str,
     missing = (text.isna() | (text == "")).to_numpy()
     if missing.any():
         _bad_timestamp(values, np.flatnonzero(missing)[0], source, column, row_offset)
-    # Numbers written as text are epochs; everything else must be a date.
-    number = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    is_epoch = ~np.isnan(number)  # "inf" too: an epoch out of range
+    rows = np.arange(len(s))
     ns = np.empty(len(s), dtype=np.int64)
+    iso = _to_datetime(text, "ISO8601")  # the fast path: one vectorized parse
+    done = iso.notna().to_numpy()
+    if done.any():
+        ns[done] = to_ns(_as_ns(iso[done], values, source, column, row_offset, rows[done]))
+    if done.all():
+        return pd.Series(pd.to_datetime(ns, unit="ns", utc=True), index=s.index)
+    # The rest: numbers written as text are epochs; other text may be a date in another shape.
+    is_epoch = np.zeros(len(s), dtype=bool)
+    is_epoch[~done] = pd.to_numeric(text[~done], errors="coerce").notna().to_numpy()
     if is_epoch.any():
         # Parsed again on their own: integers stay int64, exact to the nanosecond.
         epochs = pd.to_numeric(text[is_epoch]).to_numpy()
-        ns[is_epoch] = _epoch_to_ns(epochs, values, np.flatnonzero(is_epoch), source,
-                                    column, row_offset)
-    dates = ~is_epoch
-    if dates.any():
-        ns[dates] = _iso_to_ns(text[dates], values, np.flatnonzero(dates), source, column,
-                               row_offset)
+        ns[is_epoch] = _epoch_to_ns(epochs, values, rows[is_epoch], source, column, row_offset)
+    other = ~done & ~is_epoch
+    if other.any():
+        dates = _to_datetime(text[other], "mixed")  # element by element: slow, but only these
+        failed = dates.isna().to_numpy()
+        if failed.any():
+            _bad_timestamp(values, rows[other][np.flatnonzero(failed)[0]], source, column,
+                           row_offset)
+        ns[other] = to_ns(_as_ns(dates, values, source, column, row_offset, rows[other]))
     return pd.Series(pd.to_datetime(ns, unit="ns", utc=True), index=s.index)
+
+
+def _to_datetime(text: pd.Series, fmt: str) -> pd.Series:
+    """Text -> UTC datetimes (naive = UTC), NaT where it does not parse."""
+    try:
+        return pd.to_datetime(text, utc=True, format=fmt, errors="coerce")
+    except (ValueError, TypeError, OverflowError):
+        return pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
 
 
 def _epoch_to_ns(numbers: np.ndarray, values: pd.Series, rows: np.ndarray, source: str,
@@ -355,32 +375,6 @@ def _epoch_to_ns(numbers: np.ndarray, values: pd.Series, rows: np.ndarray, sourc
             fraction = np.round((as_float[mask] - whole) * factor / tick).astype(np.int64) * tick
             out[mask] = whole.astype(np.int64) * factor + fraction
     return out
-
-
-def _iso_to_ns(text: pd.Series, values: pd.Series, rows: np.ndarray, source: str, column: str,
-               row_offset: int) -> np.ndarray:
-    """ISO 8601 text -> int64 ns; ``rows`` are their positions in ``values``, for errors."""
-    try:
-        out = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-    except (ValueError, TypeError, OverflowError):
-        out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
-    bad = out.isna().to_numpy()
-    ns = np.empty(len(text), dtype=np.int64)
-    good = ~bad
-    if good.any():
-        ns[good] = to_ns(_as_ns(out[good], values, source, column, row_offset, rows[good]))
-    if bad.any():
-        # ISO8601 parsing wants one shape per column; parse the odd ones one by one.
-        try:
-            retry = pd.to_datetime(text[bad], utc=True, format="mixed", errors="coerce")
-        except (ValueError, TypeError, OverflowError):
-            retry = pd.Series(pd.NaT, index=text.index[bad], dtype="datetime64[ns, UTC]")
-        failed = retry.isna().to_numpy()
-        if failed.any():
-            _bad_timestamp(values, rows[bad][np.flatnonzero(failed)[0]], source, column,
-                           row_offset)
-        ns[bad] = to_ns(_as_ns(retry, values, source, column, row_offset, rows[bad]))
-    return ns
 
 
 def _as_ns(out: pd.Series, values: pd.Series, source: str, column: str, row_offset: int,
@@ -521,7 +515,8 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
                 if ent_col is not None else pd.Series(DEFAULT_ENTITY, index=raw.index,
                                                       dtype="string"))
     if not long_layout:
-        out = {"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy()}
+        # .array, not .to_numpy(): tz-aware times would become slow Timestamp objects.
+        out = {"entity": entities.array, "timestamp": timestamps.array}
         for c in metric_cols:  # a loop over columns, vectorized over rows
             out[str(c)] = _numeric(raw[c], source, str(c), row_offset)
         return pd.DataFrame(out)
@@ -534,7 +529,7 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
                          where=f"row {row_offset + pos + 1}, column '{metric_col}'",
                          hint="name the metric of every row")
     _check_metric_names(pd.unique(names).tolist(), source)
-    long = pd.DataFrame({"entity": entities.to_numpy(), "timestamp": timestamps.to_numpy(),
+    long = pd.DataFrame({"entity": entities.array, "timestamp": timestamps.array,
                          "metric": names.to_numpy(), "value": values})
     # Repeats of (entity, timestamp, metric) are numbered so the pivot keeps each one.
     long["repeat"] = long.groupby(["entity", "timestamp", "metric"], sort=False).cumcount()
@@ -599,12 +594,12 @@ def infer_step(rows: pd.DataFrame) -> pd.Timedelta:
     """Median spacing between consecutive distinct timestamps of each entity, rounded to the
     coarsest of 1 s, 100 ms, 10 ms, ... that moves it by at most 2%: jitter in collection times
     must not give a step like 59.98 s, whose grid would drift against the clock."""
-    ts = rows[["entity", "timestamp"]].drop_duplicates().sort_values(["entity", "timestamp"])
-    t = to_ns(ts["timestamp"])
-    e = pd.factorize(ts["entity"])[0]
-    same = e[1:] == e[:-1]
-    diffs = np.diff(t)[same]
-    diffs = diffs[diffs > 0]
+    t = to_ns(rows["timestamp"])
+    e = pd.factorize(rows["entity"])[0]
+    order = np.lexsort((t, e))
+    t, e = t[order], e[order]
+    diffs = np.diff(t)[e[1:] == e[:-1]]
+    diffs = diffs[diffs > 0]  # repeated timestamps are no spacing
     if diffs.size == 0:
         raise InputError("cannot infer the step: each entity has a single timestamp",
                          hint="pass --step, e.g. --step 60s")
@@ -778,15 +773,18 @@ def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
         fmt, gz = _check_file(f)
         offset = 0
         chunks = _iter_raw(f, fmt, gz, chunk_rows)
-        while True:
-            with _read_errors(f, gz):  # around each read only: never around the consumer
-                raw = next(chunks, None)
-            if raw is None:
-                break
-            if len(raw) == 0:
-                continue
-            yield to_rows(raw, str(f), cfg, row_offset=offset)
-            offset += len(raw)
+        try:
+            while True:
+                with _read_errors(f, gz):  # around each read only: never around the consumer
+                    raw = next(chunks, None)
+                if raw is None:
+                    break
+                if len(raw) == 0:
+                    continue
+                yield to_rows(raw, str(f), cfg, row_offset=offset)
+                offset += len(raw)
+        finally:
+            chunks.close()  # the file closes now, also when the consumer stops early
         if offset == 0:
             raise InputError("file has a header but no rows", source=str(f), hint="add data rows")
 
@@ -838,9 +836,9 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
                              hint="incidents need columns entity, start, end, cause")
     out = pd.DataFrame({
         "start": parse_timestamps(raw[cols["start"]], source=source,
-                                  column=str(cols["start"])).to_numpy(),
+                                  column=str(cols["start"])).array,
         "end": parse_timestamps(raw[cols["end"]], source=source,
-                                column=str(cols["end"])).to_numpy(),
+                                column=str(cols["end"])).array,
         "cause": raw[cols["cause"]].astype("string").str.strip().to_numpy(),
     })
     empty_cause = (out["cause"].isna() | (out["cause"] == "")).to_numpy()
@@ -883,13 +881,6 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
 # --------------------------------------------------------------------------- writing
 
 
-def _file_mode() -> int:
-    """The mode a new file gets under the current umask (mkstemp's own 0600 would stick)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
@@ -897,17 +888,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp_path = _new_temp_file(path)
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", source=str(path),
                          hint="check that the directory exists and is writable") from None
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, _file_mode())
         try:
             os.replace(tmp_path, path)
         except OSError as exc:
@@ -916,6 +904,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temp_file(path: Path) -> Path:
+    """An empty, new file beside ``path``. Created with mode 0666 so that the umask applies, as
+    for any new file (mkstemp's 0600 would stay on the result)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -981,17 +983,23 @@ def _writer(fmt: str, gz: bool) -> Callable[[pd.DataFrame, Path], None]:
 
 
 def write_records(records: list[dict], path: str | Path) -> None:
-    """Write a list of plain dicts (e.g. events) atomically; nested lists kept as JSON in CSV."""
+    """Write a list of plain dicts (e.g. events) atomically. Nested values are kept as JSON
+    text in CSV, and in Parquet where they mix types (e.g. [cause, probability] pairs)."""
     fmt, gz = file_format(path)
     if fmt == "jsonl":
         text = "".join(json.dumps(r, default=str) + "\n" for r in records)
         write_bytes(path, gzip.compress(text.encode()) if gz else text.encode())
         return
     frame = pd.DataFrame.from_records(records)
-    if fmt == "csv":
-        for col in frame.columns:
-            if frame[col].map(lambda v: isinstance(v, (list, dict))).any():
-                frame[col] = frame[col].map(json.dumps)
+    for col in frame.columns:
+        values = frame[col].tolist()
+        nested = [v for v in values if isinstance(v, (list, dict))]
+        if not nested:
+            continue
+        flat_strings = all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                           for v in nested)
+        if fmt == "csv" or not flat_strings:
+            frame[col] = [json.dumps(v) for v in values]
     write_table(frame, path)
 
 

@@ -1,0 +1,333 @@
+"""The fleet simulator: shape of its output, its labels, and that faults and benign
+disturbances look the way they should."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ftml.errors import ConfigError
+from ftml.io import read_incidents, read_table
+from ftml.simulate import CAUSES, COUNTERS, METRICS, simulate_fleet, write_simulation
+
+ENTITIES, DAYS, SEED = 8, 7, 0
+STEP = pd.Timedelta("60s")
+STEPS = int(DAYS * 86_400 / STEP.total_seconds())
+SMOOTH = 9  # steps of rolling median: hides lone spikes, restarts and short bursts
+QUIET = pd.Timedelta("30min")  # margin around incidents that "normal time" keeps clear of
+NO_MARGIN = pd.Timedelta(0)
+COUNTER = COUNTERS[0]
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return simulate_fleet(ENTITIES, DAYS, seed=SEED, missing=False)
+
+
+@pytest.fixture(scope="module")
+def gappy():
+    return simulate_fleet(ENTITIES, DAYS, seed=SEED, missing=True)
+
+
+def entity_frame(metrics: pd.DataFrame, entity: str) -> pd.DataFrame:
+    return metrics[metrics["entity"] == entity].set_index("timestamp")
+
+
+def near_incidents(index: pd.DatetimeIndex, incidents: pd.DataFrame, entity: str,
+                   margin: pd.Timedelta = NO_MARGIN) -> np.ndarray:
+    mask = np.zeros(len(index), dtype=bool)
+    for row in incidents[incidents["entity"] == entity].itertuples():
+        mask |= (index >= row.start - margin) & (index <= row.end + margin)
+    return mask
+
+
+def during(frame: pd.DataFrame, incident) -> pd.DataFrame:
+    return frame[(frame.index >= incident.start) & (frame.index <= incident.end)]
+
+
+def counter_resets(frame: pd.DataFrame) -> pd.DatetimeIndex:
+    return frame.index[np.flatnonzero(np.diff(frame[COUNTER].to_numpy()) < 0) + 1]
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def test_same_seed_gives_identical_output(gappy):
+    metrics, incidents = simulate_fleet(ENTITIES, DAYS, seed=SEED, missing=True)
+    pd.testing.assert_frame_equal(metrics, gappy[0])
+    pd.testing.assert_frame_equal(incidents, gappy[1])
+
+
+def test_other_seed_gives_other_fleet_and_faults(clean):
+    metrics, incidents = simulate_fleet(ENTITIES, DAYS, seed=SEED + 1, missing=False)
+    assert not np.allclose(metrics["cpu_pct"], clean[0]["cpu_pct"])
+    assert not incidents[["start", "cause"]].equals(clean[1][["start", "cause"]])
+
+
+def test_columns_dtypes_and_row_order(gappy):
+    metrics, incidents = gappy
+    assert len(METRICS) >= 12
+    assert list(metrics.columns) == ["timestamp", "entity", *METRICS]
+    assert str(metrics["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert pd.api.types.is_string_dtype(metrics["entity"])
+    assert all(metrics[m].dtype == np.float64 for m in METRICS)
+    keys = metrics[["timestamp", "entity"]]
+    assert keys.equals(keys.sort_values(["timestamp", "entity"], ignore_index=True))
+    assert not keys.duplicated().any()
+    names = metrics["entity"].unique()
+    assert len(names) == ENTITIES
+    assert all(re.fullmatch(r"svc-[a-z]+-\d{2}", n) for n in names)
+    assert list(incidents.columns) == ["entity", "start", "end", "cause"]
+    assert str(incidents["start"].dtype) == str(incidents["end"].dtype) == "datetime64[ns, UTC]"
+    assert set(incidents["cause"]) <= set(CAUSES)
+
+
+def test_entities_are_heterogeneous(clean):
+    metrics = clean[0]
+    roles = {name.split("-")[1] for name in metrics["entity"].unique()}
+    assert len(roles) >= 4
+    load = metrics.groupby("entity")["request_rate"].mean()
+    assert load.max() / load.min() > 5
+
+
+def test_weekends_are_quieter(clean):
+    metrics = clean[0]
+    weekend = metrics["timestamp"].dt.day_of_week >= 5
+    per_day = metrics.groupby(["entity", weekend])["request_rate"].mean().unstack()
+    assert (per_day[True] < per_day[False]).mean() >= 0.75  # batch workers barely dip
+
+
+def test_every_cause_appears(clean):
+    counts = clean[1]["cause"].value_counts()
+    assert set(counts.index) == set(CAUSES)
+    assert counts.min() >= 3
+
+
+def test_incidents_lie_inside_the_range_on_the_grid_and_apart(clean):
+    metrics, incidents = clean
+    first, last = metrics["timestamp"].min(), metrics["timestamp"].max()
+    assert (incidents["start"] >= first).all() and (incidents["end"] <= last).all()
+    duration = incidents["end"] - incidents["start"]
+    assert (duration >= pd.Timedelta("10min")).all() and (duration <= pd.Timedelta("8h")).all()
+    for edge in ("start", "end"):
+        assert ((incidents[edge] - first) % STEP == pd.Timedelta(0)).all()
+    for _, own in incidents.groupby("entity"):
+        own = own.sort_values("start")
+        assert (own["start"].iloc[1:].to_numpy() - own["end"].iloc[:-1].to_numpy()
+                >= pd.Timedelta("1h")).all()
+
+
+def test_counter_only_grows_between_resets_to_zero(clean):
+    metrics = clean[0]
+    resets = 0
+    for _, frame in metrics.groupby("entity"):
+        counter = frame[COUNTER].to_numpy()
+        steps = np.diff(counter)
+        drops = np.flatnonzero(steps < 0) + 1
+        # after a reset the counter holds no more than one step's worth of bytes
+        assert (counter[drops] <= steps[steps > 0].max()).all()
+        resets += drops.size
+    assert resets >= ENTITIES
+
+
+# --------------------------------------------------------------------------- benign disturbances
+
+
+def test_deploy_restarts_happen_outside_incidents(clean):
+    metrics, incidents = clean
+    benign = 0
+    for name, frame in metrics.groupby("entity"):
+        frame = frame.set_index("timestamp")
+        resets = counter_resets(frame)
+        benign += (~near_incidents(resets, incidents, name)).sum()
+    assert benign >= ENTITIES
+
+
+def test_nightly_log_rotation_drops_the_disk(clean):
+    metrics, incidents = clean
+    for name, frame in metrics.groupby("entity"):
+        frame = frame.set_index("timestamp")
+        quiet = ~near_incidents(frame.index, incidents, name, QUIET)
+        drop = np.diff(frame["disk_used_pct"].to_numpy(), prepend=np.nan) < -0.05
+        hours = frame.index[drop & quiet].hour
+        assert len(hours) >= DAYS - 3  # nights with an incident near 03:00 are left out
+        assert set(hours) <= {3, 4}
+
+
+def test_short_traffic_bursts_happen_outside_incidents(clean):
+    metrics, incidents = clean
+    bursts = 0
+    for name, frame in metrics.groupby("entity"):
+        frame = frame.set_index("timestamp")
+        rps = frame["request_rate"]
+        high = rps > 1.25 * rps.rolling(61, center=True, min_periods=1).median()
+        bursts += (high & ~near_incidents(frame.index, incidents, name)).sum()
+    assert bursts > 0
+
+
+# --------------------------------------------------------------------------- faults
+
+# The metric each fault drives far beyond anything the entity shows in normal time.
+PRIMARY = [
+    ("memory_leak", "mem_used_pct"),
+    ("cpu_saturation", "cpu_pct"),
+    ("network_degradation", "net_retransmits"),
+    ("disk_full", "disk_used_pct"),
+    ("pool_exhaustion", "connections"),
+    ("bad_deploy", "error_rate"),
+    ("slow_dependency", "latency_p95_ms"),
+]
+
+
+@pytest.mark.parametrize(("cause", "metric"), PRIMARY)
+def test_fault_pushes_its_metric_beyond_normal(clean, cause, metric):
+    metrics, incidents = clean
+    for row in incidents[incidents["cause"] == cause].itertuples():
+        frame = entity_frame(metrics, row.entity)
+        smooth = frame[metric].rolling(SMOOTH, center=True, min_periods=1).median()
+        normal = smooth[~near_incidents(frame.index, incidents, row.entity, QUIET)]
+        assert during(smooth.to_frame(), row)[metric].max() > 1.05 * normal.max(), row
+
+
+# Side effects: median over the fault's incidents of (during / hour before), up or down.
+SECONDARY = [
+    ("memory_leak", "gc_pause_ms", "up"),
+    ("cpu_saturation", "latency_p95_ms", "up"),
+    ("network_degradation", "net_errors", "up"),
+    ("network_degradation", "latency_p95_ms", "up"),
+    ("disk_full", "io_wait_pct", "up"),
+    ("pool_exhaustion", "threads", "up"),
+    ("pool_exhaustion", "cpu_pct", "down"),
+    ("slow_dependency", "threads", "up"),
+    ("slow_dependency", "cpu_pct", "down"),
+]
+CLEAR_CHANGE = 1.2
+
+
+@pytest.mark.parametrize(("cause", "metric", "direction"), SECONDARY)
+def test_fault_side_effects(clean, cause, metric, direction):
+    metrics, incidents = clean
+    ratios = []
+    for row in incidents[incidents["cause"] == cause].itertuples():
+        frame = entity_frame(metrics, row.entity)
+        before = frame[metric][(frame.index < row.start)
+                               & (frame.index >= row.start - pd.Timedelta("1h"))]
+        inside = during(frame, row)[metric]
+        peak = inside.rolling(SMOOTH, center=True, min_periods=1).median().max()
+        ratios.append((peak if direction == "up" else inside.median())
+                      / max(before.median(), 1e-6))
+    if direction == "up":
+        assert np.median(ratios) > CLEAR_CHANGE
+    else:
+        assert np.median(ratios) < 1 / CLEAR_CHANGE ** 0.5
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+def test_only_leaks_and_deploys_restart_the_process(clean, cause):
+    metrics, incidents = clean
+    restarts = []
+    for row in incidents[incidents["cause"] == cause].itertuples():
+        resets = counter_resets(entity_frame(metrics, row.entity))
+        restarts.append(int(((resets >= row.start) & (resets <= row.end)).sum()))
+    expected = {"memory_leak": 1, "bad_deploy": 2}.get(cause, 0)  # OOM kill; deploy + rollback
+    assert restarts == [expected] * len(restarts)
+
+
+def test_memory_leak_ramps_up(clean):
+    metrics, incidents = clean
+    for row in incidents[incidents["cause"] == "memory_leak"].itertuples():
+        mem = during(entity_frame(metrics, row.entity), row)["mem_used_pct"].to_numpy()
+        quarter = len(mem) // 4
+        assert mem[-2 * quarter:-quarter].mean() > mem[:quarter].mean() + 5
+
+
+ERROR_JUMP = 5
+
+
+def test_bad_deploy_errors_jump(clean):
+    metrics, incidents = clean
+    for row in incidents[incidents["cause"] == "bad_deploy"].itertuples():
+        frame = entity_frame(metrics, row.entity)
+        before = frame["error_rate"][frame.index < row.start].iloc[-60:]
+        assert during(frame, row)["error_rate"].median() > ERROR_JUMP * before.median()
+
+
+# --------------------------------------------------------------------------- collector artefacts
+
+
+def test_missing_cells_and_rows_only_when_asked(clean, gappy):
+    full, holey = clean[0], gappy[0]
+    assert len(full) == ENTITIES * STEPS and not full[list(METRICS)].isna().any().any()
+    nan_share = holey[list(METRICS)].isna().to_numpy().mean()
+    assert 0 < nan_share < 0.01
+    assert ENTITIES * STEPS * 0.95 < len(holey) < ENTITIES * STEPS
+    longest = max(
+        (frame["timestamp"].diff().max() for _, frame in holey.groupby("entity")),
+    )
+    assert longest >= pd.Timedelta("10min")
+
+
+def test_missing_never_changes_the_kept_values(clean, gappy):
+    keys = ["timestamp", "entity"]
+    both = gappy[0].merge(clean[0], on=keys, suffixes=("", "_full"), validate="one_to_one")
+    assert len(both) == len(gappy[0])
+    for metric in METRICS:
+        kept = both[metric].notna()
+        np.testing.assert_array_equal(both.loc[kept, metric], both.loc[kept, f"{metric}_full"])
+    pd.testing.assert_frame_equal(gappy[1], clean[1])
+
+
+# --------------------------------------------------------------------------- options and files
+
+
+def test_coarser_step_and_no_faults():
+    metrics, incidents = simulate_fleet(entities=3, days=1, step="5m",
+                                        faults_per_entity_day=0, missing=False)
+    assert len(metrics) == 3 * 288
+    assert (metrics["timestamp"].drop_duplicates().diff().dropna() == pd.Timedelta("5min")).all()
+    assert incidents.empty and list(incidents.columns) == ["entity", "start", "end", "cause"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_write_simulation_writes_readable_files(tmp_path, fmt):
+    summary = write_simulation(tmp_path / "sim", format=fmt, entities=3, days=2, seed=5,
+                               faults_per_entity_day=2)
+    metrics = read_table(summary["metrics_path"])
+    assert summary["metrics_path"].endswith(f"metrics.{fmt}")
+    assert len(metrics) == summary["rows"]
+    assert list(metrics.columns) == ["timestamp", "entity", *METRICS]
+    assert metrics["entity"].nunique() == summary["entities"] == 3
+    incidents = read_incidents(summary["incidents_path"])
+    assert len(incidents) == summary["incidents"] == sum(summary["incidents_per_cause"].values())
+    assert set(summary["incidents_per_cause"]) == set(CAUSES)
+    assert summary["days"] == 2
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"entities": 0}, {"days": 0}, {"step": "10m"}, {"step": "soon"},
+    {"faults_per_entity_day": -1}, {"start": "not a time"}, {"start": None},
+])
+def test_bad_arguments_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        simulate_fleet(**kwargs)
+
+
+def test_unknown_format_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        write_simulation(tmp_path, format="xlsx", entities=1, days=1)
+
+
+def test_fleet_seed_keeps_the_fleet_and_redraws_the_rest(clean):
+    metrics, incidents = simulate_fleet(ENTITIES, DAYS, seed=SEED + 7, fleet_seed=SEED,
+                                        missing=False)
+    assert set(metrics["entity"]) == set(clean[0]["entity"])
+    load = metrics.groupby("entity")["request_rate"].mean()  # sizes belong to the fleet
+    ratio = load / clean[0].groupby("entity")["request_rate"].mean()
+    assert ratio.between(0.8, 1.25).all()
+    assert not incidents[["start", "cause"]].equals(clean[1][["start", "cause"]])
+    same = simulate_fleet(ENTITIES, 1, seed=SEED, fleet_seed=SEED, missing=False)
+    pd.testing.assert_frame_equal(same[0], simulate_fleet(ENTITIES, 1, seed=SEED,
+                                                          missing=False)[0])
