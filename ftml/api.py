@@ -19,7 +19,7 @@ from ftml.detect import AlarmThreshold, EventRules, IsolationDetector
 from ftml.diagnose import Diagnoser, load_rules
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.features import Featurizer, Windows, stat_columns
+from ftml.features import Featurizer, Windows, detector_view
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -87,12 +87,12 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     rng = np.random.default_rng(dc.random_state)
     if len(fit_w) > MAX_FIT_WINDOWS:
         fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), MAX_FIT_WINDOWS, replace=False)))
-    cols = stat_columns(dc.stats, len(featurizer.metrics_))
+    n_met = len(featurizer.metrics_)
     detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
-        fit_w.X[:, cols])
+        detector_view(fit_w.X, n_met, dc.stats))
     event_rules = EventRules(dc.min_windows, dc.of_windows, dc.merge_gap, dc.cooldown)
     spans = incident_spans(incidents)
-    cal_scores = detector.score_samples(cal_w.X[:, cols])
+    cal_scores = detector.score_samples(detector_view(cal_w.X, n_met, dc.stats))
     thresholder = AlarmThreshold(dc.alarm_budget, event_rules).fit(
         cal_w.entity, cal_w.end_ns, cal_scores, step_ns, spans)
 
@@ -100,7 +100,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     diag_info: dict[str, Any] = {}
     if incidents is not None and len(inc_w):
         # Train on what diagnosis will see: each incident's highest-scored windows.
-        inc_scores = detector.score_samples(inc_w.X[:, cols])
+        inc_scores = detector.score_samples(detector_view(inc_w.X, n_met, dc.stats))
         label = row_label[inc_w.row]
         keep = _top_per_group(label, inc_scores, gc.max_event_windows)
         X, groups = inc_w.X[keep], label[keep]

@@ -24,7 +24,7 @@ from ftml.detect import EventBuilder, EventRules, IsolationDetector, RawEvent
 from ftml.diagnose import UNKNOWN, Diagnoser, Rule, apply_rules
 from ftml.errors import ModelError
 from ftml.events import Event, event_id
-from ftml.features import Featurizer, Windows, stat_columns
+from ftml.features import Featurizer, Windows, detector_view
 from ftml.io import MetricData, write_bytes, write_text
 
 FORMAT_VERSION = 1
@@ -59,12 +59,9 @@ class Model:
         return [str(c) for c in self.diagnoser.classes_] if self.diagnoser is not None else \
             sorted({r.cause for r in self.rules})
 
-    @property
-    def detector_columns(self) -> np.ndarray:
-        return stat_columns(self.config.detect.stats, len(self.metrics))
-
     def score_windows(self, windows: Windows) -> np.ndarray:
-        return self.detector.score_samples(windows.X[:, self.detector_columns])
+        return self.detector.score_samples(
+            detector_view(windows.X, len(self.metrics), self.config.detect.stats))
 
     def event_builder(self) -> EventBuilder:
         return EventBuilder(self.event_rules, self.threshold, int(self.step.value),

@@ -43,14 +43,15 @@ class DetectConfig:
     random_state: int = 0
     alarm_budget: float = 0.2  # false alarms per entity per day
     calibration_fraction: float = 0.25  # later slice of training held out for the threshold
-    min_windows: int = 3  # k of ...
-    of_windows: int = 5  # ... n flagged windows open an event
+    min_windows: int = 5  # k of ...
+    of_windows: int = 8  # ... n flagged windows open an event
     merge_gap: int = 10  # steps: flags closer than this belong to one event
     cooldown: int = 30  # steps after an event ends before a new one may open
     top_metrics: int = 3
-    # Window stats the forest sees (any of mean, std, min, max, last, slope).
-    stats: list[str] = field(default_factory=lambda: ["mean", "std", "min", "max", "last",
-                                                      "slope"])
+    # Window stats the forest sees per metric (of mean, std, min, max, last, slope, median);
+    # the diagnoser sees them all. The median ignores blips shorter than half a window
+    # (deploys, bursts) and "last" reacts at once; std and slope only add noise here.
+    stats: list[str] = field(default_factory=lambda: ["median", "last"])
 
 
 @dataclass

@@ -14,15 +14,15 @@ from pathlib import Path
 import pandas as pd
 
 from ftml import api
+from ftml.config import Config
 from ftml.evaluate import entity_days_of, event_metrics
 from ftml.io import read_incidents, read_metrics
 from ftml.simulate import write_simulation
 
 
 def run(out: Path, entities: int = 8, train_days: float = 14, test_days: float = 7,
-        seed: int = 0, classifier: str = "tree", quiet: bool = False) -> dict:
-    from ftml.config import Config
-
+        seed: int = 0, classifier: str = "tree", quiet: bool = False,
+        config: Config | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
@@ -36,7 +36,7 @@ def run(out: Path, entities: int = 8, train_days: float = 14, test_days: float =
                      fleet_seed=seed, start=test_start.isoformat())
     say(f"simulated {entities} entities: {train_days} days to train, {test_days} days to score "
         f"({time.perf_counter() - t0:.1f} s)")
-    config = Config()
+    config = config or Config()
     config.diagnose.classifier = classifier
     t1 = time.perf_counter()
     trained = api.train([train_dir / "metrics.csv"], model_dir,

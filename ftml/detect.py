@@ -70,8 +70,8 @@ def _compile(forest):
 class EventRules:
     """How window flags become events. Durations are in steps."""
 
-    min_windows: int = 3  # k flagged windows ...
-    of_windows: int = 5  # ... within the last n steps make the event active
+    min_windows: int = 5  # k flagged windows ...
+    of_windows: int = 8  # ... within the last n steps make the event active
     merge_gap: int = 10  # active windows this close belong to one event
     cooldown: int = 30  # after an event, a new one this soon is suppressed
 

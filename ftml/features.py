@@ -18,9 +18,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ftml.io import MetricData, to_ns
 
-STATS = ("mean", "std", "min", "max", "last", "slope")
+STATS = ("mean", "std", "min", "max", "last", "slope", "median")
 # IQR of a normal distribution is 1.349 sigma: dividing by it makes z read like a z-score.
 IQR_TO_SIGMA = 1.349
+P01_P99_TO_SIGMA = 4.653
 # z is clipped: a metric that is flat in training must not turn into infinite features later.
 Z_CLIP = 1e3
 DEFAULT_CHUNK_ROWS = 65_536
@@ -36,6 +37,24 @@ def stat_columns(stats: list[str] | tuple[str, ...], n_metrics: int) -> np.ndarr
     if unknown:
         raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(STATS)}")
     return np.concatenate([np.arange(n_metrics) + STATS.index(s) * n_metrics for s in stats])
+
+
+def detector_view(X: np.ndarray, n_metrics: int, stats: list[str] | tuple[str, ...]
+                  ) -> np.ndarray:
+    """What the forest sees: the chosen stats per metric plus, across metrics, the largest and
+    second-largest deviation, all on a signed log scale.
+
+    Why: an isolation tree splits on a feature picked at random, so a fault that moves two of
+    thirteen metrics is isolated only by trees that happen to pick them. The cross-metric
+    deviations let every tree see any metric's fault, and the log scale stops heavy-tailed
+    metrics (latency, error rates) from taking every split.
+    """
+    cols = stat_columns(stats, n_metrics)
+    m = n_metrics
+    dev = np.abs(X[:, cols]).reshape(len(X), len(stats), m).max(axis=1)
+    top2 = -np.partition(-dev, 1, axis=1)[:, :2] if m > 1 else np.c_[dev, dev]
+    view = np.hstack([X[:, cols], top2])
+    return np.sign(view) * np.log1p(np.abs(view))
 
 
 def window_features(z: np.ndarray, segments: np.ndarray, window: int,
@@ -86,6 +105,8 @@ def window_features(z: np.ndarray, segments: np.ndarray, window: int,
     X[:, 3 * m:4 * m] = view.max(axis=2)
     X[:, 4 * m:5 * m] = zf[end]
     X[:, 5 * m:6 * m] = slope
+    # The median ignores spikes shorter than half a window (deploy restarts, bursts).
+    X[:, 6 * m:7 * m] = np.median(view, axis=2)
     return X, end.astype(np.int64)
 
 
@@ -168,9 +189,14 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
     for a, b in zip(bounds[:-1], bounds[1:], strict=False):  # one group per entity-hour
         rows = values[order[a:b]]
         k = key[order[a]]
-        q25, q50, q75 = np.nanpercentile(rows, [25, 50, 75], axis=0) if len(rows) else (np.nan,) * 3
+        q01, q25, q50, q75, q99 = np.nanpercentile(rows, [1, 25, 50, 75, 99], axis=0) \
+            if len(rows) else (np.nan,) * 5
         center[k // hours, k % hours] = q50
-        scale[k // hours, k % hours] = (q75 - q25) / IQR_TO_SIGMA
+        # The IQR alone is 0 for metrics that are mostly zero (errors, retransmits), which
+        # would make every blip look infinite: the 1-99 % range (4.65 sigma when normal)
+        # stands in when it is wider, so routine spikes stay routine.
+        scale[k // hours, k % hours] = np.maximum((q75 - q25) / IQR_TO_SIGMA,
+                                                  (q99 - q01) / P01_P99_TO_SIGMA)
     # Entity-level values stand in for hours with too little data.
     ent_center = np.nanmedian(center, axis=1, keepdims=True)
     ent_scale = np.nanmedian(scale, axis=1, keepdims=True)

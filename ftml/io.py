@@ -135,7 +135,7 @@ def _check_file(path: Path) -> tuple[str, bool]:
             raise InputError("not a parquet file", source=source,
                              hint="name the file after its format: .csv, .jsonl or .parquet")
         if size < 8 or tail != _PARQUET_MAGIC:
-            raise InputError("parquet file is truncated (no footer)", source=source,
+            raise InputError("parquet file is truncated: it has no footer", source=source,
                              hint="copy or export the file again")
     elif head == _PARQUET_MAGIC:
         raise InputError("file is parquet but not named .parquet", source=source,
@@ -147,7 +147,7 @@ def read_table(path: str | Path, *, dtype_backend_numpy: bool = True) -> pd.Data
     """Read one CSV / JSON Lines / Parquet file (optionally gzipped) as it is."""
     path = Path(path)
     fmt, gz = _check_file(path)
-    with _read_errors(path, gz):
+    with _read_errors(path, fmt, gz):
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "csv":
@@ -166,7 +166,7 @@ def read_table(path: str | Path, *, dtype_backend_numpy: bool = True) -> pd.Data
 
 
 @contextmanager
-def _read_errors(path: Path, gz: bool) -> Iterator[None]:
+def _read_errors(path: Path, fmt: str, gz: bool) -> Iterator[None]:
     """Parser and decompression failures -> one InputError naming the file."""
     source = str(path)
     try:
@@ -195,12 +195,14 @@ def _read_errors(path: Path, gz: bool) -> Iterator[None]:
         raise InputError(f"cannot parse CSV: {_first_line(exc)}", source=source) from None
     except pd.errors.ParserError as exc:
         raise _csv_error(exc, source) from None
-    except OSError as exc:
-        raise InputError(f"cannot read file: {_first_line(exc)}", source=source) from None
-    except Exception as exc:  # pyarrow.lib.ArrowInvalid and friends: a broken parquet file
-        if type(exc).__module__.startswith("pyarrow"):
-            raise InputError("not a valid parquet file (corrupt)", source=source,
+    except Exception as exc:
+        # pyarrow reports a broken file as a plain OSError or as one of its own errors.
+        if fmt == "parquet" and (isinstance(exc, (OSError, ValueError))
+                                 or type(exc).__module__.startswith("pyarrow")):
+            raise InputError("parquet file is corrupt", source=source,
                              hint="copy or export the file again") from None
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot read file: {_first_line(exc)}", source=source) from None
         raise
 
 
@@ -267,7 +269,8 @@ def _parse_jsonl(text: str, path: Path, line_offset: int) -> pd.DataFrame:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON ({exc.msg})", source=str(path),
-                             where=f"line {lineno}", hint="write one JSON object per line") from None
+                             where=f"line {lineno}",
+                             hint="write one JSON object per line") from None
         if not isinstance(obj, dict):
             kind = "a JSON array" if isinstance(obj, list) else "not a JSON object"
             raise InputError(f"line is {kind}", source=str(path), where=f"line {lineno}",
@@ -775,7 +778,7 @@ def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
         chunks = _iter_raw(f, fmt, gz, chunk_rows)
         try:
             while True:
-                with _read_errors(f, gz):  # around each read only: never around the consumer
+                with _read_errors(f, fmt, gz):  # around each read only: never around the consumer
                     raw = next(chunks, None)
                 if raw is None:
                     break
@@ -945,10 +948,10 @@ def _iso_text(frame: pd.DataFrame) -> pd.DataFrame:
     out = None
     for col in frame.columns:
         s = frame[col]
-        if not (isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(s.dtype)):
+        aware = isinstance(s.dtype, pd.DatetimeTZDtype)
+        if not (aware or pd.api.types.is_datetime64_dtype(s.dtype)):
             continue
-        utc = s.dt.tz_convert("UTC") if isinstance(s.dtype, pd.DatetimeTZDtype) \
-            else s.dt.tz_localize("UTC")
+        utc = s.dt.tz_convert("UTC") if aware else s.dt.tz_localize("UTC")
         ns = to_ns(utc.fillna(pd.Timestamp(0, tz="UTC")))
         sub_second = ns % 10**9
         if not sub_second.any():

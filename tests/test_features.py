@@ -28,7 +28,7 @@ def _pandas_reference(z: np.ndarray, segments: np.ndarray, w: int) -> pd.DataFra
     parts = {
         "mean": roll.mean(), "std": roll.std(ddof=0), "min": roll.min(), "max": roll.max(),
         "last": frame.groupby("seg").rolling(1).mean(),
-        "slope": roll.apply(slope, raw=True),
+        "slope": roll.apply(slope, raw=True), "median": roll.median(),
     }
     return pd.concat({k: v.drop(columns="seg", errors="ignore").reset_index(drop=True)
                       for k, v in parts.items()}, axis=1)
