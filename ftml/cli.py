@@ -94,10 +94,12 @@ def simulate(out, entities, days, step, seed, start, fmt):
 @click.option("--window", type=click.IntRange(min=2), help="Steps per window (default 15).")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), help="rules.yaml")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
+              "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
 @_read_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, timestamp_col, entity_col, step, exclude):
+          quiet, scheduler, timestamp_col, entity_col, step, exclude):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
 
@@ -108,8 +110,14 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
         config.detect.alarm_budget = alarm_budget
     if window:
         config.features.window = window
-    result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
-                       quiet=quiet)
+    if scheduler:
+        from ftml import distributed
+
+        result = distributed.train(metrics, out, scheduler, incidents=incidents, config=config,
+                                   rules=rules_path, quiet=quiet)
+    else:
+        result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
+                           quiet=quiet)
     m = result.manifest
     cal = m["calibration"]
     click.echo(f"model {m['model_version']} -> {out}")
@@ -135,19 +143,69 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--chunk-rows", type=click.IntRange(min=1000), default=1_000_000, show_default=True,
               help="Rows read at a time: bounds memory for large inputs.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
+              "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
 @_clean_errors
-def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet):
+def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
-                       playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+    if scheduler:
+        from ftml import distributed
+
+        result = distributed.score(model_dir, metrics, scheduler, out=out,
+                                   windows_out=windows_out, playbooks=playbooks,
+                                   chunk_rows=chunk_rows, quiet=quiet)
+    else:
+        result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
+                           playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
     causes = ", ".join(f"{c}={n}" for c, n in sorted(by_cause.items())) or "-"
     click.echo(f"{len(result.events)} events ({causes}) in {result.windows} windows of "
                f"{result.entities} entities, {result.seconds} s -> {out}")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--metrics", "metrics", multiple=True, required=True,
+              help="Metric file, directory or glob of the period to judge (repeatable).")
+@click.option("--incidents", required=True, type=click.Path(dir_okay=False),
+              help="Labelled incidents of that period.")
+@click.option("--out", type=click.Path(dir_okay=False), help="JSON report (keys: "
+              "docs/evaluation.md).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False),
+              help="Self-contained HTML report with plots (needs ftml[report]).")
+@click.option("--baselines", is_flag=True,
+              help="Also judge a random score and a static robust z-score threshold.")
+@click.option("--playbooks", type=click.Path(dir_okay=False),
+              help="Playbook file: which playbook would have run for each incident.")
+@click.option("--calibration-metrics", multiple=True,
+              help="Training metrics to calibrate the baselines on (default: the model's "
+                   "training files if present).")
+@click.option("--calibration-incidents", type=click.Path(dir_okay=False),
+              help="Incidents of the calibration metrics.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_clean_errors
+def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
+             calibration_metrics, calibration_incidents, quiet):
+    """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
+    from ftml import report
+    from ftml.evaluate import evaluate as run_evaluation
+
+    if html_out:
+        report._require_matplotlib()  # fail before the work, not after
+    ev = run_evaluation(model_dir, metrics, incidents, playbooks=playbooks, baselines=baselines,
+                        calibration_metrics=calibration_metrics or None,
+                        calibration_incidents=calibration_incidents, quiet=quiet)
+    click.echo(report.format_text(ev.report))
+    if out:
+        report.write_json(ev.report, out)
+        click.echo(f"report -> {out}")
+    if html_out:
+        report.write_html(ev, html_out)
+        click.echo(f"html -> {html_out}")
 
 
 @main.command()

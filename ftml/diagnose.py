@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
@@ -47,9 +48,11 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             return DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=5,
                                           class_weight="balanced", random_state=self.random_state)
         if self.classifier == "svm":
-            return make_pipeline(StandardScaler(), SVC(kernel="rbf", probability=True,
-                                                       class_weight="balanced", C=10.0,
-                                                       random_state=self.random_state))
+            # Probabilities by calibration on held-out folds (SVC(probability=True) is
+            # deprecated in scikit-learn 1.9).
+            svc = SVC(kernel="rbf", class_weight="balanced", C=10.0)
+            return make_pipeline(StandardScaler(),
+                                 CalibratedClassifierCV(svc, ensemble=False, cv=3))
         if self.classifier == "forest":
             return RandomForestClassifier(n_estimators=200, min_samples_leaf=2,
                                           class_weight="balanced",
@@ -136,8 +139,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             order = np.argsort(-imp)[:15]
             lines = [f"{feature_names[i]:40s} {imp[i]:.3f}" for i in order]
             return "most important features:\n" + "\n".join(lines)
-        return f"{self.classifier}: support vectors per class " + \
-            ", ".join(f"{c}={n}" for c, n in zip(self.classes_, final.n_support_, strict=False))
+        return (f"{self.classifier}: scaled RBF SVM with calibrated probabilities over "
+                f"{self.n_features_in_} features; classes: {', '.join(map(str, self.classes_))}")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
