@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage
 
 from ftml.io import MetricData, to_ns
 
@@ -97,17 +97,30 @@ def window_features(z: np.ndarray, segments: np.ndarray, window: int,
     t_mean = (lo + hi - 1)[:, None] / 2.0
     denom = w * (w * w - 1) / 12.0
     slope = (st - t_mean * s1) / denom if w > 1 else np.zeros_like(mean)
-    view = sliding_window_view(zf, w, axis=0)[lo]  # (k, m, w): only the kept windows
+    # Rolling min / max / median in C (scipy.ndimage, O(n) for min and max); a filter centred
+    # on row c covers rows c - w//2 .. c - w//2 + w - 1, so the window ending at e is c =
+    # e - (w - 1) + w // 2.
+    centre = end - (w - 1) + w // 2
     X = np.empty((end.size, len(STATS) * m))
     X[:, 0 * m:1 * m] = mean
     X[:, 1 * m:2 * m] = np.sqrt(var)
-    X[:, 2 * m:3 * m] = view.min(axis=2)
-    X[:, 3 * m:4 * m] = view.max(axis=2)
+    X[:, 2 * m:3 * m] = ndimage.minimum_filter1d(zf, w, axis=0, mode="nearest")[centre]
+    X[:, 3 * m:4 * m] = ndimage.maximum_filter1d(zf, w, axis=0, mode="nearest")[centre]
     X[:, 4 * m:5 * m] = zf[end]
     X[:, 5 * m:6 * m] = slope
     # The median ignores spikes shorter than half a window (deploy restarts, bursts).
-    X[:, 6 * m:7 * m] = np.median(view, axis=2)
+    X[:, 6 * m:7 * m] = _rolling_median(zf, w)[centre]
     return X, end.astype(np.int64)
+
+
+def _rolling_median(z: np.ndarray, w: int) -> np.ndarray:
+    """Centred rolling median along rows; for an even window the mean of the middle two, as
+    numpy and pandas define it."""
+    if w % 2:
+        return ndimage.median_filter(z, size=(w, 1), mode="nearest")
+    lo = ndimage.rank_filter(z, w // 2 - 1, size=(w, 1), mode="nearest")
+    hi = ndimage.rank_filter(z, w // 2, size=(w, 1), mode="nearest")
+    return (lo + hi) / 2.0
 
 
 def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str]) -> list[str]:
@@ -163,8 +176,8 @@ class Baseline:
              ) -> tuple[np.ndarray, np.ndarray]:
         """Centre and scale for each row, given its entity name and time."""
         index = {e: i for i, e in enumerate(self.entities)}
-        names, inverse = np.unique(entity_names, return_inverse=True)
-        known = np.array([index.get(str(n), -1) for n in names])[inverse]
+        inverse, names = pd.factorize(entity_names)  # fast on categoricals, keeps order
+        known = np.array([index.get(str(n), -1) for n in names], dtype=np.int64)[inverse]
         hour = (timestamps_ns // 3_600_000_000_000) % 24 if self.by_hour else \
             np.zeros(len(timestamps_ns), dtype=np.int64)
         center = np.where((known >= 0)[:, None], self.center[np.maximum(known, 0), hour],
@@ -189,8 +202,8 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
     for a, b in zip(bounds[:-1], bounds[1:], strict=False):  # one group per entity-hour
         rows = values[order[a:b]]
         k = key[order[a]]
-        q01, q25, q50, q75, q99 = np.nanpercentile(rows, [1, 25, 50, 75, 99], axis=0) \
-            if len(rows) else (np.nan,) * 5
+        pct = np.percentile if not np.isnan(rows).any() else np.nanpercentile
+        q01, q25, q50, q75, q99 = pct(rows, [1, 25, 50, 75, 99], axis=0)
         center[k // hours, k % hours] = q50
         # The IQR alone is 0 for metrics that are mostly zero (errors, retransmits), which
         # would make every blip look infinite: the 1-99 % range (4.65 sigma when normal)
@@ -276,8 +289,7 @@ class Featurizer:
         """Frame in the contract -> (z values, segment ids, values with counters as rates)."""
         codes = pd.factorize(frame["entity"], sort=False)[0].astype(np.int64)
         values = self._rates(frame[self.metrics_].to_numpy(dtype=np.float64), codes)
-        center, scale = self.baseline_.rows(frame["entity"].to_numpy(dtype=object),
-                                            to_ns(frame["timestamp"]))
+        center, scale = self.baseline_.rows(frame["entity"], to_ns(frame["timestamp"]))
         z = np.clip((values - center) / scale, -Z_CLIP, Z_CLIP)
         return z, codes, values
 
