@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -139,10 +140,15 @@ class EventBuilder:
         out: list[RawEvent] = []
         if len(end_ns) == 0:
             return out
-        order = np.lexsort((end_ns, entity))
-        entity, end_ns, scores, payload = (entity[order], end_ns[order], scores[order],
-                                           payload[order])
-        bounds = np.flatnonzero(np.r_[True, entity[1:] != entity[:-1], True])
+        codes, names = pd.factorize(entity)
+        ordered = (np.all(np.diff(codes) >= 0) and
+                   np.all((np.diff(end_ns) > 0) | (np.diff(codes) > 0)))
+        if not ordered:  # batch chunks come ordered already; online ticks do not
+            order = np.lexsort((end_ns, codes))
+            codes, end_ns, scores, payload = (codes[order], end_ns[order], scores[order],
+                                              payload[order])
+        entity = np.asarray(names, dtype=object)[codes]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
         t_all = end_ns // self.step_ns
         for a, b in zip(bounds[:-1], bounds[1:], strict=False):  # per entity, not per row
             out.extend(self._push_entity(str(entity[a]), t_all[a:b], scores[a:b], payload[a:b],
@@ -168,6 +174,18 @@ class EventBuilder:
 
     def _push_entity(self, name: str, t, scores, payload, final: bool) -> list[RawEvent]:
         st = self._state.get(name)
+        quiet = not (scores >= self.threshold).any() and (
+            st is None or not (st.scores >= self.threshold).any())
+        if quiet and not final and len(t):
+            # Nothing flagged anywhere: only the k-of-n look-back needs keeping (copied, so
+            # that the caller's chunk can be freed).
+            keep = slice(np.searchsorted(t, t[-1] - self.rules.of_windows, side="left"), None)
+            tail = (t[keep].copy(), scores[keep].copy(), payload[keep].copy())
+            if st is None:
+                self._state[name] = _EntityState(*tail)
+            else:
+                st.t, st.scores, st.payload = tail
+            return []
         if st is None:
             st = self._state[name] = _EntityState(t, scores, payload)
         else:
@@ -196,7 +214,8 @@ class EventBuilder:
             cut = np.searchsorted(st.t, st.t[keep_from] - self.rules.of_windows, side="left")
         else:
             cut = np.searchsorted(st.t, now - self.rules.of_windows, side="left")
-        st.t, st.scores, st.payload = st.t[cut:], st.scores[cut:], st.payload[cut:]
+        st.t, st.scores, st.payload = (st.t[cut:].copy(), st.scores[cut:].copy(),
+                                       st.payload[cut:].copy())
         return out
 
     def _event(self, name: str, st: _EntityState, run: tuple[int, int, int]) -> RawEvent:
