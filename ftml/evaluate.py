@@ -334,15 +334,21 @@ def baseline_detector(kind: str, model, seed: int = 0):
 
 
 def with_detector(model, detector, threshold: float, name: str):
-    """The model with another detector and threshold (every other stage unchanged); the
-    detector sees all feature columns."""
-    from ftml.features import STATS
+    """The model with another detector and threshold, every other stage unchanged; the
+    detector scores the raw feature matrix (stat-major z-score stats, see
+    :func:`ftml.features.feature_names`), not the view the forest is given."""
+    from ftml.bundle import Model
 
-    config = copy.deepcopy(model.config)
-    config.detect.stats = list(STATS)
-    return dataclasses.replace(model, detector=detector, threshold=float(threshold),
-                               config=config, version=f"{model.version}-{name}",
-                               manifest=dict(model.manifest))
+    @dataclasses.dataclass
+    class BaselineModel(Model):
+        def score_windows(self, windows):
+            return self.detector.score_samples(windows.X)
+
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(Model)}
+    fields.update(detector=detector, threshold=float(threshold),
+                  config=copy.deepcopy(model.config), version=f"{model.version}-{name}",
+                  manifest=dict(model.manifest))
+    return BaselineModel(**fields)
 
 
 def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.DataFrame | None,
@@ -352,14 +358,12 @@ def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.Da
     are the last ``calibration_fraction`` of ``data`` (training data), or all of it with
     ``whole`` (then with no labels, every event counts against the budget)."""
     from ftml.detect import AlarmThreshold
-    from ftml.features import STATS, stat_columns
     from ftml.io import incident_spans
 
     dc = model.config.detect
     ts = to_ns(data.frame["timestamp"])
     t_min, t_max = (ts.min(), ts.max()) if len(ts) else (0, 0)
     t_cut = t_min if whole else t_min + (1.0 - dc.calibration_fraction) * (t_max - t_min)
-    cols = stat_columns(list(STATS), len(model.metrics))
     ent, end = [], []
     scores: dict[str, list[np.ndarray]] = {k: [] for k in detectors}
     for w in model.featurizer.iter_windows(data):  # scores only: memory stays small
@@ -367,7 +371,7 @@ def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.Da
         ent.append(w.entity)
         end.append(w.end_ns)
         for k, det in detectors.items():
-            scores[k].append(det.score_samples(w.X[:, cols]))
+            scores[k].append(det.score_samples(w.X))  # as with_detector's model scores
     ent_a = np.concatenate(ent) if ent else np.empty(0, dtype=object)
     end_a = np.concatenate(end) if end else np.empty(0, dtype=np.int64)
     out = {}
@@ -516,7 +520,9 @@ def _calibration_source(model, calibration_metrics, calibration_incidents):
     data = read_metrics(paths, model.config.read, model.metrics)
     inc = read_incidents(calibration_incidents, data.entities, model.config.read) \
         if calibration_incidents else None
-    what = "training data: " + ", ".join(map(str, paths))
+    what = "training data: " + ", ".join(map(str, paths)) + \
+        (f" with incidents {calibration_incidents}" if inc is not None else
+         " (no incidents given: every event there counts against the budget)")
     return data, inc, what
 
 
@@ -545,8 +551,8 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
     days = entity_days_of(data.frame, data.step)
     runs = {"ftml": _score_run("ftml", model, paths, inc, days, tolerance, playbooks, seed,
                                quiet)}
-    diagnosed = diagnose_incidents(model, data, inc) if model.diagnoser is not None or \
-        model.rules else [None] * len(inc)
+    # A model without diagnoser or rules answers 'unknown': counted as abstaining, as for events.
+    diagnosed = diagnose_incidents(model, data, inc)
     base_report = None
     if baselines:
         cal_data, cal_inc, what = _calibration_source(model, calibration_metrics,

@@ -1,0 +1,1 @@
+"""ftml benchmarks: ``python -m bench [NAME...] [--quick]`` runs ``bench/bench_<NAME>.py``."""

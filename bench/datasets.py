@@ -1,0 +1,268 @@
+"""Adapters: public labelled data sets -> ftml's metric and incident contract.
+
+Each adapter returns :class:`Split` objects (train and test metrics in the wide layout, with
+their incidents), split in time order so that nothing of the test period is seen in training.
+The data lives in ``../shared/data`` (see its README); nothing here is copied into the repo.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ftml.io import to_ns
+
+INCIDENT_COLUMNS = ["entity", "start", "end", "cause"]
+#: SMD has no timestamps: row i is minute i from this (fictional) start.
+SMD_START = pd.Timestamp("2026-01-05T00:00:00Z")
+#: NAB has no separate training set: the first share of each series trains, the rest is judged.
+NAB_TRAIN_SHARE = 0.4
+#: Nezha labels the injection time only; its effects last a few minutes.
+NEZHA_FAULT_MINUTES = 5
+NEZHA_CAUSES = {"cpu_contention": "cpu_contention", "cpu_consumed": "cpu_consumed",
+                "network_delay": "network_delay", "return": "code_error",
+                "exception": "code_error"}
+
+
+@dataclass
+class Split:
+    """One train/test experiment in ftml's contract."""
+
+    name: str
+    train: pd.DataFrame  # wide: timestamp (UTC), entity, one float column per metric
+    train_incidents: pd.DataFrame  # entity, start, end, cause
+    test: pd.DataFrame
+    test_incidents: pd.DataFrame
+    config: dict = field(default_factory=dict)  # ftml config sections to override
+    task: str = "detection"  # "detection", "detection+diagnosis" or "diagnosis"
+    notes: list[str] = field(default_factory=list)
+
+
+def _no_incidents() -> pd.DataFrame:
+    return pd.DataFrame({"entity": pd.Series(dtype=str),
+                         "start": pd.Series(dtype="datetime64[ns, UTC]"),
+                         "end": pd.Series(dtype="datetime64[ns, UTC]"),
+                         "cause": pd.Series(dtype=str)})
+
+
+def runs_of(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs of True as (start, end_exclusive) row indexes."""
+    d = np.diff(np.r_[0, flags.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(),
+                    strict=True))
+
+
+# --------------------------------------------------------------------------- SMD
+
+
+def smd(root: Path, machines: list[str] | None = None) -> Split:
+    """Server Machine Dataset: train on each machine's train file, judge its test file.
+
+    Row i is minute i (train from :data:`SMD_START`, test right after). Incidents are the
+    contiguous ``label == 1`` segments of the test files; their cause is the segment's dominant
+    metric group (a weak label; there are no labelled incidents in training, so no diagnosis)."""
+    base = root / "smd"
+    names = machines or sorted(p.name.removesuffix(".csv.gz")
+                               for p in (base / "train").glob("machine-*.csv.gz"))
+    groups = pd.read_csv(base / "interpretation_segments_index.csv")
+    group_of = {(r.machine, int(r.start)): r.dominant_group_by_fraction
+                for r in groups.itertuples(index=False)}
+    train_parts, test_parts, incidents = [], [], []
+    step = pd.Timedelta(minutes=1)
+    for name in names:
+        tr = pd.read_csv(base / "train" / f"{name}.csv.gz")
+        te = pd.read_csv(base / "test" / f"{name}.csv.gz")
+        label = te.pop("label").to_numpy()
+        t_train = SMD_START + step * np.arange(len(tr))
+        t_test = t_train[-1] + step * np.arange(1, len(te) + 1)
+        tr.insert(0, "entity", name)
+        tr.insert(0, "timestamp", t_train)
+        te.insert(0, "entity", name)
+        te.insert(0, "timestamp", t_test)
+        train_parts.append(tr)
+        test_parts.append(te)
+        for a, b in runs_of(label == 1):
+            incidents.append((name, t_test[a], t_test[b - 1], group_of.get((name, a), "unknown")))
+    return Split(
+        name="SMD", train=pd.concat(train_parts, ignore_index=True),
+        train_incidents=_no_incidents(), test=pd.concat(test_parts, ignore_index=True),
+        test_incidents=pd.DataFrame(incidents, columns=INCIDENT_COLUMNS),
+        task="detection",
+        notes=[f"{len(names)} machines, 38 metrics, row = minute; train file -> test file",
+               "incidents: label==1 segments of the test files"])
+
+
+# --------------------------------------------------------------------------- NAB
+
+
+NAB_FOLDERS = ("realAWSCloudwatch", "realKnownCause")
+
+
+def nab(root: Path) -> list[Split]:
+    """NAB realAWSCloudwatch + realKnownCause, univariate: one entity per file, its one metric
+    called ``reading`` (a ``value`` column would mark the long layout). Each series: the first
+    :data:`NAB_TRAIN_SHARE` trains (its labelled windows given as training incidents), the rest
+    is judged against its labelled windows. Files with the same step share one model."""
+    base = root / "nab"
+    windows = json.loads((base / "labels" / "combined_windows.json").read_text())
+    by_step: dict[pd.Timedelta, list] = {}
+    for folder in NAB_FOLDERS:
+        for path in sorted((base / "data" / folder).glob("*.csv")):
+            frame = pd.read_csv(path)
+            t = pd.to_datetime(frame["timestamp"], utc=True)
+            step = pd.Timedelta(int(np.median(np.diff(to_ns(t)))), unit="ns")
+            by_step.setdefault(step, []).append((f"{folder}/{path.name}", t, frame["value"]))
+    out = []
+    for step, series in sorted(by_step.items()):
+        trains, tests, tr_inc, te_inc = [], [], [], []
+        for key, t, value in series:
+            entity = key.split("/")[1].removesuffix(".csv")
+            cut = t.iloc[int(len(t) * NAB_TRAIN_SHARE)]
+            part = pd.DataFrame({"timestamp": t, "entity": entity,
+                                 "reading": value.astype(float)})
+            trains.append(part[part["timestamp"] < cut])
+            tests.append(part[part["timestamp"] >= cut])
+            for a, b in windows.get(key, []):
+                a, b = pd.Timestamp(a, tz="UTC"), pd.Timestamp(b, tz="UTC")
+                if a < cut:  # a window across the cut is clipped to each side
+                    tr_inc.append((entity, a, min(b, cut - step), "anomaly"))
+                if b >= cut:
+                    te_inc.append((entity, max(a, cut), b, "anomaly"))
+        minutes = step.total_seconds() / 60
+        out.append(Split(
+            name=f"NAB {minutes:g}-min", train=pd.concat(trains, ignore_index=True),
+            train_incidents=pd.DataFrame(tr_inc, columns=INCIDENT_COLUMNS),
+            test=pd.concat(tests, ignore_index=True),
+            test_incidents=pd.DataFrame(te_inc, columns=INCIDENT_COLUMNS),
+            config={"read": {"step": f"{int(step.total_seconds())}s"}}, task="detection",
+            notes=[f"{len(series)} series with a {minutes:g} min step; first "
+                   f"{NAB_TRAIN_SHARE:.0%} of each trains"]))
+    return out
+
+
+# --------------------------------------------------------------------------- Nezha
+
+
+def _nezha_day(base: Path, date: str) -> pd.DataFrame:
+    parts = []
+    for path in sorted((base / "rca_data" / date / "metric").glob("*_metric.csv.gz")):
+        frame = pd.read_csv(path)
+        service = str(frame["PodName"].iloc[0]).rsplit("-", 2)[0]
+        metrics = frame.drop(columns=["Time", "TimeStamp", "PodName"]).astype(float)
+        metrics.insert(0, "entity", service)
+        # The Time text, not the TimeStamp epoch: adservice's epochs on 2022-08-22 are 2e8 s off.
+        when = pd.to_datetime(frame["Time"].str.slice(0, 19), format="%Y-%m-%d %H:%M:%S",
+                              utc=True)
+        metrics.insert(0, "timestamp", when)
+        parts.append(metrics)
+    return pd.concat(parts, ignore_index=True)
+
+
+def nezha(root: Path) -> Split:
+    """Nezha Online Boutique: train on 2022-08-22, judge 2022-08-23. One entity per service
+    (pod names change between days). An incident runs from the labelled ``inject_time`` for
+    :data:`NEZHA_FAULT_MINUTES`; causes cpu_contention, cpu_consumed, network_delay and
+    code_error (return + exception, which barely show in pod metrics)."""
+    base = root / "nezha"
+    labels = pd.read_csv(base / "labels_index.csv")
+    days = {}
+    for date in ("2022-08-22", "2022-08-23"):
+        frame = _nezha_day(base, date)
+        lab = labels[labels["date"] == date]
+        start = pd.to_datetime(lab["inject_time"], utc=True)
+        inc = pd.DataFrame({"entity": lab["service"].astype(str).to_numpy(),
+                            "start": start.to_numpy(),
+                            "end": (start + pd.Timedelta(minutes=NEZHA_FAULT_MINUTES)).to_numpy(),
+                            "cause": lab["fault_type"].map(NEZHA_CAUSES).to_numpy()})
+        inc["start"] = pd.to_datetime(inc["start"], utc=True)
+        inc["end"] = pd.to_datetime(inc["end"], utc=True)
+        # Faults injected where the day's metrics do not reach cannot be judged.
+        span = frame.groupby("entity")["timestamp"].agg(["min", "max"])
+        ok = [e in span.index and span.loc[e, "min"] <= s <= span.loc[e, "max"]
+              for e, s in zip(inc["entity"], inc["start"], strict=True)]
+        days[date] = (frame, inc[ok].reset_index(drop=True), int(len(inc) - sum(ok)))
+    (train, tr_inc, tr_drop), (test, te_inc, te_drop) = days["2022-08-22"], days["2022-08-23"]
+    return Split(
+        name="Nezha OB", train=train, train_incidents=tr_inc, test=test, test_incidents=te_inc,
+        task="detection+diagnosis",
+        notes=[f"{train['entity'].nunique()} services, {train.shape[1] - 2} pod metrics; "
+               f"incident = inject_time + {NEZHA_FAULT_MINUTES} min; times from the Time "
+               "column (one pod's TimeStamp epochs are 2e8 s off)",
+               f"faults outside the metrics' time range dropped: {tr_drop} train, "
+               f"{te_drop} test"])
+
+
+# --------------------------------------------------------------------------- PetShop
+
+
+PETSHOP_SCENARIOS = ("low_traffic", "high_traffic")
+
+
+def petshop_class(derived: str) -> str:
+    """Coarse fault class from the index's ``fault_class_derived``: errors, latency, lambda
+    (inject flag of unspecified type) or overload."""
+    return derived.split(" ", 1)[0]
+
+
+def _petshop_read(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, header=[0, 1, 2], index_col=0)
+    frame.columns = ["|".join(c) for c in frame.columns]
+    frame.index = pd.to_datetime(frame.index.astype(float), unit="s", utc=True)
+    return frame
+
+
+def _petshop_wide(frames: list[pd.DataFrame], entity: str) -> pd.DataFrame:
+    w = pd.concat(frames).sort_index()
+    return pd.concat([pd.DataFrame({"timestamp": w.index, "entity": entity}),
+                      w.reset_index(drop=True)], axis=1)
+
+
+def petshop(root: Path, scenarios: tuple[str, ...] = PETSHOP_SCENARIOS) -> list[Split]:
+    """PetShop: diagnosis of the fault class of each issue. Per traffic scenario, one entity:
+    normal operation (``noissue``) plus the training issues (each a labelled incident over its
+    25 minutes) train; the test issues are judged. Only the scenarios with normal data are used.
+    ``noissue`` is recorded months after the issues: it is moved back a whole number of weeks
+    (hour of day and weekday kept) to end before them, so training can use it. Metrics: the
+    series present in every issue and in 98 % of the normal data. Windows of 3 steps (an issue
+    has 5 rows)."""
+    base = root / "petshop"
+    index = pd.read_csv(base / "labels_index.csv")
+    out = []
+    for sc in scenarios:
+        d = base / "dataset" / sc
+        issues = {}
+        for split in ("train", "test"):
+            for p in sorted((d / split).glob("issue_*/metrics.csv")):
+                issues[(split, p.parent.name)] = _petshop_read(p)
+        normal = _petshop_read(d / "noissue" / "metrics.csv.gz")
+        cols = set(normal.columns[normal.notna().mean() >= 0.98])
+        for frame in issues.values():
+            cols &= set(frame.columns[frame.notna().all()])
+        cols = sorted(cols)
+        first_issue = min(f.index.min() for f in issues.values())
+        week = pd.Timedelta(days=7)
+        shift = week * int(np.ceil((normal.index.max() - first_issue + week) / week))
+        normal = normal[cols].set_axis(normal.index - shift)
+        parts = {"train": [normal], "test": []}
+        incs: dict[str, list] = {"train": [], "test": []}
+        entity = f"petshop-{sc}"
+        for (split, issue), frame in issues.items():
+            row = index[(index["traffic"] == sc) & (index["split"] == split) &
+                        (index["issue"] == issue)]
+            parts[split].append(frame[cols])
+            incs[split].append((entity, frame.index.min(), frame.index.max(),
+                                petshop_class(str(row["fault_class_derived"].iloc[0]))))
+
+        out.append(Split(
+            name=f"PetShop {sc}", train=_petshop_wide(parts["train"], entity),
+            train_incidents=pd.DataFrame(incs["train"], columns=INCIDENT_COLUMNS),
+            test=_petshop_wide(parts["test"], entity),
+            test_incidents=pd.DataFrame(incs["test"], columns=INCIDENT_COLUMNS),
+            config={"features": {"window": 3}, "read": {"step": "300s"}}, task="diagnosis",
+            notes=[f"{len(cols)} series; {len(incs['train'])} train / {len(incs['test'])} test "
+                   "issues"]))
+    return out
