@@ -38,7 +38,6 @@ class IsolationDetector(BaseEstimator):
             max_samples = min(max_samples, X.shape[0])
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples,
                                        random_state=self.random_state, n_jobs=self.n_jobs).fit(X)
-        self.fast_ = _compile(self.forest_)
         return self
 
     def score_samples(self, X) -> np.ndarray:
@@ -46,8 +45,20 @@ class IsolationDetector(BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if X.shape[0] == 0:
             return np.empty(0)
-        scorer = self.fast_ if self.fast_ is not None else self.forest_
-        return -scorer.score_samples(X)
+        return -self._scorer().score_samples(X)
+
+    def _scorer(self):
+        # The fast scorer is compiled from the fitted forest when first needed, never pickled:
+        # a bundle then holds only scikit-learn's forest and loads whatever ftml.fast becomes.
+        fast = self.__dict__.get("_fast")
+        if fast is None:
+            fast = self.__dict__["_fast"] = _compile(self.forest_) or self.forest_
+        return fast
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_fast", None)
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
