@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench chaos lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# A real service under load, 12 injected faults, ftml watch --mode auto: see docs/chaos.md.
+chaos: install
+	$(BIN)/python -m examples.live.chaos
 
 lint: install
 	$(BIN)/ruff check .

@@ -310,5 +310,73 @@ def audit(state_dir, since, entity):
     click.echo(text)
 
 
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--source", "sources", multiple=True, required=True,
+              help="file:PATH | stdin | local | prometheus:URL (repeatable).")
+@click.option("--playbooks", type=click.Path(dir_okay=False), help="Recovery playbooks.")
+@click.option("--mode", type=click.Choice(["dry-run", "approve", "auto"]), default="dry-run",
+              show_default=True, help="How recovery acts (overrides the playbook file).")
+@click.option("--sink", "sinks", multiple=True,
+              help="stdout | jsonl:PATH | webhook:URL | alertmanager:URL (repeatable; "
+                   "default stdout).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="State folder: checkpoints, alert queue, recovery database.")
+@click.option("--interval", help="Time between ticks, e.g. 60s (default: the model's step).")
+@click.option("--listen", help="Serve /metrics and /healthz on HOST:PORT.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="ftml.yaml; its 'watch:' section configures sources and the loop.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+@_clean_errors
+def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
+          config_path, log_level):
+    """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
+    import logging
+    import signal
+
+    from ftml.bundle import load_model
+    from ftml.config import parse_duration
+    from ftml.sinks import make_sink
+    from ftml.sources import make_source, source_config
+    from ftml.watch import WatchConfig, Watcher, parse_listen
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = load_model(model_dir)
+    config = load_config(config_path)
+    section = config.extra.get("watch") or model.config.extra.get("watch") or {}
+    where = config_path or "model config"
+    wcfg = WatchConfig.from_section(section, where)
+    if interval:
+        wcfg.interval = parse_duration(interval, "--interval").total_seconds()
+    scfg = source_config(section, where)
+    srcs = [make_source(s, model.config.read, scfg, model.metrics) for s in sources]
+    snks = [make_sink(s) for s in (sinks or ("stdout",))]
+    address = parse_listen(listen) if listen else None
+    engine = None
+    if playbooks:
+        from ftml.playbooks import load_playbooks
+        from ftml.recover import RecoveryEngine
+
+        engine = RecoveryEngine(load_playbooks(playbooks, known_metrics=model.metrics),
+                                state_dir=state_dir, mode=mode.replace("-", "_"),
+                                model_version=model.version)
+    watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg)
+
+    def stop(signum, frame):
+        logging.getLogger("ftml.watch").info("%s: finishing the tick and stopping",
+                                             signal.Signals(signum).name)
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        watcher.run(listen=address)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
 if __name__ == "__main__":
     main()

@@ -5,18 +5,39 @@ scoring and the online loop alike: the callers only differ in how many rows they
 Features are computed on baseline-standardised values ``z = (x - median) / scale`` so that one
 model serves a fleet of differently sized entities and every feature reads as "how far from
 this entity's normal".
+
+Speed: :func:`window_features` is :func:`complete_windows` (which windows exist) and
+:func:`window_stats` (their stats, all entities at once, in the C kernel
+``ftml._window_kernel`` or its numpy twin). Callers that need only some windows or some stats
+(training's sample, scoring's forest view) ask for just those: each window's figures depend on
+its rows alone, so any subset gives the same bits as the whole.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from ftml.io import MetricData, to_ns
+
+try:
+    from ftml import _window_kernel
+except ImportError:  # not built (a source tree never pip-installed): numpy does the same sums
+    _window_kernel = None
+
+KERNEL_AVAILABLE = _window_kernel is not None
+# Below this many windows per thread, starting a thread costs more than it saves.
+_MIN_WINDOWS_PER_THREAD = 20_000
+try:
+    _CPUS = len(os.sched_getaffinity(0))
+except AttributeError:  # not on Linux
+    _CPUS = os.cpu_count() or 1
 
 STATS = ("mean", "std", "min", "max", "last", "slope", "median")
 # IQR of a normal distribution is 1.349 sigma: dividing by it makes z read like a z-score.
@@ -49,12 +70,78 @@ def detector_view(X: np.ndarray, n_metrics: int, stats: list[str] | tuple[str, .
     deviations let every tree see any metric's fault, and the log scale stops heavy-tailed
     metrics (latency, error rates) from taking every split.
     """
-    cols = stat_columns(stats, n_metrics)
+    return stats_view(X[:, stat_columns(stats, n_metrics)], n_metrics)
+
+
+def stats_view(S: np.ndarray, n_metrics: int) -> np.ndarray:
+    """:func:`detector_view` of the chosen stats alone: ``S`` holds them stat-major, as
+    ``window_stats(z, end, window, stats)`` returns them."""
     m = n_metrics
-    dev = np.abs(X[:, cols]).reshape(len(X), len(stats), m).max(axis=1)
-    top2 = -np.partition(-dev, 1, axis=1)[:, :2] if m > 1 else np.c_[dev, dev]
-    view = np.hstack([X[:, cols], top2])
-    return np.sign(view) * np.log1p(np.abs(view))
+    n, k = len(S), S.shape[1] // max(m, 1)
+    view = np.empty((n, S.shape[1] + 2))
+    np.abs(S, out=view[:, :-2])
+    dev = view[:, :-2].reshape(n, k, m).max(axis=1)
+    if m > 1:
+        dev = np.negative(dev, out=dev)
+        top2 = np.partition(dev, 1, axis=1)[:, :2]
+        np.negative(top2, out=view[:, -2:])
+    else:
+        view[:, -2] = view[:, -1] = dev[:, 0]
+    # sign(v) * log1p(|v|), in place (|v| of the chosen stats is already there); copysign
+    # gives the same numbers in one pass (only a zero may keep its sign: -0.0 == 0.0).
+    np.log1p(view, out=view)
+    np.copysign(view[:, :-2], S, out=view[:, :-2])
+    return view
+
+
+_ORDER_STATS = {"min", "max", "median", "last"}
+
+
+def window_view(z: np.ndarray, end: np.ndarray, window: int,
+                stats: list[str] | tuple[str, ...]) -> np.ndarray:
+    """``stats_view(window_stats(z, end, window, stats), n_metrics)``, the same bits.
+
+    When every stat is an order statistic (min, max, last, the median of an odd window), the
+    signed log is taken of each row once, before the windows: a monotone function of the
+    k-th smallest value is the k-th smallest of its values, so the windows then pick the same
+    numbers. That is one log per row and metric instead of one per window and stat."""
+    m = z.shape[1]
+    order_only = set(stats) <= _ORDER_STATS and ("median" not in stats or window % 2 == 1)
+    if not order_only or len(end) < len(z) // 2:
+        return stats_view(window_stats(z, end, window, stats), m)
+    y = np.abs(z)
+    np.log1p(y, out=y)
+    np.copysign(y, z, out=y)
+    S = window_stats(y, end, window, stats)  # the signed logs of the stats
+    n, k = len(S), len(stats)
+    view = np.empty((n, k * m + 2))
+    view[:, :-2] = S
+    dev = np.abs(S).reshape(n, k, m).max(axis=1)  # log1p of each metric's largest |stat|
+    if m > 1:
+        dev = np.negative(dev, out=dev)
+        np.negative(np.partition(dev, 1, axis=1)[:, :2], out=view[:, -2:])
+    else:
+        view[:, -2] = view[:, -1] = dev[:, 0]
+    return view
+
+
+def complete_windows(missing_row: np.ndarray, segments: np.ndarray, window: int,
+                     stride: int = 1) -> np.ndarray:
+    """Row index of the last row of every complete window: ``window`` rows of one segment, none
+    missing; with ``stride`` > 1 every stride-th of them, counted from each segment's start."""
+    n = len(missing_row)
+    w = int(window)
+    if n < w:
+        return np.empty(0, dtype=np.int64)
+    end = np.arange(w - 1, n, dtype=np.int64)
+    missing_count = np.cumsum(np.r_[0, missing_row.astype(np.int64)])
+    ok = (missing_count[end + 1] - missing_count[end + 1 - w] == 0) & \
+         (segments[end] == segments[end + 1 - w])
+    if stride > 1:
+        seg_start = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+        first_row = seg_start[np.searchsorted(seg_start, end, side="right") - 1]
+        ok &= (end - first_row - (w - 1)) % stride == 0
+    return end[ok]
 
 
 def window_features(z: np.ndarray, segments: np.ndarray, window: int,
@@ -66,76 +153,122 @@ def window_features(z: np.ndarray, segments: np.ndarray, window: int,
     ``(X, end)``: X has ``len(STATS) * n_metrics`` columns (stat-major, see
     :func:`feature_names`) and ``end`` the row index of each window's last row.
     """
-    n, m = z.shape
+    end = complete_windows(np.isnan(z).any(axis=1), segments, window, stride)
+    return window_stats(z, end, window), end
+
+
+def window_stats(z: np.ndarray, end: np.ndarray, window: int,
+                 stats: list[str] | tuple[str, ...] | None = None) -> np.ndarray:
+    """The features of the windows ending at rows ``end`` of ``z``; each window must be complete
+    (no NaN in its rows). Columns are stat-major as in :func:`window_features`; with ``stats``,
+    only those stats, in that order (what :func:`detector_view` needs, without the rest).
+
+    Every value is a function of its window's rows alone, in a fixed order of operations
+    (sums from the first row to the last; order statistics are exact), so a window gets the
+    same bits however the rows around it are chunked. The compiled kernel
+    (``ftml._window_kernel``) and the numpy fallback do the same arithmetic.
+    """
+    names = STATS if stats is None else tuple(stats)
+    unknown = [s for s in names if s not in STATS]
+    if unknown:
+        raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(STATS)}")
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    end = np.ascontiguousarray(end, dtype=np.int64)
+    m = z.shape[1]
     w = int(window)
-    if n < w:
-        return np.empty((0, len(STATS) * m)), np.empty(0, dtype=np.int64)
-    missing_row = np.isnan(z).any(axis=1)
-    end = np.arange(w - 1, n)
-    missing_count = np.cumsum(np.r_[0, missing_row.astype(np.int64)])
-    ok = (missing_count[end + 1] - missing_count[end + 1 - w] == 0) & \
-         (segments[end] == segments[end + 1 - w])
-    if stride > 1:
-        seg_start = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
-        first_row = seg_start[np.searchsorted(seg_start, end, side="right") - 1]
-        ok &= (end - first_row - (w - 1)) % stride == 0
-    end = end[ok]
-    if end.size == 0:
-        return np.empty((0, len(STATS) * m)), end.astype(np.int64)
-    zf = np.where(missing_row[:, None], 0.0, z)
-    t = np.arange(n, dtype=np.float64)[:, None]
-    c1 = np.vstack([np.zeros((1, m)), np.cumsum(zf, axis=0)])
-    c2 = np.vstack([np.zeros((1, m)), np.cumsum(zf * zf, axis=0)])
-    ct = np.vstack([np.zeros((1, m)), np.cumsum(zf * t, axis=0)])
-    lo, hi = end + 1 - w, end + 1
-    s1 = c1[hi] - c1[lo]
-    s2 = c2[hi] - c2[lo]
-    st = ct[hi] - ct[lo]
-    mean = s1 / w
-    var = np.maximum(s2 / w - mean * mean, 0.0)
-    # Least-squares slope against the row index: sum((t - t_mean) * z) / sum((t - t_mean)^2).
-    t_mean = (lo + hi - 1)[:, None] / 2.0
+    col = [-1] * len(STATS)
+    for i, s in enumerate(names):
+        col[STATS.index(s)] = i * m
+    X = np.empty((len(end), len(names) * m))
+    if len(end) == 0:
+        return X
+    if len(set(names)) != len(names):  # a repeated stat: compute once, copy
+        Y = window_stats(z, end, w, tuple(dict.fromkeys(names)))
+        first = {s: i for i, s in enumerate(dict.fromkeys(names))}
+        for i, s in enumerate(names):
+            X[:, i * m:(i + 1) * m] = Y[:, first[s] * m:(first[s] + 1) * m]
+        return X
+    if _window_kernel is None:
+        _window_stats_numpy(z, end, w, col, X)
+        return X
+    n_threads = min(_CPUS, len(end) // _MIN_WINDOWS_PER_THREAD)
+    if n_threads <= 1:
+        _window_kernel.window_stats(z, end, X, w, tuple(col))
+        return X
+    # The kernel releases the GIL: threads split the windows (each part in order, so that
+    # sliding windows stay sliding).
+    edges = np.linspace(0, len(end), n_threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        jobs = [pool.submit(_window_kernel.window_stats, z, end[a:b], X[a:b], w, tuple(col))
+                for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        for job in jobs:
+            job.result()
+    return X
+
+
+def _window_stats_numpy(z: np.ndarray, end: np.ndarray, w: int, col: list[int],
+                        X: np.ndarray) -> None:
+    """The kernel's arithmetic in numpy, block by block of windows; ``col[i]`` is the first
+    column of ``STATS[i]`` in X (-1: not wanted)."""
+    m = z.shape[1]
+    at = {s: (slice(col[i], col[i] + m) if col[i] >= 0 else None) for i, s in enumerate(STATS)}
+    half = (w - 1) / 2.0
     denom = w * (w * w - 1) / 12.0
-    slope = (st - t_mean * s1) / denom if w > 1 else np.zeros_like(mean)
-    # Rolling min / max / median in C (scipy.ndimage, O(n) for min and max); a filter centred
-    # on row c covers rows c - w//2 .. c - w//2 + w - 1, so the window ending at e is c =
-    # e - (w - 1) + w // 2.
-    centre = end - (w - 1) + w // 2
-    X = np.empty((end.size, len(STATS) * m))
-    X[:, 0 * m:1 * m] = mean
-    X[:, 1 * m:2 * m] = np.sqrt(var)
-    X[:, 2 * m:3 * m] = ndimage.minimum_filter1d(zf, w, axis=0, mode="nearest")[centre]
-    X[:, 3 * m:4 * m] = ndimage.maximum_filter1d(zf, w, axis=0, mode="nearest")[centre]
-    X[:, 4 * m:5 * m] = zf[end]
-    X[:, 5 * m:6 * m] = slope
-    # The median ignores spikes shorter than half a window (deploy restarts, bursts).
-    X[:, 6 * m:7 * m] = _rolling_median(zf, w)[centre]
-    return X, end.astype(np.int64)
+    block = max(1, 2**20 // max(1, w * m))
+    for a in range(0, len(end), block):
+        e = end[a:a + block]
+        g = z[e[:, None] - (w - 1) + np.arange(w)]  # (windows, w, m)
+        out = X[a:a + block]
+        if at["mean"] or at["std"] or at["slope"]:
+            # One pass, shifted by the window's first row (see the kernel).
+            x0 = g[:, 0]
+            acc, acc2, acc3 = (np.zeros_like(x0) for _ in range(3))
+            for r in range(1, w):
+                d = g[:, r] - x0
+                acc += d
+                acc2 += d * d
+                acc3 += (r - half) * d
+            md = acc / w
+            if at["mean"]:
+                out[:, at["mean"]] = x0 + md
+            if at["std"]:
+                var = acc2 / w - md * md
+                out[:, at["std"]] = np.sqrt(np.where(var > 0.0, var, 0.0))
+            if at["slope"]:
+                out[:, at["slope"]] = acc3 / denom if w > 1 else 0.0
+        if at["min"] or at["max"] or at["median"]:
+            s = np.sort(g, axis=1)
+            if at["min"]:
+                out[:, at["min"]] = s[:, 0] + 0.0
+            if at["max"]:
+                out[:, at["max"]] = s[:, w - 1] + 0.0
+            if at["median"]:
+                med = s[:, w // 2] if w % 2 else (s[:, w // 2 - 1] + s[:, w // 2]) / 2.0
+                out[:, at["median"]] = med + 0.0
+        if at["last"]:
+            out[:, at["last"]] = g[:, w - 1]
 
 
-def _rolling_median(z: np.ndarray, w: int) -> np.ndarray:
-    """Centred rolling median along rows; for an even window the mean of the middle two, as
-    numpy and pandas define it."""
-    if w % 2:
-        return ndimage.median_filter(z, size=(w, 1), mode="nearest")
-    lo = ndimage.rank_filter(z, w // 2 - 1, size=(w, 1), mode="nearest")
-    hi = ndimage.rank_filter(z, w // 2, size=(w, 1), mode="nearest")
-    return (lo + hi) / 2.0
-
-
-def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str]) -> list[str]:
+def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str],
+                    block_rows: int = 1 << 20) -> list[str]:
     """Metrics that behave like monotonic counters (cumulative bytes, packets): they rise in most
     steps, fall only at rare resets and are never negative."""
-    out = []
+    n, m = values.shape
     same = segments[1:] == segments[:-1]
+    finite, rises, falls = (np.zeros(m, dtype=np.int64) for _ in range(3))
+    for a in range(0, max(n - 1, 0), block_rows):  # all metrics at once, in blocks of rows
+        b = min(n - 1, a + block_rows)
+        d = np.diff(values[a:b + 1], axis=0)
+        ok = np.isfinite(d) & same[a:b, None]
+        finite += ok.sum(axis=0)
+        rises += (ok & (d > 0)).sum(axis=0)
+        falls += (ok & (d < 0)).sum(axis=0)
+    low = np.fmin.reduce(values, axis=0) if n else np.full(m, np.nan)  # nanmin, no warning
+    out = []
     for j, name in enumerate(metrics):
-        col = values[:, j]
-        d = np.diff(col)[same]
-        d = d[np.isfinite(d)]
-        if d.size < 10 or np.nanmin(col) < 0:
+        if finite[j] < 10 or low[j] < 0:
             continue
-        rises, falls = np.mean(d > 0), np.mean(d < 0)
-        if rises >= 0.5 and falls <= 0.01:
+        if rises[j] / finite[j] >= 0.5 and falls[j] / finite[j] <= 0.01:
             out.append(name)
     return out
 
@@ -157,6 +290,21 @@ def counters_to_rates(values: np.ndarray, segments: np.ndarray, columns: list[in
     return out
 
 
+def _counters_to_rates_in_place(values: np.ndarray, segments: np.ndarray, columns: list[int],
+                                step_seconds: float) -> np.ndarray:
+    """:func:`counters_to_rates` on an array the caller owns (no copy of all of it)."""
+    if not columns:
+        return values
+    first = np.r_[True, segments[1:] != segments[:-1]]
+    for j in columns:
+        col = values[:, j]
+        d = np.r_[np.nan, np.diff(col)]
+        d = np.where(d < 0, col, d)
+        d[first] = np.nan
+        values[:, j] = d / step_seconds
+    return values
+
+
 @dataclass
 class Baseline:
     """Robust per-entity centre (median) and scale (IQR / 1.349) of each metric, optionally per
@@ -175,16 +323,79 @@ class Baseline:
     def rows(self, entity_names: np.ndarray, timestamps_ns: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
         """Centre and scale for each row, given its entity name and time."""
+        index = self.row_index(entity_names, timestamps_ns)
+        center, scale = self.tables()
+        return center[index], scale[index]
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centre and scale, one row per (entity, hour) then per fleet hour: what
+        :meth:`row_index` points into."""
+        m = self.center.shape[2]
+        return (np.concatenate([self.center.reshape(-1, m), self.fleet_center]),
+                np.concatenate([self.scale.reshape(-1, m), self.fleet_scale]))
+
+    def row_index(self, entity_names, timestamps_ns: np.ndarray) -> np.ndarray:
+        """Per row, its row in :meth:`tables`: the entity's own baseline (for its hour), or the
+        fleet's for an entity not seen in training."""
         index = {e: i for i, e in enumerate(self.entities)}
         inverse, names = pd.factorize(entity_names)  # fast on categoricals, keeps order
         known = np.array([index.get(str(n), -1) for n in names], dtype=np.int64)[inverse]
+        hours = self.center.shape[1]
         hour = (timestamps_ns // 3_600_000_000_000) % 24 if self.by_hour else \
             np.zeros(len(timestamps_ns), dtype=np.int64)
-        center = np.where((known >= 0)[:, None], self.center[np.maximum(known, 0), hour],
-                          self.fleet_center[hour])
-        scale = np.where((known >= 0)[:, None], self.scale[np.maximum(known, 0), hour],
-                         self.fleet_scale[hour])
-        return center, scale
+        return np.where(known >= 0, known * hours + hour, len(self.entities) * hours + hour)
+
+
+_QUANTILES = np.true_divide(np.array([1, 25, 50, 75, 99]), 100)
+
+
+def _group_percentiles(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Per group of rows (``values[bounds[g]:bounds[g + 1]]``), what
+    ``np.nanpercentile(rows, [1, 25, 50, 75, 99], axis=0)`` gives, with numpy's own arithmetic
+    (the linear method): (groups, 5, columns).
+
+    The groups are sorted all at once, as lanes of a NaN-padded cube (NaN sorts last), a batch
+    of groups at a time so that the cube stays small."""
+    n, m = values.shape
+    sizes = np.diff(bounds)
+    out = np.empty((len(sizes), len(_QUANTILES), m))
+    q = _QUANTILES[None, :, None]
+    g0 = 0
+    while g0 < len(sizes):
+        width = int(sizes[g0])
+        g1 = g0 + 1
+        # Grow the batch while the cube (groups x columns x widest group) stays <= 2^22 cells
+        # and padding at most doubles it.
+        while g1 < len(sizes):
+            w2 = max(width, int(sizes[g1]))
+            rows = int(bounds[g1 + 1] - bounds[g0])
+            if (g1 + 1 - g0) * w2 * m > 1 << 22 or (g1 + 1 - g0) * w2 > 2 * rows + 64:
+                break
+            width, g1 = w2, g1 + 1
+        a, b = int(bounds[g0]), int(bounds[g1])
+        group = np.repeat(np.arange(g1 - g0), sizes[g0:g1])
+        pos = np.arange(b - a) - np.repeat(bounds[g0:g1] - a, sizes[g0:g1])
+        cube = np.full((g1 - g0, m, width), np.nan)
+        cube[group, :, pos] = values[a:b]
+        cube.sort(axis=2)
+        count = width - np.isnan(cube).sum(axis=2)  # values per lane
+        nq = count[:, None, :].astype(np.float64)
+        # numpy's virtual index of the linear method and _get_gamma, then _lerp
+        virtual = (nq - 1) * q
+        prev = np.floor(virtual)
+        gamma = virtual - prev
+        top = np.maximum(count - 1, 0)[:, None, :]
+        prev_i = np.clip(prev.astype(np.int64), 0, top)
+        next_i = np.clip(prev_i + 1, 0, top)
+        lanes = cube.reshape(-1, width)
+        lane = (np.arange(g1 - g0)[:, None, None] * m + np.arange(m)[None, None, :])
+        lane = np.broadcast_to(lane, prev_i.shape)
+        lo_v, hi_v = lanes[lane, prev_i], lanes[lane, next_i]
+        diff = hi_v - lo_v
+        res = np.where(gamma >= 0.5, hi_v - diff * (1 - gamma), lo_v + diff * gamma)
+        out[g0:g1] = np.where(count[:, None, :] > 0, res, np.nan)
+        g0 = g1
+    return out
 
 
 def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: list[str],
@@ -197,13 +408,14 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
     center = np.full((n_ent, hours, m), np.nan)
     scale = np.full((n_ent, hours, m), np.nan)
     key = entity_codes * hours + hour
-    order = np.argsort(key, kind="stable")
+    # A stable sort of small keys (uint16: numpy's radix sort) is the same order, faster.
+    small = n_ent * hours < 2**16 and len(key) and key.min() >= 0
+    order = np.argsort(key.astype(np.uint16) if small else key, kind="stable")
     bounds = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
-    for a, b in zip(bounds[:-1], bounds[1:], strict=False):  # one group per entity-hour
-        rows = values[order[a:b]]
-        k = key[order[a]]
-        pct = np.percentile if not np.isnan(rows).any() else np.nanpercentile
-        q01, q25, q50, q75, q99 = pct(rows, [1, 25, 50, 75, 99], axis=0)
+    if len(order):
+        k = key[order[bounds[:-1]]]  # one group per entity-hour
+        with np.errstate(invalid="ignore"):
+            q01, q25, q50, q75, q99 = _group_percentiles(values[order], bounds).transpose(1, 0, 2)
         center[k // hours, k % hours] = q50
         # The IQR alone is 0 for metrics that are mostly zero (errors, retransmits), which
         # would make every blip look infinite: the 1-99 % range (4.65 sigma when normal)
@@ -211,8 +423,10 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
         scale[k // hours, k % hours] = np.maximum((q75 - q25) / IQR_TO_SIGMA,
                                                   (q99 - q01) / P01_P99_TO_SIGMA)
     # Entity-level values stand in for hours with too little data.
-    ent_center = np.nanmedian(center, axis=1, keepdims=True)
-    ent_scale = np.nanmedian(scale, axis=1, keepdims=True)
+    with warnings.catch_warnings():  # an entity with no data at all: NaN, filled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ent_center = np.nanmedian(center, axis=1, keepdims=True)
+        ent_scale = np.nanmedian(scale, axis=1, keepdims=True)
     center = np.where(np.isnan(center), ent_center, center)
     scale = np.where(np.isnan(scale), ent_scale, scale)
     center = np.nan_to_num(center, nan=0.0)
@@ -271,50 +485,148 @@ class Featurizer:
         self.metrics_ = list(data.metrics)
         self.step_ = data.step
         codes, names = data.entity_codes()
-        values = data.values()
+        values = data.frame[self.metrics_].to_numpy(dtype=np.float64, copy=True)
         self.counters_ = detect_counters(values, codes, self.metrics_)
-        values = self._rates(values, codes)
+        values = self._rates(values, codes, in_place=True)
         if exclude_rows is not None and exclude_rows.any():
-            values = np.where(exclude_rows[:, None], np.nan, values)
+            values[exclude_rows] = np.nan
         self.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
                                       self.hour_of_day)
         self.feature_names_ = feature_names(self.metrics_)
         return self
 
-    def _rates(self, values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    def _rates(self, values: np.ndarray, segments: np.ndarray, in_place: bool = False
+               ) -> np.ndarray:
         cols = [self.metrics_.index(c) for c in self.counters_]
+        if in_place:
+            return _counters_to_rates_in_place(values, segments, cols,
+                                               self.step_.total_seconds())
         return counters_to_rates(values, segments, cols, self.step_.total_seconds())
 
     def standardise(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frame in the contract -> (z values, segment ids, values with counters as rates)."""
         codes = pd.factorize(frame["entity"], sort=False)[0].astype(np.int64)
-        values = self._rates(frame[self.metrics_].to_numpy(dtype=np.float64), codes)
-        center, scale = self.baseline_.rows(frame["entity"], to_ns(frame["timestamp"]))
-        z = np.clip((values - center) / scale, -Z_CLIP, Z_CLIP)
+        values = self._rates(frame[self.metrics_].to_numpy(dtype=np.float64, copy=True), codes,
+                             in_place=True)
+        index = self.baseline_.row_index(frame["entity"], to_ns(frame["timestamp"]))
+        center, scale = self._tables()
+        # (values - centre) / scale, clipped: the same operations, without temporaries.
+        z = np.subtract(values, center[index])
+        z /= scale[index]
+        np.clip(z, -Z_CLIP, Z_CLIP, out=z)
         return z, codes, values
+
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = getattr(self, "_tables_cache", None)
+        if cached is None or cached[0] is not self.baseline_:
+            cached = (self.baseline_, *self.baseline_.tables())
+            self._tables_cache = cached
+        return cached[1], cached[2]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_tables_cache", None)  # derived: not part of the model
+        return state
 
     def transform_frame(self, frame: pd.DataFrame) -> Windows:
         """All complete windows of a frame in the contract (sorted by entity, time)."""
         z, codes, values = self.standardise(frame)
         X, end = window_features(z, codes, self.window, self.stride)
         ts = to_ns(frame["timestamp"])
-        ent = frame["entity"].to_numpy(dtype=object)
-        return Windows(X, ent[end], ts[end], end, values[end])
+        return Windows(X, _entity_array(frame["entity"], end), ts[end], end, values[end])
+
+    def _blocks(self, frame: pd.DataFrame, chunk_rows: int
+                ) -> Iterator[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Standardised rows of ``frame`` block by block: ``(lo, start, stop, z, codes, values)``
+        for rows ``lo:stop``, where rows before ``start`` are the overlap a window (and a
+        counter's rate) needs from the block before."""
+        n = len(frame)
+        overlap = self.window  # one more than a window: counters need the previous row
+        start = 0
+        while start < n:
+            stop = min(n, start + max(1, chunk_rows))
+            lo = max(0, start - overlap)
+            z, codes, values = self.standardise(frame.iloc[lo:stop])
+            yield lo, start, stop, z, codes, values
+            start = stop
+
+    def _stride_ok(self, seg_start: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Windows ending at ``rows`` that the stride keeps, counted from each entity's first row
+        (``seg_start``: first rows of the frame's entities), not from a chunk's."""
+        first_row = seg_start[np.searchsorted(seg_start, rows, side="right") - 1]
+        return (rows - first_row - (self.window - 1)) % self.stride == 0
 
     def iter_windows(self, data: MetricData, chunk_rows: int = DEFAULT_CHUNK_ROWS
                      ) -> Iterator[Windows]:
         """Windows of ``data`` in chunks of about ``chunk_rows`` rows, so that memory stays
         bounded; chunks overlap by a window so that no window is lost or repeated."""
         frame = data.frame
+        ts = to_ns(frame["timestamp"])
+        seg_start = None
+        if self.stride > 1:
+            codes = _entity_codes(frame["entity"])
+            seg_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        for lo, start, _, z, codes, values in self._blocks(frame, chunk_rows):
+            end = complete_windows(np.isnan(z).any(axis=1), codes, self.window)
+            end = end[end + lo >= start]
+            if seg_start is not None:
+                end = end[self._stride_ok(seg_start, end + lo)]
+            X = window_stats(z, end, self.window)
+            rows = end + lo
+            yield Windows(X, _entity_array(frame["entity"], rows), ts[rows], rows, values[end])
+
+    def complete_rows(self, frame: pd.DataFrame, chunk_rows: int = 1 << 20) -> np.ndarray:
+        """The last row of every complete window of ``frame`` (the windows ``iter_windows``
+        gives), computed without any feature."""
         n = len(frame)
-        overlap = self.window  # one more than a window: counters need the previous row
+        missing = np.zeros(n, dtype=bool)
+        cols = [self.metrics_.index(c) for c in self.counters_]
         start = 0
-        while start < n:
+        while start < n:  # in blocks: values are copied to compute rates
             stop = min(n, start + chunk_rows)
-            lo = max(0, start - overlap)
-            part = self.transform_frame(frame.iloc[lo:stop])
-            yield part.take(part.row + lo >= start, row_offset=lo)
+            lo = max(0, start - 1)
+            part = frame.iloc[lo:stop]
+            values = part[self.metrics_].to_numpy(dtype=np.float64)
+            if cols:
+                values = _counters_to_rates_in_place(
+                    values.copy(), _entity_codes(part["entity"]), cols,
+                    self.step_.total_seconds())
+            missing[start:stop] = np.isnan(values).any(axis=1)[start - lo:]
             start = stop
+        codes = _entity_codes(frame["entity"])
+        return complete_windows(missing, codes, self.window, self.stride)
+
+    def features_at(self, frame: pd.DataFrame, rows: np.ndarray,
+                    stats: list[str] | tuple[str, ...] | None = None,
+                    chunk_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, last)`` of the windows ending at ``rows`` (ascending; complete windows, as
+        :meth:`complete_rows` gives): X as :func:`window_stats` (all stats, or only ``stats``),
+        ``last`` the values (counters as rates) at each window's last row. Only the rows these
+        windows need are standardised, block by block."""
+        rows = np.asarray(rows, dtype=np.int64)
+        width = (len(STATS) if stats is None else len(stats)) * len(self.metrics_)
+        X = np.empty((len(rows), width))
+        last = np.empty((len(rows), len(self.metrics_)))
+        w = self.window
+        a = 0
+        while a < len(rows):
+            # A block: windows whose rows (and the row before, for rates) span <= chunk_rows.
+            first = rows[a] - w
+            b = a + max(1, int(np.searchsorted(rows[a:], first + chunk_rows, side="right")))
+            lo = max(0, int(first))
+            hi = int(rows[b - 1]) + 1
+            z, _, values = self.standardise(frame.iloc[lo:hi])
+            X[a:b] = window_stats(z, rows[a:b] - lo, w, stats)
+            last[a:b] = values[rows[a:b] - lo]
+            a = b
+        return X, last
+
+    def windows_at(self, frame: pd.DataFrame, rows: np.ndarray) -> Windows:
+        """The :class:`Windows` (all features) ending at ``rows`` of ``frame``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        X, last = self.features_at(frame, rows)
+        ts = to_ns(frame["timestamp"])
+        return Windows(X, _entity_array(frame["entity"], rows), ts[rows], rows, last)
 
     def transform(self, data: MetricData) -> Windows:
         return Windows.concat(list(self.iter_windows(data)), len(self.feature_names_),
@@ -325,3 +637,18 @@ class Featurizer:
         m = len(self.metrics_)
         parts = [np.abs(X[:, k * m:(k + 1) * m]) for k in (0, 2, 3, 4)]
         return np.maximum.reduce(parts)
+
+
+def _entity_codes(entity: pd.Series) -> np.ndarray:
+    """Integer code per row (equal names, equal codes), cheap for a categorical column."""
+    if isinstance(entity.dtype, pd.CategoricalDtype):
+        return entity.cat.codes.to_numpy().astype(np.int64)
+    return pd.factorize(entity, sort=False)[0].astype(np.int64)
+
+
+def _entity_array(entity: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Entity names (object array) at ``rows``, without turning the whole column into objects."""
+    if isinstance(entity.dtype, pd.CategoricalDtype):
+        names = np.asarray(entity.cat.categories, dtype=object)
+        return names[entity.cat.codes.to_numpy()[rows]]
+    return entity.to_numpy(dtype=object)[rows]

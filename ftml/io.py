@@ -234,11 +234,17 @@ def _iter_csv(path: Path, gz: bool, chunk_rows: int | None) -> Iterator[pd.DataF
         yield reader
         return
     with reader:
+        first = True
         while True:
-            # The warnings filter is set around each read only: a generator must not leave it
-            # changed while suspended.
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", pd.errors.ParserWarning)
+            # The warnings filter is set around the first read only (the header check happens
+            # there): a generator must not leave it changed while suspended, and later reads
+            # may run in another thread (filters are process-wide).
+            if first:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", pd.errors.ParserWarning)
+                    chunk = next(reader, None)
+                first = False
+            else:
                 chunk = next(reader, None)
             if chunk is None:
                 return
@@ -512,17 +518,27 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
                              hint="add one numeric column per metric (wide layout) or "
                                   "metric and value columns (long layout)")
         _check_metric_names([str(c) for c in metric_cols], source)
-    timestamps = parse_timestamps(raw[ts_col], source=source, column=str(ts_col),
-                                  row_offset=row_offset)
-    entities = (_entity_names(raw[ent_col], source, str(ent_col), row_offset)
+    timestamps = _by_unique(raw[ts_col], lambda col, offset: parse_timestamps(
+        col, source=source, column=str(ts_col), row_offset=offset), row_offset)
+    entities = (_by_unique(raw[ent_col], lambda col, offset: _entity_names(
+        col, source, str(ent_col), offset), row_offset)
                 if ent_col is not None else pd.Series(DEFAULT_ENTITY, index=raw.index,
                                                       dtype="string"))
     if not long_layout:
-        # .array, not .to_numpy(): tz-aware times would become slow Timestamp objects.
-        out = {"entity": entities.array, "timestamp": timestamps.array}
+        columns: dict[str, np.ndarray] = {}
         for c in metric_cols:  # a loop over columns, vectorized over rows
-            out[str(c)] = _numeric(raw[c], source, str(c), row_offset)
-        return pd.DataFrame(out)
+            columns[str(c)] = _numeric(raw[c], source, str(c), row_offset)
+        # One float block, filled column by column (no second copy to consolidate it); kept
+        # as pandas keeps blocks, a column per row of the transposed array.
+        block = np.empty((len(columns), len(raw)))
+        for j, col in enumerate(columns.values()):
+            block[j] = col
+        out = pd.DataFrame(block.T, columns=list(columns), index=pd.RangeIndex(len(raw)),
+                           copy=False)
+        # .array, not .to_numpy(): tz-aware times would become slow Timestamp objects.
+        out.insert(0, "timestamp", timestamps.array)
+        out.insert(0, "entity", entities.array)
+        return out
     values = _numeric(raw[value_col], source, str(value_col), row_offset)
     names = raw[metric_col].astype("string").str.strip()
     empty = (names.isna() | (names == "")).to_numpy()
@@ -547,6 +563,25 @@ def _check_metric_names(names: list[str], source: str) -> None:
     if clash:
         raise InputError(f"a metric is named '{clash[0]}', which ftml uses for its own column",
                          source=source, hint=f"rename it or pass --exclude {clash[0]}")
+
+
+def _by_unique(col: pd.Series, parse: Callable[[pd.Series, int], pd.Series],
+               row_offset: int) -> pd.Series:
+    """``parse(col, row_offset)`` for a text column, computed on its distinct values only: a
+    metrics file repeats each timestamp for every entity and each entity at every step. The
+    parse is value by value, so the result is the same; any problem (a missing or unparseable
+    value) is left to the full parse, whose error names the right row."""
+    if len(col) < 1024 or not (pd.api.types.is_object_dtype(col.dtype) or
+                               pd.api.types.is_string_dtype(col.dtype)):
+        return parse(col, row_offset)
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    if len(uniques) * 4 > len(col) or (codes < 0).any():
+        return parse(col, row_offset)
+    try:
+        parsed = parse(pd.Series(uniques), row_offset)
+    except InputError:
+        return parse(col, row_offset)
+    return pd.Series(parsed.array.take(codes), index=col.index)
 
 
 def _entity_names(col: pd.Series, source: str, name: str, row_offset: int) -> pd.Series:
@@ -582,7 +617,8 @@ def _numeric(col: pd.Series, source: str, name: str, row_offset: int) -> np.ndar
                              hint=f"fix the value or pass --exclude {name} to drop the column")
         out = num.to_numpy(dtype=np.float64, na_value=np.nan)
     # An infinite reading is a broken one: missing, not a value to learn from.
-    return np.where(np.isinf(out), np.nan, out)
+    inf = np.isinf(out)
+    return np.where(inf, np.nan, out) if inf.any() else out
 
 
 _NAN_WORDS = ["nan", "na", "n/a", "null", "none", "-"]
@@ -636,20 +672,24 @@ def normalise(rows: pd.DataFrame, step: pd.Timedelta | None, max_fill_steps: int
     ent_codes, ent_names = pd.factorize(rows["entity"], sort=True)
     vals = rows[metrics].to_numpy(dtype=np.float64)
     # Average duplicates of (entity, slot): sort, then reduce runs.
-    order = np.lexsort((slot, ent_codes))
-    ent_s, slot_s, vals_s = ent_codes[order], slot[order], vals[order]
-    new = np.ones(len(order), dtype=bool)
+    if _is_sorted(ent_codes, slot):  # already in order (e.g. one entity's file): no copy
+        ent_s, slot_s, vals_s = ent_codes, slot, vals
+    else:
+        order = np.lexsort((slot, ent_codes))
+        ent_s, slot_s, vals_s = ent_codes[order], slot[order], vals[order]
+    n_rows = len(ent_s)
+    new = np.ones(n_rows, dtype=bool)
     new[1:] = (ent_s[1:] != ent_s[:-1]) | (slot_s[1:] != slot_s[:-1])
     starts = np.flatnonzero(new)
-    if starts.size != len(order):
+    if starts.size != n_rows:
         finite = np.isfinite(vals_s)
         sums = np.add.reduceat(np.where(finite, vals_s, 0.0), starts, axis=0)
         counts = np.add.reduceat(finite.astype(np.int64), starts, axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             vals_u = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        ent_u, slot_u = ent_s[starts], slot_s[starts]
     else:
-        vals_u = vals_s
-    ent_u, slot_u = ent_s[starts], slot_s[starts]
+        vals_u, ent_u, slot_u = vals_s, ent_s, slot_s
     # Full grid per entity from its first to its last slot.
     first_idx = np.flatnonzero(np.r_[True, ent_u[1:] != ent_u[:-1]])
     last_idx = np.r_[first_idx[1:], len(ent_u)] - 1
@@ -660,16 +700,29 @@ def normalise(rows: pd.DataFrame, step: pd.Timedelta | None, max_fill_steps: int
     offsets = np.r_[0, np.cumsum(lengths)[:-1]]
     grid_slot = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(offsets, lengths) \
         + np.repeat(lo, lengths)
-    grid_vals = np.full((len(grid_slot), len(metrics)), np.nan)
-    group = np.cumsum(np.r_[True, ent_u[1:] != ent_u[:-1]]) - 1  # entity run of each unique row
-    pos = offsets[group] + (slot_u - lo[group])
-    grid_vals[pos] = vals_u
+    if len(grid_slot) == len(ent_u):  # no step missing: the grid is the rows themselves
+        # Our own C-ordered array, written by the gap filling below.
+        own = vals_u is not vals and vals_u.flags.writeable and vals_u.flags.c_contiguous
+        grid_vals = vals_u if own else np.array(vals_u, order="C", copy=True)
+    else:
+        grid_vals = np.full((len(grid_slot), len(metrics)), np.nan)
+        group = np.cumsum(np.r_[True, ent_u[1:] != ent_u[:-1]]) - 1  # entity of each row
+        pos = offsets[group] + (slot_u - lo[group])
+        grid_vals[pos] = vals_u
     fill_short_gaps(grid_vals, grid_ent, max_fill_steps)
-    frame = pd.DataFrame(grid_vals, columns=metrics)
+    frame = pd.DataFrame(grid_vals, columns=metrics, copy=False)
     frame.insert(0, "timestamp", pd.to_datetime(grid_slot * step_ns, unit="ns", utc=True))
     frame.insert(0, "entity", pd.Categorical.from_codes(grid_ent, categories=[
         str(n) for n in ent_names]))
     return frame, step
+
+
+def _is_sorted(major: np.ndarray, minor: np.ndarray) -> bool:
+    """Rows already ordered by (major, minor)?"""
+    if len(major) < 2:
+        return True
+    d = np.diff(major)
+    return bool((d >= 0).all() and (np.diff(minor)[d == 0] >= 0).all())
 
 
 def fill_short_gaps(values: np.ndarray, segments: np.ndarray, limit: int) -> None:
@@ -679,16 +732,18 @@ def fill_short_gaps(values: np.ndarray, segments: np.ndarray, limit: int) -> Non
         return
     n = values.shape[0]
     seg_start = np.r_[True, segments[1:] != segments[:-1]]
-    for j in range(values.shape[1]):  # per metric column: vectorized over rows
+    has_gaps = np.isnan(values).any(axis=0)  # one pass over all columns
+    if not has_gaps.any():
+        return
+    rows = np.arange(n)
+    seg_first = np.maximum.accumulate(np.where(seg_start, rows, 0))
+    for j in np.flatnonzero(has_gaps):  # per metric column with gaps: vectorized over rows
         col = values[:, j]
         missing = np.isnan(col)
-        if not missing.any():
-            continue
         # Index of the last valid row at or before each row, restarting at each segment.
-        idx = np.where(~missing, np.arange(n), -1)
-        idx = np.where(seg_start & missing, -2, idx)  # a segment's leading NaNs have no source
+        idx = np.where(missing, -1, rows)
+        idx[seg_start & missing] = -2  # a segment's leading NaNs have no source
         np.maximum.accumulate(idx, out=idx)
-        seg_first = np.maximum.accumulate(np.where(seg_start, np.arange(n), 0))
         has_source = idx >= seg_first
         # Run length of each NaN run.
         run_start = missing & np.r_[True, ~missing[:-1] | seg_start[1:]]
@@ -728,6 +783,7 @@ def read_metrics(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
     for f in files:
         raw = read_table(f)
         parts.append(to_rows(raw, str(f), cfg))
+        del raw  # freed before the next file is read and before normalising
     rows = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True, sort=False)
     return rows_to_data(rows, cfg, [str(f) for f in files], metrics)
 

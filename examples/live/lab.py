@@ -1,0 +1,1144 @@
+"""The live chaos lab: real service processes under load, their own history, a model trained
+on it, ``ftml watch --mode auto`` over them, and faults injected one at a time.
+
+Used by ``python -m examples.live.chaos`` (``make chaos``), ``bench/bench_chaos.py`` and
+``tests/test_chaos.py``. Everything lives in one run folder (a temporary one unless told
+otherwise)::
+
+    RUN/services/NAME/   spec.json, config.json, metrics.jsonl, service.pid, service.log
+    RUN/history/         the training history: NAME.jsonl (service figures), local.csv
+                         (ftml's ``local`` source), incidents.csv (the labels)
+    RUN/model/           the model trained on it
+    RUN/state/           ftml watch's state: state.db (audit), checkpoints/ (recovery points)
+    RUN/playbooks.yaml   rendered from examples/live/playbooks.yaml, one block per instance
+    RUN/alerts.jsonl     alerts from the watcher; RUN/pages.jsonl what the pager received
+
+Time is in steps (``Settings.step`` seconds), so the same plan runs sped up in the tests and
+at a slower pace in the benchmark; every reported time is wall-clock seconds.
+
+Everything the lab starts runs in its own process group or session and is stopped by
+:meth:`Lab.close`, which also sweeps any process whose command line names the run folder
+(a service started by the restart script belongs to nobody else). ``Lab`` is a context
+manager: the sweep runs on errors too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from examples.live import restart as supervisor
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+KINDS = ("memory_leak", "cpu_hog", "bad_config", "latency")
+#: The playbook (name prefix in playbooks.yaml) that is the right answer to each fault.
+EXPECTED_PLAYBOOK = {"memory_leak": "leak-restart", "cpu_hog": "hog-restart",
+                     "bad_config": "config-rollback", "latency": "latency-page"}
+#: Faults that ftml fixes itself; the others it pages a human for, by design.
+AUTOMATIC = ("memory_leak", "cpu_hog", "bad_config")
+GOOD_CONFIG = {"version": 1, "upstream": "inventory", "cache_ratio": 0.3, "upstream_ms": 4,
+               "busy_ratio": 0.03}
+BAD_UPSTREAM = "inventory-v2"  # the typo of the bad change: no such upstream
+HOST = "live"  # entity prefix of the local source: live/NAME
+#: What the model watches. The service's own figures (its metrics file) say how it serves
+#: and its memory; ftml's ``local`` source (psutil) adds its CPU, seen from outside. Left out
+#: on purpose: ``request_rate`` (the load generator's doing, and a dip at every restart),
+#: psutil's ``threads`` (an instantaneous count of requests in flight: noise) and its
+#: ``mem_used_pct`` (rss_mb again, but a young process sampled mid-start looks like a
+#: collapse). Every metric the detector sees and that no fault moves only adds noise.
+SERVICE_METRICS = ("latency_p50_ms", "error_rate", "rss_mb")
+LOCAL_METRICS = ("cpu_pct",)
+
+
+@dataclass
+class Settings:
+    step: float = 1.0  # seconds per metric step (and watcher tick)
+    services: int = 4  # instances of the service
+    rate: float = 25.0  # requests/s per instance
+    window: int = 10  # steps per feature window
+    kinds: tuple[str, ...] = KINDS
+    train_per_kind: int = 3  # labelled faults of each kind in the history
+    parallel_training: bool = False  # training faults on all instances at once (quicker)
+    lead_steps: int = 90  # normal history before the first training fault
+    hold_steps: int = 12  # a training fault runs this long, then is fixed
+    gap_steps: int = 8  # normal steps after each training fault (or round)
+    tail_steps: int = 90  # normal history after the last one (calibrates the threshold)
+    deadline_steps: int = 90  # live: a fault not recovered by then has failed
+    operator_delay: float = 0.0  # seconds the on-call takes to act on a page
+    seed: int = 0
+
+    # Event rules and cool-downs in steps, tied to the window so that they scale with it.
+    @property
+    def rules(self) -> dict[str, int]:
+        return {"min_windows": 3, "of_windows": 5, "merge_gap": 5, "cooldown": 8}
+
+    @property
+    def engine_cooldown(self) -> float:
+        """Seconds after a recovery before the engine acts on the instance again: longer
+        than the transient of the recovery itself, shorter than the next fault's arrival."""
+        return 15 * self.step
+
+
+@dataclass
+class Instance:
+    name: str
+    entity: str
+    port: int
+    dir: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "spec.json"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.name}-config"
+
+
+@dataclass
+class FaultResult:
+    """What happened to one injected fault; times are epoch seconds (wall clock)."""
+
+    index: int
+    kind: str
+    entity: str
+    injected_at: float
+    detected_at: float | None = None
+    alert_id: str | None = None
+    event_id: str | None = None  # the event the engine acted on
+    first_cause: str | None = None  # the cause on the alert when it opened
+    diagnosis: str | None = None  # the cause the engine acted on
+    confidence: float | None = None
+    diagnosed_at: float | None = None
+    action_at: float | None = None
+    playbook: str | None = None
+    steps: list[str] = field(default_factory=list)
+    outcome: str | None = None  # recovered | escalated | none
+    verified_at: float | None = None
+    verified_by: str | None = None  # "engine" (its verify step) or "lab" (after the on-call)
+    paged_at: float | None = None
+    operator_fixed_at: float | None = None
+    skips: list[str] = field(default_factory=list)
+    actions: int = 0  # act decisions attributed to this fault
+    wrong_action: bool = False
+    note: str = ""
+
+    @property
+    def detected(self) -> bool:
+        return self.detected_at is not None
+
+    @property
+    def diagnosed_right(self) -> bool:
+        return self.diagnosis == self.kind
+
+    @property
+    def recovered(self) -> bool:
+        """Verified back to normal, by the path its playbook prescribes."""
+        if self.verified_at is None:
+            return False
+        if self.kind in AUTOMATIC:
+            return self.outcome == "recovered" and self.verified_by == "engine"
+        return self.paged_at is not None  # pages the on-call, who fixes it
+
+    @property
+    def mttr(self) -> float | None:
+        return self.verified_at - self.injected_at if self.recovered else None
+
+    def since(self, t: float | None) -> float | None:
+        return None if t is None else t - self.injected_at
+
+
+class LabError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- the lab
+
+
+class Lab:
+    def __init__(self, root: str | Path, settings: Settings | None = None,
+                 log=None):
+        self.root = Path(root).resolve()
+        self.s = settings or Settings()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.token = secrets.token_hex(2)
+        self.instances: list[Instance] = []
+        self.loadgen: subprocess.Popen | None = None
+        self.watcher: subprocess.Popen | None = None
+        self.watch_port: int | None = None
+        self.pager: ThreadingHTTPServer | None = None
+        self.pages: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []  # every alert record, with "seen_at"
+        self._alerts_offset = 0
+        self.lock = threading.Lock()
+        self.active: dict[str, FaultResult] = {}  # entity -> the fault on it now
+        self.thresholds: dict[str, float] = {}
+        self.model_dir = self.root / "model"
+        self.state_dir = self.root / "state"
+        self.history_dir = self.root / "history"
+        self.points = None
+        self._fixers: list[threading.Thread] = []
+        self.samples: list[dict[str, Any]] = []  # the local source, every step
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.stray_actions: list[dict[str, Any]] = []
+        self.calibration_fraction = 0.25
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        from ftml.recover import RecoveryPoints
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.points = RecoveryPoints(self.state_dir / "checkpoints")
+        for i in range(self.s.services):
+            name = f"shop{i + 1}-{self.token}"
+            inst = Instance(name, f"{HOST}/{name}", free_port(), self.root / "services" / name)
+            inst.dir.mkdir(parents=True, exist_ok=True)
+            # The local source finds processes by name: the service runs as a link named
+            # after the instance, so that ps (and psutil) tell the instances apart.
+            link = inst.dir / name
+            if not link.exists():
+                link.symlink_to(HERE / "service.py")
+            write_json(inst.spec, {
+                "name": name, "entity": inst.entity, "port": inst.port, "step": self.s.step,
+                "config": str(inst.config), "metrics": str(inst.metrics),
+                "pidfile": str(inst.dir / "service.pid"), "log": str(inst.dir / "service.log"),
+                "argv": [PY, str(link), str(inst.spec)],
+                "leak_records_per_s": 40_000, "leak_cap_records": 1_500_000,
+            })
+            write_json(inst.config, GOOD_CONFIG)
+            # The deployed config is the known good recovery point rollbacks return to.
+            self.points.create(inst.checkpoint, [inst.config], good=True)
+            self.instances.append(inst)
+        self.restart(*self.instances)
+        self.loadgen = subprocess.Popen(
+            [PY, str(HERE / "loadgen.py"), "--rate", str(self.s.rate), "--threads", "4",
+             "--out", str(self.root / "services" / "loadgen.jsonl"),
+             *[i.url for i in self.instances]],
+            stdin=subprocess.DEVNULL, stdout=open_log(self.root / "loadgen.log"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self._start_pager()
+        self.log(f"lab {self.root}: {len(self.instances)} instances "
+                 f"({', '.join(i.name for i in self.instances)}), load {self.s.rate:g} req/s "
+                 f"each, step {self.s.step:g}s")
+
+    def close(self) -> None:
+        """Stop everything started, whatever state things are in."""
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+            try:
+                self.save_samples()
+            except OSError:
+                pass
+        for proc in (self.watcher, self.loadgen):
+            if proc is not None:
+                stop_group(proc)
+        self.watcher = self.loadgen = None
+        for t in self._fixers:
+            t.join(timeout=15)
+        for inst in self.instances:
+            try:
+                supervisor.stop(inst.spec)
+            except (RuntimeError, OSError, ValueError):
+                pass
+        sweep(self.marker)
+        if self.pager is not None:
+            self.pager.shutdown()
+            self.pager.server_close()
+            self.pager = None
+
+    def processes(self) -> list[int]:
+        """Pids of processes that still name the run folder (none after close)."""
+        return find_processes(self.marker)
+
+    @property
+    def marker(self) -> str:
+        """In the command line of every process the lab and its playbooks start (services,
+        restart scripts, load generator, watcher) and of nothing else."""
+        return str(self.root / "services") + os.sep
+
+    # -- the service: restart, faults, figures --------------------------------------------
+
+    def restart(self, *instances: Instance) -> None:
+        """Through the same restart script the playbooks run, so that no service is a child
+        of the lab; several instances at once."""
+        procs = [(inst, subprocess.Popen([PY, str(HERE / "restart.py"), str(inst.spec)],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True))
+                 for inst in instances]
+        failed = []
+        for inst, proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0:
+                failed.append(f"{inst.name}: {out.strip()}")
+        if failed:
+            raise LabError("restart failed: " + "; ".join(failed))
+
+    def switch(self, inst: Instance, kind: str) -> None:
+        post_json(f"{inst.url}/fault", {"kind": kind})
+
+    def inject(self, inst: Instance, kind: str) -> None:
+        if kind == "bad_config":
+            # A deploy: the new config goes out and is checkpointed (not marked good: it
+            # has not proven itself). The service notices the file and loads it.
+            cfg = json.loads(inst.config.read_text())
+            cfg.update(version=int(cfg.get("version", 1)) + 1, upstream=BAD_UPSTREAM)
+            write_json(inst.config, cfg)
+            self.points.create(inst.checkpoint, [inst.config])
+        elif kind in ("memory_leak", "cpu_hog", "latency"):
+            self.switch(inst, kind)
+        else:
+            raise LabError(f"unknown fault {kind!r}")
+
+    def fix(self, inst: Instance, kind: str) -> None:
+        """What a human (or the training script) does to end a fault."""
+        if kind in ("memory_leak", "cpu_hog"):
+            self.restart(inst)
+        elif kind == "bad_config":
+            cfg = json.loads(inst.config.read_text())
+            write_json(inst.config, {**GOOD_CONFIG, "version": int(cfg.get("version", 1)) + 1})
+            self.points.create(inst.checkpoint, [inst.config], good=True)
+        else:
+            self.switch(inst, "none")
+
+    def stats(self, inst: Instance) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{inst.url}/stats", timeout=2.0) as resp:
+            return json.loads(resp.read())
+
+    def healthy(self, inst: Instance) -> bool:
+        """The service's own figures of its last step are normal (see ``thresholds``)."""
+        try:
+            st = self.stats(inst)
+        except (OSError, ValueError):
+            return False
+        t = self.thresholds
+        lat, err = st.get("latency_p95_ms"), st.get("error_rate")
+        return (st.get("fault") == "none" and st.get("config", {}).get("upstream") != BAD_UPSTREAM
+                and lat is not None and lat < t.get("latency_p95_ms", 1e9)
+                and err is not None and err < t.get("error_rate", 0.1)
+                and (st.get("request_rate") or 0.0) > t.get("request_rate", 0.0)
+                and (st.get("rss_mb") or 1e9) < t.get("rss_mb", 1e9))
+
+    # -- training history ---------------------------------------------------------------
+
+    def training_plan(self) -> list[list[tuple[Instance, str]]]:
+        """Rounds of (instance, fault): each kind ``train_per_kind`` times, spread over the
+        instances. One fault per round (the others' neighbours learn what a faulty
+        neighbour does to them), or in parallel mode one per instance (quicker)."""
+        faults = [k for _ in range(self.s.train_per_kind) for k in self.s.kinds]
+        n = len(self.instances)
+        if self.s.parallel_training:
+            return [[(self.instances[(j + r) % n], k)
+                     for j, k in enumerate(faults[r * n:(r + 1) * n])]
+                    for r in range(math.ceil(len(faults) / n))]
+        return [[(self.instances[(i + i // n) % n], k)] for i, k in enumerate(faults)]
+
+    def collect_history(self) -> dict[str, Any]:
+        """Run the instances under load with labelled faults; sample ftml's ``local`` source
+        meanwhile. Planned restarts (deploys) are part of normal life and not labelled."""
+        s = self.s
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        incidents: list[dict[str, Any]] = []
+        started = time.time()
+        self._start_sampler()
+        try:
+            self._wait_history_start()
+            self._planned_restarts(s.lead_steps)
+            labelled_until: dict[str, float] = {}
+            for rnd in self.training_plan():
+                # Never two labels at once on an instance: its last fault's windows first end.
+                sleep(max((labelled_until.get(i.entity, 0.0) for i, _ in rnd), default=0.0)
+                      + s.step - time.time())
+                t0 = time.time()
+                for inst, kind in rnd:
+                    self.inject(inst, kind)
+                self.log("  training: " + ", ".join(f"{k} on {i.name}" for i, k in rnd))
+                sleep(s.hold_steps * s.step)
+                for inst, kind in rnd:
+                    self.fix(inst, kind)
+                    # Labelled until the windows no longer see it: a window after the fix
+                    # still holds `window` steps of the fault.
+                    incidents.append({"entity": inst.entity, "start": t0,
+                                      "end": time.time() + s.window * s.step, "cause": kind})
+                    labelled_until[inst.entity] = incidents[-1]["end"]
+                sleep(s.gap_steps * s.step)
+            # The windows of the last faults must be over before calibration starts.
+            sleep(max(labelled_until.values(), default=0.0) - time.time())
+            tail = time.time()
+            self._planned_restarts(s.tail_steps)
+        finally:
+            ended = time.time()
+        # The alarm threshold is calibrated on the normal tail (restarts included): the
+        # lowest score that raises no false alarm there. Faults in that slice would only
+        # lift the quantiles it chooses from.
+        self.calibration_fraction = round(0.95 * (ended - tail) / (ended - started), 3)
+        with self.lock:
+            rows = [r for r in self.samples if started <= r["timestamp"] <= ended]
+        # The service files go into the history (each service starts a new one at once),
+        # whole as raw/NAME.jsonl and with the model's metrics in service.csv.
+        (self.history_dir / "raw").mkdir(exist_ok=True)
+        raw = []
+        for inst in self.instances:
+            if inst.metrics.exists():
+                os.replace(inst.metrics, self.history_dir / "raw" / f"{inst.name}.jsonl")
+                raw.append(pd.read_json(self.history_dir / "raw" / f"{inst.name}.jsonl",
+                                        lines=True, dtype=False))
+        pd.concat(raw, ignore_index=True)[["entity", "timestamp", *SERVICE_METRICS]].to_csv(
+            self.history_dir / "service.csv", index=False)
+        with open(self.history_dir / "local.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["entity", "timestamp", *LOCAL_METRICS])
+            w.writeheader()
+            w.writerows(rows)
+        with open(self.history_dir / "incidents.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["entity", "start", "end", "cause"])
+            w.writeheader()
+            for inc in incidents:
+                w.writerow({**inc, "start": f"{inc['start']:.3f}", "end": f"{inc['end']:.3f}"})
+        info = {"seconds": time.time() - started, "incidents": len(incidents),
+                "local_rows": len(rows)}
+        self.log(f"history: {info['seconds']:.0f}s, {len(incidents)} labelled faults, "
+                 f"{len(rows)} local samples")
+        return info
+
+    def _start_sampler(self) -> None:
+        """ftml's ``local`` source, sampled once per step for as long as the lab runs: the
+        history's share of it trains the model, the rest is kept (RUN/local.csv) so that a
+        run can be scored again offline."""
+        if self._sampler is not None:
+            return
+        from ftml.sources import LocalConfig, LocalSource
+
+        step = self.s.step
+        src = LocalSource(LocalConfig(processes=[i.name for i in self.instances], host=HOST))
+        src.bind(pd.Timedelta(seconds=step), 0)
+
+        def sample() -> None:
+            while True:
+                # A little after each step starts, as the watcher's ticks will be.
+                now = time.time()
+                nxt = (math.floor(now / step) + 1.25) * step
+                if self._stop.wait(nxt - now):
+                    return
+                frame = src.poll(time.time())
+                if frame is None:
+                    continue
+                frame = frame[frame["entity"] != src.host]
+                recs = frame[["entity", "timestamp", *LOCAL_METRICS]].to_dict("records")
+                for rec in recs:
+                    rec["timestamp"] = rec["timestamp"].timestamp()
+                with self.lock:
+                    self.samples.extend(recs)
+
+        self._sampler = threading.Thread(target=sample, name="lab-sampler", daemon=True)
+        self._sampler.start()
+
+    def save_samples(self) -> Path:
+        path = self.root / "local.csv"
+        with self.lock:
+            rows = list(self.samples)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["entity", "timestamp", *LOCAL_METRICS])
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+    def _wait_history_start(self) -> None:
+        deadline = time.monotonic() + 10 * self.s.step + 10
+        while not all(i.metrics.exists() for i in self.instances):
+            if time.monotonic() > deadline:
+                raise LabError("the services write no metrics")
+            time.sleep(0.05)
+
+    def _planned_restarts(self, steps: int) -> None:
+        """Normal time with one restart of each instance, staggered, in the middle third."""
+        n = len(self.instances)
+        per = steps * self.s.step / (3 * n)
+        sleep(steps * self.s.step / 3)
+        for inst in self.instances:
+            self.restart(inst)
+            sleep(per)
+        sleep(steps * self.s.step / 3)
+
+    # -- model, thresholds, playbooks ---------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        from ftml import api
+        from ftml.config import Config
+
+        s = self.s
+        cfg = Config()
+        cfg.read.step = f"{round(s.step * 1000)}ms"
+        cfg.features.window = s.window
+        cfg.features.hour_of_day = False  # minutes of history, not days
+        for k, v in s.rules.items():
+            setattr(cfg.detect, k, v)
+        cfg.detect.calibration_fraction = self.calibration_fraction
+        # A forest's probabilities are averages over trees: with a dozen labelled faults its
+        # confidence means more than a single tree's pure leaves (always 0 or 1).
+        cfg.diagnose.classifier = "forest"
+        paths = [self.history_dir / "service.csv", self.history_dir / "local.csv"]
+        started = time.perf_counter()
+        result = api.train(paths, self.model_dir, incidents=self.history_dir / "incidents.csv",
+                           config=cfg)
+        self.thresholds = self._thresholds()
+        m = result.manifest
+        info = {"seconds": time.perf_counter() - started, "threshold": m["threshold"],
+                "causes": m["causes"], "min_confidence": m["min_confidence"],
+                "metrics": m["metrics"], "fit_windows": m["training"]["fit_windows"],
+                "thresholds": self.thresholds}
+        self.log(f"model: {', '.join(m['metrics'])}; causes {', '.join(m['causes'])}; "
+                 f"trained in {info['seconds']:.1f}s")
+        return info
+
+    def _thresholds(self) -> dict[str, float]:
+        """"Back to normal", per figure, from the normal part of the history: what an
+        operator reads off a dashboard. Rows in or just after a labelled fault (or the
+        restart that ended it) do not count."""
+        from ftml.io import label_times, read_incidents, to_ns
+
+        raw = [pd.read_json(p, lines=True, dtype=False)
+               for p in sorted((self.history_dir / "raw").glob("*.jsonl"))]
+        local = pd.read_csv(self.history_dir / "local.csv")
+        inc = read_incidents(self.history_dir / "incidents.csv")
+        inc = inc.assign(end=inc["end"] + pd.Timedelta(seconds=self.s.window * self.s.step))
+
+        def normal(frame: pd.DataFrame) -> pd.DataFrame:
+            ts = to_ns(pd.to_datetime(frame["timestamp"], unit="s", utc=True))
+            return frame[label_times(frame["entity"].to_numpy(dtype=object), ts, inc) < 0]
+
+        svc, loc = normal(pd.concat(raw, ignore_index=True)), normal(local)
+
+        def q(frame: pd.DataFrame, metric: str, p: float) -> float:
+            return float(np.nanpercentile(frame[metric].to_numpy(dtype=float), p))
+
+        return {
+            "rss_mb": round(q(svc, "rss_mb", 99) * 1.3 + 5, 1),
+            "cpu_pct": round(max(3 * q(loc, "cpu_pct", 95), 20.0), 1),
+            "error_rate": round(max(0.1, 2 * q(svc, "error_rate", 99)), 3),
+            "latency_p95_ms": round(max(3 * q(svc, "latency_p95_ms", 95), 50.0), 1),
+            "latency_p50_ms": round(max(3 * q(svc, "latency_p50_ms", 95), 30.0), 1),
+            "request_rate": round(0.5 * q(svc, "request_rate", 50), 1),
+        }
+
+    def write_playbooks(self) -> Path:
+        """examples/live/playbooks.yaml, rendered once per instance into one file."""
+        s = self.s
+        text = (HERE / "playbooks.yaml").read_text()
+        t = self.thresholds
+        common = {
+            "@PYTHON@": PY, "@RESTART@": str(HERE / "restart.py"),
+            "@PAGER@": f"http://127.0.0.1:{self.pager.server_address[1]}/page",
+            "@COOLDOWN@": f"{s.engine_cooldown:g}s", "@STEP@": f"{s.step:g}s",
+            "@VERIFY_TIMEOUT@": f"{20 * s.step:g}s",
+            "@RSS_OK@": f"{t['rss_mb']:g}", "@CPU_OK@": f"{t['cpu_pct']:g}",
+            "@ERR_OK@": f"{t['error_rate']:g}", "@LAT_OK@": f"{t['latency_p50_ms']:g}",
+        }
+        merged: dict[str, Any] | None = None
+        for inst in self.instances:
+            subs = {**common, "@NAME@": inst.name, "@ENTITY@": inst.entity,
+                    "@SPEC@": str(inst.spec), "@CONFIG@": str(inst.config),
+                    "@CHECKPOINT@": inst.checkpoint}
+            doc = text
+            for k, v in subs.items():
+                doc = doc.replace(k, v)
+            data = yaml.safe_load(doc)
+            if merged is None:
+                merged = data
+            else:
+                merged["playbooks"].extend(data["playbooks"])
+        path = self.root / "playbooks.yaml"
+        path.write_text("# Rendered by examples/live/lab.py from examples/live/playbooks.yaml\n"
+                        + yaml.safe_dump(merged, sort_keys=False, width=100))
+        from ftml.bundle import load_model
+        from ftml.playbooks import load_playbooks
+
+        load_playbooks(path, known_metrics=load_model(self.model_dir).metrics)  # fail early
+        return path
+
+    # -- the watcher ----------------------------------------------------------------------
+
+    def start_watch(self, timeout: float | None = None) -> None:
+        """``ftml watch --mode auto`` as its own process, over the services' metric files and
+        the local source; returns once it has scored every instance."""
+        playbooks = self.write_playbooks()
+        config = self.root / "ftml.yaml"
+        config.write_text(yaml.safe_dump({"watch": {
+            "local": {"host": HOST, "processes": [i.name for i in self.instances]},
+            "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
+            "checkpoint_every": "60s",
+        }}))
+        self._wait_history_start()
+        self.watch_port = free_port()
+        argv = [PY, "-m", "ftml", "watch", "--model", str(self.model_dir),
+                *[a for i in self.instances for a in ("--source", f"file:{i.metrics}")],
+                "--source", "local", "--playbooks", str(playbooks), "--mode", "auto",
+                "--state", str(self.state_dir), "--sink", f"jsonl:{self.root / 'alerts.jsonl'}",
+                "--config", str(config), "--listen", f"127.0.0.1:{self.watch_port}"]
+        self.log("watch: " + " ".join(argv[1:]))
+        self.watcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=open_log(self.root / "watch.log"),
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=str(HERE.parent.parent))
+        timeout = timeout or (3 * self.s.window * self.s.step + 30)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.watcher.poll() is not None:
+                raise LabError(f"ftml watch exited ({self.watcher.returncode}); see "
+                               f"{self.root / 'watch.log'}")
+            scored = self._scored_entities()
+            if all(i.entity in scored for i in self.instances):
+                return
+            time.sleep(0.2)
+        raise LabError(f"ftml watch scored no windows within {timeout:.0f}s; see "
+                       f"{self.root / 'watch.log'}")
+
+    def _scored_entities(self) -> set[str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.watch_port}/metrics",
+                                        timeout=2.0) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return set()
+        out = set()
+        for line in text.splitlines():
+            if line.startswith("ftml_watch_score{"):
+                out.add(line.split('entity="', 1)[1].split('"', 1)[0])
+        return out
+
+    def read_alerts(self) -> list[dict[str, Any]]:
+        """New alert records since the last call (each stamped with when the lab saw it)."""
+        path = self.root / "alerts.jsonl"
+        if not path.exists():
+            return []
+        with open(path, "rb") as f:
+            f.seek(self._alerts_offset)
+            data = f.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self._alerts_offset += end + 1
+        now = time.time()
+        new = [dict(json.loads(line), seen_at=now) for line in data[:end + 1].splitlines()
+               if line.strip()]
+        self.alerts.extend(new)
+        return new
+
+    def audit(self, since: float | None = None) -> list[dict[str, Any]]:
+        from ftml.audit import db_path, read_audit
+
+        if not db_path(self.state_dir).exists():
+            return []
+        return read_audit(self.state_dir, since=since)
+
+    # -- the pager and the on-call ------------------------------------------------------
+
+    def _start_pager(self) -> None:
+        lab = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(n) or b"{}")
+                except ValueError:
+                    body = {}
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                lab._page(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.pager = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.pager.daemon_threads = True
+        threading.Thread(target=self.pager.serve_forever, name="lab-pager", daemon=True).start()
+
+    def _page(self, body: dict[str, Any]) -> None:
+        event = body.get("event") or {}
+        rec = {"at": time.time(), "kind": body.get("kind"), "message": body.get("message"),
+               "entity": event.get("entity"), "cause": event.get("cause"),
+               "event_id": event.get("id")}
+        with self.lock:
+            self.pages.append(rec)
+            with open(self.root / "pages.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            fault = self.active.get(rec["entity"])
+            if fault is None or fault.paged_at is not None or rec["kind"] != "escalate":
+                return
+            fault.paged_at = rec["at"]
+        # The on-call acts on the page: whatever the fault really is, they end it.
+        inst = self.instance(rec["entity"])
+
+        def respond() -> None:
+            time.sleep(self.s.operator_delay)
+            try:
+                self.fix(inst, fault.kind)
+                fault.operator_fixed_at = time.time()
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                fault.note = f"on-call fix failed: {exc}"
+
+        t = threading.Thread(target=respond, name="lab-oncall", daemon=True)
+        self._fixers.append(t)
+        t.start()
+
+    def instance(self, entity: str) -> Instance:
+        return next(i for i in self.instances if i.entity == entity)
+
+    # -- chaos --------------------------------------------------------------------------
+
+    def chaos_plan(self, n: int) -> list[tuple[Instance, str]]:
+        """Fault i has kind i mod K, on instance (i + i // K) mod N: never twice in a row on
+        one instance, and with 3 instances and 3 or 4 kinds every instance gets every kind
+        once before any pair repeats."""
+        k, m = self.s.kinds, len(self.instances)
+        return [(self.instances[(i + i // len(k)) % m], k[i % len(k)]) for i in range(n)]
+
+    def run_chaos(self, n: int) -> list[FaultResult]:
+        results = []
+        for i, (inst, kind) in enumerate(self.chaos_plan(n)):
+            self.wait_ready(inst)
+            r = FaultResult(index=i + 1, kind=kind, entity=inst.entity, injected_at=time.time())
+            with self.lock:
+                self.active[inst.entity] = r
+            self.inject(inst, kind)
+            self.log(f"fault {i + 1}/{n}: {kind} on {inst.name}")
+            try:
+                self.follow(r, inst)
+            finally:
+                with self.lock:
+                    self.active.pop(inst.entity, None)
+            self.log("  " + describe(r))
+            results.append(r)
+        self.settle()
+        self.attribute(results)
+        return results
+
+    def wait_ready(self, inst: Instance) -> None:
+        """Before a fault: the instance is back to normal, its last alert resolved a detector
+        cooldown ago and the engine's cooldown after its last recovery has passed."""
+        s = self.s
+        deadline = time.monotonic() + s.deadline_steps * s.step
+        while time.monotonic() < deadline:
+            self.read_alerts()
+            now = time.time()
+            firing, last_resolved = self._alert_state(inst.entity)
+            results = [r for r in self.audit(since=now - 3600)
+                       if r["entity"] == inst.entity and r["kind"] == "result"]
+            last_run = max((r["at"] for r in results), default=0.0)
+            if (not firing and now - last_resolved > (s.rules["cooldown"] + 2) * s.step
+                    and now - last_run > s.engine_cooldown + s.step and self.healthy(inst)):
+                time.sleep(2 * s.step)  # and some quiet between faults
+                return
+            time.sleep(0.25)
+        self.log(f"  {inst.name} not quiet after {s.deadline_steps} steps; injecting anyway")
+
+    def _alert_state(self, entity: str) -> tuple[set[str], float]:
+        firing: set[str] = set()
+        last_resolved = 0.0
+        for a in self.alerts:
+            if a["entity"] != entity:
+                continue
+            if a["status"] == "firing":
+                firing.add(a["id"])
+            else:
+                firing.discard(a["id"])
+                last_resolved = max(last_resolved, a["seen_at"])
+        return firing, last_resolved
+
+    def follow(self, r: FaultResult, inst: Instance) -> None:
+        """Watch alerts, the audit and the pager until the fault is verified recovered,
+        escalated and fixed by the on-call, or its deadline passes."""
+        s = self.s
+        deadline = r.injected_at + s.deadline_steps * s.step
+        before = self._alert_state(r.entity)[0]  # alerts of the instance open already
+        while time.time() < deadline:
+            for a in self.read_alerts():
+                if a["entity"] == r.entity and a["status"] == "firing" and r.alert_id is None \
+                        and a["id"] not in before and a["revision"] == 0:
+                    r.alert_id, r.first_cause, r.detected_at = a["id"], a["cause"], a["seen_at"]
+            self._from_audit(r)
+            if r.outcome == "recovered" and r.verified_at is not None:
+                return
+            if r.kind not in AUTOMATIC and r.operator_fixed_at is not None:
+                if self._verify_by_lab(r, inst, deadline):
+                    return
+            if r.outcome == "escalated" and r.kind in AUTOMATIC and r.operator_fixed_at:
+                self._verify_by_lab(r, inst, deadline)
+                r.note = r.note or "escalated: fixed by the on-call"
+                return
+            time.sleep(0.1)
+        r.note = r.note or f"no recovery within {s.deadline_steps * s.step:g}s"
+        self.log(f"  {r.note}: the on-call cleans up")
+        if r.operator_fixed_at is None:
+            self.fix(inst, r.kind)
+            r.operator_fixed_at = time.time()
+
+    def _verify_by_lab(self, r: FaultResult, inst: Instance, deadline: float) -> bool:
+        while time.time() < deadline:
+            if self.healthy(inst):
+                if r.verified_at is None:
+                    r.verified_at, r.verified_by = time.time(), "lab"
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _from_audit(self, r: FaultResult) -> None:
+        recs = [x for x in self.audit(since=r.injected_at - 1) if x["entity"] == r.entity
+                and x["at"] >= r.injected_at]
+        for x in recs:
+            if x["kind"] == "decision":
+                if x["decision"] == "act" and r.action_at is None:
+                    r.action_at, r.playbook = x["at"], x["playbook"]
+                    r.diagnosis, r.confidence, r.diagnosed_at = x["cause"], x["confidence"], x["at"]
+                    r.event_id = x["event_id"]
+                elif x["decision"] == "skip":
+                    text = f"{x['reason']}: {x['detail']}"
+                    if text not in r.skips:
+                        r.skips.append(text)
+                    if r.diagnosis is None:
+                        r.diagnosis, r.confidence = x["cause"], x["confidence"]
+                        r.diagnosed_at = x["at"]
+            elif x["kind"] == "step" and r.event_id == x["event_id"]:
+                label = f"{x['action']}:{x['decision']}"
+                if label not in r.steps and len(r.steps) < 8:
+                    r.steps.append(label)
+                if x["verified"] == 1 and r.verified_at is None:
+                    ver = json.loads(x["verification"] or "{}")
+                    r.verified_at, r.verified_by = float(ver.get("at", x["at"])), "engine"
+            elif x["kind"] == "result" and r.event_id == x["event_id"]:
+                r.outcome = x["decision"]
+
+    def settle(self) -> None:
+        """After the last fault: wait (bounded) until every alert has resolved."""
+        s = self.s
+        deadline = time.monotonic() + (s.window + 3 * s.rules["merge_gap"]) * s.step + 5
+        while time.monotonic() < deadline:
+            self.read_alerts()
+            if not any(self._alert_state(i.entity)[0] for i in self.instances):
+                return
+            time.sleep(0.25)
+
+    def attribute(self, results: list[FaultResult]) -> None:
+        """Every act decision belongs to the fault on its instance at the time; the first is
+        the fault's action, more are repeats, and one outside any fault (or with another
+        fault's playbook) is a wrong action."""
+        acts = [x for x in self.audit() if x["kind"] == "decision" and x["decision"] == "act"]
+        self.stray_actions = []
+        for x in acts:
+            owner = None
+            for r in results:
+                lo, hi = self.fault_span(r)
+                if x["entity"] == r.entity and lo <= x["at"] <= hi:
+                    owner = r
+            if owner is None:
+                self.stray_actions.append(x)
+                continue
+            owner.actions += 1
+            expected = EXPECTED_PLAYBOOK[owner.kind]
+            if not str(x["playbook"]).startswith(expected + "."):
+                owner.wrong_action = True
+
+    def fault_span(self, r: FaultResult) -> tuple[float, float]:
+        """From the injection until the windows no longer see the fault (its end plus a
+        window and a merge gap): alerts and actions on the instance then are the fault's."""
+        end = max(t for t in (r.verified_at, r.operator_fixed_at, r.action_at, r.injected_at)
+                  if t is not None)
+        return r.injected_at, end + (self.s.window + 2 * self.s.rules["merge_gap"]) * self.s.step
+
+    def false_alarms(self, results: list[FaultResult]) -> list[dict[str, Any]]:
+        """Alerts that opened on an instance with no fault on it at the time."""
+        out, seen = [], set()
+        for a in self.alerts:
+            if a["status"] != "firing" or a["id"] in seen:
+                continue
+            seen.add(a["id"])
+            start = pd.Timestamp(a["starts_at"]).timestamp()
+            if any(a["entity"] == r.entity and lo - self.s.window * self.s.step <= start <= hi
+                   for r in results for lo, hi in [self.fault_span(r)]):
+                continue
+            out.append(a)
+        return out
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize(lab: Lab, results: list[FaultResult]) -> dict[str, Any]:
+    n = len(results)
+    detected = [r for r in results if r.detected]
+    right = [r for r in detected if r.diagnosed_right]
+    recovered = [r for r in results if r.recovered]
+    mttr = [r.mttr for r in recovered]
+    ttd = [r.detected_at - r.injected_at for r in detected]
+    stray = getattr(lab, "stray_actions", [])
+    wrong = sum(r.wrong_action for r in results) + len(stray)
+    repeated = sum(max(0, r.actions - 1) for r in results)
+    return {
+        "faults": n,
+        "detected": len(detected),
+        "detection_rate": len(detected) / n if n else None,
+        "diagnosed_right": len(right),
+        "diagnosis_accuracy": len(right) / len(detected) if detected else None,
+        "recovered": len(recovered),
+        "recovery_rate": len(recovered) / n if n else None,
+        "recovered_without_human": sum(r.recovered and r.kind in AUTOMATIC for r in results),
+        "mttr_median_s": statistics.median(mttr) if mttr else None,
+        "mttr_max_s": max(mttr) if mttr else None,
+        "ttd_median_s": statistics.median(ttd) if ttd else None,
+        "ttd_max_s": max(ttd) if ttd else None,
+        "wrong_actions": wrong,
+        "repeated_actions": repeated,
+        "false_alarms": len(lab.false_alarms(results)),
+        "step_s": lab.s.step,
+    }
+
+
+GOALS = (
+    ("detection_rate", ">=", 1.0, "all faults detected"),
+    ("diagnosis_accuracy", ">=", 0.9, ">= 90 % diagnosed right"),
+    ("recovery_rate", ">=", 0.95, ">= 95 % recovered and verified"),
+    ("mttr_median_s", "<=", 180.0, "median MTTR <= 3 min"),
+    ("wrong_actions", "<=", 0, "no wrong actions"),
+    ("repeated_actions", "<=", 0, "no repeated actions"),
+)
+
+
+def goals_met(summary: dict[str, Any]) -> list[tuple[str, bool]]:
+    out = []
+    for key, op, target, text in GOALS:
+        v = summary.get(key)
+        ok = v is not None and (v >= target if op == ">=" else v <= target)
+        out.append((text, ok))
+    return out
+
+
+def describe(r: FaultResult) -> str:
+    def t(x: float | None) -> str:
+        return "-" if x is None else f"+{x:.1f}s"
+
+    parts = [f"detected {t(r.since(r.detected_at))}",
+             f"diagnosed {r.diagnosis or r.first_cause or '-'}"
+             + (f" ({r.confidence:.2f})" if r.confidence is not None else ""),
+             f"acted {t(r.since(r.action_at))} {r.playbook or ''}".rstrip()]
+    if r.paged_at:
+        parts.append(f"paged {t(r.since(r.paged_at))}")
+    parts.append(f"verified {t(r.since(r.verified_at))}"
+                 + (f" by {r.verified_by}" if r.verified_by else ""))
+    if r.note:
+        parts.append(r.note)
+    return ", ".join(parts)
+
+
+def report(lab: Lab, results: list[FaultResult], summary: dict[str, Any],
+           trail: bool = True) -> str:
+    from ftml.audit import format_audit
+
+    lines = ["", "Faults (times from injection, wall clock):", ""]
+    head = f"{'#':>3}  {'fault':<12} {'instance':<16} {'detect':>7} {'diagnosis':<12} " \
+           f"{'right':<5} {'action':>7} {'playbook':<22} {'verified':>8} {'by':<6} " \
+           f"{'acts':>4}  note"
+    lines.append(head)
+    lines.append("-" * len(head))
+
+    def t(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}s"
+
+    for r in results:
+        lines.append(
+            f"{r.index:>3}  {r.kind:<12} {r.entity.split('/')[-1]:<16} "
+            f"{t(r.since(r.detected_at)):>7} {(r.diagnosis or r.first_cause or '-'):<12} "
+            f"{'yes' if r.diagnosed_right else 'no':<5} {t(r.since(r.action_at)):>7} "
+            f"{(r.playbook or '-').split('.')[0]:<22} {t(r.since(r.verified_at)):>8} "
+            f"{r.verified_by or '-':<6} {r.actions:>4}  {r.note}")
+    s = summary
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f} %"
+
+    lines += [
+        "",
+        f"detection rate      {pct(s['detection_rate'])} ({s['detected']}/{s['faults']}), "
+        f"time to detect median {t(s['ttd_median_s'])}, max {t(s['ttd_max_s'])}",
+        f"diagnosis accuracy  {pct(s['diagnosis_accuracy'])} "
+        f"({s['diagnosed_right']}/{s['detected']} detected)",
+        f"recovery success    {pct(s['recovery_rate'])} ({s['recovered']}/{s['faults']} "
+        f"verified; {s['recovered_without_human']} by ftml alone, the rest paged by design)",
+        f"MTTR                median {t(s['mttr_median_s'])}, max {t(s['mttr_max_s'])} "
+        f"(injection -> verified recovery, wall clock, step {s['step_s']:g}s)",
+        f"wrong actions       {s['wrong_actions']}",
+        f"repeated actions    {s['repeated_actions']}",
+        f"false alarms        {s['false_alarms']} (alerts with no fault on their instance)",
+        "",
+        "Goals: " + "; ".join(f"{text}: {'met' if ok else 'MISSED'}"
+                              for text, ok in goals_met(s)),
+    ]
+    fa = lab.false_alarms(results)
+    if fa:
+        lines += ["", "False alarms:"]
+        lines += [f"  {a['at']} {a['entity']} {a['cause']} (score {a['event']['score']:.2f})"
+                  for a in fa]
+    if trail:
+        cols = ("ts", "entity", "cause", "playbook", "kind", "decision", "reason", "action",
+                "exit_code", "duration_s", "verified", "detail")
+        recs = lab.audit()
+        for rec in recs:
+            rec["entity"] = str(rec["entity"]).split("/")[-1]
+            rec["playbook"] = str(rec["playbook"] or "-").split(".")[0]
+        lines += ["", f"Audit trail ({len(recs)} records, {lab.state_dir / 'state.db'}):", "",
+                  format_audit(recs, columns=cols, max_width=60)]
+    return "\n".join(lines)
+
+
+def results_table(results: list[FaultResult]) -> list[dict[str, Any]]:
+    return [{**asdict(r), "mttr": r.mttr, "recovered": r.recovered} for r in results]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically, as a deploy tool would: readers see the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5.0) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def open_log(path: Path):
+    return open(path, "ab")  # noqa: SIM115 - handed to the child, closed by the GC here
+
+
+def sleep(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the process group, SIGKILL after ``grace``; reaps the leader."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the rest of the group, if the leader left children behind
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.poll()
+
+
+def find_processes(marker: str) -> list[int]:
+    """Pids whose command line contains ``marker`` (a path in the run folder: unique); never
+    this process or its ancestors (whose arguments may name the run folder too)."""
+    mine = ancestors()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cmd = Path(entry.path, "cmdline").read_bytes()
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and marker.encode() in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+def ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
+def sweep(marker: str, timeout: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every process naming ``marker``; returns those found."""
+    found = find_processes(marker)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, timeout)):
+        pids = find_processes(marker)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and find_processes(marker):
+            time.sleep(0.05)
+    return found

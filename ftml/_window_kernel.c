@@ -1,0 +1,247 @@
+/*
+ * Sliding-window statistics for ftml.features: for each requested window (its
+ * last row), per metric, the mean, std (ddof 0), min, max, last value,
+ * least-squares slope and median of the window's rows.
+ *
+ * Every figure of a window is a function of that window's rows alone, computed
+ * in a fixed order (sums from the first row to the last, then divided), so a
+ * window gives the same bits whatever rows come before it or how the caller
+ * chunks the data: chunked and one-piece scoring agree exactly. ftml/features.py
+ * has the same arithmetic in numpy (the fallback when this module is not built)
+ * and checks the two against each other and against pandas in its tests.
+ *
+ *   z[n * m]      standardised values, row-major, no NaN in any requested window
+ *   ends[k]       last row of each window (ascending gives the fast path)
+ *   out[k, width] stat-major: out[i, col[s] + j] is stat s of metric j
+ *   col[7]        first column of each stat (order of STATS), -1 = not wanted
+ *
+ * Order statistics come from one sorted copy of the window per metric. When a
+ * window ends one row after the previous one, that copy is updated (the
+ * leaving value replaced by the entering one, O(w) at worst) rather than
+ * sorted again. Order statistics are returned + 0.0, so that -0.0 and 0.0 (equal,
+ * but sorted either way) always give the same bits.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { S_MEAN = 0, S_STD, S_MIN, S_MAX, S_LAST, S_SLOPE, S_MEDIAN, N_STATS };
+
+static const char *
+native_format(const Py_buffer *b)
+{
+    const char *f = b->format ? b->format : "B";
+    if (f[0] == '@' || f[0] == '=' || f[0] == '<')
+        f++;
+    return f;
+}
+
+/* Replace the value `old` in sorted buf[0..w) by `new`, keeping it sorted. The
+ * positions come from branch-free counts (w is small), not from a search whose
+ * branches the CPU cannot predict. */
+static void
+replace_sorted(double *restrict buf, Py_ssize_t w, double old, double new)
+{
+    Py_ssize_t p = 0, q = 0;
+    for (Py_ssize_t i = 0; i < w; i++) {
+        p += buf[i] < old;
+        q += buf[i] < new;
+    }
+    /* buf[p] == old; among equal values take the one with the same bits (0.0 / -0.0) */
+    while (p + 1 < w && memcmp(&buf[p], &old, sizeof(double)) != 0 && buf[p + 1] == old)
+        p++;
+    q -= old < new; /* insertion point once old is gone */
+    for (; p < q; p++) /* shifts are short: a loop beats a call to memmove */
+        buf[p] = buf[p + 1];
+    for (; p > q; p--)
+        buf[p] = buf[p - 1];
+    buf[q] = new;
+}
+
+static void
+insertion_sort(double *buf, Py_ssize_t w)
+{
+    for (Py_ssize_t i = 1; i < w; i++) {
+        double x = buf[i];
+        Py_ssize_t p = i;
+        while (p > 0 && buf[p - 1] > x) {
+            buf[p] = buf[p - 1];
+            p--;
+        }
+        buf[p] = x;
+    }
+}
+
+static void
+window_rows(const double *restrict z, Py_ssize_t m, const int64_t *restrict ends, Py_ssize_t k,
+            Py_ssize_t w, const int64_t *col, Py_ssize_t width, double *restrict out,
+            double *restrict sorted, double *restrict acc, double *restrict acc2,
+            double *restrict acc3)
+{
+    const int order = col[S_MIN] >= 0 || col[S_MAX] >= 0 || col[S_MEDIAN] >= 0;
+    const int sums = col[S_MEAN] >= 0 || col[S_STD] >= 0;
+    const double half = (double)(w - 1) / 2.0;
+    const double denom = (double)w * ((double)w * (double)w - 1.0) / 12.0;
+    int64_t prev = -2;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        const int64_t e = ends[i];
+        const double *first = z + (e - w + 1) * m, *lastrow = z + e * m;
+        double *o = out + i * width;
+        if (order) {
+            if (e == prev + 1) { /* slide by one row */
+                const double *leaving = first - m;
+                for (Py_ssize_t j = 0; j < m; j++)
+                    replace_sorted(sorted + j * w, w, leaving[j], lastrow[j]);
+            }
+            else {
+                for (Py_ssize_t r = 0; r < w; r++)
+                    for (Py_ssize_t j = 0; j < m; j++)
+                        sorted[j * w + r] = first[r * m + j];
+                for (Py_ssize_t j = 0; j < m; j++)
+                    insertion_sort(sorted + j * w, w);
+            }
+            for (Py_ssize_t j = 0; j < m; j++) {
+                const double *s = sorted + j * w;
+                if (col[S_MIN] >= 0)
+                    o[col[S_MIN] + j] = s[0] + 0.0;
+                if (col[S_MAX] >= 0)
+                    o[col[S_MAX] + j] = s[w - 1] + 0.0;
+                if (col[S_MEDIAN] >= 0)
+                    o[col[S_MEDIAN] + j] =
+                        (w % 2 ? s[w / 2] : (s[w / 2 - 1] + s[w / 2]) / 2.0) + 0.0;
+            }
+        }
+        prev = e;
+        if (col[S_LAST] >= 0)
+            for (Py_ssize_t j = 0; j < m; j++)
+                o[col[S_LAST] + j] = lastrow[j];
+        if (sums || col[S_SLOPE] >= 0) {
+            /* One pass over the window, shifted by its first row (d = x - x0): the sums of d
+             * and d^2 give the mean and variance without the cancellation of raw sums (the
+             * relative error stays within ~w^2 eps of the variance), and sum(t * d) with t
+             * centred gives the slope. */
+            for (Py_ssize_t j = 0; j < m; j++) {
+                acc[j] = 0.0;
+                acc2[j] = 0.0;
+                acc3[j] = 0.0;
+            }
+            for (Py_ssize_t r = 1; r < w; r++) {
+                const double t = (double)r - half;
+                const double *x = first + r * m;
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    double d = x[j] - first[j];
+                    double dd = d * d;
+                    double td = t * d;
+                    acc[j] += d;
+                    acc2[j] += dd;
+                    acc3[j] += td;
+                }
+            }
+            for (Py_ssize_t j = 0; j < m; j++) {
+                double md = acc[j] / (double)w;
+                if (col[S_MEAN] >= 0)
+                    o[col[S_MEAN] + j] = first[j] + md;
+                if (col[S_STD] >= 0) {
+                    double sq = md * md;
+                    double var = acc2[j] / (double)w - sq;
+                    o[col[S_STD] + j] = sqrt(var > 0.0 ? var : 0.0);
+                }
+                if (col[S_SLOPE] >= 0)
+                    o[col[S_SLOPE] + j] = w > 1 ? acc3[j] / denom : 0.0;
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(window_stats_doc,
+"window_stats(z, ends, out, window, columns)\n--\n\n"
+"Fill out[i, columns[s] + j] with stat s of metric j over rows\n"
+"ends[i] - window + 1 .. ends[i] of z (float64, C order, n x m); a stat whose\n"
+"column is -1 is skipped. ends: int64, each in [window - 1, n). out: float64,\n"
+"C order, one row per end. The GIL is released while it runs.");
+
+static PyObject *
+window_stats(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *z_obj, *ends_obj, *out_obj, *result = NULL;
+    Py_buffer z = {0}, ends = {0}, out = {0};
+    Py_ssize_t w;
+    int64_t col[N_STATS];
+    double *work = NULL;
+
+    if (!PyArg_ParseTuple(args, "OOOn(LLLLLLL)", &z_obj, &ends_obj, &out_obj, &w, &col[0],
+                          &col[1], &col[2], &col[3], &col[4], &col[5], &col[6]))
+        return NULL;
+    if (PyObject_GetBuffer(z_obj, &z, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(ends_obj, &ends, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        goto done;
+    if (z.ndim != 2 || strcmp(native_format(&z), "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "z must be a 2-D C-contiguous float64 array");
+        goto done;
+    }
+    if (ends.ndim != 1 || ends.itemsize != 8 ||
+        (strcmp(native_format(&ends), "q") != 0 && strcmp(native_format(&ends), "l") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "ends must be a 1-D int64 array");
+        goto done;
+    }
+    Py_ssize_t n = z.shape[0], m = z.shape[1], k = ends.shape[0];
+    if (out.ndim != 2 || strcmp(native_format(&out), "d") != 0 || out.shape[0] != k) {
+        PyErr_SetString(PyExc_ValueError, "out must be 2-D float64 with a row per window end");
+        goto done;
+    }
+    Py_ssize_t width = out.shape[1];
+    for (int s = 0; s < N_STATS; s++)
+        if (col[s] < -1 || col[s] + m > width) {
+            PyErr_SetString(PyExc_ValueError, "stat column offset out of range");
+            goto done;
+        }
+    if (w < 1 || w > n) {
+        PyErr_SetString(PyExc_ValueError, "window out of range");
+        goto done;
+    }
+    const int64_t *e = ends.buf;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (e[i] < w - 1 || e[i] >= n) {
+            PyErr_SetString(PyExc_ValueError, "window end out of range");
+            goto done;
+        }
+    work = PyMem_Malloc(((size_t)m * (size_t)w + 3 * (size_t)m + 1) * sizeof(double));
+    if (!work) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    window_rows(z.buf, m, e, k, w, col, width, out.buf, work, work + m * w, work + m * w + m,
+                work + m * w + 2 * m);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+
+done:
+    PyMem_Free(work);
+    if (z.obj)
+        PyBuffer_Release(&z);
+    if (ends.obj)
+        PyBuffer_Release(&ends);
+    if (out.obj)
+        PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"window_stats", window_stats, METH_VARARGS, window_stats_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_window_kernel", "Compiled sliding-window statistics for ftml.features.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__window_kernel(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,317 @@
+"""ftml on Dask: a real ``dask scheduler`` and two ``dask worker`` processes on loopback, started
+here and stopped at the end; plus the planning and exactness pieces without a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("distributed")
+
+from distributed import Client  # noqa: E402
+
+from ftml import api  # noqa: E402
+from ftml import distributed as fd  # noqa: E402
+from ftml.bundle import MANIFEST_FILE, load_model  # noqa: E402
+from ftml.cli import main  # noqa: E402
+from ftml.errors import ConfigError  # noqa: E402
+from ftml.features import detect_counters  # noqa: E402
+from ftml.io import infer_step, read_metrics, write_records  # noqa: E402
+from ftml.simulate import simulate_fleet  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A model trained locally, and a later period split as a partitioned Parquet dataset (per
+    day and per half of the fleet), scored locally: the reference output."""
+    tmp = tmp_path_factory.mktemp("fleet")
+    train, incidents = simulate_fleet(entities=6, days=3, seed=1)
+    train.to_parquet(tmp / "train.parquet", index=False)
+    incidents.to_csv(tmp / "incidents.csv", index=False)
+    api.train([tmp / "train.parquet"], tmp / "model", incidents=tmp / "incidents.csv")
+    later, _ = simulate_fleet(entities=6, days=2, seed=7)
+    (tmp / "data").mkdir()
+    day = later["timestamp"].dt.strftime("%Y%m%d")
+    first_half = later["entity"].isin(sorted(later["entity"].unique())[:3])
+    for (d, half), part in later.groupby([day, first_half]):
+        part.to_parquet(tmp / "data" / f"{d}-{'a' if half else 'b'}.parquet", index=False)
+    glob = str(tmp / "data" / "*.parquet")
+    run = CliRunner().invoke(main, ["score", "--model", str(tmp / "model"), "--metrics", glob,
+                                    "--out", str(tmp / "local.jsonl"), "--windows-out",
+                                    str(tmp / "local-windows.csv"), "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert len((tmp / "local.jsonl").read_text().splitlines()) >= 3  # events to compare
+    return tmp, glob
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def _dask(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dask", *args]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``dask scheduler`` + two ``dask worker`` (1 thread, 1 GB each, no nanny: a killed worker
+    stays dead, so the kill test comes last) on 127.0.0.1. Tests ask for it before ``fleet``:
+    the workers start while the local model trains, and :func:`_ready` waits for them."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    info = tmp / "scheduler.json"
+    procs: list[subprocess.Popen] = []
+    client = None
+
+    def start(*args: str, log: str) -> subprocess.Popen:
+        p = subprocess.Popen(_dask(*args), stdout=open(tmp / log, "wb"),
+                             stderr=subprocess.STDOUT, cwd=tmp)
+        procs.append(p)
+        return p
+
+    try:
+        sched = start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                      "--scheduler-file", str(info), log="scheduler.log")
+        deadline = time.monotonic() + 60
+        while not info.exists() or not info.read_text().strip():
+            assert sched.poll() is None, (tmp / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, "scheduler did not start"
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        for i in range(2):
+            start("worker", "--scheduler-file", str(info), "--nthreads", "1", "--memory-limit",
+                  "1GB", "--no-dashboard", "--no-nanny", "--host", "127.0.0.1", "--name",
+                  f"w{i}", "--preload", "ftml.distributed", log=f"worker{i}.log")
+        client = Client(address, timeout=30)
+        yield address, client
+    finally:
+        if client is not None:
+            try:
+                client.shutdown()  # the scheduler closes its workers, then itself
+            except Exception:  # already gone: the processes are stopped below
+                client.close()
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _ready(cluster) -> tuple[str, Client]:
+    address, client = cluster
+    client.wait_for_workers(2, timeout=120)
+    return address, client
+
+
+def _score(model, glob, out, *extra):
+    return CliRunner().invoke(main, ["score", "--model", str(model), "--metrics", glob,
+                                     "--out", str(out), *extra])
+
+
+def test_score_on_the_cluster_writes_the_local_events_byte_for_byte(cluster, fleet, tmp_path):
+    tmp, glob = fleet
+    address, _ = _ready(cluster)
+    # 1500 rows a task: each entity's two days become time slices.
+    run = _score(tmp / "model", glob, tmp_path / "events.jsonl", "--scheduler", address,
+                 "--chunk-rows", "1500", "--windows-out", str(tmp_path / "windows.csv"))
+    assert run.exit_code == 0, run.output
+    groups, slices = map(int, re.search(r"(\d+) entity groups x (\d+) time slices",
+                                        run.stderr).groups())
+    assert groups > 1 and slices > 1
+    assert (tmp_path / "events.jsonl").read_bytes() == (tmp / "local.jsonl").read_bytes()
+    assert (tmp_path / "windows.csv").read_bytes() == (tmp / "local-windows.csv").read_bytes()
+
+
+def test_train_on_the_cluster_writes_a_bundle_like_the_local_one(cluster, fleet, tmp_path):
+    tmp, glob = fleet
+    address, _ = _ready(cluster)
+    run = CliRunner().invoke(main, ["train", "--metrics", str(tmp / "train.parquet"),
+                                    "--incidents", str(tmp / "incidents.csv"), "--out",
+                                    str(tmp_path / "model"), "--scheduler", address, "--quiet"])
+    assert run.exit_code == 0, run.output
+    local, remote = load_model(tmp / "model"), load_model(tmp_path / "model")
+    lm = json.loads((tmp / "model" / MANIFEST_FILE).read_text())
+    rm = json.loads((tmp_path / "model" / MANIFEST_FILE).read_text())
+    assert set(rm) == set(lm)
+    assert set(rm["training"]) - set(lm["training"]) == {"dask_threads"}
+    for key in ("format_version", "metrics", "counters", "feature_schema", "step_seconds",
+                "causes", "event_rules"):
+        assert rm[key] == lm[key], key
+    for key in ("rows", "entities", "fit_windows", "calibration_windows", "data_sha256",
+                "calibration_start"):
+        assert rm["training"][key] == lm["training"][key], key
+    for attr in ("center", "scale", "fleet_center", "fleet_scale"):
+        assert np.array_equal(getattr(remote.featurizer.baseline_, attr),
+                              getattr(local.featurizer.baseline_, attr)), attr
+    # Under 80 000 fit windows the sample is all of them, so the forest is the local one.
+    assert remote.threshold == pytest.approx(local.threshold, abs=1e-9)
+    run = _score(tmp_path / "model", glob, tmp_path / "events.jsonl", "--quiet")
+    assert run.exit_code == 0, run.output
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) >= 1
+
+
+def test_bad_input_on_the_cluster_is_one_line_and_exit_2(cluster, fleet, tmp_path):
+    tmp, glob = fleet
+    address, _ = _ready(cluster)
+    frame = pd.read_parquet(sorted((tmp / "data").glob("*.parquet"))[0])
+    frame.drop(columns=["cpu_pct"]).to_parquet(tmp_path / "part.parquet", index=False)
+    run = _score(tmp / "model", str(tmp_path / "part.parquet"), tmp_path / "e.jsonl",
+                 "--scheduler", address, "--quiet")
+    assert run.exit_code == 2
+    assert run.stderr.strip().count("\n") == 0
+    assert "metric column(s) missing: cpu_pct" in run.stderr
+    assert "Traceback" not in run.output
+    assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_a_killed_worker_has_its_tasks_rerun_and_the_result_is_complete(cluster, fleet,
+                                                                      tmp_path):
+    tmp, glob = fleet
+    address, client = _ready(cluster)
+    pids = client.run(os.getpid)
+    out = tmp_path / "events.jsonl"
+    failure: list[BaseException] = []
+
+    def job():
+        try:  # 1000 rows a task: a job of many tasks
+            fd.score(tmp / "model", [glob], address, out=out, chunk_rows=1000)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    try:
+        victim = None
+        deadline = time.monotonic() + 60
+        while victim is None and runner.is_alive() and time.monotonic() < deadline:
+            for worker, keys in client.processing().items():
+                if any(str(k).startswith("ftml-scoring") for k in keys):
+                    victim = worker
+                    break
+            time.sleep(0.01)
+        assert victim is not None, "no scoring task was seen running"
+        os.kill(pids[victim], signal.SIGKILL)  # mid-task: the other worker re-runs its tasks
+        assert runner.is_alive()
+    finally:
+        runner.join(timeout=180)
+    assert not runner.is_alive() and not failure, failure
+    assert out.read_bytes() == (tmp / "local.jsonl").read_bytes()
+
+
+# --------------------------------------------------------------------------- without a cluster
+
+
+@pytest.mark.parametrize("groups, slices", [(1, 1), (2, 5), (6, 8)])
+def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
+    """Entity groups x time slices, run in-process: gaps and events at slice edges included."""
+    tmp, glob = fleet
+    model = load_model(tmp / "model")
+    read = model.config.read
+    files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
+    table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
+                           int(model.step.value))
+    before, after = fd.margins(model.featurizer.window, read.max_fill_steps)
+    the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(groups, slices))
+    collector = fd.EventCollector(model)
+    for task in the_plan.tasks:
+        collector.add(fd.score_task(model, 5000, False, task))
+    events = sorted(collector.finish(), key=lambda e: (e.entity, e.start))
+    write_records([e.to_dict() for e in events], tmp_path / "events.jsonl")
+    assert (tmp_path / "events.jsonl").read_bytes() == (tmp / "local.jsonl").read_bytes()
+
+
+def _table(spans):
+    """Index rows (file, entity, lo, hi) -> the planner's table, one row per slot."""
+    return pd.DataFrame([{"file": f, "entity": e, "lo": lo, "hi": hi, "rows": hi - lo + 1}
+                         for f, e, lo, hi in spans])
+
+
+ENTS = [f"e{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("name, spans, files, threads, task_rows, most_read", [
+    # A file per day holding every entity: time slices (each also reads the day before or
+    # after for its margins), not entity groups (each would read every file).
+    ("by day", [(d, e, d * 1000, d * 1000 + 999) for d in range(8) for e in ENTS], 8, 2,
+     4000, 3.8),
+    # A file per entity over all time: entity groups, each file read once.
+    ("by entity", [(i, e, 0, 7999) for i, e in enumerate(ENTS)], 8, 2, 16000, 1.0),
+    # One file: split anyway, so that both workers work, though each task reads all of it.
+    ("one file", [(0, e, 0, 999) for e in ENTS], 1, 2, 10**6, 2.0),
+])
+def test_plan_keeps_tasks_small_and_reads_little(name, spans, files, threads, task_rows,
+                                                most_read):
+    table = _table(spans)
+    the_plan = fd.plan(table, [f"f{i}.parquet" for i in range(files)], task_rows, threads,
+                       20, 5)
+    tasks = the_plan.tasks
+    assert len(tasks) >= threads
+    assert max(t.rows for t in tasks) <= task_rows
+    assert sum(t.rows for t in tasks) == int((table["hi"] - table["lo"] + 1).sum())
+    assert the_plan.estimate["rows_read"] <= most_read * table["rows"].sum() + 1e-9
+    assert sorted({e for t in tasks for e in t.entities}) == ENTS
+
+
+def test_plan_without_time_split_keeps_each_entity_whole():
+    table = _table([(d, e, d * 1000, d * 1000 + 999) for d in range(4) for e in ENTS])
+    tasks = fd.plan(table, [f"f{i}.csv" for i in range(4)], 9000, 4, 0, 1,
+                    split_time=False).tasks
+    assert sorted(e for t in tasks for e in t.entities) == ENTS
+    assert all(t.start == 0 and t.stop == 4000 for t in tasks)
+    assert all(len(t.files) == 4 for t in tasks)
+
+
+@pytest.mark.parametrize("seconds", [[60] * 5 + [120], [10, 10, 20, 20], [59.9, 60.1, 60.0]])
+def test_step_from_spacing_counts_is_infer_steps(seconds):
+    t = pd.to_datetime(np.cumsum([0, *seconds]) * 10**9, unit="ns", utc=True)
+    rows = pd.DataFrame({"entity": "a", "timestamp": t})
+    ns = np.diff(t.asi8)
+    counts = pd.Series(ns).value_counts()
+    ix = fd.FileIndex("f", pd.DataFrame(), [], counts)
+    assert fd.infer_step_from([ix]) == infer_step(rows)
+
+
+def test_fleet_counters_from_group_counts_match_detect_counters(fleet):
+    tmp, _ = fleet
+    read = load_model(tmp / "model").config.read
+    data = read_metrics([tmp / "train.parquet"], read)
+    path = str(tmp / "train.parquet")
+    table = fd.index_table([fd.index_file(path, read, None, 10**6)], int(data.step.value))
+    tasks = fd.plan(table, [path], 5000, 3, 0, 1, split_time=False).tasks
+    assert len(tasks) > 1
+    stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, t) for t in tasks]
+    codes, _ = data.entity_codes()
+    assert fd.counters_from_stats(stats, data.metrics) == \
+        detect_counters(data.values(), codes, data.metrics)
+
+
+@pytest.mark.parametrize("scheduler, problem", [
+    ("not an address", "not a scheduler address"),
+    ("local:0", "bad worker count"),
+    ("tcp://127.0.0.1:9", "cannot reach the Dask scheduler"),
+])
+def test_bad_scheduler_is_a_config_error(scheduler, problem):
+    with pytest.raises(ConfigError, match=problem):
+        with fd.connect(scheduler, timeout=1):
+            pass

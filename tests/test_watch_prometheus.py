@@ -1,0 +1,285 @@
+"""``ftml watch`` against a real Prometheus and a real Alertmanager, on loopback.
+
+The test installs Debian's ``prometheus`` and ``prometheus-alertmanager`` if they are missing
+(as root; skipped with the reason when apt cannot), starts both with their own configs on
+free ports, plus an exporter (tests/helpers/exporter.py) whose metrics it controls. It trains
+a small model on history drawn from the same generator, runs ``ftml watch --source
+prometheus:... --sink alertmanager:...``, injects a fault, and checks that Alertmanager gets
+the alert with the right cause, and that it resolves once the fault is gone. Everything it
+started is stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+import exporter  # noqa: E402  (the exporter's generator writes the training history)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HELPERS = Path(__file__).parent / "helpers"
+PROMETHEUS = "/usr/bin/prometheus"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+HOSTS = ("web-1", "web-2", "web-3")
+FAULTY = "web-2"
+CAUSE = "cpu_saturation"
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _installed() -> bool:
+    return os.access(PROMETHEUS, os.X_OK) and os.access(ALERTMANAGER, os.X_OK)
+
+
+@pytest.fixture(scope="session")
+def prometheus_binaries():
+    """Install prometheus and prometheus-alertmanager with apt when missing."""
+    if _installed():
+        return
+    if shutil.which("apt-get") is None:
+        pytest.skip("prometheus / alertmanager missing and there is no apt-get to install "
+                    "them")
+    if os.geteuid() != 0:
+        pytest.skip("prometheus / alertmanager missing; installing them needs root")
+    # No init system here: keep the packages from starting their services on install.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        for cmd in (["apt-get", "update"],
+                    ["apt-get", "install", "-y", "--no-install-recommends", "prometheus",
+                     "prometheus-alertmanager"]):
+            try:
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            except subprocess.TimeoutExpired:
+                pytest.skip(f"'{' '.join(cmd)}' timed out (is the network reachable?)")
+            if r.returncode != 0:
+                reason = (r.stderr or r.stdout).strip().splitlines()[-3:]
+                print(f"{' '.join(cmd)} failed: {' | '.join(reason)}")
+                pytest.skip(f"cannot install prometheus with apt: {' | '.join(reason)}")
+    finally:
+        if made_policy:
+            policy.unlink()
+    if not _installed():
+        pytest.skip("apt installed the packages but the binaries are not where expected")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _wait(what: str, check, timeout: float, procs=()):
+    """Poll ``check()`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{what}: {p.args[0]} exited with {p.returncode}")
+        try:
+            out = check()
+            if out:
+                return out
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last_exc = exc
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}" +
+                         (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class Processes:
+    """Processes started by the test; all stopped at the end, whatever happened."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, **kw)
+        proc._log = log  # type: ignore[attr-defined]
+        self.procs.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.logdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            proc._log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Processes(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def _history(tmp: Path, seconds: int = 7200, seed: int = 1) -> tuple[Path, Path]:
+    """Training history at a 1 s step, drawn by the exporter's generator, with labelled
+    faults of each cause on every host."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    times = start + pd.to_timedelta(np.arange(seconds), unit="s")
+    frames, incidents = [], []
+    for h, host in enumerate(HOSTS):
+        fault = np.full(seconds, None, dtype=object)
+        for i, s in enumerate(range(300 + 100 * h, seconds - 200, 420)):
+            cause = exporter.CAUSES[(i + h) % len(exporter.CAUSES)]
+            length = int(rng.integers(60, 120))
+            fault[s:s + length] = cause
+            incidents.append((host, times[s], times[s + length - 1], cause))
+        values = np.empty((seconds, len(exporter.METRICS)))
+        for cause in (None, *exporter.CAUSES):
+            rows = np.flatnonzero(fault == cause) if cause else np.flatnonzero(
+                pd.isna(fault))
+            values[rows] = exporter.sample(host, rng, cause, len(rows))
+        frame = pd.DataFrame(values, columns=list(exporter.METRICS))
+        frame.insert(0, "entity", host)
+        frame.insert(0, "timestamp", times)
+        frames.append(frame)
+    metrics = tmp / "history.csv"
+    pd.concat(frames).sort_values(["timestamp", "entity"]).to_csv(metrics, index=False)
+    inc = tmp / "incidents.csv"
+    pd.DataFrame(incidents, columns=["entity", "start", "end", "cause"]).to_csv(inc, index=False)
+    return metrics, inc
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_binaries, procs,
+                                                                  tmp_path):
+    from ftml import api
+    from ftml.config import Config
+
+    # A model at a 1 s step, with short windows so that the test is quick.
+    cfg = Config()
+    cfg.read.step = "1s"
+    cfg.features.window = 5
+    cfg.features.hour_of_day = False
+    cfg.detect.min_windows, cfg.detect.of_windows = 2, 3
+    cfg.detect.merge_gap, cfg.detect.cooldown = 3, 5
+    metrics, incidents = _history(tmp_path)
+    api.train([metrics], tmp_path / "model", incidents=incidents, config=cfg)
+
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"faults": {}}))
+    exp_port, prom_port, am_port, ftml_port = (_free_port() for _ in range(4))
+    exp = procs.start("exporter", [sys.executable, str(HELPERS / "exporter.py"), "--port",
+                                   str(exp_port), "--control", str(control), "--hosts",
+                                   ",".join(HOSTS)])
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: demo\n    static_configs: [{{targets: ['127.0.0.1:{exp_port}']}}]\n")
+    prom = procs.start("prometheus", [
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
+    (tmp_path / "alertmanager.yml").write_text(
+        "route: {receiver: blackhole, group_wait: 1s, group_interval: 1s, "
+        "repeat_interval: 1h}\nreceivers: [{name: blackhole}]\n")
+    am = procs.start("alertmanager", [
+        ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}",
+        f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address="])
+    prom_url, am_url = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}"
+
+    def series():
+        q = urllib.parse.urlencode({"query": "demo_cpu_pct"})
+        return len(_get(f"{prom_url}/api/v1/query?{q}")["data"]["result"]) == len(HOSTS)
+
+    _wait("Prometheus scraping the exporter", series, 60, [exp, prom])
+    _wait("Alertmanager ready", lambda: _get(f"{am_url}/api/v2/status"), 60, [am])
+
+    (tmp_path / "watch.yaml").write_text(
+        "watch:\n  prometheus:\n    entity_label: host\n    queries:\n" +
+        "".join(f"      {m}: demo_{m}\n" for m in exporter.METRICS) +
+        "  severity: {cpu_saturation: critical}\n")
+    watch = procs.start("ftml", [
+        sys.executable, "-m", "ftml", "watch", "--model", str(tmp_path / "model"),
+        "--source", f"prometheus:{prom_url}", "--sink", f"alertmanager:{am_url}",
+        "--state", str(tmp_path / "state"), "--interval", "1s", "--config",
+        str(tmp_path / "watch.yaml"), "--listen", f"127.0.0.1:{ftml_port}"])
+    ftml_url = f"http://127.0.0.1:{ftml_port}"
+    try:
+        _wait("ftml /healthz", lambda: _get(f"{ftml_url}/healthz")["ticks"] > 3, 60, [watch])
+
+        def scored() -> bool:  # the backfill filled the buffers: every host has a score
+            text = urllib.request.urlopen(f"{ftml_url}/metrics", timeout=2).read().decode()
+            return all(f'ftml_watch_score{{entity="{h}"}}' in text for h in HOSTS)
+
+        _wait("scores of every host", scored, 60, [watch])
+
+        def alerts(**labels):
+            out = []
+            for a in _get(f"{am_url}/api/v2/alerts"):
+                if all(a["labels"].get(k) == v for k, v in labels.items()):
+                    out.append(a)
+            return out
+
+        control.write_text(json.dumps({"faults": {FAULTY: CAUSE}}))
+        fired = _wait(f"a {CAUSE} alert on {FAULTY} in Alertmanager",
+                      lambda: alerts(entity=FAULTY, cause=CAUSE, alertname="FtmlIncident"),
+                      90, [watch])
+        alert = fired[0]
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["id"]
+        assert float(alert["annotations"]["confidence"]) > 0
+        assert "cpu_pct" in alert["annotations"]["top_metrics"]
+        assert alert["status"]["state"] == "active"
+        alert_id = alert["labels"]["id"]
+
+        control.write_text(json.dumps({"faults": {}}))
+        _wait("the alert resolved", lambda: not alerts(id=alert_id), 90, [watch])
+
+        text = urllib.request.urlopen(f"{ftml_url}/metrics", timeout=2).read().decode()
+        assert "ftml_watch_ticks_total" in text
+        assert 'ftml_watch_alerts_delivered_total{sink="alertmanager:' in text
+        assert 'status="resolved"' in text
+        health = _get(f"{ftml_url}/healthz")
+        assert health["status"] == "ok" and health["queued_alerts"] == 0
+    except BaseException:
+        print("---- ftml log ----\n" + procs.log("ftml")[-6000:])
+        raise
+    watch.send_signal(signal.SIGTERM)
+    assert watch.wait(timeout=15) == 0, procs.log("ftml")[-3000:]
+    assert (tmp_path / "state" / "watch.npz").exists()
