@@ -18,7 +18,10 @@ demo: install
 	$(BIN)/python -m ftml.demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not chaos"
+
+chaos-test: install
+	$(BIN)/python -m pytest -q -m chaos
 
 bench: install
 	$(BIN)/python -m bench

@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from examples.live.chaos import run  # noqa: E402
 from examples.live.lab import GOOD_CONFIG, Lab, Settings  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Excluded from `make test` until it is reliable under load: a clean-clone CI run once
+# diagnosed the bad-config fault as latency. `make chaos-test` runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 
 KINDS = ("memory_leak", "bad_config", "latency")
 # Five instances: more normal history per second of test, which the detector needs more than
