@@ -120,6 +120,16 @@ def test_stats_subset_feeds_the_same_detector_view():
         assert stats_view(S, 5).tobytes() == detector_view(X, 5, stats).tobytes()
 
 
+@pytest.mark.parametrize("window", [1, 3, 15, 16])
+@pytest.mark.parametrize("stats", [["median", "last"], ["last", "max", "min"], ["median", "mean"]])
+def test_window_view_is_the_view_of_the_stats(window, stats):
+    z = _z(3000, 4, window)
+    end = features.complete_windows(np.isnan(z).any(axis=1), np.zeros(3000, dtype=int), window)
+    got = features.window_view(z, end, window, stats)
+    want = stats_view(window_stats(z, end, window, stats), 4)
+    assert np.array_equal(got, want)  # the same numbers (a zero may differ in sign only)
+
+
 def _data(entities=4, days=2, seed=0, gaps=True) -> MetricData:
     rng = np.random.default_rng(seed)
     n = days * 1440

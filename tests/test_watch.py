@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -469,6 +470,12 @@ def _watch_cmd(model_dir, *args):
     return [PY, "-m", "ftml", "watch", "--model", str(model_dir), *args]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _wait_for(check, timeout=60.0, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -550,9 +557,15 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         n_before = len(records())
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        time.sleep(4)  # it resumes and re-reads the rows since its checkpoint
-        assert proc.poll() is None
+        port = _free_port()
+        proc = subprocess.Popen(cmd + ["--listen", f"127.0.0.1:{port}"],
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+        def ticks():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return json.loads(r.read())["ticks"]
+
+        _wait_for(lambda: ticks() >= 2, proc=proc)  # resumed, re-read the rows since
         assert len(records()) == n_before  # nothing raised again
         with open(path, "a") as fh:
             live[live["timestamp"] >= t_cut].to_csv(fh, header=False, index=False)
@@ -596,7 +609,7 @@ def test_run_stops_promptly_from_another_thread(fleet):
                 config=WatchConfig(interval=3600))
     t = threading.Thread(target=w.run)
     t.start()
-    time.sleep(0.5)
+    _wait_for(lambda: w.ticks >= 1, timeout=30)
     w.stop()
     t.join(timeout=5)
     assert not t.is_alive() and w.ticks >= 1
