@@ -13,7 +13,7 @@ import yaml
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -43,16 +43,26 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.target_precision = target_precision
         self.random_state = random_state
 
-    def _make(self):
+    def _make(self, y: np.ndarray):
         if self.classifier == "tree":
             return DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=5,
                                           class_weight="balanced", random_state=self.random_state)
         if self.classifier == "svm":
             # Probabilities by calibration on held-out folds (SVC(probability=True) is
             # deprecated in scikit-learn 1.9).
+            # A rare cause may have fewer examples than folds: stratify with as many folds as
+            # its count allows, and below two examples fall back to plain folds (a fold that
+            # lacks the cause gives it probability 0 there) rather than refuse to train.
             svc = SVC(kernel="rbf", class_weight="balanced", C=10.0)
+            if len(y) < 2:
+                raise ValueError(f"the svm diagnoser needs two examples or more, got "
+                                 f"n_samples={len(y)}")
+            rarest = int(np.unique(y, return_counts=True)[1].min())
+            cv = (StratifiedKFold(n_splits=min(3, rarest)) if rarest >= 2
+                  else KFold(n_splits=min(3, len(y)), shuffle=True,
+                             random_state=self.random_state))
             return make_pipeline(StandardScaler(),
-                                 CalibratedClassifierCV(svc, ensemble=False, cv=3))
+                                 CalibratedClassifierCV(svc, ensemble=False, cv=cv))
         if self.classifier == "forest":
             return RandomForestClassifier(n_estimators=200, min_samples_leaf=2,
                                           class_weight="balanced",
@@ -68,7 +78,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         X, y = X[idx], y[idx]
         groups = np.asarray(groups)[idx] if groups is not None else None
         self.min_confidence_ = self._confidence_cut(X, y, groups)
-        self.model_ = self._make().fit(X, y)
+        self.model_ = self._make(y).fit(X, y)
         return self
 
     def _subsample(self, y: np.ndarray) -> np.ndarray:
@@ -91,7 +101,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             if len(np.unique(y[train])) < 2:
                 conf[test], right[test] = 0.0, False
                 continue
-            model = self._make().fit(X[train], y[train])
+            model = self._make(y[train]).fit(X[train], y[train])
             proba = model.predict_proba(X[test])
             classes = model.classes_
             conf[test] = proba.max(axis=1)

@@ -143,8 +143,12 @@ def _check_file(path: Path) -> tuple[str, bool]:
     return fmt, gz
 
 
-def read_table(path: str | Path, *, dtype_backend_numpy: bool = True) -> pd.DataFrame:
-    """Read one CSV / JSON Lines / Parquet file (optionally gzipped) as it is."""
+def read_table(path: str | Path, *, dtype_backend_numpy: bool = True,
+               allow_empty: bool = False) -> pd.DataFrame:
+    """Read one CSV / JSON Lines / Parquet file (optionally gzipped) as it is.
+
+    ``allow_empty``: a header without rows is a valid, empty table (an incidents file of a
+    period without incidents) instead of an error."""
     path = Path(path)
     fmt, gz = _check_file(path)
     with _read_errors(path, fmt, gz):
@@ -160,7 +164,7 @@ def read_table(path: str | Path, *, dtype_backend_numpy: bool = True) -> pd.Data
                 raise InputError("file is empty", source=str(path),
                                  hint="give one JSON object per line")
             frame = _parse_jsonl(text, path, 0)
-    if frame.shape[0] == 0:
+    if frame.shape[0] == 0 and not allow_empty:
         raise InputError("file has a header but no rows", source=str(path), hint="add data rows")
     return frame
 
@@ -887,7 +891,7 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
     with exactly one the ``entity`` column may be left out.
     """
     source = str(path)
-    raw = read_table(path)
+    raw = read_table(path, allow_empty=True)
     cols = {str(c).lower(): c for c in raw.columns}
     for need in ("start", "end", "cause"):
         if need not in cols:

@@ -566,6 +566,14 @@ def test_read_incidents(tmp_path, content, entities, expected):
         (e, utc(s), utc(t), c) for e, s, t, c in expected]
 
 
+def test_header_only_incidents_file_means_no_incidents(tmp_path):
+    # An incident tracker's export for a quiet period: valid, and the model is detection-only.
+    path = tmp_path / "incidents.csv"
+    path.write_text("entity,start,end,cause\n")
+    inc = read_incidents(path, ENTITIES)
+    assert list(inc.columns) == ["entity", "start", "end", "cause"] and len(inc) == 0
+
+
 def test_read_incidents_jsonl(tmp_path):
     path = tmp_path / "incidents.jsonl"
     path.write_text('{"entity": "web-1", "start": "2026-01-05T00:00:00Z", '
@@ -588,7 +596,6 @@ def test_read_incidents_jsonl(tmp_path):
      "empty cause", "row 1, column 'cause'"),
     ("entity,start,cause\nweb-1,2026-01-05T00:00:00Z,cpu\n", ENTITIES, "no 'end' column",
      "entity, start, end, cause"),
-    ("entity,start,end,cause\n", ENTITIES, "no rows", "add data rows"),
 ])
 def test_incident_errors(tmp_path, content, entities, problem, place):
     path = tmp_path / "incidents.csv"
