@@ -69,6 +69,19 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class _NothingToKeep:
+    """For sources that resume from nothing (live samples, a pipe) and hold nothing open."""
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class SourceError(Exception):
     """A source that cannot be read right now (the loop retries it)."""
 
@@ -312,7 +325,7 @@ class FileSource:
 # --------------------------------------------------------------------------- stdin
 
 
-class StdinSource:
+class StdinSource(_NothingToKeep):
     """JSON Lines on standard input (``stdin``), read by a thread so polls never block.
     At end of input the source is ``exhausted`` and the loop finishes."""
 
@@ -366,14 +379,6 @@ class StdinSource:
         self._line += len(lines)
         return self.parser.parse(lines, first) if lines else None
 
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- local
@@ -394,7 +399,7 @@ class LocalConfig:
     host: str | None = None  # entity name of the host; default: the host name
 
 
-class LocalSource:
+class LocalSource(_NothingToKeep):
     """Samples this machine with psutil once per step (``local``).
 
     Entity ``HOST`` for the machine and ``HOST/NAME`` for each process name in the config
@@ -496,14 +501,6 @@ class LocalSource:
             rows.append(row)
         return rows
 
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _host_threads(ps) -> float:
