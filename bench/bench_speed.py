@@ -15,6 +15,17 @@ next minute), as a scraper writes them.
   the same file in a fresh process (the parse only); seconds, the goal is ratio <= 2. The
   model is trained on the day before. ``identical`` says whether scoring in one piece gives
   the same events file.
+
+  Why ratio <= 2 is out of reach on 2 cores with the default model (200 trees x 512
+  samples): the forest alone walks 200 trees for each of the ~1 M windows, ~3.2 us of CPU per
+  window (measured, one thread), so ~3.2 s of CPU: 1.6 s on both cores, already above 2 x
+  0.57 s, before parsing (pandas' parser is single-threaded: the anchor itself), imports
+  (~1 s: scikit-learn, scipy), normalising and featurizing. Measured CPU seconds per phase of
+  ``api.score`` on this file (read-ahead off so that phases do not overlap; load ~6, so
+  inflated alike, read_csv took 1.5 s of CPU in the same conditions): forest 4.3, parse and
+  validate 2.0, normalise 1.3, standardise 1.2 (trailing levels 0.5), forest view 1.2, event
+  builder 0.7, diagnosis and events file 0.2. pyarrow.csv was tried: 2.1-2.7 s of CPU for
+  this file against pandas' 1.5 (no gain here).
 - ``score large CSV``: peak RSS of ``ftml score`` on a large CSV (5 GB; ~1 GB with
   ``--quick``: the RSS does not grow with the file, see the rows/s and the chunk size),
   against the 1 GB budget.

@@ -15,17 +15,29 @@
  *   out[k, width] stat-major: out[i, col[s] + j] is stat s of metric j
  *   col[7]        first column of each stat (order of STATS), -1 = not wanted
  *
- * Order statistics come from one sorted copy of the window per metric. When a
- * window ends one row after the previous one, that copy is updated (the
- * leaving value replaced by the entering one, O(w) at worst) rather than
- * sorted again. Order statistics are returned + 0.0, so that -0.0 and 0.0 (equal,
- * but sorted either way) always give the same bits.
+ * Order statistics come from one sorted copy of the window per metric, kept
+ * rank-major so that each step is a fixed run of compares and selects over all
+ * metrics at once (vectorised, no data-dependent branch: see slide_sorted).
+ * When a window ends a few rows after the previous one, that copy is updated
+ * row by row (the leaving value replaced by the entering one, O(w)) rather
+ * than sorted again. Order statistics are returned + 0.0, so that -0.0 and 0.0
+ * (equal, but sorted either way) always give the same bits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The hot loop is also compiled for AVX2, picked at load time where the CPU has it: the same
+ * operations in wider registers (no FMA: -ffp-contract=off), so the same bits. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define FTML_CLONES __attribute__((target_clones("avx2", "default")))
+#define FTML_INLINE static inline __attribute__((always_inline))
+#else
+#define FTML_CLONES
+#define FTML_INLINE static inline
+#endif
 
 enum { S_MEAN = 0, S_STD, S_MIN, S_MAX, S_LAST, S_SLOPE, S_MEDIAN, N_STATS };
 
@@ -38,43 +50,60 @@ native_format(const Py_buffer *b)
     return f;
 }
 
-/* Replace the value `old` in sorted buf[0..w) by `new`, keeping it sorted. The
- * positions come from branch-free counts (w is small), not from a search whose
- * branches the CPU cannot predict. */
-static void
-replace_sorted(double *restrict buf, Py_ssize_t w, double old, double new)
+/* Sorted copy of a window, rank-major: sorted[r * m + j] is the r-th smallest value of metric
+ * j, for r < w; row w is +inf (a sentinel the updates read). Every update below is a fixed
+ * sequence of compares and selects over all metrics at once: no branch depends on the data,
+ * and the compiler vectorises the loops over metrics. */
+
+/* Replace the value leaving[j] of each metric's sorted window by entering[j]. Removing the
+ * value leaves R, with R[i] = S[i] while S[i] < old and S[i + 1] from there (the first copy
+ * of `old` goes); inserting `new` into R gives max(R[i - 1], min(R[i], new)) at rank i. Both
+ * read only ranks i and i + 1, so S is overwritten in place, rank by rank. */
+FTML_INLINE void
+slide_sorted(double *restrict sorted, Py_ssize_t m, Py_ssize_t w, const double *restrict leaving,
+             const double *restrict entering, double *restrict prev)
 {
-    Py_ssize_t p = 0, q = 0;
+    for (Py_ssize_t j = 0; j < m; j++)
+        prev[j] = -INFINITY;
     for (Py_ssize_t i = 0; i < w; i++) {
-        p += buf[i] < old;
-        q += buf[i] < new;
-    }
-    /* buf[p] == old; among equal values take the one with the same bits (0.0 / -0.0) */
-    while (p + 1 < w && memcmp(&buf[p], &old, sizeof(double)) != 0 && buf[p + 1] == old)
-        p++;
-    q -= old < new; /* insertion point once old is gone */
-    for (; p < q; p++) /* shifts are short: a loop beats a call to memmove */
-        buf[p] = buf[p + 1];
-    for (; p > q; p--)
-        buf[p] = buf[p - 1];
-    buf[q] = new;
-}
-
-static void
-insertion_sort(double *buf, Py_ssize_t w)
-{
-    for (Py_ssize_t i = 1; i < w; i++) {
-        double x = buf[i];
-        Py_ssize_t p = i;
-        while (p > 0 && buf[p - 1] > x) {
-            buf[p] = buf[p - 1];
-            p--;
+        double *restrict s = sorted + i * m;
+        const double *restrict s1 = sorted + (i + 1) * m;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const double a = s[j], b = s1[j], x = entering[j], p = prev[j];
+            const double r = a < leaving[j] ? a : b;
+            const double lo = r < x ? r : x;
+            s[j] = p > lo ? p : lo;
+            prev[j] = r;
         }
-        buf[p] = x;
     }
 }
 
-static void
+/* Sort rows first[0 .. w) (row stride m) into sorted: insert them one by one, as above
+ * (O(w^2), for a window that does not follow the one before closely). */
+FTML_INLINE void
+fill_sorted(double *restrict sorted, Py_ssize_t m, Py_ssize_t w, const double *first,
+            double *restrict prev)
+{
+    for (Py_ssize_t i = 0; i <= w; i++)
+        for (Py_ssize_t j = 0; j < m; j++)
+            sorted[i * m + j] = INFINITY;
+    for (Py_ssize_t r = 0; r < w; r++) {
+        const double *restrict x = first + r * m;
+        for (Py_ssize_t j = 0; j < m; j++)
+            prev[j] = -INFINITY;
+        for (Py_ssize_t i = 0; i <= r; i++) {
+            double *restrict s = sorted + i * m;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                const double v = s[j], y = x[j], p = prev[j];
+                const double lo = v < y ? v : y;
+                s[j] = p > lo ? p : lo;
+                prev[j] = v;
+            }
+        }
+    }
+}
+
+FTML_CLONES static void
 window_rows(const double *restrict z, Py_ssize_t m, const int64_t *restrict ends, Py_ssize_t k,
             Py_ssize_t w, const int64_t *col, Py_ssize_t width, double *restrict out,
             double *restrict sorted, double *restrict acc, double *restrict acc2,
@@ -84,33 +113,28 @@ window_rows(const double *restrict z, Py_ssize_t m, const int64_t *restrict ends
     const int sums = col[S_MEAN] >= 0 || col[S_STD] >= 0;
     const double half = (double)(w - 1) / 2.0;
     const double denom = (double)w * ((double)w * (double)w - 1.0) / 12.0;
-    int64_t prev = -2;
+    int64_t prev = -1; /* no window yet */
     for (Py_ssize_t i = 0; i < k; i++) {
         const int64_t e = ends[i];
         const double *first = z + (e - w + 1) * m, *lastrow = z + e * m;
         double *o = out + i * width;
         if (order) {
-            if (e == prev + 1) { /* slide by one row */
-                const double *leaving = first - m;
-                for (Py_ssize_t j = 0; j < m; j++)
-                    replace_sorted(sorted + j * w, w, leaving[j], lastrow[j]);
-            }
-            else {
-                for (Py_ssize_t r = 0; r < w; r++)
-                    for (Py_ssize_t j = 0; j < m; j++)
-                        sorted[j * w + r] = first[r * m + j];
-                for (Py_ssize_t j = 0; j < m; j++)
-                    insertion_sort(sorted + j * w, w);
-            }
+            /* Sliding costs w steps a row, sorting afresh about w^2 / 2: slide when the
+             * window follows the last one by at most (w + 1) / 2 rows. Every row slid in or
+             * out belongs to one of the two windows, so none is NaN. */
+            if (prev >= 0 && e > prev && e - prev <= (w + 1) / 2)
+                for (int64_t x = prev + 1; x <= e; x++)
+                    slide_sorted(sorted, m, w, z + (x - w) * m, z + x * m, acc);
+            else
+                fill_sorted(sorted, m, w, first, acc);
+            const double *lo = sorted, *hi = sorted + (w - 1) * m, *mid = sorted + (w / 2) * m;
             for (Py_ssize_t j = 0; j < m; j++) {
-                const double *s = sorted + j * w;
                 if (col[S_MIN] >= 0)
-                    o[col[S_MIN] + j] = s[0] + 0.0;
+                    o[col[S_MIN] + j] = lo[j] + 0.0;
                 if (col[S_MAX] >= 0)
-                    o[col[S_MAX] + j] = s[w - 1] + 0.0;
+                    o[col[S_MAX] + j] = hi[j] + 0.0;
                 if (col[S_MEDIAN] >= 0)
-                    o[col[S_MEDIAN] + j] =
-                        (w % 2 ? s[w / 2] : (s[w / 2 - 1] + s[w / 2]) / 2.0) + 0.0;
+                    o[col[S_MEDIAN] + j] = (w % 2 ? mid[j] : (mid[j - m] + mid[j]) / 2.0) + 0.0;
             }
         }
         prev = e;
@@ -160,18 +184,19 @@ window_rows(const double *restrict z, Py_ssize_t m, const int64_t *restrict ends
                 acc2[j] = q0;
                 acc3[j] = u0;
             }
-            for (Py_ssize_t j = 0; j < m; j++) {
-                double md = acc[j] / (double)w;
-                if (col[S_MEAN] >= 0)
-                    o[col[S_MEAN] + j] = first[j] + md;
-                if (col[S_STD] >= 0) {
-                    double sq = md * md;
-                    double var = acc2[j] / (double)w - sq;
+            /* A loop per stat, each vectorised over the metrics. */
+            if (col[S_MEAN] >= 0)
+                for (Py_ssize_t j = 0; j < m; j++)
+                    o[col[S_MEAN] + j] = first[j] + acc[j] / (double)w;
+            if (col[S_STD] >= 0)
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    const double md = acc[j] / (double)w;
+                    const double var = acc2[j] / (double)w - md * md;
                     o[col[S_STD] + j] = sqrt(var > 0.0 ? var : 0.0);
                 }
-                if (col[S_SLOPE] >= 0)
+            if (col[S_SLOPE] >= 0)
+                for (Py_ssize_t j = 0; j < m; j++)
                     o[col[S_SLOPE] + j] = w > 1 ? acc3[j] / denom : 0.0;
-            }
         }
     }
 }
@@ -229,14 +254,14 @@ window_stats(PyObject *Py_UNUSED(module), PyObject *args)
             PyErr_SetString(PyExc_ValueError, "window end out of range");
             goto done;
         }
-    work = PyMem_Malloc(((size_t)m * (size_t)w + 3 * (size_t)m + 1) * sizeof(double));
+    work = PyMem_Malloc(((size_t)m * ((size_t)w + 1) + 3 * (size_t)m + 1) * sizeof(double));
     if (!work) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    window_rows(z.buf, m, e, k, w, col, width, out.buf, work, work + m * w, work + m * w + m,
-                work + m * w + 2 * m);
+    window_rows(z.buf, m, e, k, w, col, width, out.buf, work, work + m * (w + 1),
+                work + m * (w + 2), work + m * (w + 3));
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 
@@ -251,8 +276,120 @@ done:
     return result;
 }
 
+/* Trailing level (ftml.features.trailing_level): per row i and metric j, the mean of z clipped
+ * to +-clip over the rows [max(first, i - span), i) of i's segment, NaN skipped, divided by
+ * max(count, shrink). Values are summed in fixed point (rint(clipped * 2^20) as int64), so a
+ * running sum (add the row entering, subtract the row leaving) gives exactly the integers of
+ * numpy's cumulative-sum differences, and then the same two float operations. */
+FTML_INLINE int64_t
+level_units(double x, double clip)
+{
+    const double c = x < -clip ? -clip : (x > clip ? clip : x);
+    return (int64_t)rint(c * 1048576.0); /* 2^20: features._LEVEL_BITS */
+}
+
+FTML_CLONES static void
+level_rows(const double *restrict z, const int64_t *restrict seg, Py_ssize_t n, Py_ssize_t m,
+           Py_ssize_t span, double clip, int64_t shrink, double *restrict out,
+           int64_t *restrict sum, int64_t *restrict count)
+{
+    Py_ssize_t first = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i == 0 || seg[i] != seg[i - 1]) {
+            first = i;
+            for (Py_ssize_t j = 0; j < m; j++)
+                sum[j] = count[j] = 0;
+        }
+        const double *row = z + i * m;
+        double *o = out + i * m;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            double total = (double)sum[j];
+            total *= 1.0 / 1048576.0;
+            o[j] = total / (double)(count[j] > shrink ? count[j] : shrink);
+        }
+        for (Py_ssize_t j = 0; j < m; j++)
+            if (row[j] == row[j]) { /* not NaN */
+                sum[j] += level_units(row[j], clip);
+                count[j]++;
+            }
+        if (i - span >= first) { /* row i - span leaves the next row's span */
+            const double *old = z + (i - span) * m;
+            for (Py_ssize_t j = 0; j < m; j++)
+                if (old[j] == old[j]) {
+                    sum[j] -= level_units(old[j], clip);
+                    count[j]--;
+                }
+        }
+    }
+}
+
+PyDoc_STRVAR(trailing_level_doc,
+"trailing_level(z, segments, span, clip, out)\n--\n\n"
+"Fill out (float64, C order, n x m) with ftml.features.trailing_level(z, segments, span,\n"
+"clip): the same bits. z: float64, C order, n x m; segments: int64, n; span >= 1;\n"
+"0 <= clip <= 2^31. The GIL is released while it runs.");
+
+static PyObject *
+trailing_level(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *z_obj, *seg_obj, *out_obj, *result = NULL;
+    Py_buffer z = {0}, seg = {0}, out = {0};
+    Py_ssize_t span;
+    double clip;
+    int64_t *work = NULL;
+
+    if (!PyArg_ParseTuple(args, "OOndO", &z_obj, &seg_obj, &span, &clip, &out_obj))
+        return NULL;
+    if (PyObject_GetBuffer(z_obj, &z, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(seg_obj, &seg, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        goto done;
+    if (z.ndim != 2 || strcmp(native_format(&z), "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "z must be a 2-D C-contiguous float64 array");
+        goto done;
+    }
+    Py_ssize_t n = z.shape[0], m = z.shape[1];
+    if (seg.ndim != 1 || seg.itemsize != 8 || seg.shape[0] != n ||
+        (strcmp(native_format(&seg), "q") != 0 && strcmp(native_format(&seg), "l") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "segments must be a 1-D int64 array, one per row");
+        goto done;
+    }
+    if (out.ndim != 2 || strcmp(native_format(&out), "d") != 0 || out.shape[0] != n ||
+        out.shape[1] != m) {
+        PyErr_SetString(PyExc_ValueError, "out must be float64 of z's shape");
+        goto done;
+    }
+    /* Within these bounds every clipped value times 2^20 is below 2^51: rint is exact and
+     * no sum of a realistic frame can overflow. */
+    if (span < 1 || !(clip >= 0.0 && clip <= 2147483648.0)) {
+        PyErr_SetString(PyExc_ValueError, "span must be >= 1 and clip in [0, 2^31]");
+        goto done;
+    }
+    work = PyMem_Malloc(2 * ((size_t)m + 1) * sizeof(int64_t));
+    if (!work) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t shrink = span / 2 > 1 ? span / 2 : 1;
+    Py_BEGIN_ALLOW_THREADS
+    level_rows(z.buf, seg.buf, n, m, span, clip, shrink, out.buf, work, work + m + 1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+
+done:
+    PyMem_Free(work);
+    if (z.obj)
+        PyBuffer_Release(&z);
+    if (seg.obj)
+        PyBuffer_Release(&seg);
+    if (out.obj)
+        PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"window_stats", window_stats, METH_VARARGS, window_stats_doc},
+    {"trailing_level", trailing_level, METH_VARARGS, trailing_level_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,12 +94,28 @@ def test_kernel_and_numpy_fallback_agree_bit_for_bit(window, stats, monkeypatch)
     z = np.where(np.isnan(_z(2000, 4, window)), 0.0, _z(2000, 4, window))
     rng = np.random.default_rng(window)
     ends = np.unique(np.r_[np.arange(window - 1, 2000), rng.integers(window - 1, 2000, 300)])
-    for rows in (ends, ends[::3], ends[rng.permutation(len(ends))[:500]]):  # slid, sparse, any
+    # slid, slid a few rows at a time (up to (window + 1) // 2, then sorted afresh), any order
+    for rows in (ends, ends[::3], ends[::8], ends[::9], ends[rng.permutation(len(ends))[:500]]):
         fast = window_stats(z, rows, window, stats)
         monkeypatch.setattr(features, "_window_kernel", None)
         slow = window_stats(z, rows, window, stats)
         monkeypatch.undo()
         assert fast.tobytes() == slow.tobytes()
+
+
+@pytest.mark.parametrize("span", [1, 2, 7, 360])
+@pytest.mark.parametrize("clip", [0.0, 1.0, 3.5])
+def test_trailing_level_kernel_and_numpy_agree_bit_for_bit(span, clip, monkeypatch):
+    if getattr(features._window_kernel, "trailing_level", None) is None:
+        pytest.skip("ftml._window_kernel is not built (pip install -e .)")
+    z = _z(1500, 4, span)
+    z[np.random.default_rng(span).random(z.shape) < 0.05] = np.nan  # missing values, skipped
+    z[200:210, 1] = 0.5 / (1 << features._LEVEL_BITS)  # ties in the fixed point's rounding
+    segments = np.repeat([0, 1, 2, 3], [400, 1, 599, 500])
+    fast = features.trailing_level(z, segments, span, clip)
+    monkeypatch.setattr(features, "_window_kernel", None)
+    slow = features.trailing_level(z, segments, span, clip)
+    assert fast.tobytes() == slow.tobytes()
 
 
 def test_a_window_is_the_same_bits_whatever_the_rows_around_it():
@@ -227,7 +243,8 @@ def _reference_fit(data, incidents, config):
     from ftml.io import label_times
 
     row_label = label_times(ent, ts, incidents)
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day).fit(data, exclude_rows=row_label >= 0)
+    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip).fit(
+        data, exclude_rows=row_label >= 0)
     w = fz.transform_frame(frame)
     in_incident = np.r_[0, np.cumsum(row_label >= 0)]
     touched = in_incident[w.row + 1] - in_incident[np.maximum(w.row + 1 - fc.window, 0)] > 0
