@@ -7,7 +7,10 @@ Two fleets: 8 entities, and the competitor-comparable fleet of 24 services at 1-
 precision >= 0.8, diagnosis accuracy >= 0.9, false alarms <= 0.2 per entity-day. ``anchor``:
 Merlion's DefaultDetector on a 24-service, 14-day fleet (event F1 0.87 at 0.14 false alarms per
 entity-day in 13 minutes; its data and split are not ours, so the comparison is indicative).
-``random`` and ``robust_z``: the baselines through the same pipeline.
+``random`` and ``robust_z``: the baselines through the same pipeline. The 24-entity fleet is
+run for two seeds (0 and 1). Caution: the drift-level window and the alarm budget were chosen
+looking at these fleets (8 entities seeds 0-2, 24 entities seeds 0-1), so these are not
+held-out figures; thresholds themselves come from training data only.
 """
 
 from __future__ import annotations
@@ -48,20 +51,21 @@ def fleet(entities: int, work: Path, seed: int = SEED, compare_merlion: bool = F
     from ftml.evaluate import evaluate
     from ftml.simulate import write_simulation
 
-    label = f"sim {entities} entities"
-    train, test = work / f"train{entities}", work / f"test{entities}"
+    label = f"sim {entities} entities" + (f" (seed {seed})" if seed != SEED else "")
+    train, test = work / f"train{entities}s{seed}", work / f"test{entities}s{seed}"
     write_simulation(train, entities=entities, days=TRAIN_DAYS, seed=seed, start=str(START),
                      format="parquet")
     write_simulation(test, entities=entities, days=TEST_DAYS, seed=seed + 1000,
                      fleet_seed=seed, start=str(START + pd.Timedelta(days=TRAIN_DAYS)),
                      format="parquet")
     t0 = time.perf_counter()
-    api.train([train / "metrics.parquet"], work / f"model{entities}",
+    api.train([train / "metrics.parquet"], work / f"model{entities}s{seed}",
               incidents=train / "incidents.csv")
     t1 = time.perf_counter()
-    api.score(work / f"model{entities}", [test / "metrics.parquet"])
+    api.score(work / f"model{entities}s{seed}", [test / "metrics.parquet"])
     t2 = time.perf_counter()
-    ev = evaluate(work / f"model{entities}", [test / "metrics.parquet"], test / "incidents.csv",
+    model = work / f"model{entities}s{seed}"
+    ev = evaluate(model, [test / "metrics.parquet"], test / "incidents.csv",
                   baselines=True, calibration_metrics=[train / "metrics.parquet"],
                   calibration_incidents=train / "incidents.csv")
     r = ev.report
@@ -99,4 +103,6 @@ def run(quick: bool = False) -> list[dict]:
         rows = fleet(8, Path(tmp))
         if not quick:
             rows += fleet(24, Path(tmp), compare_merlion=True)
+            # Another draw of the same kind of fleet: a figure must not hold for one seed only.
+            rows += fleet(24, Path(tmp), seed=1, compare_merlion=True)
     return rows

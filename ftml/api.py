@@ -78,7 +78,8 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = _label_rows(codes, names, ts, incidents)
-    featurizer = Featurizer(fc.window, fc.stride, fc.hour_of_day).fit(
+    featurizer = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window,
+                            fc.level_clip).fit(
         data, exclude_rows=row_label >= 0)
     # A window touches an incident when any of its rows does.
     in_incident = np.r_[0, np.cumsum(row_label >= 0)]
@@ -378,7 +379,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     builder = model.event_builder()
     # Rows a held-back window needs: the window, the row before it (counter rates) and, for a
     # gap at its start, up to max_fill_steps rows back to the value that fills it.
-    carry_steps = model.featurizer.window + 2 * read.max_fill_steps + 2
+    carry_steps = model.featurizer.history_steps + 2 * read.max_fill_steps + 2
     scorer = _ChunkScorer(model, builder, with_table=windows_out is not None)
     events: list[Event] = []  # closed events become Events at once: their features can go
     bar = _progress(None, "scoring", quiet)

@@ -27,7 +27,10 @@ from ftml.events import Event, event_id
 from ftml.features import Featurizer, Windows, detector_view
 from ftml.io import MetricData, write_bytes, write_text
 
-FORMAT_VERSION = 1
+# 2: the featurizer may take each metric's trailing level off (FeatureConfig.level_window); an
+# older ftml must refuse such a bundle. A version-1 bundle reads as before (no levels).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
 
@@ -134,6 +137,7 @@ def save_model(model: Model, out_dir: str | Path, info: dict[str, Any]) -> dict[
         "step_seconds": model.step.total_seconds(),
         "window": model.featurizer.window,
         "stride": model.featurizer.stride,
+        "history_steps": model.featurizer.history_steps,  # steps a window's features read
         "causes": model.causes,
         "classifier": model.diagnoser.classifier if model.diagnoser is not None else None,
         "min_confidence": (model.diagnoser.min_confidence_ if model.diagnoser is not None
@@ -175,9 +179,10 @@ def load_model(model_dir: str | Path) -> Model:
     d = Path(model_dir)
     manifest = read_manifest(d)
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelError(f"bundle format version {version!r} is not supported "
-                         f"(this ftml reads {FORMAT_VERSION})", source=str(d / MANIFEST_FILE),
+    if version not in READABLE_VERSIONS:
+        raise ModelError(f"bundle format version {version!r} is not supported (this ftml "
+                         f"reads {', '.join(map(str, READABLE_VERSIONS))})",
+                         source=str(d / MANIFEST_FILE),
                          hint="re-train the model with this ftml")
     path = d / MODEL_FILE
     if not path.exists():

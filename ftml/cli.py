@@ -90,7 +90,7 @@ def simulate(out, entities, days, step, seed, start, fmt):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="ftml.yaml")
 @click.option("--classifier", type=click.Choice(["tree", "svm", "forest"]))
 @click.option("--alarm-budget", type=click.FloatRange(min=0.0),
-              help="False alarms per entity per day (default 0.2).")
+              help="False alarms per entity per day (default 0.1).")
 @click.option("--window", type=click.IntRange(min=2), help="Steps per window (default 15).")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), help="rules.yaml")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")

@@ -452,7 +452,8 @@ def read_task_rows(task: Task, read: ReadConfig, metrics: list[str], step_ns: in
 
 def margins(window: int, max_fill_steps: int) -> tuple[int, int]:
     """Steps read before and after a slice. Before: a window's rows, the row before them (a
-    counter's rate) and the reading a gap at its start is filled from, plus one. After: enough
+    counter's rate) and the reading a gap at its start is filled from, plus one (``window``:
+    pass the featurizer's ``history_steps``, which adds its trailing levels' span). After: enough
     to see whether a gap at the end of the slice is short enough to fill, plus one."""
     return window + max_fill_steps + 2, max_fill_steps + 2
 
@@ -480,7 +481,7 @@ def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task) ->
     of them first (its ``head``), as the local path knows it from the chunk before."""
     read = model.config.read
     step_ns = int(model.step.value)
-    before, after = margins(model.featurizer.window, read.max_fill_steps)
+    before, after = margins(model.featurizer.history_steps, read.max_fill_steps)
     reach = _event_reach(model.event_rules)
     rows = read_task_rows(task, read, model.metrics, step_ns, task.start - reach - before,
                           task.stop + after, chunk_rows, required=True)
@@ -580,7 +581,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         _say(quiet, f"dask: {len(client.nthreads())} workers ({threads} threads); "
                     f"indexing {len(files)} files")
         indexes = _index(client, files, read, model.metrics, chunk_rows, False, quiet)
-        before, after = margins(model.featurizer.window, read.max_fill_steps)
+        before, after = margins(model.featurizer.history_steps, read.max_fill_steps)
         the_plan = plan(index_table(indexes, step_ns), files, limit, threads, before, after)
         tasks = the_plan.tasks
         _say(quiet, f"dask: scoring in {len(tasks)} tasks ({the_plan.groups} entity groups x "
@@ -656,7 +657,7 @@ def _group_featurizer(data: MetricData, counters: list[str], exclude: np.ndarray
                       config: Config) -> Featurizer:
     """``Featurizer.fit`` with fleet-wide counters: baselines of the group's entities."""
     fc = config.features
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day)
+    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
     fz.metrics_, fz.step_, fz.counters_ = list(data.metrics), data.step, list(counters)
     codes, names = data.entity_codes()
     values = fz._rates(data.values(), codes)
@@ -857,7 +858,7 @@ def _merge_featurizer(parts: list[dict], metrics: list[str], counters: list[str]
     scale = np.concatenate([p["scale"] for p in parts])
     fleet_center = np.median(center, axis=0)
     fleet_scale = _floor_scale(np.median(scale, axis=0), fleet_center)
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day)
+    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
     fz.metrics_, fz.step_, fz.counters_ = list(metrics), step, list(counters)
     fz.baseline_ = Baseline([e for p in parts for e in p["entities"]], center, scale,
                             fleet_center, fleet_scale)

@@ -245,7 +245,8 @@ def diagnose_incidents(model, data, incidents: pd.DataFrame) -> list[Event | Non
     ts = to_ns(frame["timestamp"])
     bounds = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1], True])
     blocks = {ent[a]: (a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
-    lead = (model.featurizer.window + 1) * int(model.step.value)  # rows before the first window
+    # Rows before the first window: its own and its trailing levels' span (history_steps).
+    lead = (model.featurizer.history_steps + 1) * int(model.step.value)
     k = model.config.diagnose.max_event_windows
     out: list[Event | None] = []
     for e, s, t in zip(incidents["entity"].astype(str), to_ns(incidents["start"]),

@@ -4,7 +4,8 @@ One function, :func:`window_features`, computes the features for batch scoring, 
 scoring and the online loop alike: the callers only differ in how many rows they hand it.
 Features are computed on baseline-standardised values ``z = (x - median) / scale`` so that one
 model serves a fleet of differently sized entities and every feature reads as "how far from
-this entity's normal".
+this entity's normal"; with a ``level_window``, less each metric's trailing level
+(:func:`trailing_level`), so that a slow drift of an entity's level is not read as a fault.
 
 Speed: :func:`window_features` is :func:`complete_windows` (which windows exist) and
 :func:`window_stats` (their stats, all entities at once, in the C kernel
@@ -107,16 +108,28 @@ def window_view(z: np.ndarray, end: np.ndarray, window: int,
     numbers. That is one log per row and metric instead of one per window and stat."""
     m = z.shape[1]
     order_only = set(stats) <= _ORDER_STATS and ("median" not in stats or window % 2 == 1)
-    if not order_only or len(end) < len(z) // 2:
+    if not order_only or len(end) == 0:
         return stats_view(window_stats(z, end, window, stats), m)
-    y = np.abs(z)
-    np.log1p(y, out=y)
-    np.copysign(y, z, out=y)
+    # Only the rows the windows cover (not, say, a chunk's rows carried for history), in runs.
+    w, n = int(window), len(z)
+    end = np.asarray(end, dtype=np.int64)
+    edge = np.bincount(end - (w - 1), minlength=n + 1) - np.bincount(end + 1, minlength=n + 1)
+    covered = np.r_[False, np.cumsum(edge[:n]) > 0, False]
+    bounds = np.flatnonzero(covered[1:] != covered[:-1]).reshape(-1, 2)
+    if int((bounds[:, 1] - bounds[:, 0]).sum()) > len(stats) * len(end):
+        return stats_view(window_stats(z, end, window, stats), m)  # fewer logs per window
+    y = np.empty_like(z)
+    for a, b in bounds:
+        np.abs(z[a:b], out=y[a:b])
+        np.log1p(y[a:b], out=y[a:b])
+        np.copysign(y[a:b], z[a:b], out=y[a:b])
     S = window_stats(y, end, window, stats)  # the signed logs of the stats
     n, k = len(S), len(stats)
     view = np.empty((n, k * m + 2))
     view[:, :-2] = S
-    dev = np.abs(S).reshape(n, k, m).max(axis=1)  # log1p of each metric's largest |stat|
+    dev = np.abs(S[:, :m])  # log1p of each metric's largest |stat|
+    for i in range(1, k):  # stat by stat: a max over the middle axis is many times slower
+        np.maximum(dev, np.abs(S[:, i * m:(i + 1) * m]), out=dev)
     if m > 1:
         dev = np.negative(dev, out=dev)
         np.negative(np.partition(dev, 1, axis=1)[:, :2], out=view[:, -2:])
@@ -441,6 +454,52 @@ def _floor_scale(scale: np.ndarray, center: np.ndarray) -> np.ndarray:
     return np.maximum(scale, np.maximum(np.abs(center) * 0.01, 1e-3))
 
 
+# Fixed point of the trailing level's sums: integer cumulative sums are exact, so a row's
+# level is the same bits whatever row a frame (a chunk, the online ring) starts at.
+_LEVEL_BITS = 20
+
+
+def trailing_level(z: np.ndarray, segments: np.ndarray, span: int, clip: float) -> np.ndarray:
+    """Per row, the slow level of each metric: the mean of ``z`` clipped to ``+-clip`` over the
+    ``span`` rows before it in its segment (missing values skipped). A mean of fewer than
+    ``span // 2`` values is shrunk towards 0 (divided by ``span // 2``), so a short history
+    gives a small level, not a noisy one. The clip bounds how much of a long real fault the
+    level can absorb: at most ``clip`` of each metric's z.
+
+    Computed in fixed point (integer cumulative sums), so each row's level depends on the
+    ``span`` rows before it alone, exactly: the same bits however the rows are chunked, as
+    long as those rows are there (:attr:`Featurizer.history_steps`)."""
+    n, m = z.shape
+    level = np.zeros((n, m))
+    if n == 0 or span <= 0:
+        return level
+    kernel = getattr(_window_kernel, "trailing_level", None)
+    segments = np.asarray(segments)
+    if kernel is not None and 0.0 <= clip <= 2.0**31 and segments.dtype.kind in "iub":
+        # The same bits, by running sums in C.
+        kernel(np.ascontiguousarray(z, dtype=np.float64),
+               np.ascontiguousarray(segments, dtype=np.int64), int(span), float(clip), level)
+        return level
+    valid = ~np.isnan(z)
+    q = np.clip(z, -clip, clip)
+    q *= float(1 << _LEVEL_BITS)
+    np.rint(q, out=q)
+    q[~valid] = 0.0
+    sums = np.zeros((n + 1, m), dtype=np.int64)
+    np.cumsum(q.astype(np.int64), axis=0, out=sums[1:])
+    counts = np.zeros((n + 1, m), dtype=np.int64)
+    np.cumsum(valid, axis=0, out=counts[1:])
+    idx = np.arange(n, dtype=np.int64)
+    seg_start = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+    first = seg_start[np.searchsorted(seg_start, idx, side="right") - 1]
+    lo = np.maximum(first, idx - span)
+    total = (sums[idx] - sums[lo]).astype(np.float64)
+    count = counts[idx] - counts[lo]
+    np.multiply(total, 1.0 / (1 << _LEVEL_BITS), out=total)
+    np.divide(total, np.maximum(count, max(span // 2, 1)), out=level)
+    return level
+
+
 @dataclass
 class Windows:
     """Feature windows: ``X`` rows, with the entity and end time of each window."""
@@ -474,10 +533,24 @@ class Featurizer:
     """Learns which metrics are counters and each entity's baseline; turns metric frames into
     feature windows. Parameters in the constructor, fitted state ends in ``_``."""
 
-    def __init__(self, window: int = 15, stride: int = 1, hour_of_day: bool = False):
+    def __init__(self, window: int = 15, stride: int = 1, hour_of_day: bool = False,
+                 level_window: int = 0, level_clip: float = 3.0):
         self.window = window
         self.stride = stride
         self.hour_of_day = hour_of_day
+        self.level_window = level_window
+        self.level_clip = level_clip
+
+    @property
+    def history_steps(self) -> int:
+        """Rows before a window's last row that its features depend on: the window's other
+        rows, the trailing level's span before its first row, and one more (a counter's rate
+        needs the row before). Chunked, online and distributed callers carry this many."""
+        return int(self.window) + self._level_span()
+
+    def _level_span(self) -> int:
+        # Bundles from before the drift correction have no level_window: no correction.
+        return int(getattr(self, "level_window", 0) or 0)
 
     def fit(self, data: MetricData, exclude_rows: np.ndarray | None = None) -> Featurizer:
         """Learn counters and baselines; ``exclude_rows`` (bool per row) keeps incident time out
@@ -503,8 +576,14 @@ class Featurizer:
                                                self.step_.total_seconds())
         return counters_to_rates(values, segments, cols, self.step_.total_seconds())
 
-    def standardise(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Frame in the contract -> (z values, segment ids, values with counters as rates)."""
+    def standardise(self, frame: pd.DataFrame, level: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame in the contract -> (z values, segment ids, values with counters as rates).
+
+        With a ``level_window``, each z has its trailing level (:func:`trailing_level`)
+        taken off, so that a slow drift of an entity's level is not read as a fault; a row's
+        level needs the ``level_window`` rows before it in ``frame``. ``level=False`` gives
+        the z before that (what :meth:`remove_level` takes)."""
         codes = pd.factorize(frame["entity"], sort=False)[0].astype(np.int64)
         values = self._rates(frame[self.metrics_].to_numpy(dtype=np.float64, copy=True), codes,
                              in_place=True)
@@ -514,7 +593,17 @@ class Featurizer:
         z = np.subtract(values, center[index])
         z /= scale[index]
         np.clip(z, -Z_CLIP, Z_CLIP, out=z)
+        if level:
+            z = self.remove_level(z, codes)
         return z, codes, values
+
+    def remove_level(self, z: np.ndarray, segments: np.ndarray) -> np.ndarray:
+        """z (before levels, in place) minus each row's trailing level; no-op without a
+        ``level_window``."""
+        span = self._level_span()
+        if span > 0:
+            z -= trailing_level(z, segments, span, float(self.level_clip))
+        return z
 
     def _tables(self) -> tuple[np.ndarray, np.ndarray]:
         cached = getattr(self, "_tables_cache", None)
@@ -541,7 +630,7 @@ class Featurizer:
         for rows ``lo:stop``, where rows before ``start`` are the overlap a window (and a
         counter's rate) needs from the block before."""
         n = len(frame)
-        overlap = self.window  # one more than a window: counters need the previous row
+        overlap = self.history_steps  # a window, its levels' span, the row before (rates)
         start = 0
         while start < n:
             stop = min(n, start + max(1, chunk_rows))
@@ -559,7 +648,8 @@ class Featurizer:
     def iter_windows(self, data: MetricData, chunk_rows: int = DEFAULT_CHUNK_ROWS
                      ) -> Iterator[Windows]:
         """Windows of ``data`` in chunks of about ``chunk_rows`` rows, so that memory stays
-        bounded; chunks overlap by a window so that no window is lost or repeated."""
+        bounded; chunks overlap by :attr:`history_steps` so that no window is lost or
+        repeated and every row has the rows its level needs."""
         frame = data.frame
         ts = to_ns(frame["timestamp"])
         seg_start = None
@@ -610,8 +700,9 @@ class Featurizer:
         w = self.window
         a = 0
         while a < len(rows):
-            # A block: windows whose rows (and the row before, for rates) span <= chunk_rows.
-            first = rows[a] - w
+            # A block: windows whose rows (and the rows before them: levels, rates) span
+            # <= chunk_rows.
+            first = rows[a] - self.history_steps
             b = a + max(1, int(np.searchsorted(rows[a:], first + chunk_rows, side="right")))
             lo = max(0, int(first))
             hi = int(rows[b - 1]) + 1

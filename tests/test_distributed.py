@@ -25,6 +25,7 @@ from ftml import api  # noqa: E402
 from ftml import distributed as fd  # noqa: E402
 from ftml.bundle import MANIFEST_FILE, load_model  # noqa: E402
 from ftml.cli import main  # noqa: E402
+from ftml.config import load_config  # noqa: E402
 from ftml.errors import ConfigError  # noqa: E402
 from ftml.features import detect_counters  # noqa: E402
 from ftml.io import infer_step, read_metrics, write_records  # noqa: E402
@@ -44,7 +45,11 @@ def fleet(tmp_path_factory):
     train, incidents = simulate_fleet(entities=6, days=3, seed=1)
     train.to_parquet(tmp / "train.parquet", index=False)
     incidents.to_csv(tmp / "incidents.csv", index=False)
-    api.train([tmp / "train.parquet"], tmp / "model", incidents=tmp / "incidents.csv")
+    # A one-hour trailing level (the default is hours): two days still split into time
+    # slices, and each slice's margin must carry the level's span.
+    (tmp / "ftml.yaml").write_text("features: {level_window: 60}\n")
+    api.train([tmp / "train.parquet"], tmp / "model", incidents=tmp / "incidents.csv",
+              config=load_config(tmp / "ftml.yaml"))
     later, _ = simulate_fleet(entities=6, days=2, seed=7)
     (tmp / "data").mkdir()
     day = later["timestamp"].dt.strftime("%Y%m%d")
@@ -148,7 +153,8 @@ def test_train_on_the_cluster_writes_a_bundle_like_the_local_one(cluster, fleet,
     address, _ = _ready(cluster)
     run = CliRunner().invoke(main, ["train", "--metrics", str(tmp / "train.parquet"),
                                     "--incidents", str(tmp / "incidents.csv"), "--out",
-                                    str(tmp_path / "model"), "--scheduler", address, "--quiet"])
+                                    str(tmp_path / "model"), "--scheduler", address, "--quiet",
+                                    "--config", str(tmp / "ftml.yaml")])
     assert run.exit_code == 0, run.output
     local, remote = load_model(tmp / "model"), load_model(tmp_path / "model")
     lm = json.loads((tmp / "model" / MANIFEST_FILE).read_text())
@@ -231,7 +237,7 @@ def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
     files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
     table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
                            int(model.step.value))
-    before, after = fd.margins(model.featurizer.window, read.max_fill_steps)
+    before, after = fd.margins(model.featurizer.history_steps, read.max_fill_steps)
     the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(groups, slices))
     collector = fd.EventCollector(model)
     for task in the_plan.tasks:

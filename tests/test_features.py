@@ -10,6 +10,7 @@ from ftml.features import (
     detect_counters,
     feature_names,
     fit_baseline,
+    trailing_level,
     window_features,
 )
 from ftml.io import MetricData, normalise
@@ -135,3 +136,64 @@ def test_featurizer_invariants(tmp_path):
     assert fz.counters_ == ["bytes_total"]
     check_input_not_mutated(fz.transform_frame, data.frame)
     check_persistence_round_trip(fz, lambda f: f.transform(data).X, tmp_path)
+
+
+def _level_reference(z, segments, span, clip):
+    """trailing_level the obvious way: per row, a loop over the rows before it."""
+    out = np.zeros_like(z)
+    for i in range(len(z)):
+        lo = i - span
+        while lo < i and segments[max(lo, 0)] != segments[i]:
+            lo += 1
+        past = np.clip(z[max(lo, 0):i], -clip, clip)
+        count = (~np.isnan(past)).sum(axis=0)
+        out[i] = np.nansum(past, axis=0) / np.maximum(count, max(span // 2, 1))
+    return out
+
+
+@pytest.mark.parametrize("span, clip", [(1, 1.0), (6, 0.5), (40, 3.0)])
+def test_trailing_level_is_the_clipped_mean_of_the_rows_before(span, clip):
+    rng = np.random.default_rng(span)
+    z = rng.normal(scale=2.0, size=(200, 3))
+    z[rng.random(z.shape) < 0.1] = np.nan
+    segments = np.repeat([0, 1, 2], [90, 10, 100])
+    got = trailing_level(z, segments, span, clip)
+    np.testing.assert_allclose(got, _level_reference(z, segments, span, clip), atol=1e-5)
+
+
+def test_level_takes_off_slow_drift_but_at_most_clip_of_a_fault():
+    n, span, clip = 2000, 200, 2.0
+    z = np.zeros((n, 1))
+    z[1000:, 0] = 1.5  # a lasting shift of the level ...
+    z[1500:1800, 0] += 10.0  # ... and a long fault on top of it
+    level = trailing_level(z, np.zeros(n, dtype=int), span, clip)
+    corrected = z - level
+    assert abs(corrected[1400, 0]) < 1e-5  # the shift is gone once the span has passed it
+    assert (corrected[1500:1800, 0] >= 10.0 + 1.5 - clip - 1e-5).all()
+
+
+def test_levels_are_the_same_bits_however_the_rows_are_chunked():
+    data = _data(n=900, entities=("a", "b", "c"), seed=3)
+    data.frame.loc[data.frame.index[100:103], "cpu"] = np.nan  # a gap inside a level's span
+    fz = Featurizer(window=7, level_window=60, level_clip=2.0).fit(data)
+    assert fz.history_steps == 7 + 60
+    whole = fz.transform_frame(data.frame)
+    chunks = list(fz.iter_windows(data, chunk_rows=97))
+    assert np.array_equal(np.concatenate([c.end_ns for c in chunks]), whole.end_ns)
+    assert np.array_equal(np.vstack([c.X for c in chunks]), whole.X)
+    rows = whole.row[::5]
+    X, _ = fz.features_at(data.frame, rows, chunk_rows=150)
+    assert np.array_equal(X, whole.X[::5])
+    # The level moves the features: without it they differ.
+    plain = Featurizer(window=7).fit(data).transform_frame(data.frame)
+    assert not np.array_equal(plain.X, whole.X)
+
+
+def test_bundles_without_a_level_window_keep_plain_z(tmp_path):
+    data = _data()
+    fz = Featurizer(window=5).fit(data)
+    del fz.level_window  # a featurizer pickled before levels existed
+    assert fz.history_steps == 5
+    z, codes, _ = fz.standardise(data.frame)
+    z0, _, _ = fz.standardise(data.frame, level=False)
+    assert np.array_equal(z, z0, equal_nan=True)
