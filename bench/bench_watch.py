@@ -8,7 +8,8 @@ Goal: p99 <= 50 ms per tick and flat memory on a 2-core machine.
 The data are drawn from the distribution the model was trained on, with a fault injected
 into a few entities now and then, so that events open and resolve as in a real fleet. The
 frames are drawn in advance and cycled, so that the tick times are ftml's, not the
-generator's. ``FTML_BENCH_WATCH_TICKS`` sets the number of ticks (default 10 000).
+generator's. ``FTML_BENCH_WATCH_TICKS`` sets the number of ticks (default 10 000; 2000 with
+``--quick``).
 
     python -m bench.bench_watch            # prints the rows
 """
@@ -27,6 +28,7 @@ import pandas as pd
 ENTITIES = 1000
 METRICS = 20
 TICKS = int(os.environ.get("FTML_BENCH_WATCH_TICKS", "10000"))
+QUICK_TICKS = int(os.environ.get("FTML_BENCH_WATCH_TICKS", "2000"))
 WARMUP = 200
 GOAL_P99_MS = 50.0
 STEP_S = 60
@@ -119,7 +121,7 @@ class _Clock:
         self.t += seconds
 
 
-def run(ticks: int = TICKS) -> list[dict]:
+def run(ticks: int | None = None, quick: bool = False) -> list[dict]:
     import psutil
     from prometheus_client import CollectorRegistry
 
@@ -127,6 +129,9 @@ def run(ticks: int = TICKS) -> list[dict]:
     from ftml.sinks import JsonlSink
     from ftml.watch import Watcher
 
+    if ticks is None:
+        ticks = QUICK_TICKS if quick else TICKS
+    load = os.getloadavg()[0]  # beside every figure: the machine is shared
     proc = psutil.Process()
     with tempfile.TemporaryDirectory(prefix="ftml-bench-watch-") as tmp:
         tmp = Path(tmp)
@@ -188,6 +193,9 @@ def run(ticks: int = TICKS) -> list[dict]:
         {"name": f"{label}: events opened / resolved, windows scored",
          "ftml": opened, "anchor": resolved, "ratio": None,
          "unit": f"events ({windows} windows)"},
+        {"name": f"{label}: load average (1 min) at the start / at the end",
+         "ftml": round(load, 2), "anchor": round(os.getloadavg()[0], 2), "ratio": None,
+         "unit": "runnable processes (2 cores)"},
     ]
 
 

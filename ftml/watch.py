@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,11 +43,11 @@ import pandas as pd
 
 from ftml.bundle import Model
 from ftml.config import parse_duration
-from ftml.detect import EventBuilder, RawEvent, find_runs
+from ftml.detect import EventBuilder, RawEvent
 from ftml.diagnose import UNKNOWN
 from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
-from ftml.features import Windows, window_features
+from ftml.features import _LEVEL_BITS, Windows, window_features
 from ftml.io import normalise, to_ns, write_bytes, write_text
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
@@ -169,7 +169,7 @@ class _Buffers:
     standardised values of the last window (``ring``), and the gate's recent windows."""
 
     def __init__(self, metrics: list[str], step_ns: int, keep_steps: int, window: int,
-                 of_windows: int, n_payload: int):
+                 of_windows: int, n_payload: int, win_rows: int | None = None):
         self.metrics = metrics
         self.m = len(metrics)
         self.step_ns = step_ns
@@ -192,11 +192,18 @@ class _Buffers:
         self.done = np.empty(e, dtype=np.int64)  # windows ending at or before are scored
         self.last_finite = np.empty((e, self.m), dtype=np.int64)  # per metric
         self.last_score = np.empty(e)
-        # The fast path: z of the last `window` grid rows, the last raw row, and whether
-        # they are exactly what normalising the buffer would give.
+        # The fast path: z (before levels are taken off) of the last grid rows a window needs
+        # (``window``: the featurizer's history_steps), the last raw row, and whether they are
+        # exactly what normalising the buffer would give.
         self.ring = np.empty((e, window, self.m))
         self.lastval = np.empty((e, self.m))
         self.ring_ok = np.empty(e, dtype=bool)
+        # The ring is circular (a slot's row at slot % rows). With a trailing level: the last
+        # window's rows less their levels (oldest first), and the fixed-point sum and count,
+        # per metric, of the level's span before the next row (features.trailing_level).
+        self.win = np.empty((e, window if win_rows is None else win_rows, self.m))
+        self.lsum = np.empty((e, self.m), dtype=np.int64)
+        self.lcnt = np.empty((e, self.m), dtype=np.int64)
         # The gate: the last `of_windows` windows (pushed or not), hot entities and the slot
         # of each one's last active window.
         self.pend_t = np.empty((e, of_windows), dtype=np.int64)
@@ -209,6 +216,7 @@ class _Buffers:
 
     _PER_ENTITY = {"newest": _NONE, "first": -_NONE, "done": _NONE, "last_finite": _NONE,
                    "last_score": np.nan, "ring": np.nan, "lastval": np.nan, "ring_ok": False,
+                   "win": np.nan, "lsum": 0, "lcnt": 0,
                    "pend_t": _NONE, "pend_s": np.nan, "pend_p": np.nan, "pend_pushed": False,
                    "pend_head": 0, "hot": False, "last_active": _NONE}
 
@@ -318,9 +326,11 @@ class _Buffers:
         waits = (gap > 0) & (gap <= limit) & (lf > _NONE)
         return np.minimum(newest, np.where(waits, lf, newest[:, None]).min(axis=1))
 
-    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "ring", "lastval",
-              "ring_ok", "pend_t", "pend_s", "pend_p", "pend_pushed", "pend_head", "hot",
-              "last_active")
+    # Checkpointed per-entity arrays. Not the fast path's ring, window and level sums (a
+    # level_window's rows of every entity: the bulk of a checkpoint): after a restore the
+    # general path rebuilds them from the raw rows, exactly (ring_ok starts False).
+    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "lastval", "pend_t",
+              "pend_s", "pend_p", "pend_pushed", "pend_head", "hot", "last_active")
 
 
 class BufferReader:
@@ -515,7 +525,9 @@ class Watcher:
         # Kept per entity: a window, plus the forward-fill reach twice (a value needed by the
         # oldest new window may be filled from up to `fill` steps before it, and that window
         # may wait `fill` steps for a trailing gap), plus the row before (counter rates).
-        self.keep_steps = self.window + 2 * self.fill + 2
+        # A window's rows are its own and the trailing levels' span before (history_steps).
+        self.ring_rows = int(fz.history_steps)
+        self.keep_steps = self.ring_rows + 2 * self.fill + 2
         # Windows are cut by stride from each entity's first row, as in batch: build them all
         # and keep the aligned ones.
         self._fz = fz if self.stride == 1 else _with_stride(fz, 1)
@@ -528,7 +540,8 @@ class Watcher:
         self._cat_dtype: pd.CategoricalDtype | None = None
         n_payload = len(fz.feature_names_) + len(model.metrics)
         self._buffers = _Buffers(list(model.metrics), self.step_ns, self.keep_steps,
-                                 self.window, int(rules.of_windows), n_payload)
+                                 self.ring_rows, int(rules.of_windows), n_payload,
+                                 win_rows=self.window)
         self._snapshot = (self._buffers.ent, self._buffers.ts, self._buffers.vals)
         self._score_snapshot: tuple[list[str], np.ndarray] = ([], np.empty(0))
         self.builder: EventBuilder = model.event_builder()
@@ -712,9 +725,10 @@ class Watcher:
                 log.warning("source %s has no %s: those values are missing (the model needs "
                             "them for complete windows)", source, ", ".join(missing))
         vals = np.full((len(frame), len(metrics)), np.nan)
-        for j, p in enumerate(pos):  # per metric column, vectorized over rows
-            if p >= 0:
-                vals[:, j] = frame.iloc[:, p].to_numpy(dtype=np.float64, na_value=np.nan)
+        have = [j for j, p in enumerate(pos) if p >= 0]
+        if have:  # all columns at once: one block copy, not a pandas call per metric
+            vals[:, have] = frame.iloc[:, [pos[j] for j in have]].to_numpy(
+                dtype=np.float64, na_value=np.nan)
         return (frame["entity"].to_numpy(dtype=object), to_ns(frame["timestamp"]), vals)
 
     def _process(self, frames: list[tuple], now: float, out: TickResult,
@@ -794,15 +808,27 @@ class Watcher:
         frame = pd.DataFrame(pair_vals, columns=self._columns, copy=False)
         frame.insert(0, "timestamp", pd.to_datetime(pair_ts, unit="ns", utc=True))
         frame.insert(0, "entity", pd.Categorical.from_codes(pair_codes, dtype=self._dtype()))
-        z, _, values = fz.standardise(frame)
+        z, _, values = fz.standardise(frame, level=False)
         if self._counters:
             z, values = z[1::2], values[1::2]
         b.lastval[codes] = vals
-        ring = np.concatenate([b.ring[codes, 1:], z[:, None, :]], axis=1)
-        b.ring[codes] = ring
+        w, r = self.window, self.ring_rows
+        span = r - w
+        b.ring[codes, slots % r] = z  # circular: one row written, none moved
+        if span > 0:
+            # The new row less its trailing level, from the running sums of the span before
+            # it: trailing_level's integers and float operations, so the same bits as
+            # standardising the whole history. Then the span moves on by this row.
+            clip = float(fz.level_clip)
+            z = z - _level(b.lsum[codes], b.lcnt[codes], span)
+            ue, ce = _level_units(b.ring[codes, slots % r], clip)
+            ul, cl = _level_units(b.ring[codes, (slots - span) % r], clip)
+            b.lsum[codes] += ue - ul
+            b.lcnt[codes] += ce - cl
+        win = np.concatenate([b.win[codes, 1:], z[:, None, :]], axis=1)
+        b.win[codes] = win
         b.done[codes] = slots
-        w = self.window
-        X, end = window_features(ring.reshape(-1, b.m), np.repeat(np.arange(len(codes)), w),
+        X, end = window_features(win.reshape(-1, b.m), np.repeat(np.arange(len(codes)), w),
                                  w, 1)
         i = end // w
         keep = np.ones(len(i), dtype=bool)
@@ -839,7 +865,7 @@ class Watcher:
         slot = to_ns(frame["timestamp"]) // self.step_ns
         # Only rows that new windows need: from a window before the first window not yet
         # scored, and the row before that (counter rates).
-        need = slot >= b.done[row_code] - self.window
+        need = slot >= b.done[row_code] - self.ring_rows
         if not need.all():
             frame = frame[need]
             row_code, slot = row_code[need], slot[need]
@@ -867,12 +893,24 @@ class Watcher:
         """After the general path: the fast path's ring and last row of these entities, valid
         when every window up to the newest is scored (nothing waits on a gap)."""
         b = self._buffers
-        w = self.window
-        z, _, _ = self.model.featurizer.standardise(frame)
+        fz = self.model.featurizer
+        r, w = self.ring_rows, self.window
+        z, _, _ = fz.standardise(frame, level=False)
         b.ring[touched] = np.nan
-        lo = b.newest[row_code] - w + 1
+        lo = b.newest[row_code] - r + 1
         in_ring = slot >= lo
-        b.ring[row_code[in_ring], (slot - lo)[in_ring]] = z[in_ring]
+        b.ring[row_code[in_ring], slot[in_ring] % r] = z[in_ring]
+        # The last window less its levels, by the batch function on the ring in time order;
+        # the level's sums over the span before the next row: newest-span+1 .. newest.
+        order = (b.newest[touched][:, None] + np.arange(1 - r, 1)) % r
+        rows = b.ring[touched[:, None], order]
+        if r > w:
+            rows = fz.remove_level(rows.reshape(-1, b.m),
+                                   np.repeat(np.arange(len(touched)), r)).reshape(rows.shape)
+            u, c = _level_units(b.ring[touched[:, None], order[:, w:]], float(fz.level_clip))
+            b.lsum[touched] = u.sum(axis=1)
+            b.lcnt[touched] = c.sum(axis=1)
+        b.win[touched] = rows[:, r - w:]
         at_newest = slot == b.newest[row_code]
         b.lastval[touched] = np.nan
         b.lastval[row_code[at_newest]] = frame[b.metrics].to_numpy(dtype=np.float64)[at_newest]
@@ -1050,7 +1088,7 @@ class Watcher:
     def _opened(self, names: list[str], now: float, out: TickResult) -> None:
         book = self.book
         current = {}
-        for raw in _open_events(self.builder, names):
+        for raw in self.builder.open_events(names):
             ev = self._diagnose(raw, "open")
             current[ev.id] = (ev, raw)
         for ev_id, (ev, raw) in current.items():
@@ -1064,12 +1102,20 @@ class Watcher:
                     book.firing[ev_id] = {"entity": ev.entity, "cause": cause,
                                           "severity": self._severity(cause), "revision": 0,
                                           "end_slot": int(raw.end_ns // self.step_ns),
-                                          "record": rec}
+                                          "record": rec, "actionable": self._actionable(ev)}
                     book.emit(rec)
                     new = True
                 else:
                     entry["end_slot"] = int(raw.end_ns // self.step_ns)
                     new = False
+                    # The engine skipped it as too unsure; the diagnosis, sharper with more
+                    # windows, now clears its playbook's bar: decide again (once).
+                    if ev.cause == entry["cause"] and not entry.get("actionable", True) \
+                            and self._actionable(ev):
+                        entry["actionable"] = True
+                        log.info("%s %s now %s at confidence %.2f: deciding again", ev_id,
+                                 ev.entity, ev.cause, ev.confidence)
+                        self._submit(ev)
                     # A firing alert changes identity only for a real diagnosis (never back to
                     # 'unknown'): the old label set is resolved, the new one fires, same id.
                     if ev.cause != entry["cause"] and ev.cause != UNKNOWN:
@@ -1080,6 +1126,7 @@ class Watcher:
                         rec = self._record(ev, "firing", now, ev.cause, entry["severity"],
                                            entry["revision"], previous=prev)
                         entry["record"] = rec
+                        entry["actionable"] = self._actionable(ev)
                         book.emit(rec)
                         log.info("revised %s %s: %s -> %s", ev_id, ev.entity, prev, ev.cause)
                         self._submit(ev)
@@ -1093,7 +1140,8 @@ class Watcher:
         # An alert whose event is neither open nor closed any more (its builder state was
         # lost) resolves once its entity has gone past it by the merge gap: the same rule.
         pushed = set(names)
-        newest = {n: self.builder._state[n].t[-1] for n in names if n in self.builder._state}
+        newest = {n: last // self.step_ns for n in names
+                  if (last := self.builder.last_ns(n)) is not None}
         for ev_id, entry in list(book.firing.items()):
             ent = entry["entity"]
             if ent in pushed and ev_id not in current and ent in newest and \
@@ -1111,6 +1159,10 @@ class Watcher:
                 log.info("resolved %s %s (its event state was lost)", ev_id, ent)
 
     # -- recovery ------------------------------------------------------------------
+
+    def _actionable(self, ev: Event) -> bool:
+        """Whether a playbook takes ``ev`` at its confidence (no engine: nothing to redo)."""
+        return self.engine is None or self.engine.playbooks.match(ev) is not None
 
     def _submit(self, item: Event | str) -> None:
         if self.engine is None:
@@ -1226,28 +1278,18 @@ class Watcher:
 
     def _checkpoint_arrays(self) -> dict[str, np.ndarray]:
         b = self._buffers
-        names, t, scores, payload, lens, kept = [], [], [], [], [], []
-        for name, st in self.builder._state.items():
-            names.append(name)
-            t.append(st.t)
-            scores.append(st.scores)
-            payload.append(np.asarray(st.payload, dtype=np.float64))
-            lens.append(len(st.t))
-            kept.append(float(st.last_kept_end))
-        n_pay = len(self.model.featurizer.feature_names_) + len(b.metrics)
+        # The builder's state (EventBuilder.state_dict): its arrays as "b_*", the rest in meta.
+        builder = self.builder.state_dict()
         meta = {"format": STATE_FORMAT, "model_version": self.model.version,
                 "metrics": b.metrics, "step_ns": self.step_ns, "entities": b.names,
-                "builder_entities": names, "builder_kept": kept,
+                "builder": {k: v for k, v in builder.items() if not isinstance(v, np.ndarray)},
                 "sources": {s.name: s.state() for s in self.sources},
                 "ticks": self.ticks, "saved_at": self.clock.now()}
         return {
             "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
             "ent": b.ent, "ts": b.ts, "vals": b.vals,
             **{f"e_{k}": getattr(b, k) for k in b.ARRAYS},
-            "b_t": np.concatenate(t) if t else np.empty(0, dtype=np.int64),
-            "b_scores": np.concatenate(scores) if scores else np.empty(0),
-            "b_payload": np.vstack(payload) if payload else np.empty((0, n_pay)),
-            "b_lens": np.asarray(lens, dtype=np.int64),
+            **{f"b_{k}": v for k, v in builder.items() if isinstance(v, np.ndarray)},
         }
 
     def _restore(self) -> None:
@@ -1271,19 +1313,21 @@ class Watcher:
             log.warning("checkpoint is of another model (%s): buffers and events start "
                         "afresh", meta.get("model_version"))
             return
+        builder = {**(meta.get("builder") or {}),
+                   **{k[2:]: v for k, v in arrays.items() if k.startswith("b_")}}
+        try:
+            self.builder.load_state(builder)
+        except FtmlError as exc:  # e.g. a checkpoint of an older ftml
+            log.warning("checkpoint's event state is unusable (%s): buffers and events start "
+                        "afresh", exc)
+            self.builder = self.model.event_builder()
+            return
         b = self._buffers
         b.codes(meta["entities"])
         b._rebuild(arrays["ent"], arrays["ts"], arrays["vals"])
         for key in b.ARRAYS:
             setattr(b, key, arrays[f"e_{key}"].copy())
-        from ftml.detect import _EntityState  # the builder's own per-entity record
-
-        bounds = np.r_[0, np.cumsum(arrays["b_lens"])]
-        for i, name in enumerate(meta["builder_entities"]):
-            lo, hi = bounds[i], bounds[i + 1]
-            self.builder._state[name] = _EntityState(
-                arrays["b_t"][lo:hi], arrays["b_scores"][lo:hi], arrays["b_payload"][lo:hi],
-                float(meta["builder_kept"][i]))
+        b.ring_ok[:] = False
         self.ticks = int(meta.get("ticks") or 0)
         self._snapshot = (b.ent, b.ts, b.vals)
         self._score_snapshot = (list(b.names), b.last_score.copy())
@@ -1341,27 +1385,23 @@ class Watcher:
 # --------------------------------------------------------------------------- helpers
 
 
-def _open_events(builder: EventBuilder, names: Iterable[str]) -> list[RawEvent]:
-    """``builder.open_events()`` for some entities only, and without the ones its cooldown
-    will suppress when they end (those raise no alert). Reads the builder's per-entity
-    state; tests check it agrees with ``open_events()``."""
-    out = []
-    rules = builder.rules
-    for name in names:
-        st = builder._state.get(name)
-        if st is None or len(st.t) == 0:
-            continue
-        flags = st.scores >= builder.threshold
-        if not flags.any():
-            continue
-        for run in find_runs(st.t, flags, rules):
-            start, _first, last = run
-            if st.t[-1] - st.t[last] > rules.merge_gap:
-                continue
-            if st.t[start] - st.last_kept_end <= rules.cooldown:
-                continue
-            out.append(builder._event(name, st, run))
-    return out
+def _level_units(z: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """``features.trailing_level``'s integers: each z clipped to +-clip in fixed point (0 when
+    missing), and 1 where present."""
+    valid = ~np.isnan(z)
+    q = np.clip(z, -clip, clip)
+    q *= float(1 << _LEVEL_BITS)
+    np.rint(q, out=q)
+    q[~valid] = 0.0
+    return q.astype(np.int64), valid.astype(np.int64)
+
+
+def _level(total: np.ndarray, count: np.ndarray, span: int) -> np.ndarray:
+    """The trailing level from its fixed-point sum and count, as trailing_level divides."""
+    level = total.astype(np.float64)
+    level *= 1.0 / (1 << _LEVEL_BITS)
+    level /= np.maximum(count, max(span // 2, 1))
+    return level
 
 
 def _with_stride(fz, stride: int):
