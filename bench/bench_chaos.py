@@ -33,12 +33,13 @@ def run(quick: bool = False) -> list[dict]:
 
     settings, faults = Settings(), 12
     if quick:
-        settings = replace(settings, step=0.5, train_per_kind=3, parallel_training=True,
-                           lead_steps=40, tail_steps=30, hold_steps=8, gap_steps=6)
+        settings = replace(settings, step=0.5, train_round=3, lead_steps=40, tail_steps=30,
+                           hold_steps=8, gap_steps=6, min_windows=6, of_windows=8)
         faults = 4
     with tempfile.TemporaryDirectory(prefix="ftml-chaos-") as tmp:
         out = chaos_run(settings, faults, Path(tmp) / "lab",
                         log=lambda m: print("   " + m, flush=True), trail=False)
+    print("\n".join("   " + line for line in out["report"].splitlines()), flush=True)
     if out["left_running"]:
         raise RuntimeError(f"processes left running: {out['left_running']}")
     s = out["summary"]

@@ -56,16 +56,24 @@ def run(settings: Settings, faults: int, root: str | Path, log=None,
         timings["chaos_s"] = time.monotonic() - t
         summary = summarize(lab, results)
         text = report(lab, results, summary, trail=trail)
+        timings["total_s"] = time.monotonic() - started
         (lab.root / "results.json").write_text(json.dumps(
-            {"summary": summary, "results": results_table(results)}, indent=1, default=str))
+            {"summary": summary, "timings": timings, "model": model,
+             "results": results_table(results)}, indent=1, default=str))
         audit = lab.audit()
         pages = list(lab.pages)
+        from ftml.playbooks import load_playbooks
+
+        playbooks = [{"name": pb.name, "cause": pb.cause, "entity": pb.entity,
+                      "steps": [st.name for st in pb.steps]}
+                     for pb in load_playbooks(lab.root / "playbooks.yaml").playbooks]
         alerts = list(lab.alerts)
     left = lab.processes()
     timings["total_s"] = time.monotonic() - started
     return {"results": results, "summary": summary, "report": text, "history": history,
             "model": model, "timings": timings, "audit": audit, "pages": pages,
-            "alerts": alerts, "left_running": left, "goals": goals_met(summary)}
+            "alerts": alerts, "playbooks": playbooks, "left_running": left,
+            "goals": goals_met(summary)}
 
 
 def main(argv: list[str] | None = None) -> int:

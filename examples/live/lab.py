@@ -6,12 +6,14 @@ Used by ``python -m examples.live.chaos`` (``make chaos``), ``bench/bench_chaos.
 otherwise)::
 
     RUN/services/NAME/   spec.json, config.json, metrics.jsonl, service.pid, service.log
-    RUN/history/         the training history: NAME.jsonl (service figures), local.csv
-                         (ftml's ``local`` source), incidents.csv (the labels)
+    RUN/history/         the training history: service.csv (the services' figures the model
+                         uses; raw/ has them whole), local.csv (ftml's ``local`` source),
+                         incidents.csv (the labels)
     RUN/model/           the model trained on it
     RUN/state/           ftml watch's state: state.db (audit), checkpoints/ (recovery points)
     RUN/playbooks.yaml   rendered from examples/live/playbooks.yaml, one block per instance
     RUN/alerts.jsonl     alerts from the watcher; RUN/pages.jsonl what the pager received
+    RUN/local.csv        every local-source sample of the run; RUN/results.json the figures
 
 Time is in steps (``Settings.step`` seconds), so the same plan runs sped up in the tests and
 at a slower pace in the benchmark; every reported time is wall-clock seconds.
@@ -57,6 +59,8 @@ EXPECTED_PLAYBOOK = {"memory_leak": "leak-restart", "cpu_hog": "hog-restart",
                      "bad_config": "config-rollback", "latency": "latency-page"}
 #: Faults that ftml fixes itself; the others it pages a human for, by design.
 AUTOMATIC = ("memory_leak", "cpu_hog", "bad_config")
+#: Faults that end with the process (a restart).
+RESTARTED = ("memory_leak", "cpu_hog")
 GOOD_CONFIG = {"version": 1, "upstream": "inventory", "cache_ratio": 0.3, "upstream_ms": 4,
                "busy_ratio": 0.03}
 BAD_UPSTREAM = "inventory-v2"  # the typo of the bad change: no such upstream
@@ -75,29 +79,44 @@ LOCAL_METRICS = ("cpu_pct",)
 class Settings:
     step: float = 1.0  # seconds per metric step (and watcher tick)
     services: int = 4  # instances of the service
-    rate: float = 25.0  # requests/s per instance
+    rate: float = 25.0  # requests/s per instance ...
+    swing: float = 0.3  # ... swinging by this fraction ...
+    swing_steps: int = 40  # ... over this many steps
     window: int = 10  # steps per feature window
     kinds: tuple[str, ...] = KINDS
     train_per_kind: int = 3  # labelled faults of each kind in the history
-    parallel_training: bool = False  # training faults on all instances at once (quicker)
+    train_round: int = 1  # training faults at once (1: one at a time; more: quicker)
     lead_steps: int = 90  # normal history before the first training fault
     hold_steps: int = 12  # a training fault runs this long, then is fixed
     gap_steps: int = 8  # normal steps after each training fault (or round)
     tail_steps: int = 90  # normal history after the last one (calibrates the threshold)
     deadline_steps: int = 90  # live: a fault not recovered by then has failed
     operator_delay: float = 0.0  # seconds the on-call takes to act on a page
-    seed: int = 0
 
-    # Event rules and cool-downs in steps, tied to the window so that they scale with it.
+    min_windows: int = 4  # an event opens when this many ...
+    of_windows: int = 6  # ... of the last this many windows are anomalous
+    engine_cooldown_steps: int = 30  # no new recovery on an instance this soon after one
+    stats_window: float = 2.0  # seconds of requests behind each of the service's figures
+    diagnose_windows: int = 10  # an event's most anomalous windows the diagnosis looks at
+
+    @property
+    def fade(self) -> float:
+        """Seconds a fault still shows in the service's figures after it ended (they are over
+        the requests of the last ``stats_window`` seconds), plus a step."""
+        return max(self.stats_window, self.step) + self.step
+
     @property
     def rules(self) -> dict[str, int]:
-        return {"min_windows": 3, "of_windows": 5, "merge_gap": 5, "cooldown": 8}
+        """Event rules in steps: quick to open, quick to close, a short quiet time after."""
+        return {"min_windows": self.min_windows, "of_windows": self.of_windows,
+                "merge_gap": 5, "cooldown": 8}
 
     @property
     def engine_cooldown(self) -> float:
         """Seconds after a recovery before the engine acts on the instance again: longer
-        than the transient of the recovery itself, shorter than the next fault's arrival."""
-        return 15 * self.step
+        than the after-effects of the recovery itself (a restarted process is not quite
+        itself for a while), shorter than the time until the next fault on it."""
+        return self.engine_cooldown_steps * self.step
 
 
 @dataclass
@@ -216,6 +235,8 @@ class Lab:
         self._stop = threading.Event()
         self.stray_actions: list[dict[str, Any]] = []
         self.calibration_fraction = 0.25
+        self.alarm_threshold = 1.0  # the model's, once trained
+        self._logs: list[Any] = []  # log files handed to children
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -250,6 +271,7 @@ class Lab:
                 "pidfile": str(inst.dir / "service.pid"), "log": str(inst.dir / "service.log"),
                 "argv": [PY, str(link), str(inst.spec)],
                 "leak_records_per_s": 40_000, "leak_cap_records": 1_500_000,
+                "stats_window": self.s.stats_window,
             })
             write_json(inst.config, GOOD_CONFIG)
             # The deployed config is the known good recovery point rollbacks return to.
@@ -258,9 +280,10 @@ class Lab:
         self.restart(*self.instances)
         self.loadgen = subprocess.Popen(
             [PY, str(HERE / "loadgen.py"), "--rate", str(self.s.rate), "--threads", "4",
+             "--swing", str(self.s.swing), "--period", f"{self.s.swing_steps * self.s.step:g}",
              "--out", str(self.root / "services" / "loadgen.jsonl"),
              *[i.url for i in self.instances]],
-            stdin=subprocess.DEVNULL, stdout=open_log(self.root / "loadgen.log"),
+            stdin=subprocess.DEVNULL, stdout=self._log_file("loadgen.log"),
             stderr=subprocess.STDOUT, start_new_session=True)
         self._start_pager()
         self.log(f"lab {self.root}: {len(self.instances)} instances "
@@ -282,16 +305,31 @@ class Lab:
         self.watcher = self.loadgen = None
         for t in self._fixers:
             t.join(timeout=15)
-        for inst in self.instances:
+
+        def stop(inst: Instance) -> None:
             try:
                 supervisor.stop(inst.spec)
             except (RuntimeError, OSError, ValueError):
                 pass
+
+        stoppers = [threading.Thread(target=stop, args=(i,)) for i in self.instances]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(timeout=20)
         sweep(self.marker)
         if self.pager is not None:
             self.pager.shutdown()
             self.pager.server_close()
             self.pager = None
+        for f in self._logs:
+            f.close()
+        self._logs = []
+
+    def _log_file(self, name: str):
+        f = open(self.root / name, "ab")  # noqa: SIM115 - the child writes it; closed in close()
+        self._logs.append(f)
+        return f
 
     def processes(self) -> list[int]:
         """Pids of processes that still name the run folder (none after close)."""
@@ -373,15 +411,20 @@ class Lab:
 
     def training_plan(self) -> list[list[tuple[Instance, str]]]:
         """Rounds of (instance, fault): each kind ``train_per_kind`` times, spread over the
-        instances. One fault per round (the others' neighbours learn what a faulty
-        neighbour does to them), or in parallel mode one per instance (quicker)."""
+        instances, ``train_round`` faults at a time but never on every instance: the others
+        stay normal beside a faulty neighbour, so that the model learns what a neighbour's
+        fault does to them (a CPU hog slows them, a stalled neighbour frees the host and
+        makes them faster)."""
         faults = [k for _ in range(self.s.train_per_kind) for k in self.s.kinds]
         n = len(self.instances)
-        if self.s.parallel_training:
-            return [[(self.instances[(j + r) % n], k)
-                     for j, k in enumerate(faults[r * n:(r + 1) * n])]
-                    for r in range(math.ceil(len(faults) / n))]
-        return [[(self.instances[(i + i // n) % n], k)] for i, k in enumerate(faults)]
+        per = max(1, min(self.s.train_round, n - 1))
+        kinds = len(self.s.kinds)
+
+        def where(p: int) -> Instance:  # the p-th fault: each repeat of a kind moves on by one
+            return self.instances[(p % kinds + p // kinds) % n]
+
+        return [[(where(p), faults[p]) for p in range(r, min(r + per, len(faults)))]
+                for r in range(0, len(faults), per)]
 
     def collect_history(self) -> dict[str, Any]:
         """Run the instances under load with labelled faults; sample ftml's ``local`` source
@@ -391,33 +434,36 @@ class Lab:
         incidents: list[dict[str, Any]] = []
         started = time.time()
         self._start_sampler()
-        try:
-            self._wait_history_start()
-            self._planned_restarts(s.lead_steps)
-            labelled_until: dict[str, float] = {}
-            for rnd in self.training_plan():
-                # Never two labels at once on an instance: its last fault's windows first end.
-                sleep(max((labelled_until.get(i.entity, 0.0) for i, _ in rnd), default=0.0)
-                      + s.step - time.time())
-                t0 = time.time()
-                for inst, kind in rnd:
-                    self.inject(inst, kind)
-                self.log("  training: " + ", ".join(f"{k} on {i.name}" for i, k in rnd))
-                sleep(s.hold_steps * s.step)
-                for inst, kind in rnd:
-                    self.fix(inst, kind)
-                    # Labelled until the windows no longer see it: a window after the fix
-                    # still holds `window` steps of the fault.
-                    incidents.append({"entity": inst.entity, "start": t0,
-                                      "end": time.time() + s.window * s.step, "cause": kind})
-                    labelled_until[inst.entity] = incidents[-1]["end"]
-                sleep(s.gap_steps * s.step)
-            # The windows of the last faults must be over before calibration starts.
-            sleep(max(labelled_until.values(), default=0.0) - time.time())
-            tail = time.time()
-            self._planned_restarts(s.tail_steps)
-        finally:
-            ended = time.time()
+        self._wait_history_start()
+        self._planned_restarts(s.lead_steps)
+        labelled_until: dict[str, float] = {}
+        for rnd in self.training_plan():
+            # Never two labels at once on an instance: its last fault's windows first end.
+            sleep(max((labelled_until.get(i.entity, 0.0) for i, _ in rnd), default=0.0)
+                  + s.step - time.time())
+            t0 = time.time()
+            for inst, kind in rnd:
+                self.inject(inst, kind)
+            self.log("  training: " + ", ".join(f"{k} on {i.name}" for i, k in rnd))
+            sleep(s.hold_steps * s.step)
+            for inst, kind in rnd:
+                self.fix(inst, kind)
+                # Labelled from the injection until the service's own figures no longer hold
+                # the fault: they cover its last seconds of requests, so a fixed config or
+                # upstream still shows for a while (those rows are not normal); a restarted
+                # process reports afresh (its old self reported until it stopped). Windows
+                # after that still hold some of it; the next fault on the instance waits
+                # until they are gone.
+                end = time.time() + (s.step if kind in RESTARTED else s.fade)
+                incidents.append({"entity": inst.entity, "start": t0, "end": end,
+                                  "cause": kind})
+                labelled_until[inst.entity] = end + s.window * s.step
+            sleep(s.gap_steps * s.step)
+        # The windows of the last faults must be over before calibration starts.
+        sleep(max(labelled_until.values(), default=0.0) - time.time())
+        tail = time.time()
+        self._planned_restarts(s.tail_steps)
+        ended = time.time()
         # The alarm threshold is calibrated on the normal tail (restarts included): the
         # lowest score that raises no false alarm there. Faults in that slice would only
         # lift the quantiles it chooses from.
@@ -520,18 +566,26 @@ class Lab:
         cfg.read.step = f"{round(s.step * 1000)}ms"
         cfg.features.window = s.window
         cfg.features.hour_of_day = False  # minutes of history, not days
+        if hasattr(cfg.features, "level_window"):
+            cfg.features.level_window = 0  # minutes of history: no slow drift to take off
         for k, v in s.rules.items():
             setattr(cfg.detect, k, v)
         cfg.detect.calibration_fraction = self.calibration_fraction
         # A forest's probabilities are averages over trees: with a dozen labelled faults its
         # confidence means more than a single tree's pure leaves (always 0 or 1).
         cfg.diagnose.classifier = "forest"
+        # Each event is diagnosed on its most anomalous windows, and trained on each labelled
+        # fault's most anomalous ones: the first windows of a fault hold hardly any of it
+        # (a slow upstream shows in a median of 2 s of requests only after a second or two),
+        # and learnt under its name they would teach that "nearly normal" means that fault.
+        cfg.diagnose.max_event_windows = s.diagnose_windows
         paths = [self.history_dir / "service.csv", self.history_dir / "local.csv"]
         started = time.perf_counter()
         result = api.train(paths, self.model_dir, incidents=self.history_dir / "incidents.csv",
                            config=cfg)
         self.thresholds = self._thresholds()
         m = result.manifest
+        self.alarm_threshold = float(m["threshold"])
         info = {"seconds": time.perf_counter() - started, "threshold": m["threshold"],
                 "causes": m["causes"], "min_confidence": m["min_confidence"],
                 "metrics": m["metrics"], "fit_windows": m["training"]["fit_windows"],
@@ -617,6 +671,11 @@ class Lab:
             "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
             "checkpoint_every": "60s",
         }}))
+        # What the services wrote while the model trained is not the watcher's business (and
+        # the training burst of CPU would show in its first windows): new files from here.
+        for inst in self.instances:
+            if inst.metrics.exists():
+                os.replace(inst.metrics, self.history_dir / "raw" / f"{inst.name}.training.txt")
         self._wait_history_start()
         self.watch_port = free_port()
         argv = [PY, "-m", "ftml", "watch", "--model", str(self.model_dir),
@@ -626,7 +685,7 @@ class Lab:
                 "--config", str(config), "--listen", f"127.0.0.1:{self.watch_port}"]
         self.log("watch: " + " ".join(argv[1:]))
         self.watcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=open_log(self.root / "watch.log"),
+                                        stdout=self._log_file("watch.log"),
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         cwd=str(HERE.parent.parent))
         timeout = timeout or (3 * self.s.window * self.s.step + 30)
@@ -643,16 +702,24 @@ class Lab:
                        f"{self.root / 'watch.log'}")
 
     def _scored_entities(self) -> set[str]:
+        return set(self._scores())
+
+    def _scores(self) -> dict[str, float]:
+        """The watcher's latest window score per entity (its ``/metrics``)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.watch_port}/metrics",
                                         timeout=2.0) as resp:
                 text = resp.read().decode()
         except OSError:
-            return set()
-        out = set()
+            return {}
+        out = {}
         for line in text.splitlines():
             if line.startswith("ftml_watch_score{"):
-                out.add(line.split('entity="', 1)[1].split('"', 1)[0])
+                entity = line.split('entity="', 1)[1].split('"', 1)[0]
+                try:
+                    out[entity] = float(line.rsplit(" ", 1)[1])
+                except (IndexError, ValueError):
+                    continue
         return out
 
     def read_alerts(self) -> list[dict[str, Any]]:
@@ -766,9 +833,14 @@ class Lab:
 
     def wait_ready(self, inst: Instance) -> None:
         """Before a fault: the instance is back to normal, its last alert resolved a detector
-        cooldown ago and the engine's cooldown after its last recovery has passed."""
+        cooldown ago, the engine's cooldown after its last recovery has passed, and the
+        watcher's latest score of it has stayed under the alarm threshold for longer than
+        the detector's merge gap: a fault injected while a wobble's windows are flagged
+        joins the wobble's run of windows, and that run may be one the detector's cooldown
+        suppresses, or whose alert was decided on before the fault."""
         s = self.s
         deadline = time.monotonic() + s.deadline_steps * s.step
+        quiet_since = None
         while time.monotonic() < deadline:
             self.read_alerts()
             now = time.time()
@@ -776,10 +848,16 @@ class Lab:
             results = [r for r in self.audit(since=now - 3600)
                        if r["entity"] == inst.entity and r["kind"] == "result"]
             last_run = max((r["at"] for r in results), default=0.0)
+            score = self._scores().get(inst.entity)
             if (not firing and now - last_resolved > (s.rules["cooldown"] + 2) * s.step
-                    and now - last_run > s.engine_cooldown + s.step and self.healthy(inst)):
-                time.sleep(2 * s.step)  # and some quiet between faults
-                return
+                    and now - last_run > s.engine_cooldown + s.step
+                    and score is not None and score < self.alarm_threshold
+                    and self.healthy(inst)):
+                quiet_since = quiet_since or now
+                if now - quiet_since >= (s.rules["merge_gap"] + 2) * s.step:
+                    return
+            else:
+                quiet_since = None
             time.sleep(0.25)
         self.log(f"  {inst.name} not quiet after {s.deadline_steps} steps; injecting anyway")
 
@@ -862,7 +940,7 @@ class Lab:
     def settle(self) -> None:
         """After the last fault: wait (bounded) until every alert has resolved."""
         s = self.s
-        deadline = time.monotonic() + (s.window + 3 * s.rules["merge_gap"]) * s.step + 5
+        deadline = time.monotonic() + (s.window + 2 * s.rules["merge_gap"]) * s.step + 2
         while time.monotonic() < deadline:
             self.read_alerts()
             if not any(self._alert_state(i.entity)[0] for i in self.instances):
@@ -1065,10 +1143,6 @@ def post_json(url: str, body: dict) -> dict:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=5.0) as resp:
         return json.loads(resp.read() or b"{}")
-
-
-def open_log(path: Path):
-    return open(path, "ab")  # noqa: SIM115 - handed to the child, closed by the GC here
 
 
 def sleep(seconds: float) -> None:

@@ -1,9 +1,12 @@
 """Load for the live lab: steady requests to each service instance until stopped.
 
-    python loadgen.py --rate 25 --threads 4 [--out FILE] http://127.0.0.1:PORT [URL ...]
+    python loadgen.py --rate 25 --threads 4 [--swing 0.3 --period 40] [--out FILE] URL [URL ...]
 
 Per target, ``--threads`` threads share ``--rate`` requests per second (closed loop: a slow
-service gets fewer requests, as with real clients that wait for answers). Refused connections
+service gets fewer requests, as with real clients that wait for answers). The rate swings by
+``--swing`` (a fraction) around ``--rate`` over ``--period`` seconds, each target in its own
+phase: real traffic is never flat, and a history of perfectly flat figures would make every
+later wobble look new. Refused connections
 (an instance restarting) are retried after a short pause. Every ``--report`` seconds one JSON
 line of client-side figures per target is appended to ``--out`` (default stdout); SIGTERM
 ends it.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import random
 import signal
 import sys
@@ -42,10 +46,12 @@ class Target:
         return out
 
 
-def worker(target: Target, interval: float, stop: threading.Event, seed: int) -> None:
+def worker(target: Target, rate, stop: threading.Event, seed: int) -> None:
+    """``rate()``: this thread's requests per second now."""
     rng = random.Random(seed)
-    next_at = time.monotonic() + rng.uniform(0, interval)  # threads out of phase
+    next_at = time.monotonic() + rng.uniform(0, 1.0 / rate())  # threads out of phase
     while not stop.wait(max(0.0, next_at - time.monotonic())):
+        interval = 1.0 / rate()
         next_at += interval
         conn = http.client.HTTPConnection(target.host, target.port, timeout=3.0)
         try:
@@ -72,15 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=4, help="threads per target")
     p.add_argument("--report", type=float, default=5.0, help="seconds between reports")
     p.add_argument("--out", help="append reports to this file (default stdout)")
+    p.add_argument("--swing", type=float, default=0.0, help="rate swing, a fraction")
+    p.add_argument("--period", type=float, default=60.0, help="seconds per swing")
     args = p.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     targets = [Target(u) for u in args.targets]
     threads = []
+    start = time.monotonic()
+
+    def rate_of(ti: int):
+        phase = 2 * math.pi * ti / len(targets)
+        return lambda: args.rate / args.threads * (1 + args.swing * math.sin(
+            2 * math.pi * (time.monotonic() - start) / args.period + phase))
+
     for ti, target in enumerate(targets):
         for k in range(args.threads):
-            t = threading.Thread(target=worker, args=(target, args.threads / args.rate, stop,
+            t = threading.Thread(target=worker, args=(target, rate_of(ti), stop,
                                                       ti * 1000 + k), daemon=True)
             t.start()
             threads.append(t)
