@@ -432,21 +432,23 @@ class EventBuilder:
 
     def _fold(self, st: _EntityState, T, S, P, Q, start: int, first: int, seg0: int,
               fold: int, cont: bool) -> None:
-        sl = slice(seg0, fold)
-        if cont:
-            r = st.run
-            scores = np.concatenate([r.scores, S[sl]])
-            seq = np.concatenate([r.seq, Q[sl]])
-            payload = np.concatenate([r.payload, P[sl]])
-            peak = np.max(np.r_[r.peak, S[sl]])
-            start_t, start_seq, first_t = r.start_t, r.start_seq, r.first_t
-        else:
-            scores, seq, payload = S[sl], Q[sl], P[sl]
-            peak = scores.max()
-            start_t, start_seq, first_t = T[start], Q[start], T[first]
+        scores, seq, payload, peak, start_t, start_seq, first_t = self._gather(
+            st, T, S, P, Q, start, first, slice(seg0, fold), cont)
         top = self._top(scores, seq)
         st.run = _Run(int(start_t), int(start_seq), int(first_t), float(peak),
                       scores[top].copy(), seq[top].copy(), payload[top].copy())
+
+    @staticmethod
+    def _gather(st: _EntityState, T, S, P, Q, start: int, first: int, seg: slice,
+                cont: bool) -> tuple:
+        """A run's windows ``seg`` of the held ones, after its folded part when it continues
+        one: (scores, seq, payload, peak, start_t, start_seq, first_t)."""
+        if cont:
+            r = st.run
+            return (np.concatenate([r.scores, S[seg]]), np.concatenate([r.seq, Q[seg]]),
+                    np.concatenate([r.payload, P[seg]]), np.max(np.r_[r.peak, S[seg]]),
+                    r.start_t, r.start_seq, r.first_t)
+        return S[seg], Q[seg], P[seg], S[seg].max(), T[start], Q[start], T[first]
 
     def _top(self, scores: np.ndarray, seq: np.ndarray) -> np.ndarray:
         """The top_windows highest scores (ties: the earlier window), in time order. The top
@@ -458,19 +460,10 @@ class EventBuilder:
     def _event(self, name: str, st: _EntityState, run: tuple[int, int, int], cont: bool,
                T, S, P, Q) -> RawEvent:
         start, first, last = run
-        if cont:  # the folded part of the run, then its held windows up to the last active
-            r = st.run
-            seg = slice(0, last + 1)
-            scores = np.concatenate([r.scores, S[seg]])
-            seq = np.concatenate([r.seq, Q[seg]])
-            payload = np.concatenate([r.payload, P[seg]])
-            peak = np.max(np.r_[r.peak, S[seg]])
-            start_t, start_seq, first_t = r.start_t, r.start_seq, r.first_t
-        else:
-            seg = slice(start, last + 1)
-            scores, seq, payload = S[seg], Q[seg], P[seg]
-            peak = scores.max()
-            start_t, start_seq, first_t = T[start], Q[start], T[first]
+        # With a folded part: it, then the held windows up to the last active one.
+        seg = slice(0, last + 1) if cont else slice(start, last + 1)
+        scores, seq, payload, peak, start_t, start_seq, first_t = self._gather(
+            st, T, S, P, Q, start, first, seg, cont)
         top = self._top(scores, seq)
         return RawEvent(entity=name, start_ns=int(start_t * self.step_ns),
                         end_ns=int(T[last] * self.step_ns),
