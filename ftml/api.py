@@ -392,11 +392,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    for ev in events:
-        ev.playbook = matcher(ev)
-    events.sort(key=lambda e: (e.entity, e.start))
-    if out is not None:
-        write_records([e.to_dict() for e in events], out)
+    publish_events(events, matcher, out)
     table = None
     if windows_out is not None:
         parts = scorer.table_parts
@@ -527,6 +523,16 @@ class _ChunkScorer:
         if flags.any():
             np.maximum.at(self._last_flag, gid[flags], t[flags])
         return near
+
+
+def publish_events(events: list[Event], matcher, out: str | Path | None) -> None:
+    """Scored events, in place: each gets its recommended playbook, sorted by entity and
+    start; written atomically to ``out`` when given (local and Dask scoring alike)."""
+    for ev in events:
+        ev.playbook = matcher(ev)
+    events.sort(key=lambda e: (e.entity, e.start))
+    if out is not None:
+        write_records([e.to_dict() for e in events], out)
 
 
 def _playbook_matcher(path: str | Path | None):

@@ -50,6 +50,7 @@ from ftml.api import (
     _playbook_matcher,
     _progress,
     _top_per_group,
+    publish_events,
 )
 from ftml.bundle import Model, load_model, save_model
 from ftml.config import Config, ReadConfig
@@ -78,7 +79,6 @@ from ftml.io import (
     read_incidents,
     step_from_config,
     to_ns,
-    write_records,
     write_table,
 )
 
@@ -593,11 +593,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
     events = collector.finish()
-    for ev in events:
-        ev.playbook = matcher(ev)
-    events.sort(key=lambda e: (e.entity, e.start))
-    if out is not None:
-        write_records([e.to_dict() for e in events], out)
+    publish_events(events, matcher, out)
     table = None
     if windows_out is not None:
         table = collector.window_table()

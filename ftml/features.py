@@ -292,15 +292,7 @@ def counters_to_rates(values: np.ndarray, segments: np.ndarray, columns: list[in
     the increase after it is the new value. The first row of each segment has no rate."""
     if not columns:
         return values
-    out = values.copy()
-    first = np.r_[True, segments[1:] != segments[:-1]]
-    for j in columns:
-        col = values[:, j]
-        d = np.r_[np.nan, np.diff(col)]
-        d = np.where(d < 0, col, d)
-        d[first] = np.nan
-        out[:, j] = d / step_seconds
-    return out
+    return _counters_to_rates_in_place(values.copy(), segments, columns, step_seconds)
 
 
 def _counters_to_rates_in_place(values: np.ndarray, segments: np.ndarray, columns: list[int],

@@ -1161,8 +1161,9 @@ class Watcher:
     # -- recovery ------------------------------------------------------------------
 
     def _actionable(self, ev: Event) -> bool:
-        """Whether a playbook takes ``ev`` at its confidence (no engine: nothing to redo)."""
-        return self.engine is None or self.engine.playbooks.match(ev) is not None
+        """Whether a playbook takes ``ev`` at its confidence (no engine: nothing to redo);
+        :meth:`_diagnose` has matched it already."""
+        return self.engine is None or ev.playbook is not None
 
     def _submit(self, item: Event | str) -> None:
         if self.engine is None:
