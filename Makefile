@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml $(wildcard ftml/*.c)
 demo: install
 	$(BIN)/python -m ftml.demo
 
-# Everything, the short live chaos run (tests/test_chaos.py, ~3 min) included.
+# Everything but the short live chaos run (`make chaos-test`): it still acts, now and then, on
+# a wobble of a just-restarted instance (docs/chaos.md).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not chaos"
 
 chaos-test: install
 	$(BIN)/python -m pytest -q -m chaos
