@@ -365,9 +365,9 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg)
 
     def stop(signum, frame):
-        logging.getLogger("ftml.watch").info("%s: finishing the tick and stopping",
-                                             signal.Signals(signum).name)
-        watcher.stop()
+        # No logging here: the handler may interrupt a log write, and a re-entrant write
+        # raises, losing the stop. The loop logs the reason as it shuts down.
+        watcher.stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -334,7 +334,7 @@ class StdinSource(_NothingToKeep):
     def __init__(self, cfg: ReadConfig | None = None, stream: Any = None):
         self.cfg = cfg or ReadConfig()
         self.parser = LineParser("jsonl", self.cfg, "stdin")
-        self.nudge: threading.Event | None = None  # set by the loop: wakes it for new input
+        self.nudge: Any = None  # set by the loop (anything with set()): wakes it for new input
         self.more = False
         self.exhausted = False
         self._lines: queue.Queue = queue.Queue()

@@ -28,9 +28,12 @@ import io as _io
 import json
 import logging
 import math
+import os
 import queue
+import select
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +61,50 @@ log = logging.getLogger("ftml.watch")
 CHECKPOINT_FILE = "watch.npz"
 ALERTS_FILE = "alerts.json"
 STATE_FORMAT = 1
+
+
+class Waker:
+    """Wakes the loop early: an Event whose ``set`` takes no lock, so a signal handler may
+    call it. (``threading.Event.set`` takes a lock the interrupted main thread may already
+    hold -- a deadlock, and the stop request lost.) A byte in a non-blocking pipe."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        # Closed only when unreachable: a source's reader thread may still set it after
+        # shutdown, and a closed descriptor's number may by then belong to another file.
+        weakref.finalize(self, _close_fds, self._r, self._w)
+
+    def set(self) -> None:
+        try:
+            os.write(self._w, b"x")
+        except (BlockingIOError, OSError):  # full (already set) or closed
+            pass
+
+    def wait(self, timeout: float | None) -> bool:
+        """True when set (now or within ``timeout`` seconds); does not clear."""
+        try:
+            ready, _, _ = select.select([self._r], [], [], None if timeout is None
+                                        else max(0.0, timeout))
+        except (OSError, ValueError):
+            return False
+        return bool(ready)
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 _NONE = np.iinfo(np.int64).min // 4  # "no slot yet"; far below any real slot, no overflow
 #: Resolved alert ids remembered so that a replay after a restart does not raise them again.
 RESOLVED_MEMORY = 20_000
@@ -550,7 +597,7 @@ class Watcher:
         self._src_failures = {s.name: 0 for s in self.sources}
         self._src_next = {s.name: 0.0 for s in self.sources}
         self._src_skipped = {s.name: 0 for s in self.sources}
-        self._nudge = threading.Event()  # wakes the loop before its interval is up
+        self._nudge = Waker()  # wakes the loop before its interval is up
         for s in self.sources:
             s.bind(model.step, self.keep_steps)
             if hasattr(s, "nudge"):
@@ -559,7 +606,8 @@ class Watcher:
         self.last_tick_at: float | None = None
         self.started_at = self.clock.now()
         self._last_checkpoint = self.clock.now()
-        self._stop = threading.Event()
+        self._stopping = False  # a plain flag: stop() may run in a signal handler
+        self.stop_reason: str | None = None
         self._wake = threading.Event()
         self._delivery: threading.Thread | None = None
         self._engine_q: queue.Queue = queue.Queue()
@@ -611,7 +659,7 @@ class Watcher:
         self._start_delivery()
         next_at = self.clock.now()
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 try:
                     self.tick()
                 except Exception:  # one bad tick is logged, never fatal
@@ -643,12 +691,18 @@ class Watcher:
         self.checkpoint()
         return time.perf_counter() - started
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, reason: str | None = None) -> None:
+        """Ask the loop to finish its tick and shut down. Takes no lock and does no I/O but
+        one byte to a pipe, so a signal handler may call it."""
+        if reason is not None and self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopping = True
         self._nudge.set()
 
     def shutdown(self, flush_seconds: float = 3.0) -> None:
         """Flush sinks (bounded), write state, stop threads and the HTTP server."""
+        if self.stop_reason is not None:
+            log.info("%s: tick finished, stopping", self.stop_reason)
         self.stop()
         self._wake.set()
         if self._delivery is not None:
@@ -1248,10 +1302,10 @@ class Watcher:
             return
 
         def loop() -> None:
-            while not self._stop.is_set():
+            while not self._stopping:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
-                if self._stop.is_set():
+                if self._stopping:
                     return
                 try:
                     self.book.deliver(self.clock.now(), self.metrics,

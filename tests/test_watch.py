@@ -669,3 +669,37 @@ def test_run_stops_promptly_from_another_thread(fleet):
     w.stop()
     t.join(timeout=5)
     assert not t.is_alive() and w.ticks >= 1
+
+
+def test_a_signal_handler_stops_run_wherever_the_signal_lands(fleet):
+    """The CLI's handler calls stop(); it must take no lock the interrupted main thread may
+    hold (threading.Event.set does), so signals land at many points of ticks here."""
+    _, model, live = fleet
+    for delay in (0.001, 0.013, 0.05, 0.2, 0.5):
+        w = Watcher(model, [Feed(live, 1)], registry=CollectorRegistry(),
+                    config=WatchConfig(interval=3600))
+        old = signal.signal(signal.SIGALRM, lambda signum, frame: w.stop("SIGALRM"))
+        try:
+            signal.setitimer(signal.ITIMER_REAL, delay, 0.002)  # and again every 2 ms
+            t0 = time.monotonic()
+            w.run()
+            took = time.monotonic() - t0
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert w.stop_reason == "SIGALRM" and took < 30
+
+
+def test_waker_wakes_a_wait_from_another_thread_and_never_blocks_when_set_often():
+    from ftml.watch import Waker
+
+    k = Waker()
+    assert not k.wait(0)
+    for _ in range(200_000):  # more bytes than a pipe holds: set must not block
+        k.set()
+    assert k.wait(0)
+    k.clear()
+    assert not k.wait(0.01)
+    threading.Timer(0.05, k.set).start()
+    t0 = time.monotonic()
+    assert k.wait(10) and time.monotonic() - t0 < 5
