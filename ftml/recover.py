@@ -204,6 +204,7 @@ class Reason:
     BUSY = "busy"  # another action is running on the entity
     CIRCUIT_OPEN = "circuit_open"  # max_attempts within window used up
     COOLDOWN = "cooldown"  # too soon after the last recovery (cooldown or backoff)
+    AFTERMATH = "aftermath"  # the event began within the cooldown after a recovery ended
     RATE_LIMITED = "rate_limited"  # max_actions_per_hour reached
     PLAYBOOK_CHANGED = "playbook_changed"  # an approved playbook no longer exists as approved
     AUTO = "auto"
@@ -214,7 +215,8 @@ class Reason:
 
 SKIP_REASONS = (Reason.RESOLVED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
                 Reason.SILENCED, Reason.PENDING_APPROVAL, Reason.BUSY, Reason.CIRCUIT_OPEN,
-                Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.PLAYBOOK_CHANGED)
+                Reason.COOLDOWN, Reason.AFTERMATH, Reason.RATE_LIMITED,
+                Reason.PLAYBOOK_CHANGED)
 
 
 @dataclass
@@ -1227,6 +1229,18 @@ class RecoveryEngine:
                     else "cooldown"
                 return skip(Reason.COOLDOWN, f"{why}: {format_seconds(wait)} after the last "
                             f"recovery, {now - last['ended']:.0f}s passed", playbook, mode)
+        # A restarted process or rolled-back service wobbles while it settles; an event that
+        # began then is the recovery's aftermath, not a new fault, even once the cooldown is
+        # over (its diagnosis may only clear the bar later). It still alerts.
+        began = pd.Timestamp(event.start).timestamp()
+        before = conn.execute(
+            "SELECT ended FROM runs WHERE entity = ? AND mode = ? AND ended IS NOT NULL AND "
+            "started <= ? ORDER BY started DESC LIMIT 1",
+            (event.entity, run_mode, began)).fetchone()
+        if before is not None and began < before["ended"] + d.cooldown:
+            return skip(Reason.AFTERMATH, f"the event began during or within "
+                        f"{format_seconds(d.cooldown)} (the cooldown) after a recovery on the "
+                        f"entity", playbook, mode)
         recent = conn.execute("SELECT COUNT(*) AS n FROM runs WHERE mode = ? AND started > ? "
                               "AND started <= ?", (run_mode, now - 3600, now)).fetchone()["n"]
         if recent >= pbs.guards.max_actions_per_hour:

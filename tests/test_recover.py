@@ -172,6 +172,14 @@ SCENARIOS = {
                                 "act", "auto"),
     "cooldown": (None, {}, with_runs(run_row(started=-6, ended=-5)), "skip", "cooldown"),
     "cooldown over": (None, {}, with_runs(run_row(started=-12, ended=-11)), "act", "auto"),
+    "began as a recovery settled": (None, {"at": T0 - 600}, with_runs(
+        run_row(started=-16, ended=-15)), "skip", "aftermath"),
+    "began after the recovery settled": (None, {"at": T0 - 300}, with_runs(
+        run_row(started=-30, ended=-29)), "act", "auto"),
+    "began during a recovery": (None, {"at": T0 - 1500}, with_runs(
+        run_row(started=-26, ended=-15)), "skip", "aftermath"),
+    "began before the last recovery": (None, {"at": T0 - 1800}, with_runs(
+        run_row(started=-16, ended=-15)), "act", "auto"),
     "backoff after failures": (None, {}, with_runs(
         run_row(started=-55, ended=-54, outcome="escalated"),
         run_row(started=-25, ended=-24, outcome="escalated")), "skip", "cooldown"),

@@ -678,7 +678,7 @@ def test_a_signal_handler_stops_run_wherever_the_signal_lands(fleet):
     for delay in (0.001, 0.013, 0.05, 0.2, 0.5):
         w = Watcher(model, [Feed(live, 1)], registry=CollectorRegistry(),
                     config=WatchConfig(interval=3600))
-        old = signal.signal(signal.SIGALRM, lambda signum, frame: w.stop("SIGALRM"))
+        old = signal.signal(signal.SIGALRM, lambda signum, frame, w=w: w.stop("SIGALRM"))
         try:
             signal.setitimer(signal.ITIMER_REAL, delay, 0.002)  # and again every 2 ms
             t0 = time.monotonic()
