@@ -342,9 +342,17 @@ class Baseline:
     def row_index(self, entity_names, timestamps_ns: np.ndarray) -> np.ndarray:
         """Per row, its row in :meth:`tables`: the entity's own baseline (for its hour), or the
         fleet's for an entity not seen in training."""
-        index = {e: i for i, e in enumerate(self.entities)}
         inverse, names = pd.factorize(entity_names)  # fast on categoricals, keeps order
-        known = np.array([index.get(str(n), -1) for n in names], dtype=np.int64)[inverse]
+        return self.row_index_of(self.entity_index(names)[inverse], timestamps_ns)
+
+    def entity_index(self, names) -> np.ndarray:
+        """Per distinct name, the entity's place in the baseline, or -1 if not seen in
+        training."""
+        index = {e: i for i, e in enumerate(self.entities)}
+        return np.array([index.get(str(n), -1) for n in names], dtype=np.int64)
+
+    def row_index_of(self, known: np.ndarray, timestamps_ns: np.ndarray) -> np.ndarray:
+        """:meth:`row_index` from each row's :meth:`entity_index`."""
         hours = self.center.shape[1]
         hour = (timestamps_ns // 3_600_000_000_000) % 24 if self.by_hour else \
             np.zeros(len(timestamps_ns), dtype=np.int64)
@@ -576,18 +584,29 @@ class Featurizer:
         taken off, so that a slow drift of an entity's level is not read as a fault; a row's
         level needs the ``level_window`` rows before it in ``frame``. ``level=False`` gives
         the z before that (what :meth:`remove_level` takes)."""
-        codes = pd.factorize(frame["entity"], sort=False)[0].astype(np.int64)
-        values = self._rates(frame[self.metrics_].to_numpy(dtype=np.float64, copy=True), codes,
-                             in_place=True)
-        index = self.baseline_.row_index(frame["entity"], to_ns(frame["timestamp"]))
+        codes, names = pd.factorize(frame["entity"], sort=False)  # fast on categoricals
+        codes = codes.astype(np.int64)
+        known = self.baseline_.entity_index(names)[codes]
+        z, values = self.standardise_arrays(
+            frame[self.metrics_].to_numpy(dtype=np.float64, copy=True), codes, known,
+            to_ns(frame["timestamp"]))
+        if level:
+            z = self.remove_level(z, codes)
+        return z, codes, values
+
+    def standardise_arrays(self, values: np.ndarray, segments: np.ndarray, known: np.ndarray,
+                           timestamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`standardise` (``level=False``) on plain arrays: values in ``metrics_``
+        order (counters turned into rates in place), each row's entity segment and its
+        ``Baseline.entity_index``. (z, values)."""
+        values = self._rates(values, segments, in_place=True)
+        index = self.baseline_.row_index_of(known, timestamps_ns)
         center, scale = self._tables()
         # (values - centre) / scale, clipped: the same operations, without temporaries.
         z = np.subtract(values, center[index])
         z /= scale[index]
         np.clip(z, -Z_CLIP, Z_CLIP, out=z)
-        if level:
-            z = self.remove_level(z, codes)
-        return z, codes, values
+        return z, values
 
     def remove_level(self, z: np.ndarray, segments: np.ndarray) -> np.ndarray:
         """z (before levels, in place) minus each row's trailing level; no-op without a

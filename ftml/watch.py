@@ -584,7 +584,7 @@ class Watcher:
         # Object, not Arrow-string, column labels: selecting columns by name stays cheap.
         self._columns = pd.Index(list(model.metrics), dtype=object)
         self._layouts: dict[tuple, list[int]] = {}
-        self._cat_dtype: pd.CategoricalDtype | None = None
+        self._known = np.empty(0, dtype=np.int64)  # per entity code: Baseline.entity_index
         n_payload = len(fz.feature_names_) + len(model.metrics)
         self._buffers = _Buffers(list(model.metrics), self.step_ns, self.keep_steps,
                                  self.ring_rows, int(rules.of_windows), n_payload,
@@ -859,10 +859,12 @@ class Watcher:
             pair_ts[0::2] -= self.step_ns
         else:
             pair_vals, pair_codes, pair_ts = vals, codes, ts
-        frame = pd.DataFrame(pair_vals, columns=self._columns, copy=False)
-        frame.insert(0, "timestamp", pd.to_datetime(pair_ts, unit="ns", utc=True))
-        frame.insert(0, "entity", pd.Categorical.from_codes(pair_codes, dtype=self._dtype()))
-        z, _, values = fz.standardise(frame, level=False)
+        if len(self._known) < len(b.names):  # each entity's place in the baseline, once
+            self._known = np.concatenate(
+                [self._known, fz.baseline_.entity_index(b.names[len(self._known):])])
+        # What standardise(level=False) gives on these rows as a frame, without building one.
+        z, values = fz.standardise_arrays(pair_vals, pair_codes,
+                                          self._known[pair_codes], pair_ts)
         if self._counters:
             z, values = z[1::2], values[1::2]
         b.lastval[codes] = vals
@@ -891,13 +893,6 @@ class Watcher:
         i = i[keep]
         win = Windows(X[keep], names[codes[i]], ts[i], i.astype(np.int64), values[i])
         return win, codes[i]
-
-    def _dtype(self) -> pd.CategoricalDtype:
-        """The entity names as a categorical type, rebuilt only when an entity is new."""
-        names = self._buffers.names
-        if self._cat_dtype is None or len(self._cat_dtype.categories) != len(names):
-            self._cat_dtype = pd.CategoricalDtype(pd.Index(names, dtype=object))
-        return self._cat_dtype
 
     def _windows(self, touched: np.ndarray, final: bool) -> tuple[Windows, np.ndarray]:
         """New final windows of the touched entities, by normalising their buffered rows and
