@@ -24,7 +24,6 @@ it from raising an open event again or repeating an action.
 from __future__ import annotations
 
 import copy
-import io as _io
 import json
 import logging
 import math
@@ -51,7 +50,7 @@ from ftml.diagnose import UNKNOWN
 from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
 from ftml.features import _LEVEL_BITS, Windows, window_features
-from ftml.io import normalise, to_ns, write_bytes, write_text
+from ftml.io import atomic_path, normalise, to_ns, write_text
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
 from ftml.sources import Source, SourceError
@@ -1317,11 +1316,10 @@ class Watcher:
         """Write buffers, event builder, progress and source positions atomically."""
         if self.state_dir is None:
             return
-        buf = _io.BytesIO()
-        np.savez(buf, **self._checkpoint_arrays())
         try:
-            write_bytes(self.state_dir / CHECKPOINT_FILE, buf.getvalue())
-        except FtmlError as exc:  # a full disk must not stop the loop: retried next time
+            with atomic_path(self.state_dir / CHECKPOINT_FILE) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **self._checkpoint_arrays())  # straight to disk: no copy in memory
+        except (OSError, FtmlError) as exc:  # a full disk must not stop the loop: retried
             log.error("checkpoint failed: %s", exc)
             self.metrics.errors.labels("loop", "checkpoint").inc()
         self._last_checkpoint = self.clock.now()

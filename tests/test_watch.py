@@ -703,3 +703,14 @@ def test_waker_wakes_a_wait_from_another_thread_and_never_blocks_when_set_often(
     threading.Timer(0.05, k.set).start()
     t0 = time.monotonic()
     assert k.wait(10) and time.monotonic() - t0 < 5
+
+
+def test_a_checkpoint_that_cannot_be_written_is_logged_and_leaves_no_temp_file(fleet, tmp_path):
+    _, model, live = fleet
+    state = tmp_path / "state"
+    (state / CHECKPOINT_FILE).mkdir(parents=True)  # the rename onto it fails
+    w = Watcher(model, [Feed(live, 50)], registry=CollectorRegistry(), state_dir=state)
+    w.tick()
+    w.checkpoint()  # must not raise: the loop goes on and retries later
+    assert w.metrics.errors.labels("loop", "checkpoint")._value.get() == 1
+    assert {p.name for p in state.iterdir()} <= {CHECKPOINT_FILE, ALERTS_FILE}
