@@ -1,8 +1,9 @@
 """The online loop at fleet scale: 1000 entities x 20 metrics per tick.
 
 Measures the time of ``Watcher.tick()`` (poll, normalise, features, score, events, alerts,
-delivery) over 10 000 ticks, the checkpoint that ``run()`` writes between ticks, and the
-process's resident memory along the way.
+delivery) over 10 000 ticks, the work ``run()`` does between ticks (``Watcher.maintain``: the
+checkpoint, dropping raw rows too old to matter), and the process's resident memory along the
+way.
 Goal: p99 <= 50 ms per tick and flat memory on a 2-core machine.
 
 The data are drawn from the distribution the model was trained on, with a fault injected
@@ -186,9 +187,10 @@ def run(ticks: int | None = None, quick: bool = False) -> list[dict]:
          "anchor": round(start_mb, 1), "ratio": round(end_mb / start_mb, 3), "unit": "MB"},
         {"name": f"{label}: RSS growth per 1000 ticks (fit)", "ftml": round(slope, 2),
          "anchor": 0.0, "ratio": None, "unit": "MB"},
-        {"name": f"{label}: checkpoint between ticks (every {w.config.checkpoint_every:g} s "
-                 f"= {w.config.checkpoint_every / STEP_S:g} ticks), p50",
-         "ftml": round(float(np.median(maint)), 2) if maint else None, "anchor": None,
+        {"name": f"{label}: between ticks (checkpoint every {w.config.checkpoint_every:g} s "
+                 f"= {w.config.checkpoint_every / STEP_S:g} ticks; old rows dropped), p50 / max",
+         "ftml": round(float(np.median(maint)), 2) if maint else None,
+         "anchor": round(float(np.max(maint)), 2) if maint else None,
          "ratio": None, "unit": "ms"},
         {"name": f"{label}: events opened / resolved, windows scored",
          "ftml": opened, "anchor": resolved, "ratio": None,

@@ -354,13 +354,14 @@ class _Buffers:
         self.n = 0
         self._append(ent, ts, vals)
 
-    def trim(self, force: bool = False) -> None:
+    def trim(self, factor: float = 2.0) -> bool:
         """Drop rows older than ``keep`` steps behind their entity's newest. Amortised: only
-        once the arrays hold about twice what is needed."""
-        if not force and self.n <= 2 * self.keep * max(1, len(self.names)) + 4096:
-            return
+        once the arrays hold ``factor`` times what is needed (0: always). True if it did."""
+        if self.n <= factor * self.keep * max(1, len(self.names)) + 4096 * (factor > 0):
+            return False
         keep = self.slots(self.ts) > self.newest[self.ent] - self.keep
         self._rebuild(self.ent[keep], self.ts[keep], self.vals[keep])
+        return True
 
     def final_slots(self, codes: np.ndarray, limit: int) -> np.ndarray:
         """Per entity, the last slot whose windows can no longer change: the newest, unless a
@@ -681,14 +682,23 @@ class Watcher:
             self.shutdown()
 
     def maintain(self) -> float:
-        """Work between ticks, in the loop's idle time: the periodic checkpoint. Returns the
-        seconds it took (0 when nothing was due)."""
-        if self.state_dir is None or \
-                self.clock.now() - self._last_checkpoint < self.config.checkpoint_every:
-            return 0.0
+        """Work between ticks, in the loop's idle time: dropping raw rows too old to matter
+        (a copy of the buffers, now and then) and the periodic checkpoint. Returns the seconds
+        it took (0 when nothing was due)."""
         started = time.perf_counter()
-        self.checkpoint()
-        return time.perf_counter() - started
+        did = self._trim(2.0)
+        if self.state_dir is not None and \
+                self.clock.now() - self._last_checkpoint >= self.config.checkpoint_every:
+            self.checkpoint()
+            did = True
+        return time.perf_counter() - started if did else 0.0
+
+    def _trim(self, factor: float) -> bool:
+        if not self._buffers.trim(factor):
+            return False
+        b = self._buffers
+        self._snapshot = (b.ent, b.ts, b.vals)
+        return True
 
     def stop(self, reason: str | None = None) -> None:
         """Ask the loop to finish its tick and shut down. Takes no lock and does no I/O but
@@ -834,7 +844,8 @@ class Watcher:
                 [p[0] for p in parts], parts[0][0].X.shape[1], b.m)
             codes = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
             self._score(w, codes, now, out)
-        b.trim()
+        # The trim is maintain()'s work between ticks; here only when nothing calls that.
+        b.trim(4.0)
         self._snapshot = (b.ent, b.ts, b.vals)
         self.metrics.entities.set(len(b.names))
 
