@@ -686,12 +686,12 @@ class Watcher:
         (a copy of the buffers, now and then) and the periodic checkpoint. Returns the seconds
         it took (0 when nothing was due)."""
         started = time.perf_counter()
-        did = self._trim(2.0)
         if self.state_dir is not None and \
                 self.clock.now() - self._last_checkpoint >= self.config.checkpoint_every:
+            self._trim(0.0)  # the checkpoint then holds only the rows a restore needs
             self.checkpoint()
-            did = True
-        return time.perf_counter() - started if did else 0.0
+            return time.perf_counter() - started
+        return time.perf_counter() - started if self._trim(2.0) else 0.0
 
     def _trim(self, factor: float) -> bool:
         if not self._buffers.trim(factor):
