@@ -28,6 +28,7 @@ DETECTION = (
     ("event_f1", "event F1", ""),
     ("false_alarms_per_entity_day", "false alarms", "per entity-day"),
     ("auc_pr", "AUC-PR (windows)", ""),
+    ("flagged_fraction", "share of test windows flagged", ""),
     ("delay_minutes_median", "detection delay median", "min"),
 )
 

@@ -186,6 +186,8 @@ def window_metrics(windows: pd.DataFrame, incidents: pd.DataFrame, seed: int = 0
     p, r, f = prf(labels, flags)
     return {
         "windows": int(len(windows)), "positive_windows": int(labels.sum()),
+        # A model that flags most windows makes event counts mean little: said beside them.
+        "flagged_fraction": float(flags.mean()) if len(flags) else float("nan"),
         "auc_pr": auc_pr(labels, scores),
         "auc_pr_random": float(labels.mean()) if len(labels) else float("nan"),
         "point_precision": p, "point_recall": r, "point_f1": f,

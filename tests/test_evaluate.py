@@ -134,6 +134,7 @@ def test_window_metrics_perfect_score_and_labels_by_window_end():
     w = pd.DataFrame({"entity": "a", "timestamp": t, "score": score, "flag": score > 0.5})
     m = window_metrics(w, inc)
     assert m["positive_windows"] == 10
+    assert m["flagged_fraction"] == pytest.approx(10 / 40)
     assert m["auc_pr"] == pytest.approx(1.0)
     assert m["auc_pr_random"] == pytest.approx(0.25)
     assert (m["point_precision"], m["point_recall"], m["point_f1"]) == (1.0, 1.0, 1.0)
