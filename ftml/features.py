@@ -480,23 +480,36 @@ def trailing_level(z: np.ndarray, segments: np.ndarray, span: int, clip: float) 
         kernel(np.ascontiguousarray(z, dtype=np.float64),
                np.ascontiguousarray(segments, dtype=np.int64), int(span), float(clip), level)
         return level
-    valid = ~np.isnan(z)
-    q = np.clip(z, -clip, clip)
-    q *= float(1 << _LEVEL_BITS)
-    np.rint(q, out=q)
-    q[~valid] = 0.0
+    units, valid = level_units(z, clip)
     sums = np.zeros((n + 1, m), dtype=np.int64)
-    np.cumsum(q.astype(np.int64), axis=0, out=sums[1:])
+    np.cumsum(units, axis=0, out=sums[1:])
     counts = np.zeros((n + 1, m), dtype=np.int64)
     np.cumsum(valid, axis=0, out=counts[1:])
     idx = np.arange(n, dtype=np.int64)
     seg_start = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
     first = seg_start[np.searchsorted(seg_start, idx, side="right") - 1]
     lo = np.maximum(first, idx - span)
-    total = (sums[idx] - sums[lo]).astype(np.float64)
-    count = counts[idx] - counts[lo]
-    np.multiply(total, 1.0 / (1 << _LEVEL_BITS), out=total)
-    np.divide(total, np.maximum(count, max(span // 2, 1)), out=level)
+    return level_of_sums(sums[idx] - sums[lo], counts[idx] - counts[lo], span)
+
+
+def level_units(z: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trailing_level`'s integers: each z clipped to +-clip in fixed point (0 when
+    missing), and 1 where present. Sums of these over a span give its level
+    (:func:`level_of_sums`); the online loop keeps them as running sums."""
+    valid = ~np.isnan(z)
+    q = np.clip(z, -clip, clip)
+    q *= float(1 << _LEVEL_BITS)
+    np.rint(q, out=q)
+    q[~valid] = 0.0
+    return q.astype(np.int64), valid.astype(np.int64)
+
+
+def level_of_sums(total: np.ndarray, count: np.ndarray, span: int) -> np.ndarray:
+    """The trailing level from the fixed-point sum and count of :func:`level_units` over the
+    span before a row (shrunk towards 0 below ``span // 2`` values)."""
+    level = total.astype(np.float64)
+    level *= 1.0 / (1 << _LEVEL_BITS)
+    level /= np.maximum(count, max(span // 2, 1))
     return level
 
 

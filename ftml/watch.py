@@ -49,7 +49,7 @@ from ftml.detect import EventBuilder, RawEvent
 from ftml.diagnose import UNKNOWN
 from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
-from ftml.features import _LEVEL_BITS, Windows, window_features
+from ftml.features import Windows, level_of_sums, level_units, window_features
 from ftml.io import atomic_path, normalise, to_ns, write_text
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
@@ -886,9 +886,9 @@ class Watcher:
             # it: trailing_level's integers and float operations, so the same bits as
             # standardising the whole history. Then the span moves on by this row.
             clip = float(fz.level_clip)
-            z = z - _level(b.lsum[codes], b.lcnt[codes], span)
-            ue, ce = _level_units(b.ring[codes, slots % r], clip)
-            ul, cl = _level_units(b.ring[codes, (slots - span) % r], clip)
+            z = z - level_of_sums(b.lsum[codes], b.lcnt[codes], span)
+            ue, ce = level_units(b.ring[codes, slots % r], clip)
+            ul, cl = level_units(b.ring[codes, (slots - span) % r], clip)
             b.lsum[codes] += ue - ul
             b.lcnt[codes] += ce - cl
         win = np.concatenate([b.win[codes, 1:], z[:, None, :]], axis=1)
@@ -966,7 +966,7 @@ class Watcher:
         if r > w:
             rows = fz.remove_level(rows.reshape(-1, b.m),
                                    np.repeat(np.arange(len(touched)), r)).reshape(rows.shape)
-            u, c = _level_units(b.ring[touched[:, None], order[:, w:]], float(fz.level_clip))
+            u, c = level_units(b.ring[touched[:, None], order[:, w:]], float(fz.level_clip))
             b.lsum[touched] = u.sum(axis=1)
             b.lcnt[touched] = c.sum(axis=1)
         b.win[touched] = rows[:, r - w:]
@@ -1442,25 +1442,6 @@ class Watcher:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _level_units(z: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """``features.trailing_level``'s integers: each z clipped to +-clip in fixed point (0 when
-    missing), and 1 where present."""
-    valid = ~np.isnan(z)
-    q = np.clip(z, -clip, clip)
-    q *= float(1 << _LEVEL_BITS)
-    np.rint(q, out=q)
-    q[~valid] = 0.0
-    return q.astype(np.int64), valid.astype(np.int64)
-
-
-def _level(total: np.ndarray, count: np.ndarray, span: int) -> np.ndarray:
-    """The trailing level from its fixed-point sum and count, as trailing_level divides."""
-    level = total.astype(np.float64)
-    level *= 1.0 / (1 << _LEVEL_BITS)
-    level /= np.maximum(count, max(span // 2, 1))
-    return level
 
 
 def _with_stride(fz, stride: int):
