@@ -50,6 +50,17 @@ native_format(const Py_buffer *b)
     return f;
 }
 
+/* The epilogue of both entry points: release the buffers that were obtained (a view never
+ * obtained has obj NULL). */
+static void
+release_views(Py_buffer *a, Py_buffer *b, Py_buffer *c)
+{
+    Py_buffer *views[3] = {a, b, c};
+    for (int i = 0; i < 3; i++)
+        if (views[i]->obj)
+            PyBuffer_Release(views[i]);
+}
+
 /* Sorted copy of a window, rank-major: sorted[r * m + j] is the r-th smallest value of metric
  * j, for r < w; row w is +inf (a sentinel the updates read). Every update below is a fixed
  * sequence of compares and selects over all metrics at once: no branch depends on the data,
@@ -267,12 +278,7 @@ window_stats(PyObject *Py_UNUSED(module), PyObject *args)
 
 done:
     PyMem_Free(work);
-    if (z.obj)
-        PyBuffer_Release(&z);
-    if (ends.obj)
-        PyBuffer_Release(&ends);
-    if (out.obj)
-        PyBuffer_Release(&out);
+    release_views(&z, &ends, &out);
     return result;
 }
 
@@ -378,12 +384,7 @@ trailing_level(PyObject *Py_UNUSED(module), PyObject *args)
 
 done:
     PyMem_Free(work);
-    if (z.obj)
-        PyBuffer_Release(&z);
-    if (seg.obj)
-        PyBuffer_Release(&seg);
-    if (out.obj)
-        PyBuffer_Release(&out);
+    release_views(&z, &seg, &out);
     return result;
 }
 

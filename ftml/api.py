@@ -78,9 +78,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = _label_rows(codes, names, ts, incidents)
-    featurizer = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window,
-                            fc.level_clip).fit(
-        data, exclude_rows=row_label >= 0)
+    featurizer = featurizer_of(fc).fit(data, exclude_rows=row_label >= 0)
     # A window touches an incident when any of its rows does.
     in_incident = np.r_[0, np.cumsum(row_label >= 0)]
     step_ns = int(data.step.value)
@@ -523,6 +521,11 @@ class _ChunkScorer:
         if flags.any():
             np.maximum.at(self._last_flag, gid[flags], t[flags])
         return near
+
+
+def featurizer_of(fc) -> Featurizer:
+    """An unfitted featurizer with the settings of a ``FeatureConfig`` (local and Dask)."""
+    return Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
 
 
 def publish_events(events: list[Event], matcher, out: str | Path | None) -> None:

@@ -50,6 +50,7 @@ from ftml.api import (
     _playbook_matcher,
     _progress,
     _top_per_group,
+    featurizer_of,
     publish_events,
 )
 from ftml.bundle import Model, load_model, save_model
@@ -653,7 +654,7 @@ def _group_featurizer(data: MetricData, counters: list[str], exclude: np.ndarray
                       config: Config) -> Featurizer:
     """``Featurizer.fit`` with fleet-wide counters: baselines of the group's entities."""
     fc = config.features
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
+    fz = featurizer_of(fc)
     fz.metrics_, fz.step_, fz.counters_ = list(data.metrics), data.step, list(counters)
     codes, names = data.entity_codes()
     values = fz._rates(data.values(), codes)
@@ -854,7 +855,7 @@ def _merge_featurizer(parts: list[dict], metrics: list[str], counters: list[str]
     scale = np.concatenate([p["scale"] for p in parts])
     fleet_center = np.median(center, axis=0)
     fleet_scale = _floor_scale(np.median(scale, axis=0), fleet_center)
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
+    fz = featurizer_of(fc)
     fz.metrics_, fz.step_, fz.counters_ = list(metrics), step, list(counters)
     fz.baseline_ = Baseline([e for p in parts for e in p["entities"]], center, scale,
                             fleet_center, fleet_scale)

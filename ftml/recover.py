@@ -204,7 +204,7 @@ class Reason:
     BUSY = "busy"  # another action is running on the entity
     CIRCUIT_OPEN = "circuit_open"  # max_attempts within window used up
     COOLDOWN = "cooldown"  # too soon after the last recovery (cooldown or backoff)
-    AFTERMATH = "aftermath"  # the event began within the cooldown after a recovery ended
+    AFTERMATH = "aftermath"  # the event began during a recovery or within the cooldown after
     RATE_LIMITED = "rate_limited"  # max_actions_per_hour reached
     PLAYBOOK_CHANGED = "playbook_changed"  # an approved playbook no longer exists as approved
     AUTO = "auto"

@@ -23,6 +23,7 @@ it from raising an open event again or repeating an action.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -76,10 +77,8 @@ class Waker:
         weakref.finalize(self, _close_fds, self._r, self._w)
 
     def set(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # full (already set) or closed
             os.write(self._w, b"x")
-        except (BlockingIOError, OSError):  # full (already set) or closed
-            pass
 
     def wait(self, timeout: float | None) -> bool:
         """True when set (now or within ``timeout`` seconds); does not clear."""
@@ -91,19 +90,17 @@ class Waker:
         return bool(ready)
 
     def clear(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
             while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+                continue
 
 
 def _close_fds(*fds: int) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
+
+
 _NONE = np.iinfo(np.int64).min // 4  # "no slot yet"; far below any real slot, no overflow
 #: Resolved alert ids remembered so that a replay after a restart does not raise them again.
 RESOLVED_MEMORY = 20_000
@@ -886,9 +883,9 @@ class Watcher:
             # it: trailing_level's integers and float operations, so the same bits as
             # standardising the whole history. Then the span moves on by this row.
             clip = float(fz.level_clip)
-            z = z - level_of_sums(b.lsum[codes], b.lcnt[codes], span)
-            ue, ce = level_units(b.ring[codes, slots % r], clip)
+            ue, ce = level_units(z, clip)
             ul, cl = level_units(b.ring[codes, (slots - span) % r], clip)
+            z = z - level_of_sums(b.lsum[codes], b.lcnt[codes], span)
             b.lsum[codes] += ue - ul
             b.lcnt[codes] += ce - cl
         win = np.concatenate([b.win[codes, 1:], z[:, None, :]], axis=1)
