@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -13,29 +12,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ftml.bundle import Model, data_digest, load_model, save_model
 from ftml.config import Config, ReadConfig
-from ftml.detect import AlarmThreshold, EventRules, IsolationDetector
-from ftml.diagnose import Diagnoser, load_rules
+from ftml.diagnose import load_rules
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.features import (
-    Featurizer,
-    Windows,
-    complete_windows,
-    detector_view,
-    stats_view,
-    window_stats,
-    window_view,
-)
 from ftml.io import (
     MetricData,
     expand_paths,
     incident_spans,
     iter_metric_rows,
-    label_times,
     normalise,
     read_incidents,
     read_metrics,
@@ -43,14 +30,32 @@ from ftml.io import (
     write_records,
     write_table,
 )
+from ftml.pipeline import (
+    ScoreResult,
+    TrainInfo,
+    WindowScorer,
+    calibration_cut,
+    calibration_info,
+    calibration_scores,
+    carry_steps,
+    detector_of,
+    featurizer_of,
+    finish_training,
+    fit_diagnoser,
+    fit_sample,
+    fit_view,
+    incident_of_rows,
+    incident_windows,
+    progress,
+    publish_events,
+    require_fit_windows,
+    split_windows,
+    utc_text,
+)
 
-# Windows the detector is fitted on: a sample is as good as all (each tree sees max_samples).
-MAX_FIT_WINDOWS = 100_000
 SCORE_CHUNK_ROWS = 1_000_000
 # The most rows score() reads at a time (chunk_rows is an upper bound).
 SCORE_READ_ROWS = 250_000
-# Calibration windows featurized and scored at a time (memory stays bounded).
-CAL_BLOCK_WINDOWS = 262_144
 
 
 @dataclass
@@ -60,140 +65,45 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _progress(total: int | None, desc: str, quiet: bool):
-    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr,
-                leave=False, unit="chunk")
-
-
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
               rules_path: str | Path | None = None, quiet: bool = True) -> tuple[Model, dict]:
-    """Fit featurizer, detector, threshold and diagnoser on metrics (+ labelled incidents).
+    """Fit featurizer, detector, threshold and diagnoser on metrics (+ labelled incidents):
+    the training phases of :mod:`ftml.pipeline` on one frame.
 
     Features are computed only for the windows each step needs: the sample the forest is
     fitted on, the calibration windows (only the stats the forest sees) and the incident
     windows; which windows those are is decided first, from the rows alone."""
-    fc, dc, gc = config.features, config.detect, config.diagnose
+    fc, dc = config.features, config.detect
     frame = data.frame
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
-    row_label = _label_rows(codes, names, ts, incidents)
+    row_label = incident_of_rows(codes, names, ts, incidents)
     featurizer = featurizer_of(fc).fit(data, exclude_rows=row_label >= 0)
-    # A window touches an incident when any of its rows does.
-    in_incident = np.r_[0, np.cumsum(row_label >= 0)]
-    step_ns = int(data.step.value)
     t_min, t_max = ts.min(), ts.max()
-    t_cut = t_min + (1.0 - dc.calibration_fraction) * (t_max - t_min)
-
-    rows = featurizer.complete_rows(frame)  # every window, in the order iter_windows gives
-    end_ns = ts[rows]
-    touched = in_incident[rows + 1] - in_incident[np.maximum(rows + 1 - fc.window, 0)] > 0
-    fit_rows = rows[(end_ns < t_cut) & ~touched]
-    cal_rows = rows[end_ns >= t_cut]
-    inc_rows = rows[row_label[rows] >= 0]
-    del rows, end_ns, touched
-    if len(fit_rows) < 50:
-        raise InputError(f"only {len(fit_rows)} normal windows before the calibration slice",
-                         source=data.sources[0] if len(data.sources) == 1 else "metrics",
-                         hint=f"give more history (a window is {fc.window} steps) or lower "
-                              "detect.calibration_fraction")
-    rng = np.random.default_rng(dc.random_state)
-    if len(fit_rows) > MAX_FIT_WINDOWS:
-        fit_rows = fit_rows[np.sort(rng.choice(len(fit_rows), MAX_FIT_WINDOWS, replace=False))]
-    n_met = len(featurizer.metrics_)
-    fit_w = featurizer.windows_at(frame, fit_rows)
-    detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
-        detector_view(fit_w.X, n_met, dc.stats))
-    event_rules = EventRules(dc.min_windows, dc.of_windows, dc.merge_gap, dc.cooldown)
-    spans = incident_spans(incidents)
-    # Calibration windows: only their scores are kept, so only the forest's stats are computed,
-    # block by block.
-    cal_scores = np.empty(len(cal_rows))
-    blocks = range(0, len(cal_rows), CAL_BLOCK_WINDOWS)
-    for a in _wrap(blocks, _progress(len(blocks), "calibration", quiet)):
-        S, _ = featurizer.features_at(frame, cal_rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        cal_scores[a:a + CAL_BLOCK_WINDOWS] = detector.score_samples(stats_view(S, n_met))
+    t_cut = calibration_cut(t_min, t_max, dc.calibration_fraction)
+    fit_rows, cal_rows, inc_rows = split_windows(featurizer, frame, row_label, t_cut)
+    require_fit_windows(len(fit_rows), data.sources[0] if len(data.sources) == 1 else "metrics",
+                        fc.window)
+    sample = fit_sample(len(fit_rows), dc.random_state)
+    if sample is not None:
+        fit_rows = fit_rows[sample]
+    detector = detector_of(dc).fit(fit_view(featurizer, frame, fit_rows, dc))
+    cal_scores = calibration_scores(featurizer, detector, frame, cal_rows, dc, quiet)
     cal_entity = np.asarray(names, dtype=object)[codes[cal_rows]]
-    thresholder = AlarmThreshold(dc.alarm_budget, event_rules).fit(
-        cal_entity, ts[cal_rows], cal_scores, step_ns, spans)
-
-    diagnoser = None
-    diag_info: dict[str, Any] = {}
-    if incidents is not None and len(inc_rows):
-        inc_w = featurizer.windows_at(frame, inc_rows)
-        # Train on what diagnosis will see: each incident's highest-scored windows.
-        inc_scores = detector.score_samples(detector_view(inc_w.X, n_met, dc.stats))
-        label = row_label[inc_w.row]
-        keep = _top_per_group(label, inc_scores, gc.max_event_windows)
-        X, groups = inc_w.X[keep], label[keep]
-        y = incidents["cause"].to_numpy(dtype=object)[groups].astype(str)
-        if len(np.unique(y)) >= 2:
-            diagnoser = Diagnoser(gc.classifier, gc.max_depth, gc.target_precision,
-                                  dc.random_state).fit(X, y, groups=groups)
-            diag_info = {"windows": int(len(y)), "incidents": int(len(np.unique(groups))),
-                         "min_confidence": diagnoser.min_confidence_}
-        else:
-            diag_info = {"skipped": "fewer than two causes in the incidents"}
-    rules = load_rules(rules_path, featurizer.metrics_)
-    model = Model(featurizer, detector, thresholder.threshold_, event_rules, diagnoser, rules,
-                  config)
-    info = {
-        "training": {
-            "start": str(pd.Timestamp(t_min, unit="ns", tz="UTC")),
-            "end": str(pd.Timestamp(t_max, unit="ns", tz="UTC")),
-            "calibration_start": str(pd.Timestamp(int(t_cut), unit="ns", tz="UTC")),
-            "entities": len(data.entities), "rows": len(frame),
-            "fit_windows": len(fit_w), "calibration_windows": len(cal_rows),
-            "incidents": 0 if incidents is None else len(incidents),
-            "data_sha256": data_digest(data), "sources": data.sources,
-        },
-        "calibration": {"alarm_budget": dc.alarm_budget, "threshold": thresholder.threshold_,
-                        "false_alarms": thresholder.false_alarms_,
-                        "entity_days": thresholder.entity_days_,
-                        "false_alarms_per_entity_day":
-                            thresholder.false_alarms_per_entity_day_},
-        "diagnosis": diag_info,
-    }
-    return model, info
-
-
-def _label_rows(codes: np.ndarray, names: list[str], t_ns: np.ndarray,
-                incidents: pd.DataFrame | None) -> np.ndarray:
-    """:func:`ftml.io.label_times` for a frame in the contract (each entity one block of rows in
-    time order): a binary search per incident instead of a scan of every row."""
-    n = len(codes)
-    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if n else np.r_[0]
-    if incidents is None or incidents.empty or len(bounds) - 1 != len(np.unique(codes)):
-        return label_times(np.asarray(names, dtype=object)[codes] if n else
-                           np.empty(0, dtype=object), t_ns, incidents)
-    label = np.full(n, -1, dtype=np.int64)
-    block = {names[codes[a]]: (a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
-    starts, ends = to_ns(incidents["start"]), to_ns(incidents["end"])
-    for ent, idx in incidents.groupby("entity", sort=False).indices.items():
-        a, b = block.get(str(ent), (0, 0))
-        t = t_ns[a:b]
-        for i in idx:  # in order: a later incident overwrites an earlier one, as label_times
-            lo = a + int(np.searchsorted(t, starts[i], side="left"))
-            hi = a + int(np.searchsorted(t, ends[i], side="right"))
-            label[lo:hi] = i
-    return label
-
-
-def _wrap(it: Iterable, bar) -> Iterator:
-    with bar:
-        for x in it:
-            yield x
-            bar.update(1)
-
-
-def _top_per_group(groups: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of the ``k`` highest scores of each group."""
-    order = np.lexsort((-scores, groups))
-    g = groups[order]
-    first = np.r_[True, g[1:] != g[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
-    rank = np.arange(len(g)) - start
-    return np.sort(order[rank < k])
+    X, label = (incident_windows(featurizer, detector, frame, inc_rows, row_label, config)
+                if incidents is not None and len(inc_rows) else (None, np.empty(0, np.int64)))
+    diagnoser, diag_info = fit_diagnoser(X, label, incidents, config)
+    model, thresholder = finish_training(
+        featurizer, detector, cal_entity, ts[cal_rows], cal_scores, incident_spans(incidents),
+        diagnoser, load_rules(rules_path, featurizer.metrics_), config)
+    info = TrainInfo(
+        start=utc_text(t_min), end=utc_text(t_max), calibration_start=utc_text(t_cut),
+        entities=len(data.entities), rows=len(frame), fit_windows=len(fit_rows),
+        calibration_windows=len(cal_rows),
+        incidents=0 if incidents is None else len(incidents),
+        data_sha256=data_digest(data), sources=data.sources,
+        calibration=calibration_info(thresholder, dc), diagnosis=diag_info)
+    return model, info.to_dict()
 
 
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
@@ -211,16 +121,6 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class ScoreResult:
-    events: list[Event]
-    windows: int
-    entities: int
-    rows: int
-    seconds: float
-    window_table: pd.DataFrame | None = None
 
 
 def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timedelta,
@@ -372,173 +272,39 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
-    matcher = _playbook_matcher(playbooks)
+    matcher = playbook_matcher(playbooks)
     read = model.config.read
     builder = model.event_builder()
-    # Rows a held-back window needs: the window, the row before it (counter rates) and, for a
-    # gap at its start, up to max_fill_steps rows back to the value that fills it.
-    carry_steps = model.featurizer.history_steps + 2 * read.max_fill_steps + 2
-    scorer = _ChunkScorer(model, builder, with_table=windows_out is not None)
+    scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None)
     events: list[Event] = []  # closed events become Events at once: their features can go
-    bar = _progress(None, "scoring", quiet)
+    bar = progress(None, "scoring", quiet)
     with bar:
         # Read in pieces of at most SCORE_READ_ROWS rows whatever chunk_rows allows: memory
         # stays small and reading the next piece overlaps scoring this one.
         for frame, since, until in stream_frames(metrics, read, model.step, model.metrics,
-                                                 carry_steps, min(chunk_rows, SCORE_READ_ROWS),
+                                                 carry_steps(model.featurizer, read),
+                                                 min(chunk_rows, SCORE_READ_ROWS),
                                                  read_ahead=True):
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    publish_events(events, matcher, out)
+    write_events(publish_events(events, matcher), out)
     table = None
     if windows_out is not None:
-        parts = scorer.table_parts
-        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            {"entity": [], "timestamp": [], "score": [], "flag": []})
-        table = table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
+        table = scorer.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
                        round(time.perf_counter() - started, 3), table)
 
 
-# Rows of a normalised chunk standardised and featurized at a time.
-FEATURE_BLOCK_ROWS = 131_072
-_NEVER = np.iinfo(np.int64).min
-_END_OF_TIME = np.iinfo(np.int64).max
-
-
-class _ChunkScorer:
-    """Windows of normalised chunks -> scores -> the event builder.
-
-    Every window is scored from the stats the forest sees alone. Only windows that can belong
-    to an event go on to the builder, with all their features: those at most
-    ``max(merge_gap, of_windows)`` steps after a flagged window of their entity (an event's
-    windows all are: it starts at a flag, and its active windows, all flagged, are at most
-    ``merge_gap`` apart). The builder counts k-of-n by time, not by windows seen, so it gives
-    the same events as with every window, for a fraction of the features and of its work."""
-
-    def __init__(self, model: Model, builder, with_table: bool):
-        self.model = model
-        self.fz = model.featurizer
-        self.builder = builder
-        self.with_table = with_table
-        self.stats = list(model.config.detect.stats)
-        # Model's own scoring and payload: computed here from the forest's stats alone.
-        self.plain = (type(model).score_windows is Model.score_windows
-                      and type(model).payload is Model.payload)
-        rules = model.event_rules
-        self.gap = max(rules.merge_gap, rules.of_windows)
-        self.step_ns = int(model.step.value)
-        self.n_windows = 0
-        self.entities: set[str] = set()
-        self.table_parts: list[pd.DataFrame] = []
-        self.n_rows = 0  # rows of the normalised input, each counted once
-        self._ids: dict[str, int] = {}  # entity -> index into the arrays below
-        self._last_flag = np.empty(0, dtype=np.int64)  # step of each entity's last flag
-        self._newest = np.empty(0, dtype=np.int64)  # each entity's newest row counted
-
-    def _entity_ids(self, names: list[str]) -> np.ndarray:
-        for name in names:
-            if name not in self._ids:
-                self._ids[name] = len(self._ids)
-        grow = len(self._ids) - len(self._last_flag)
-        if grow > 0:
-            self._last_flag = np.r_[self._last_flag, np.full(grow, _NEVER)]
-            self._newest = np.r_[self._newest, np.full(grow, _NEVER)]
-        return np.array([self._ids[n] for n in names], dtype=np.int64)
-
-    def frame(self, frame: pd.DataFrame, since: dict[str, int], until: dict[str, int] | None
-              ) -> list:
-        """Score one normalised chunk (windows after ``since`` and up to ``until`` per entity);
-        returns the events that closed."""
-        fz, w = self.fz, self.fz.window
-        ent = frame["entity"]
-        names = [str(c) for c in ent.cat.categories]
-        fcodes = ent.cat.codes.to_numpy().astype(np.int64)
-        name_arr = np.asarray(names, dtype=object)
-        ids = self._entity_ids(names)
-        lo_ns = np.array([since.get(n, _NEVER) for n in names], dtype=np.int64)
-        hi_ns = np.array([_END_OF_TIME if until is None else until.get(n, _END_OF_TIME)
-                          for n in names], dtype=np.int64)
-        ts = to_ns(frame["timestamp"])
-        # Rows carried over from the chunk before are counted there.
-        self.n_rows += int((ts > self._newest[ids[fcodes]]).sum())
-        if len(ts):
-            np.maximum.at(self._newest, ids[fcodes], ts)
-        seg_start = None
-        if fz.stride > 1:
-            seg_start = np.flatnonzero(np.r_[True, fcodes[1:] != fcodes[:-1]])
-        out = []
-        seen = np.zeros(len(names), dtype=bool)
-        for lo, start, _, z, codes, values in fz._blocks(frame, FEATURE_BLOCK_ROWS):
-            end = complete_windows(np.isnan(z).any(axis=1), codes, w)
-            end = end[end + lo >= start]
-            if seg_start is not None:
-                end = end[fz._stride_ok(seg_start, end + lo)]
-            rows = end + lo
-            c, end_ns = fcodes[rows], ts[rows]
-            # Windows new in this chunk (after `since`) and final (up to `until`).
-            keep = (end_ns > lo_ns[c]) & (end_ns <= hi_ns[c])
-            if not keep.all():
-                end, c, end_ns = end[keep], c[keep], end_ns[keep]
-            if not len(end):
-                continue
-            if self.plain:
-                scores = self.model.detector.score_samples(window_view(z, end, w, self.stats))
-            else:  # a model that scores (or keeps) windows its own way gets them whole
-                win = Windows(window_stats(z, end, w), name_arr[c], end_ns, end + lo, values[end])
-                scores = np.asarray(self.model.score_windows(win))
-            self.n_windows += len(end)
-            seen[c] = True
-            flags = scores >= self.model.threshold
-            near = self._near(ids[c], end_ns // self.step_ns, flags)
-            if near.any():
-                e = end[near]
-                if self.plain:  # what Model.payload gives: all features, then last values
-                    payload = np.hstack([window_stats(z, e, w), values[e]])
-                else:
-                    payload = self.model.payload(win.take(near))
-                out.extend(self.builder.push(name_arr[c[near]], end_ns[near], scores[near],
-                                             payload))
-            if self.with_table:
-                self.table_parts.append(pd.DataFrame({
-                    "entity": name_arr[c].astype(str),
-                    "timestamp": pd.to_datetime(end_ns, unit="ns", utc=True),
-                    "score": scores, "flag": flags}))
-        self.entities.update(name_arr[seen].tolist())
-        return out
-
-    def _near(self, gid: np.ndarray, t: np.ndarray, flags: np.ndarray) -> np.ndarray:
-        """Windows (sorted by entity, then time) at most ``gap`` steps after a flagged window of
-        their entity, this block's or an earlier one's."""
-        idx = np.where(flags, np.arange(len(t)), -1)
-        np.maximum.accumulate(idx, out=idx)
-        j = np.maximum(idx, 0)
-        same = (idx >= 0) & (gid[j] == gid)
-        prev = np.where(same, t[j], self._last_flag[gid])
-        near = (prev != _NEVER) & (t - prev <= self.gap)
-        if flags.any():
-            np.maximum.at(self._last_flag, gid[flags], t[flags])
-        return near
-
-
-def featurizer_of(fc) -> Featurizer:
-    """An unfitted featurizer with the settings of a ``FeatureConfig`` (local and Dask)."""
-    return Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
-
-
-def publish_events(events: list[Event], matcher, out: str | Path | None) -> None:
-    """Scored events, in place: each gets its recommended playbook, sorted by entity and
-    start; written atomically to ``out`` when given (local and Dask scoring alike)."""
-    for ev in events:
-        ev.playbook = matcher(ev)
-    events.sort(key=lambda e: (e.entity, e.start))
+def write_events(events: list[Event], out: str | Path | None) -> None:
+    """Events to ``out`` (jsonl, csv or parquet), atomically; nothing when ``out`` is None."""
     if out is not None:
         write_records([e.to_dict() for e in events], out)
 
 
-def _playbook_matcher(path: str | Path | None):
+def playbook_matcher(path: str | Path | None):
+    """Event -> the name of the playbook it would run (None: none), from a playbook file."""
     if path is None:
         return lambda event: None
     from ftml.playbooks import load_playbooks

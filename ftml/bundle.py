@@ -11,7 +11,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import joblib
 import numpy as np
@@ -48,6 +48,10 @@ class Model:
     config: Config
     version: str = "unsaved"
     manifest: dict[str, Any] = field(default_factory=dict)
+    # Its scores are the forest's on the configured stats and its payload all features then
+    # last values, so a scorer may compute both from the stats alone (window_view), without
+    # whole Windows. A model that scores windows its own way says False.
+    scores_from_stats: ClassVar[bool] = True
 
     @property
     def metrics(self) -> list[str]:

@@ -16,9 +16,11 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ftml.config import DetectConfig
 from ftml.errors import InputError
 
 NS_PER_DAY = 86_400 * 10**9
+_DC = DetectConfig()  # the defaults' one home
 
 
 class IsolationDetector(BaseEstimator):
@@ -28,8 +30,9 @@ class IsolationDetector(BaseEstimator):
     0.5 for ordinary points, close to 1 for points isolated in very few splits.
     """
 
-    def __init__(self, n_estimators: int = 200, max_samples: int | float | str = 512,
-                 random_state: int | None = 0, n_jobs: int | None = None):
+    def __init__(self, *, n_estimators: int = _DC.n_estimators,
+                 max_samples: int | float | str = _DC.max_samples,
+                 random_state: int | None = _DC.random_state, n_jobs: int | None = None):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.random_state = random_state
@@ -86,10 +89,20 @@ def _compile(forest):
 class EventRules:
     """How window flags become events. Durations are in steps."""
 
-    min_windows: int = 5  # k flagged windows ...
-    of_windows: int = 8  # ... within the last n steps make the event active
-    merge_gap: int = 10  # active windows this close belong to one event
-    cooldown: int = 30  # after an event, no new one starts this soon (a longer one does after)
+    min_windows: int = _DC.min_windows  # k flagged windows ...
+    of_windows: int = _DC.of_windows  # ... within the last n steps make the event active
+    merge_gap: int = _DC.merge_gap  # active windows this close belong to one event
+    cooldown: int = _DC.cooldown  # after an event, no new one starts this soon (a longer one
+    # does after)
+
+    @property
+    def reach(self) -> int:
+        """Every window the builder needs to see is at most this many steps after a flagged
+        window of its entity: the flags in an event's k-of-n look-back (``of_windows``), the
+        windows between its active ones (at most ``merge_gap`` apart, and active windows are
+        flagged), and the first window past ``merge_gap`` after its last active one, which
+        closes it."""
+        return max(self.of_windows, self.merge_gap + 1)
 
 
 @dataclass
@@ -480,6 +493,75 @@ def build_events(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray,
     return events + builder.flush()
 
 
+#: Version of :meth:`FlagGate.state_dict`.
+GATE_STATE_VERSION = 1
+
+
+@dataclass
+class FlagGate:
+    """Which scored windows go on to the :class:`EventBuilder`: those at most
+    :attr:`EventRules.reach` steps after a flagged window of their entity (this push's or an
+    earlier one's). The builder counts k-of-n by time, not by windows seen, so it gives the
+    same events from these as from every window, for a fraction of the features and of its
+    work; and an event closes at the same window as with every window.
+
+    The one gate of batch, chunked, Dask and online scoring. It keeps one number per entity
+    (the step of its last flag); :meth:`state_dict` / :meth:`load_state` carry it across
+    chunks, tasks and restarts."""
+
+    rules: EventRules
+    threshold: float
+    step_ns: int
+    _last_flag: dict[str, int] = field(default_factory=dict)
+
+    def select(self, entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Mask of the windows to push; windows sorted by entity, then time. Remembers the
+        flags."""
+        n = len(end_ns)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        t = end_ns // self.step_ns
+        flags = scores >= self.threshold
+        codes, names = pd.factorize(entity, sort=False)
+        names = [str(x) for x in names]
+        before = np.array([self._last_flag.get(x, _NO_FLAG) for x in names], dtype=np.int64)
+        # The last flag at or before each window in this push, of the same entity...
+        idx = np.where(flags, np.arange(n), -1)
+        np.maximum.accumulate(idx, out=idx)
+        j = np.maximum(idx, 0)
+        same = (idx >= 0) & (codes[j] == codes)
+        # ... else the entity's last flag from before.
+        prev = np.where(same, t[j], before[codes])
+        near = (prev != _NO_FLAG) & (t - prev <= self.rules.reach)
+        if flags.any():
+            newest = np.full(len(names), _NO_FLAG, dtype=np.int64)
+            np.maximum.at(newest, codes[flags], t[flags])
+            for name, v in zip(names, newest.tolist(), strict=True):
+                if v != _NO_FLAG and v > self._last_flag.get(name, _NO_FLAG):
+                    self._last_flag[name] = v
+        return near
+
+    def forget(self, entities) -> None:
+        for name in entities:
+            self._last_flag.pop(str(name), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        names = list(self._last_flag)
+        return {"version": GATE_STATE_VERSION, "entities": names,
+                "last_flag": np.array([self._last_flag[n] for n in names], dtype=np.int64)}
+
+    def load_state(self, state: Mapping[str, Any]) -> FlagGate:
+        if not isinstance(state, Mapping) or state.get("version") != GATE_STATE_VERSION:
+            raise InputError("gate state of another version", source="gate state",
+                             hint="start afresh (e.g. without the old checkpoint)")
+        self._last_flag = {str(n): int(v) for n, v in
+                           zip(state["entities"], np.asarray(state["last_flag"]), strict=True)}
+        return self
+
+
+_NO_FLAG = np.iinfo(np.int64).min
+
+
 # --------------------------------------------------------------------------- threshold
 
 
@@ -497,7 +579,7 @@ class AlarmThreshold:
     """Chooses the lowest score threshold whose events, on calibration windows, raise at most
     ``budget`` false alarms per entity per day (events that overlap no labelled incident)."""
 
-    budget: float = 0.2
+    budget: float = _DC.alarm_budget
     rules: EventRules = field(default_factory=EventRules)
 
     def fit(self, entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray, step_ns: int,

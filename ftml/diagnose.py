@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
@@ -21,8 +21,10 @@ from sklearn.tree import DecisionTreeClassifier, export_text
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ftml.config import DiagnoseConfig
 from ftml.errors import ConfigError
 
+_GC = DiagnoseConfig()  # the defaults' one home
 UNKNOWN = "unknown"
 CLASSIFIERS = ("tree", "svm", "forest")
 # SVC training is quadratic in rows and predicts ~700 rows/s: cap what it sees.
@@ -37,8 +39,9 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
     an answer being what :meth:`diagnose` gives for one group's windows (``groups``: incidents).
     """
 
-    def __init__(self, classifier: str = "tree", max_depth: int = 6,
-                 target_precision: float = 0.9, random_state: int | None = 0):
+    def __init__(self, *, classifier: str = _GC.classifier, max_depth: int = _GC.max_depth,
+                 target_precision: float = _GC.target_precision,
+                 random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
         self.target_precision = target_precision
@@ -167,12 +170,6 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
-
-
-def fit_diagnoser(classifier: str, max_depth: int, target_precision: float, X, y, groups,
-                  random_state: int = 0) -> Diagnoser:
-    return clone(Diagnoser(classifier, max_depth, target_precision, random_state)).fit(X, y,
-                                                                                        groups)
 
 
 # --------------------------------------------------------------------------- rules

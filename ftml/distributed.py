@@ -40,34 +40,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftml.api import (
-    CAL_BLOCK_WINDOWS,
-    MAX_FIT_WINDOWS,
-    SCORE_CHUNK_ROWS,
-    ScoreResult,
-    TrainResult,
-    _ChunkScorer,
-    _playbook_matcher,
-    _progress,
-    _top_per_group,
-    featurizer_of,
-    publish_events,
-)
+from ftml.api import SCORE_CHUNK_ROWS, TrainResult, playbook_matcher, write_events
 from ftml.bundle import Model, load_model, save_model
 from ftml.config import Config, ReadConfig
-from ftml.detect import AlarmThreshold, EventBuilder, EventRules, IsolationDetector, RawEvent
-from ftml.diagnose import Diagnoser, load_rules
+from ftml.detect import EventBuilder, RawEvent
+from ftml.diagnose import load_rules
 from ftml.errors import ConfigError, InputError
 from ftml.events import Event
-from ftml.features import (
-    Baseline,
-    Featurizer,
-    _floor_scale,
-    detector_view,
-    feature_names,
-    fit_baseline,
-    stats_view,
-)
+from ftml.features import Baseline, counter_counts, counters_from_counts
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -75,12 +55,36 @@ from ftml.io import (
     incident_spans,
     infer_step,
     iter_metric_rows,
-    label_times,
     normalise,
     read_incidents,
     step_from_config,
     to_ns,
     write_table,
+)
+from ftml.pipeline import (
+    MAX_FIT_WINDOWS,
+    ScoreResult,
+    TrainInfo,
+    WindowRecorder,
+    WindowScorer,
+    calibration_cut,
+    calibration_info,
+    calibration_scores,
+    detector_of,
+    featurizer_of,
+    finish_training,
+    fit_diagnoser,
+    fit_sample,
+    fit_view,
+    incident_of_rows,
+    incident_windows,
+    progress,
+    publish_events,
+    require_fit_windows,
+    split_windows,
+    utc_text,
+    window_history,
+    window_table,
 )
 
 # Normalised rows one task holds at most (unless one entity alone has more, in training): this,
@@ -173,7 +177,7 @@ def _run_in_order(client, fn: Callable, tasks: Sequence, args: tuple, ahead: int
 
     for _ in range(max(1, ahead)):
         submit()
-    bar = _progress(len(tasks), desc, quiet)
+    bar = progress(len(tasks), desc, quiet)
     bar.unit = "task"
     try:
         with bar:
@@ -451,76 +455,52 @@ def read_task_rows(task: Task, read: ReadConfig, metrics: list[str], step_ns: in
     return pd.concat(parts, ignore_index=True)
 
 
-def margins(window: int, max_fill_steps: int) -> tuple[int, int]:
-    """Steps read before and after a slice. Before: a window's rows, the row before them (a
-    counter's rate) and the reading a gap at its start is filled from, plus one (``window``:
-    pass the featurizer's ``history_steps``, which adds its trailing levels' span). After: enough
-    to see whether a gap at the end of the slice is short enough to fill, plus one."""
-    return window + max_fill_steps + 2, max_fill_steps + 2
+def margins(featurizer, read: ReadConfig) -> tuple[int, int]:
+    """Steps read before and after a slice. Before: what a window's features need
+    (:func:`ftml.pipeline.window_history`). After: enough to see whether a gap at the end of
+    the slice is short enough to fill, plus one."""
+    return window_history(featurizer, read), read.max_fill_steps + 2
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-class _Recorder:
-    """Stands in for the EventBuilder on a worker: keeps what the local scorer pushes (the
-    windows an event could use, with their features), for the driver's builder."""
-
-    def __init__(self):
-        self.parts: list[tuple] = []
-
-    def push(self, entity, end_ns, scores, payload) -> list:
-        self.parts.append((entity, end_ns, scores, payload))
-        return []
-
-
 def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task) -> dict:
-    """One task on a worker: the local path's chunk scorer (``api._ChunkScorer``) over the
-    task's slice. It scores every window and hands on, with their features, the windows an
-    event could use: those at most ``max(merge_gap, of_windows)`` steps after a flagged window
-    of their entity. Which windows before the slice were flagged comes from scoring the last
-    of them first (its ``head``), as the local path knows it from the chunk before."""
+    """One task on a worker: the scoring core (:class:`ftml.pipeline.WindowScorer`) over the
+    task's slice, recording what it hands to the event builder: the windows the gate lets
+    through, with their features. Which windows before the slice were flagged (what the gate
+    needs) comes from scoring the last of them first, as the local path knows it from the
+    chunk before."""
     read = model.config.read
     step_ns = int(model.step.value)
-    before, after = margins(model.featurizer.history_steps, read.max_fill_steps)
-    reach = _event_reach(model.event_rules)
+    before, after = margins(model.featurizer, read)
+    reach = model.event_rules.reach
     rows = read_task_rows(task, read, model.metrics, step_ns, task.start - reach - before,
                           task.stop + after, chunk_rows, required=True)
     frame, _ = normalise(rows, model.step, read.max_fill_steps, model.metrics)
     del rows
     ts = to_ns(frame["timestamp"])
     t0, t1 = task.start * step_ns, task.stop * step_ns
-    scorer = _ChunkScorer(model, _Recorder(), with_table=False)
+    recorder = WindowRecorder()
+    scorer = WindowScorer(model, recorder, keep_blocks=with_windows)
     head = frame[(ts >= t0 - (reach + before) * step_ns) & (ts < t0)]
-    if len(head):
+    if len(head):  # the slice before's windows: only their flags, for the gate
         scorer.frame(head, _per_entity(task, t0 - reach * step_ns - 1),
-                     _per_entity(task, t0 - 1))
-    recorder = scorer.builder = _Recorder()  # what the head pushed belongs to the slice before
-    scorer.with_table, scorer.n_windows, scorer.entities = with_windows, 0, set()
+                     _per_entity(task, t0 - 1), emit=False)
     scorer.frame(frame, _per_entity(task, t0 - 1), _per_entity(task, t1 - 1))
-    parts = recorder.parts or [(np.empty(0, object), np.empty(0, np.int64), np.empty(0),
-                                np.empty((0, len(model.featurizer.feature_names_)
-                                          + len(model.metrics))))]
-    entity, end_ns, scores = (np.concatenate([p[k] for p in parts]) for k in range(3))
-    payload = np.vstack([p[3] for p in parts])
+    entity, end_ns, scores, payload = recorder.arrays(
+        len(model.featurizer.feature_names_) + len(model.metrics))
     names = list(task.entities)
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
             "end_ns": end_ns, "score": scores, "payload": payload,
             "windows": scorer.n_windows, "entities": sorted(scorer.entities),
             "rows": int(((ts >= t0) & (ts < t1)).sum()),
-            "table": pd.concat(scorer.table_parts, ignore_index=True)
-            if with_windows and scorer.table_parts else None}
+            "table": scorer.blocks if with_windows else None}
 
 
 def _per_entity(task: Task, t_ns: int) -> dict[str, int]:
     return dict.fromkeys(task.entities, int(t_ns))
-
-
-def _event_reach(rules: EventRules) -> int:
-    """Every window of an event is at most this many steps after one of its flagged windows:
-    flags within of_windows open it, active windows within merge_gap extend it."""
-    return max(rules.merge_gap, rules.of_windows)
 
 
 class EventCollector:
@@ -536,14 +516,14 @@ class EventCollector:
         self.windows = 0
         self.rows = 0
         self.entities: set[str] = set()
-        self.tables: list[pd.DataFrame] = []
+        self.blocks: list = []
 
     def add(self, res: dict) -> None:
         self.windows += res["windows"]
         self.rows += res["rows"]
         self.entities.update(res["entities"])
         if res["table"] is not None:
-            self.tables.append(res["table"])
+            self.blocks.extend(res["table"])
         if len(res["code"]):
             entity = np.asarray(res["names"], dtype=object)[res["code"]]
             self._emit(self.builder.push(entity, res["end_ns"], res["score"], res["payload"]))
@@ -556,10 +536,7 @@ class EventCollector:
         self.events.extend(self.model.to_event(raw) for raw in raws)
 
     def window_table(self) -> pd.DataFrame:
-        if not self.tables:
-            return pd.DataFrame({"entity": [], "timestamp": [], "score": [], "flag": []})
-        table = pd.concat(self.tables, ignore_index=True)
-        return table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
+        return window_table(self.blocks)
 
 
 def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: Any,
@@ -572,7 +549,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
-    matcher = _playbook_matcher(playbooks)
+    matcher = playbook_matcher(playbooks)
     read = model.config.read
     files = [str(p.resolve()) for p in expand_paths(metrics)]
     step_ns = int(model.step.value)
@@ -582,7 +559,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         _say(quiet, f"dask: {len(client.nthreads())} workers ({threads} threads); "
                     f"indexing {len(files)} files")
         indexes = _index(client, files, read, model.metrics, chunk_rows, False, quiet)
-        before, after = margins(model.featurizer.history_steps, read.max_fill_steps)
+        before, after = margins(model.featurizer, read)
         the_plan = plan(index_table(indexes, step_ns), files, limit, threads, before, after)
         tasks = the_plan.tasks
         _say(quiet, f"dask: scoring in {len(tasks)} tasks ({the_plan.groups} entity groups x "
@@ -593,8 +570,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     (shared, chunk_rows, windows_out is not None),
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
-    events = collector.finish()
-    publish_events(events, matcher, out)
+    events = publish_events(collector.finish(), matcher)
+    write_events(events, out)
     table = None
     if windows_out is not None:
         table = collector.window_table()
@@ -615,77 +592,27 @@ def _group_data(task: Task, read: ReadConfig, metrics: list[str], step: pd.Timed
 
 
 def train_stats_task(read, metrics, step, chunk_rows, task: Task) -> dict:
-    """Phase 1 on a worker: counter statistics (for ``detect_counters`` over the whole fleet),
-    row hashes (for the data digest) and the time span of the group's rows."""
+    """Phase 1 on a worker: counter counts (``features.counter_counts``; the rule runs over
+    the whole fleet's), row hashes (for the data digest) and the time span of the group's
+    rows."""
     data = _group_data(task, read, metrics, step, chunk_rows)
     codes, _ = data.entity_codes()
-    values = data.values()
-    same = codes[1:] == codes[:-1]
-    d = np.diff(values, axis=0)[same]
-    finite = np.isfinite(d)
     ts = to_ns(data.frame["timestamp"])
-    with np.errstate(invalid="ignore"):
-        low = np.nanmin(np.where(np.isnan(values), np.inf, values), axis=0) if len(values) \
-            else np.full(len(metrics), np.inf)
-    return {"n": finite.sum(axis=0), "rises": (finite & (d > 0)).sum(axis=0),
-            "falls": (finite & (d < 0)).sum(axis=0), "min": low,
+    return {**counter_counts(data.values(), codes),
             "hashes": pd.util.hash_pandas_object(data.frame, index=False).to_numpy(),
             "t_min": int(ts.min()) if len(ts) else None, "t_max": int(ts.max()) if len(ts)
             else None, "rows": len(ts)}
-
-
-def counters_from_stats(stats: list[dict], metrics: list[str]) -> list[str]:
-    """``features.detect_counters`` over the whole fleet, from per-group counts: rises in most
-    steps, falls in at most 1 %, never negative, at least 10 steps."""
-    n = sum(s["n"] for s in stats)
-    rises = sum(s["rises"] for s in stats)
-    falls = sum(s["falls"] for s in stats)
-    low = np.min([s["min"] for s in stats], axis=0)
-    out = []
-    for j, name in enumerate(metrics):
-        if n[j] < 10 or low[j] < 0:
-            continue
-        if rises[j] / n[j] >= 0.5 and falls[j] / n[j] <= 0.01:
-            out.append(name)
-    return out
-
-
-def _group_featurizer(data: MetricData, counters: list[str], exclude: np.ndarray,
-                      config: Config) -> Featurizer:
-    """``Featurizer.fit`` with fleet-wide counters: baselines of the group's entities."""
-    fc = config.features
-    fz = featurizer_of(fc)
-    fz.metrics_, fz.step_, fz.counters_ = list(data.metrics), data.step, list(counters)
-    codes, names = data.entity_codes()
-    values = fz._rates(data.values(), codes)
-    if exclude.any():
-        values = np.where(exclude[:, None], np.nan, values)
-    fz.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
-                                fc.hour_of_day)
-    fz.feature_names_ = feature_names(fz.metrics_)
-    return fz
 
 
 def _sample_key(seed: int) -> str:
     return f"{seed % 10**16:016d}"
 
 
-def _labels(frame: pd.DataFrame, incidents) -> tuple[np.ndarray, np.ndarray]:
+def _labels(data: MetricData, incidents) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps (ns) of the rows, and the incident each falls in (-1: none)."""
-    ts = to_ns(frame["timestamp"])
-    return ts, label_times(frame["entity"].to_numpy(dtype=object), ts, incidents)
-
-
-def _windows_of(frame: pd.DataFrame, ts: np.ndarray, row_label: np.ndarray, fz: Featurizer,
-                t_cut, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Last rows of the fit windows (normal, before the calibration cut), the calibration
-    windows and the incident windows, picked from the rows alone as ``fit_model`` does."""
-    rows = fz.complete_rows(frame)
-    end_ns = ts[rows]
-    in_incident = np.r_[0, np.cumsum(row_label >= 0)]
-    touched = in_incident[rows + 1] - in_incident[np.maximum(rows + 1 - window, 0)] > 0
-    return (rows[(end_ns < t_cut) & ~touched], rows[end_ns >= t_cut],
-            rows[row_label[rows] >= 0])
+    ts = to_ns(data.frame["timestamp"])
+    codes, names = data.entity_codes()
+    return ts, incident_of_rows(codes, names, ts, incidents)
 
 
 def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, keep_p,
@@ -695,9 +622,10 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, 
     does not depend on the partition), as the forest sees them."""
     data = _group_data(task, read, metrics, step, chunk_rows)
     frame = data.frame
-    ts, row_label = _labels(frame, incidents)
-    fz = _group_featurizer(data, counters, row_label >= 0, config)
-    fit_rows, _, _ = _windows_of(frame, ts, row_label, fz, t_cut, config.features.window)
+    ts, row_label = _labels(data, incidents)
+    fz = featurizer_of(config.features).fit(data, exclude_rows=row_label >= 0,
+                                            counters=counters)
+    fit_rows, _, _ = split_windows(fz, frame, row_label, t_cut)
     n_fit = len(fit_rows)
     if keep_p < 1.0 and n_fit:
         h = pd.util.hash_pandas_object(
@@ -705,10 +633,8 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, 
                           "t": ts[fit_rows]}),
             index=False, hash_key=_sample_key(config.detect.random_state))
         fit_rows = fit_rows[h.to_numpy() < np.uint64(keep_p * 2.0**64)]
-    fit_w = fz.windows_at(frame, fit_rows)
-    b = fz.baseline_
-    return {"entities": b.entities, "center": b.center, "scale": b.scale, "n_fit": n_fit,
-            "X": detector_view(fit_w.X, len(metrics), config.detect.stats)}
+    return {"baseline": fz.baseline_, "n_fit": n_fit,
+            "X": fit_view(fz, frame, fit_rows, config.detect)}
 
 
 def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, t_cut,
@@ -717,26 +643,17 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
     the stats the forest sees, block by block), and each incident's highest-scored windows
     (what the diagnoser learns from). ``fitted``: (featurizer, detector)."""
     fz, detector = fitted
-    dc = config.detect
     data = _group_data(task, read, metrics, step, chunk_rows)
-    frame, n_met = data.frame, len(metrics)
-    ts, row_label = _labels(frame, incidents)
-    _, cal_rows, inc_rows = _windows_of(frame, ts, row_label, fz, t_cut, config.features.window)
-    cal_scores = np.empty(len(cal_rows))
-    for a in range(0, len(cal_rows), CAL_BLOCK_WINDOWS):
-        S, _ = fz.features_at(frame, cal_rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        cal_scores[a:a + CAL_BLOCK_WINDOWS] = detector.score_samples(stats_view(S, n_met))
-    inc_w = fz.windows_at(frame, inc_rows)
-    label = row_label[inc_w.row]
-    keep = _top_per_group(label, detector.score_samples(detector_view(inc_w.X, n_met,
-                                                                      dc.stats)),
-                          config.diagnose.max_event_windows)
+    frame = data.frame
+    ts, row_label = _labels(data, incidents)
+    _, cal_rows, inc_rows = split_windows(fz, frame, row_label, t_cut)
+    cal_scores = calibration_scores(fz, detector, frame, cal_rows, config.detect)
+    X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
     names = list(task.entities)
     entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
-            "end_ns": ts[cal_rows], "score": cal_scores, "X": inc_w.X[keep],
-            "label": label[keep]}
+            "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label}
 
 
 def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
@@ -779,11 +696,11 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                                   quiet):
             digest.update(s.pop("hashes").tobytes())  # groups in entity order, as one frame
             stats.append(s)
-        counters = counters_from_stats(stats, names)
+        counters = counters_from_counts(stats, names)
         t_min = np.int64(min(s["t_min"] for s in stats if s["t_min"] is not None))
         t_max = np.int64(max(s["t_max"] for s in stats if s["t_max"] is not None))
         n_rows = sum(s["rows"] for s in stats)
-        t_cut = t_min + (1.0 - dc.calibration_fraction) * (t_max - t_min)  # as fit_model
+        t_cut = calibration_cut(t_min, t_max, dc.calibration_fraction)
         # Each window joins the fit sample with this probability: about the local sample size.
         keep_p = min(1.0, 1.25 * MAX_FIT_WINDOWS
                      / max(1.0, n_rows * (1.0 - dc.calibration_fraction)))
@@ -791,23 +708,20 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         parts = [r for _, r in _run_in_order(
             client, train_fit_task, groups, (*args, counters, inc_f, t_cut, keep_p, config),
             ahead, "features", quiet)]
-        featurizer = _merge_featurizer(parts, names, counters, step, fc)
-        n_fit = sum(p["n_fit"] for p in parts)
-        if n_fit < 50:
-            raise InputError(f"only {n_fit} normal windows before the calibration slice",
-                             source=str(given[0]) if len(given) == 1 else "metrics",
-                             hint=f"give more history (a window is {fc.window} steps) or lower "
-                                  "detect.calibration_fraction")
+        # One featurizer of the groups' baselines: the fleet fallback over all entities.
+        featurizer = featurizer_of(fc).with_baseline(
+            names, step, counters, Baseline.concat([p["baseline"] for p in parts]))
+        require_fit_windows(sum(p["n_fit"] for p in parts),
+                            str(given[0]) if len(given) == 1 else "metrics", fc.window)
         fit_X = np.vstack([p["X"] for p in parts])
         del parts
-        rng = np.random.default_rng(dc.random_state)
-        if len(fit_X) > MAX_FIT_WINDOWS:
-            fit_X = fit_X[np.sort(rng.choice(len(fit_X), MAX_FIT_WINDOWS, replace=False))]
+        sample = fit_sample(len(fit_X), dc.random_state)
+        if sample is not None:
+            fit_X = fit_X[sample]
         _say(quiet, f"dask: fitting the forest on {len(fit_X)} windows")
         # The trees are built on the workers, a share per worker thread.
         with joblib.parallel_config(backend="dask", n_jobs=-1):
-            detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
-                fit_X)
+            detector = detector_of(dc).fit(fit_X)
         n_fit_used = len(fit_X)
         del fit_X
         shared = client.scatter((featurizer, detector), broadcast=True, hash=False)
@@ -818,65 +732,19 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                                  for r in scored])
     cal_end = np.concatenate([r["end_ns"] for r in scored])
     cal_scores = np.concatenate([r["score"] for r in scored])
-    event_rules = EventRules(dc.min_windows, dc.of_windows, dc.merge_gap, dc.cooldown)
-    thresholder = AlarmThreshold(dc.alarm_budget, event_rules).fit(
-        cal_entity, cal_end, cal_scores, int(step.value), incident_spans(inc))
-    diagnoser, diag_info = _fit_diagnoser(scored, inc, config)
-    model = Model(featurizer, detector, thresholder.threshold_, event_rules, diagnoser,
-                  load_rules(rules, featurizer.metrics_), config)
-    info = {
-        "training": {
-            "start": str(pd.Timestamp(t_min, unit="ns", tz="UTC")),
-            "end": str(pd.Timestamp(t_max, unit="ns", tz="UTC")),
-            "calibration_start": str(pd.Timestamp(int(t_cut), unit="ns", tz="UTC")),
-            "entities": len(entities), "rows": n_rows,
-            "fit_windows": n_fit_used, "calibration_windows": len(cal_end),
-            "incidents": 0 if inc is None else len(inc),
-            "data_sha256": digest.hexdigest(), "sources": [str(p) for p in given],
-            "dask_threads": threads,
-        },
-        "calibration": {"alarm_budget": dc.alarm_budget, "threshold": thresholder.threshold_,
-                        "false_alarms": thresholder.false_alarms_,
-                        "entity_days": thresholder.entity_days_,
-                        "false_alarms_per_entity_day":
-                            thresholder.false_alarms_per_entity_day_},
-        "diagnosis": diag_info,
-    }
+    diagnoser, diag_info = fit_diagnoser(np.vstack([r["X"] for r in scored]),
+                                         np.concatenate([r["label"] for r in scored]), inc,
+                                         config)
+    model, thresholder = finish_training(featurizer, detector, cal_entity, cal_end, cal_scores,
+                                         incident_spans(inc), diagnoser,
+                                         load_rules(rules, featurizer.metrics_), config)
+    info = TrainInfo(
+        start=utc_text(t_min), end=utc_text(t_max), calibration_start=utc_text(t_cut),
+        entities=len(entities), rows=n_rows, fit_windows=n_fit_used,
+        calibration_windows=len(cal_end), incidents=0 if inc is None else len(inc),
+        data_sha256=digest.hexdigest(), sources=[str(p) for p in given],
+        calibration=calibration_info(thresholder, dc), diagnosis=diag_info,
+        extra={"dask_threads": threads}).to_dict()
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
     manifest = save_model(model, out, info)
     return TrainResult(model, manifest, info)
-
-
-def _merge_featurizer(parts: list[dict], metrics: list[str], counters: list[str],
-                      step: pd.Timedelta, fc) -> Featurizer:
-    """One featurizer from the groups' baselines; the fleet fallback is the median over all
-    entities, as ``fit_baseline`` computes it."""
-    center = np.concatenate([p["center"] for p in parts])
-    scale = np.concatenate([p["scale"] for p in parts])
-    fleet_center = np.median(center, axis=0)
-    fleet_scale = _floor_scale(np.median(scale, axis=0), fleet_center)
-    fz = featurizer_of(fc)
-    fz.metrics_, fz.step_, fz.counters_ = list(metrics), step, list(counters)
-    fz.baseline_ = Baseline([e for p in parts for e in p["entities"]], center, scale,
-                            fleet_center, fleet_scale)
-    fz.feature_names_ = feature_names(fz.metrics_)
-    return fz
-
-
-def _fit_diagnoser(scored: list[dict], inc: pd.DataFrame | None, config: Config
-                   ) -> tuple[Diagnoser | None, dict[str, Any]]:
-    """As ``fit_model``: trained on each incident's highest-scored windows."""
-    gc, dc = config.diagnose, config.detect
-    if inc is None:
-        return None, {}
-    X = np.vstack([r["X"] for r in scored])
-    groups = np.concatenate([r["label"] for r in scored])
-    if not len(groups):
-        return None, {}
-    y = inc["cause"].to_numpy(dtype=object)[groups].astype(str)
-    if len(np.unique(y)) < 2:
-        return None, {"skipped": "fewer than two causes in the incidents"}
-    diagnoser = Diagnoser(gc.classifier, gc.max_depth, gc.target_precision,
-                          dc.random_state).fit(X, y, groups=groups)
-    return diagnoser, {"windows": int(len(y)), "incidents": int(len(np.unique(groups))),
-                       "min_confidence": diagnoser.min_confidence_}

@@ -344,6 +344,10 @@ def with_detector(model, detector, threshold: float, name: str):
 
     @dataclasses.dataclass
     class BaselineModel(Model):
+        # Its detector scores all features, not the forest's stats: scorers must hand it
+        # whole windows.
+        scores_from_stats = False
+
         def score_windows(self, windows):
             return self.detector.score_samples(windows.X)
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ftml.config import FeatureConfig
 from ftml.io import MetricData, to_ns
+
+_FC = FeatureConfig()  # the defaults' one home
 
 try:
     from ftml import _window_kernel
@@ -262,10 +265,11 @@ def _window_stats_numpy(z: np.ndarray, end: np.ndarray, w: int, col: list[int],
             out[:, at["last"]] = g[:, w - 1]
 
 
-def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str],
-                    block_rows: int = 1 << 20) -> list[str]:
-    """Metrics that behave like monotonic counters (cumulative bytes, packets): they rise in most
-    steps, fall only at rare resets and are never negative."""
+def counter_counts(values: np.ndarray, segments: np.ndarray, block_rows: int = 1 << 20
+                   ) -> dict[str, np.ndarray]:
+    """Per metric, what the counter rule (:func:`counters_from_counts`) needs of some rows:
+    steps with a finite change, rises, falls, and the lowest value (NaN: none). Counts of
+    separate groups of entities add up (Dask training sums them over the fleet)."""
     n, m = values.shape
     same = segments[1:] == segments[:-1]
     finite, rises, falls = (np.zeros(m, dtype=np.int64) for _ in range(3))
@@ -277,13 +281,31 @@ def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str]
         rises += (ok & (d > 0)).sum(axis=0)
         falls += (ok & (d < 0)).sum(axis=0)
     low = np.fmin.reduce(values, axis=0) if n else np.full(m, np.nan)  # nanmin, no warning
+    return {"n": finite, "rises": rises, "falls": falls, "min": low}
+
+
+def counters_from_counts(counts: list[dict[str, np.ndarray]], metrics: list[str]) -> list[str]:
+    """Metrics that behave like monotonic counters (cumulative bytes, packets) over all the
+    given :func:`counter_counts`: they rise in most steps, fall only at rare resets (at most
+    1 %) and are never negative, seen over at least 10 steps."""
+    n = sum(c["n"] for c in counts)
+    rises = sum(c["rises"] for c in counts)
+    falls = sum(c["falls"] for c in counts)
+    low = np.fmin.reduce(np.array([c["min"] for c in counts]), axis=0)
     out = []
     for j, name in enumerate(metrics):
-        if finite[j] < 10 or low[j] < 0:
+        if n[j] < 10 or low[j] < 0:
             continue
-        if rises[j] / finite[j] >= 0.5 and falls[j] / finite[j] <= 0.01:
+        if rises[j] / n[j] >= 0.5 and falls[j] / n[j] <= 0.01:
             out.append(name)
     return out
+
+
+def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str],
+                    block_rows: int = 1 << 20) -> list[str]:
+    """Metrics of these rows that behave like monotonic counters (see
+    :func:`counters_from_counts`)."""
+    return counters_from_counts([counter_counts(values, segments, block_rows)], metrics)
 
 
 def counters_to_rates(values: np.ndarray, segments: np.ndarray, columns: list[int],
@@ -320,6 +342,23 @@ class Baseline:
     scale: np.ndarray
     fleet_center: np.ndarray  # (hours, metrics)
     fleet_scale: np.ndarray
+
+    @classmethod
+    def of_entities(cls, entities: list[str], center: np.ndarray, scale: np.ndarray
+                    ) -> Baseline:
+        """A baseline of these entities' centres and scales; the fleet fallback (for entities
+        not seen in training) is the median over all of them."""
+        fleet_center = np.median(center, axis=0)
+        fleet_scale = _floor_scale(np.median(scale, axis=0), fleet_center)
+        return cls(list(entities), center, scale, fleet_center, fleet_scale)
+
+    @classmethod
+    def concat(cls, parts: list[Baseline]) -> Baseline:
+        """One baseline of the entities of several (e.g. fitted on separate Dask workers), with
+        the fleet fallback over all of them, as :func:`fit_baseline` on all at once gives."""
+        return cls.of_entities([e for p in parts for e in p.entities],
+                               np.concatenate([p.center for p in parts]),
+                               np.concatenate([p.scale for p in parts]))
 
     @property
     def by_hour(self) -> bool:
@@ -444,9 +483,7 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
     scale = np.where(np.isnan(scale), ent_scale, scale)
     center = np.nan_to_num(center, nan=0.0)
     scale = _floor_scale(np.nan_to_num(scale, nan=0.0), center)
-    fleet_center = np.median(center, axis=0)
-    fleet_scale = _floor_scale(np.median(scale, axis=0), fleet_center)
-    return Baseline(list(entity_names), center, scale, fleet_center, fleet_scale)
+    return Baseline.of_entities(list(entity_names), center, scale)
 
 
 def _floor_scale(scale: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -542,12 +579,38 @@ class Windows:
                        self.row[mask] + row_offset, self.last[mask])
 
 
+_NEVER = np.iinfo(np.int64).min
+_END_OF_TIME = np.iinfo(np.int64).max
+
+
+@dataclass
+class WindowBlock:
+    """One block of :meth:`Featurizer.window_blocks`: standardised rows ``lo:`` of a frame and
+    the complete windows among them."""
+
+    window: int
+    lo: int  # first frame row of z / values
+    end: np.ndarray  # each window's last row, in z
+    rows: np.ndarray  # ... and in the frame (end + lo)
+    codes: np.ndarray  # each window's entity, as an index into names
+    names: np.ndarray  # the frame's entity names (object)
+    end_ns: np.ndarray  # each window's end time
+    z: np.ndarray  # standardised rows (levels taken off)
+    values: np.ndarray  # the same rows' values, counters as rates
+
+    def windows(self) -> Windows:
+        """The block's windows with all their features."""
+        return Windows(window_stats(self.z, self.end, self.window), self.names[self.codes],
+                       self.end_ns, self.rows, self.values[self.end])
+
+
 class Featurizer:
     """Learns which metrics are counters and each entity's baseline; turns metric frames into
     feature windows. Parameters in the constructor, fitted state ends in ``_``."""
 
-    def __init__(self, window: int = 15, stride: int = 1, hour_of_day: bool = False,
-                 level_window: int = 0, level_clip: float = 3.0):
+    def __init__(self, *, window: int = _FC.window, stride: int = _FC.stride,
+                 hour_of_day: bool = _FC.hour_of_day, level_window: int = _FC.level_window,
+                 level_clip: float = _FC.level_clip):
         self.window = window
         self.stride = stride
         self.hour_of_day = hour_of_day
@@ -565,19 +628,33 @@ class Featurizer:
         # Bundles from before the drift correction have no level_window: no correction.
         return int(getattr(self, "level_window", 0) or 0)
 
-    def fit(self, data: MetricData, exclude_rows: np.ndarray | None = None) -> Featurizer:
+    def fit(self, data: MetricData, exclude_rows: np.ndarray | None = None,
+            counters: list[str] | None = None) -> Featurizer:
         """Learn counters and baselines; ``exclude_rows`` (bool per row) keeps incident time out
-        of the baseline."""
+        of the baseline. ``counters``: which metrics are counters, when decided elsewhere
+        (Dask training decides over the whole fleet, then fits each group's baselines)."""
         self.metrics_ = list(data.metrics)
         self.step_ = data.step
         codes, names = data.entity_codes()
         values = data.frame[self.metrics_].to_numpy(dtype=np.float64, copy=True)
-        self.counters_ = detect_counters(values, codes, self.metrics_)
+        self.counters_ = (detect_counters(values, codes, self.metrics_) if counters is None
+                          else [c for c in self.metrics_ if c in set(counters)])
         values = self._rates(values, codes, in_place=True)
         if exclude_rows is not None and exclude_rows.any():
             values[exclude_rows] = np.nan
         self.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
                                       self.hour_of_day)
+        self.feature_names_ = feature_names(self.metrics_)
+        return self
+
+    def with_baseline(self, metrics: list[str], step: pd.Timedelta, counters: list[str],
+                      baseline: Baseline) -> Featurizer:
+        """This featurizer, fitted with a baseline made elsewhere (e.g. the groups' baselines
+        of Dask training, :meth:`Baseline.concat`); returns self, as ``fit`` does."""
+        self.metrics_ = list(metrics)
+        self.step_ = step
+        self.counters_ = [c for c in self.metrics_ if c in set(counters)]
+        self.baseline_ = baseline
         self.feature_names_ = feature_names(self.metrics_)
         return self
 
@@ -643,24 +720,55 @@ class Featurizer:
 
     def transform_frame(self, frame: pd.DataFrame) -> Windows:
         """All complete windows of a frame in the contract (sorted by entity, time)."""
-        z, codes, values = self.standardise(frame)
-        X, end = window_features(z, codes, self.window, self.stride)
-        ts = to_ns(frame["timestamp"])
-        return Windows(X, _entity_array(frame["entity"], end), ts[end], end, values[end])
+        return Windows.concat([b.windows() for b in self.window_blocks(frame, len(frame))],
+                              len(STATS) * len(self.metrics_), len(self.metrics_))
 
-    def _blocks(self, frame: pd.DataFrame, chunk_rows: int
-                ) -> Iterator[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]]:
-        """Standardised rows of ``frame`` block by block: ``(lo, start, stop, z, codes, values)``
-        for rows ``lo:stop``, where rows before ``start`` are the overlap a window (and a
-        counter's rate) needs from the block before."""
+    def window_blocks(self, frame: pd.DataFrame, block_rows: int,
+                      since: dict[str, int] | None = None, until: dict[str, int] | None = None
+                      ) -> Iterator[WindowBlock]:
+        """The complete windows of ``frame`` (in the contract), block by block of about
+        ``block_rows`` rows: the one loop every driver's windows come from.
+
+        A block standardises its rows plus the :attr:`history_steps` rows before them (a
+        window, its levels' span, the row before for rates), so no window is lost or repeated
+        and each gets the same bits as in one piece. With ``stride``, windows are counted from
+        each entity's first row in ``frame``. With ``since`` / ``until`` (entity -> ns), only
+        windows ending after ``since`` and at most ``until`` of their entity (chunked callers:
+        new in this chunk, and final)."""
         n = len(frame)
-        overlap = self.history_steps  # a window, its levels' span, the row before (rates)
+        if n == 0:
+            return
+        codes, names = _entity_codes_names(frame["entity"])
+        ts = to_ns(frame["timestamp"])
+        lo_ns = hi_ns = None
+        if since is not None:
+            lo_ns = np.array([since.get(str(e), _NEVER) for e in names], dtype=np.int64)
+        if until is not None:
+            hi_ns = np.array([until.get(str(e), _END_OF_TIME) for e in names], dtype=np.int64)
+        seg_start = None
+        if self.stride > 1:
+            seg_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        overlap = self.history_steps
         start = 0
         while start < n:
-            stop = min(n, start + max(1, chunk_rows))
+            stop = min(n, start + max(1, block_rows))
             lo = max(0, start - overlap)
-            z, codes, values = self.standardise(frame.iloc[lo:stop])
-            yield lo, start, stop, z, codes, values
+            z, seg, values = self.standardise(frame.iloc[lo:stop])
+            end = complete_windows(np.isnan(z).any(axis=1), seg, self.window)
+            end = end[end + lo >= start]
+            if seg_start is not None:
+                end = end[self._stride_ok(seg_start, end + lo)]
+            c = codes[end + lo]
+            end_ns = ts[end + lo]
+            if lo_ns is not None or hi_ns is not None:
+                keep = np.ones(len(end), dtype=bool)
+                if lo_ns is not None:
+                    keep &= end_ns > lo_ns[c]
+                if hi_ns is not None:
+                    keep &= end_ns <= hi_ns[c]
+                if not keep.all():
+                    end, c, end_ns = end[keep], c[keep], end_ns[keep]
+            yield WindowBlock(self.window, lo, end, end + lo, c, names, end_ns, z, values)
             start = stop
 
     def _stride_ok(self, seg_start: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -672,22 +780,9 @@ class Featurizer:
     def iter_windows(self, data: MetricData, chunk_rows: int = DEFAULT_CHUNK_ROWS
                      ) -> Iterator[Windows]:
         """Windows of ``data`` in chunks of about ``chunk_rows`` rows, so that memory stays
-        bounded; chunks overlap by :attr:`history_steps` so that no window is lost or
-        repeated and every row has the rows its level needs."""
-        frame = data.frame
-        ts = to_ns(frame["timestamp"])
-        seg_start = None
-        if self.stride > 1:
-            codes = _entity_codes(frame["entity"])
-            seg_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        for lo, start, _, z, codes, values in self._blocks(frame, chunk_rows):
-            end = complete_windows(np.isnan(z).any(axis=1), codes, self.window)
-            end = end[end + lo >= start]
-            if seg_start is not None:
-                end = end[self._stride_ok(seg_start, end + lo)]
-            X = window_stats(z, end, self.window)
-            rows = end + lo
-            yield Windows(X, _entity_array(frame["entity"], rows), ts[rows], rows, values[end])
+        bounded (see :meth:`window_blocks`)."""
+        for blk in self.window_blocks(data.frame, chunk_rows):
+            yield blk.windows()
 
     def complete_rows(self, frame: pd.DataFrame, chunk_rows: int = 1 << 20) -> np.ndarray:
         """The last row of every complete window of ``frame`` (the windows ``iter_windows``
@@ -759,6 +854,15 @@ def _entity_codes(entity: pd.Series) -> np.ndarray:
     if isinstance(entity.dtype, pd.CategoricalDtype):
         return entity.cat.codes.to_numpy().astype(np.int64)
     return pd.factorize(entity, sort=False)[0].astype(np.int64)
+
+
+def _entity_codes_names(entity: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer code per row and the names they index (object array)."""
+    if isinstance(entity.dtype, pd.CategoricalDtype):
+        return (entity.cat.codes.to_numpy().astype(np.int64),
+                np.asarray(entity.cat.categories, dtype=object))
+    codes, names = pd.factorize(entity, sort=False)
+    return codes.astype(np.int64), np.asarray(names, dtype=object)
 
 
 def _entity_array(entity: pd.Series, rows: np.ndarray) -> np.ndarray:

@@ -458,15 +458,6 @@ class MetricData:
         ts = self.frame["timestamp"]
         return ts.min(), ts.max()
 
-    def select(self, metrics: list[str], source: str = "metrics") -> MetricData:
-        """The same data with exactly ``metrics`` (in that order); missing ones are an error."""
-        missing = [m for m in metrics if m not in self.frame.columns]
-        if missing:
-            raise InputError(f"metric column(s) missing: {', '.join(missing)}", source=source,
-                             hint="the model was trained with them; supply the same metrics")
-        frame = self.frame[["entity", "timestamp", *metrics]]
-        return MetricData(frame, self.step, list(metrics), self.sources)
-
 
 def resolve_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...],
                    what: str, source: str, option: str, required: bool) -> str | None:

@@ -21,7 +21,6 @@ import queue
 import socket
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -708,7 +707,3 @@ def make_source(spec: str, cfg: ReadConfig, config: WatchSourceConfig | None = N
         return PrometheusSource(arg, config.prometheus, metrics)
     raise ConfigError(f"unknown source {spec!r}", where="--source",
                       hint="use file:PATH, stdin, local or prometheus:URL")
-
-
-def now_s() -> float:
-    return time.time()

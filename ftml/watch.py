@@ -46,12 +46,13 @@ import pandas as pd
 
 from ftml.bundle import Model
 from ftml.config import parse_duration
-from ftml.detect import EventBuilder, RawEvent
+from ftml.detect import EventBuilder, FlagGate, RawEvent
 from ftml.diagnose import UNKNOWN
 from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
 from ftml.features import Windows, level_of_sums, level_units, window_features
 from ftml.io import atomic_path, normalise, to_ns, write_text
+from ftml.pipeline import carry_steps, gate_of
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
 from ftml.sources import Source, SourceError
@@ -61,6 +62,9 @@ log = logging.getLogger("ftml.watch")
 CHECKPOINT_FILE = "watch.npz"
 ALERTS_FILE = "alerts.json"
 STATE_FORMAT = 1
+# 2: the gate is batch's FlagGate (its state: each entity's last flag), not a ring of recent
+# windows per entity.
+CHECKPOINT_FORMAT = 2
 
 
 class Waker:
@@ -208,18 +212,16 @@ class _ScoreCollector:
 
 
 class _Buffers:
-    """Per entity: the raw rows of the last ``keep`` steps (flat, growable arrays), the
-    standardised values of the last window (``ring``), and the gate's recent windows."""
+    """Per entity: the raw rows of the last ``keep`` steps (flat, growable arrays) and the
+    standardised values of the last window (``ring``)."""
 
     def __init__(self, metrics: list[str], step_ns: int, keep_steps: int, window: int,
-                 of_windows: int, n_payload: int, win_rows: int | None = None):
+                 win_rows: int | None = None):
         self.metrics = metrics
         self.m = len(metrics)
         self.step_ns = step_ns
         self.keep = keep_steps
         self.w = window
-        self.nw = of_windows
-        self.n_payload = n_payload
         self.names: list[str] = []
         self.index: dict[str, int] = {}
         self._last_names: list[str] | None = None
@@ -247,21 +249,10 @@ class _Buffers:
         self.win = np.empty((e, window if win_rows is None else win_rows, self.m))
         self.lsum = np.empty((e, self.m), dtype=np.int64)
         self.lcnt = np.empty((e, self.m), dtype=np.int64)
-        # The gate: the last `of_windows` windows (pushed or not), hot entities and the slot
-        # of each one's last active window.
-        self.pend_t = np.empty((e, of_windows), dtype=np.int64)
-        self.pend_s = np.empty((e, of_windows))
-        self.pend_p = np.empty((e, of_windows, n_payload))
-        self.pend_pushed = np.empty((e, of_windows), dtype=bool)
-        self.pend_head = np.empty(e, dtype=np.int64)  # where the next one goes (circular)
-        self.hot = np.empty(e, dtype=bool)
-        self.last_active = np.empty(e, dtype=np.int64)
 
     _PER_ENTITY = {"newest": _NONE, "first": -_NONE, "done": _NONE, "last_finite": _NONE,
                    "last_score": np.nan, "ring": np.nan, "lastval": np.nan, "ring_ok": False,
-                   "win": np.nan, "lsum": 0, "lcnt": 0,
-                   "pend_t": _NONE, "pend_s": np.nan, "pend_p": np.nan, "pend_pushed": False,
-                   "pend_head": 0, "hot": False, "last_active": _NONE}
+                   "win": np.nan, "lsum": 0, "lcnt": 0}
 
     @property
     def ent(self) -> np.ndarray:
@@ -373,8 +364,7 @@ class _Buffers:
     # Checkpointed per-entity arrays. Not the fast path's ring, window and level sums (a
     # level_window's rows of every entity: the bulk of a checkpoint): after a restore the
     # general path rebuilds them from the raw rows, exactly (ring_ok starts False).
-    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "lastval", "pend_t",
-              "pend_s", "pend_p", "pend_pushed", "pend_head", "hot", "last_active")
+    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "lastval")
 
 
 class BufferReader:
@@ -571,24 +561,22 @@ class Watcher:
         # may wait `fill` steps for a trailing gap), plus the row before (counter rates).
         # A window's rows are its own and the trailing levels' span before (history_steps).
         self.ring_rows = int(fz.history_steps)
-        self.keep_steps = self.ring_rows + 2 * self.fill + 2
+        self.keep_steps = carry_steps(fz, read)
         # Windows are cut by stride from each entity's first row, as in batch: build them all
         # and keep the aligned ones.
         self._fz = fz if self.stride == 1 else _with_stride(fz, 1)
-        rules = model.event_rules
         self.interval = self.config.interval or model.step.total_seconds()
         self._counters = list(fz.counters_)
         # Object, not Arrow-string, column labels: selecting columns by name stays cheap.
         self._columns = pd.Index(list(model.metrics), dtype=object)
         self._layouts: dict[tuple, list[int]] = {}
         self._known = np.empty(0, dtype=np.int64)  # per entity code: Baseline.entity_index
-        n_payload = len(fz.feature_names_) + len(model.metrics)
         self._buffers = _Buffers(list(model.metrics), self.step_ns, self.keep_steps,
-                                 self.ring_rows, int(rules.of_windows), n_payload,
-                                 win_rows=self.window)
+                                 self.ring_rows, win_rows=self.window)
         self._snapshot = (self._buffers.ent, self._buffers.ts, self._buffers.vals)
         self._score_snapshot: tuple[list[str], np.ndarray] = ([], np.empty(0))
         self.builder: EventBuilder = model.event_builder()
+        self.gate: FlagGate = gate_of(model)  # batch's gate: the same windows reach the builder
         self.book = AlertBook(self.state_dir / ALERTS_FILE if self.state_dir else None,
                               self.sinks)
         self._src_failures = {s.name: 0 for s in self.sources}
@@ -925,7 +913,6 @@ class Watcher:
         if not need.all():
             frame = frame[need]
             row_code, slot = row_code[need], slot[need]
-        w = self._fz.transform_frame(frame)
         if final:
             last = b.newest.copy()
         else:
@@ -933,16 +920,23 @@ class Watcher:
             last[touched] = b.final_slots(touched, self.fill)
         done_before = b.done.copy()
         b.done[touched] = np.maximum(b.done[touched], last[touched])
+        # The batch block loop, with each entity's windows after those scored before and up
+        # to the last final one (slots -> the ns bounds of window_blocks).
+        step = self.step_ns
+        since = {b.names[c]: (int(done_before[c]) + 1) * step - 1 for c in touched.tolist()
+                 if done_before[c] != _NONE}
+        until = {b.names[c]: (int(last[c]) + 1) * step - 1 for c in touched.tolist()}
+        w = Windows.concat([blk.windows() for blk in self._fz.window_blocks(
+            frame, max(len(frame), 1), since=since, until=until)],
+            len(self.model.featurizer.feature_names_), b.m)
         self._refresh_fast(frame, row_code, slot, touched)
         if not len(w):
             return w, np.empty(0, dtype=np.int64)
         code = row_code[w.row]
-        end = w.end_ns // self.step_ns
-        keep = end <= last[code]
-        keep &= end > done_before[code]
-        if self.stride > 1:
-            keep &= (end - b.first[code] - (self.window - 1)) % self.stride == 0
-        return w.take(keep), code[keep]
+        if self.stride > 1:  # counted from each entity's first slot ever, not the buffer's
+            keep = (w.end_ns // step - b.first[code] - (self.window - 1)) % self.stride == 0
+            return w.take(keep), code[keep]
+        return w, code
 
     def _refresh_fast(self, frame: pd.DataFrame, row_code: np.ndarray, slot: np.ndarray,
                       touched: np.ndarray) -> None:
@@ -986,121 +980,20 @@ class Watcher:
             w, codes, scores, t = w.take(order), codes[order], scores[order], t[order]
         b.last_score[codes] = scores  # in time order per entity: the last one wins
         self._score_snapshot = (list(b.names), b.last_score.copy())
-        payload = model.payload(w)
-        if self.book.firing:  # an entity with a firing alert is always followed
-            for name in {f["entity"] for f in self.book.firing.values()}:
-                c = b.index.get(name)
-                if c is not None:
-                    b.hot[c] = True
-        push, extra = self._gate(codes, t, scores, payload)
-        if not push.any() and extra is None:
+        push = self.gate.select(w.entity, w.end_ns, scores)
+        if self.book.firing:
+            # An entity with a firing alert is always followed: were its event's state lost
+            # (a restart without it), its later windows still resolve the alert.
+            firing = [b.index[n] for n in {f["entity"] for f in self.book.firing.values()}
+                      if n in b.index]
+            push |= np.isin(codes, firing)
+        if not push.any():
             return
-        ent, end_ns, sc, pay = w.entity[push], w.end_ns[push], scores[push], payload[push]
-        if extra is not None:
-            e_codes, e_t, e_s, e_p = extra
-            ent = np.concatenate([np.asarray(b.names, dtype=object)[e_codes], ent])
-            end_ns = np.concatenate([e_t * self.step_ns, end_ns])
-            sc = np.concatenate([e_s, sc])
-            pay = np.concatenate([e_p, pay])
-        closed = self.builder.push(ent, end_ns, sc, pay)
+        if not push.all():
+            w, scores = w.take(push), scores[push]
+        closed = self.builder.push(w.entity, w.end_ns, scores, model.payload(w))
         self._closed(closed, now, out)
-        self._opened(sorted({str(e) for e in ent}), now, out)
-
-    def _gate(self, codes: np.ndarray, t: np.ndarray, scores: np.ndarray,
-              payload: np.ndarray) -> tuple[np.ndarray, tuple | None]:
-        """Which windows the event builder must see (``codes``/``t`` sorted by entity, time).
-
-        Only windows around an *active* window (k flags within n steps) can make or change an
-        event, so an entity's windows go to the builder from the lookback of its first active
-        window until its run closes (``merge_gap`` steps without one); the others are only
-        remembered (the last n per entity) in case the next window turns active. The builder
-        then gives the same events as if it had seen every window, at a fraction of the cost
-        for a quiet fleet.
-
-        Returns the mask of these windows to push, and the remembered, not yet pushed windows
-        of entities that turn active now (pushed first), or None."""
-        b = self._buffers
-        rules = self.model.event_rules
-        n, k = int(rules.of_windows), int(rules.min_windows)
-        thr = self.model.threshold
-        flags = scores >= thr
-        uc = np.unique(codes)
-        # Remembered windows of these entities, then this tick's, per entity in time order.
-        pt = b.pend_t[uc]
-        have = pt != _NONE
-        all_codes = np.concatenate([np.repeat(uc, n)[have.ravel()], codes])
-        all_t = np.concatenate([pt[have], t])
-        all_flag = np.concatenate([(b.pend_s[uc] >= thr)[have], flags])
-        is_new = np.concatenate([np.zeros(int(have.sum()), dtype=bool),
-                                 np.ones(len(t), dtype=bool)])
-        order = np.lexsort((all_t, all_codes))
-        all_codes, all_t, all_flag, is_new = (all_codes[order], all_t[order], all_flag[order],
-                                              is_new[order])
-        # k-of-n as find_runs counts it: flags among the entity's windows in (t - n, t].
-        t0 = all_t.min()
-        span = int(all_t.max() - t0) + n + 1
-        key = np.searchsorted(uc, all_codes) * span + (all_t - t0)
-        lo = np.searchsorted(key, key - n, side="right")
-        cum = np.concatenate([[0], np.cumsum(all_flag)])
-        active = (all_flag & (cum[1:] - cum[lo] >= k))[is_new]  # in the order of codes, t
-        wake = np.zeros(len(b.names), dtype=bool)
-        wake[codes[active]] = True
-        woken = np.flatnonzero(wake & ~b.hot)
-        b.hot[woken] = True
-        push = b.hot[codes]
-        extra = None
-        if len(woken):
-            pw = b.pend_t[woken]
-            unpushed = (pw != _NONE) & ~b.pend_pushed[woken]
-            if unpushed.any():
-                extra = (np.repeat(woken, n)[unpushed.ravel()], pw[unpushed],
-                         b.pend_s[woken][unpushed], b.pend_p[woken][unpushed])
-        np.maximum.at(b.last_active, codes[active], t[active])
-        self._remember(uc, codes, t, scores, payload, push)
-        # A run closes once its entity is merge_gap steps past the last active window: that
-        # window was pushed, so the builder has closed the run; the entity goes quiet.
-        newest_t = np.full(len(b.names), _NONE)
-        newest_t[codes] = t  # in time order: the last one wins
-        cool = b.hot & (newest_t != _NONE) & (newest_t - b.last_active > rules.merge_gap)
-        b.hot[cool] = False
-        return push, extra
-
-    def _remember(self, uc: np.ndarray, codes: np.ndarray, t: np.ndarray, scores: np.ndarray,
-                  payload: np.ndarray, pushed: np.ndarray) -> None:
-        """Keep each entity's last n windows (time, score, payload, pushed or not) in a
-        circular buffer; readers order them by time."""
-        b = self._buffers
-        n = b.nw
-        if len(uc) == len(codes):  # the steady state, one window per entity
-            c, pos = codes, b.pend_head[codes]
-            b.pend_t[c, pos] = t
-            b.pend_s[c, pos] = scores
-            b.pend_p[c, pos] = payload
-            b.pend_pushed[c, pos] = pushed
-            b.pend_head[c] = (pos + 1) % n
-            return
-        have = b.pend_t[uc] != _NONE
-        c = np.concatenate([np.repeat(uc, n)[have.ravel()], codes])
-        tt = np.concatenate([b.pend_t[uc][have], t])
-        ss = np.concatenate([b.pend_s[uc][have], scores])
-        pp = np.concatenate([b.pend_p[uc][have], payload])
-        pu = np.concatenate([b.pend_pushed[uc][have], pushed])
-        order = np.lexsort((tt, c))
-        c, tt, ss, pp, pu = c[order], tt[order], ss[order], pp[order], pu[order]
-        last = np.r_[np.flatnonzero(c[1:] != c[:-1]), len(c) - 1]
-        back = np.repeat(last, np.diff(np.r_[-1, last])) - np.arange(len(c))  # 0: newest
-        keep = back < n
-        ck, bk = c[keep], back[keep]
-        kept = np.bincount(ck, minlength=len(b.names))
-        pos = kept[ck] - 1 - bk  # oldest first from position 0
-        b.pend_t[uc] = _NONE
-        b.pend_s[uc] = np.nan
-        b.pend_pushed[uc] = False
-        b.pend_t[ck, pos] = tt[keep]
-        b.pend_s[ck, pos] = ss[keep]
-        b.pend_p[ck, pos] = pp[keep]
-        b.pend_pushed[ck, pos] = pu[keep]
-        b.pend_head[uc] = kept[uc] % n
+        self._opened(sorted({str(e) for e in w.entity}), now, out)
 
     # -- events and alerts ----------------------------------------------------------
 
@@ -1336,8 +1229,10 @@ class Watcher:
         b = self._buffers
         # The builder's state (EventBuilder.state_dict): its arrays as "b_*", the rest in meta.
         builder = self.builder.state_dict()
-        meta = {"format": STATE_FORMAT, "model_version": self.model.version,
+        gate = self.gate.state_dict()
+        meta = {"format": CHECKPOINT_FORMAT, "model_version": self.model.version,
                 "metrics": b.metrics, "step_ns": self.step_ns, "entities": b.names,
+                "gate": {"version": gate["version"], "entities": gate["entities"]},
                 "builder": {k: v for k, v in builder.items() if not isinstance(v, np.ndarray)},
                 "sources": {s.name: s.state() for s in self.sources},
                 "ticks": self.ticks, "saved_at": self.clock.now()}
@@ -1346,6 +1241,7 @@ class Watcher:
             "ent": b.ent, "ts": b.ts, "vals": b.vals,
             **{f"e_{k}": getattr(b, k) for k in b.ARRAYS},
             **{f"b_{k}": v for k, v in builder.items() if isinstance(v, np.ndarray)},
+            "g_last_flag": gate["last_flag"],
         }
 
     def _restore(self) -> None:
@@ -1363,6 +1259,11 @@ class Watcher:
             st = (meta.get("sources") or {}).get(s.name)
             if st:
                 s.restore(st)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            log.warning("checkpoint is of another ftml (format %s, this one writes %s): buffers "
+                        "and events start afresh; firing alerts resolve as their entities "
+                        "move on", meta.get("format"), CHECKPOINT_FORMAT)
+            return
         if meta.get("model_version") != self.model.version or \
                 meta.get("metrics") != self._buffers.metrics or \
                 meta.get("step_ns") != self.step_ns:
@@ -1373,10 +1274,13 @@ class Watcher:
                    **{k[2:]: v for k, v in arrays.items() if k.startswith("b_")}}
         try:
             self.builder.load_state(builder)
-        except FtmlError as exc:  # e.g. a checkpoint of an older ftml
+            self.gate.load_state({**(meta.get("gate") or {}),
+                                  "last_flag": arrays.get("g_last_flag", np.empty(0))})
+        except (FtmlError, KeyError, ValueError, TypeError) as exc:  # damaged or foreign
             log.warning("checkpoint's event state is unusable (%s): buffers and events start "
                         "afresh", exc)
             self.builder = self.model.event_builder()
+            self.gate = gate_of(self.model)
             return
         b = self._buffers
         b.codes(meta["entities"])

@@ -47,7 +47,7 @@ def test_diagnoser_names_causes_and_abstains_when_unsure(classifier, tmp_path):
 ])
 def test_explain_prints_something_readable(classifier, expected):
     X, y, g = _blobs()
-    text = Diagnoser(classifier).fit(X, y, groups=g).explain(["cpu:mean", "mem:mean"])
+    text = Diagnoser(classifier=classifier).fit(X, y, groups=g).explain(["cpu:mean", "mem:mean"])
     assert expected in text
 
 

@@ -27,7 +27,7 @@ from ftml.bundle import MANIFEST_FILE, load_model  # noqa: E402
 from ftml.cli import main  # noqa: E402
 from ftml.config import load_config  # noqa: E402
 from ftml.errors import ConfigError  # noqa: E402
-from ftml.features import detect_counters  # noqa: E402
+from ftml.features import counters_from_counts, detect_counters  # noqa: E402
 from ftml.io import infer_step, read_metrics, write_records  # noqa: E402
 from ftml.simulate import simulate_fleet  # noqa: E402
 
@@ -237,7 +237,7 @@ def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
     files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
     table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
                            int(model.step.value))
-    before, after = fd.margins(model.featurizer.history_steps, read.max_fill_steps)
+    before, after = fd.margins(model.featurizer, read)
     the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(groups, slices))
     collector = fd.EventCollector(model)
     for task in the_plan.tasks:
@@ -308,7 +308,7 @@ def test_fleet_counters_from_group_counts_match_detect_counters(fleet):
     assert len(tasks) > 1
     stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, t) for t in tasks]
     codes, _ = data.entity_codes()
-    assert fd.counters_from_stats(stats, data.metrics) == \
+    assert counters_from_counts(stats, data.metrics) == \
         detect_counters(data.values(), codes, data.metrics)
 
 

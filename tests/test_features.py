@@ -122,7 +122,7 @@ def _data(n=600, entities=("a", "b"), seed=0) -> MetricData:
 
 def test_chunked_windows_equal_whole():
     data = _data()
-    fz = Featurizer(window=7).fit(data)
+    fz = Featurizer(window=7, hour_of_day=False, level_window=0).fit(data)
     whole = fz.transform_frame(data.frame)
     chunks = list(fz.iter_windows(data, chunk_rows=97))
     assert len(chunks) > 5
@@ -132,7 +132,7 @@ def test_chunked_windows_equal_whole():
 
 def test_featurizer_invariants(tmp_path):
     data = _data()
-    fz = Featurizer(window=5).fit(data)
+    fz = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
     assert fz.counters_ == ["bytes_total"]
     check_input_not_mutated(fz.transform_frame, data.frame)
     check_persistence_round_trip(fz, lambda f: f.transform(data).X, tmp_path)
@@ -175,7 +175,7 @@ def test_level_takes_off_slow_drift_but_at_most_clip_of_a_fault():
 def test_levels_are_the_same_bits_however_the_rows_are_chunked():
     data = _data(n=900, entities=("a", "b", "c"), seed=3)
     data.frame.loc[data.frame.index[100:103], "cpu"] = np.nan  # a gap inside a level's span
-    fz = Featurizer(window=7, level_window=60, level_clip=2.0).fit(data)
+    fz = Featurizer(window=7, hour_of_day=False, level_window=60, level_clip=2.0).fit(data)
     assert fz.history_steps == 7 + 60
     whole = fz.transform_frame(data.frame)
     chunks = list(fz.iter_windows(data, chunk_rows=97))
@@ -185,13 +185,13 @@ def test_levels_are_the_same_bits_however_the_rows_are_chunked():
     X, _ = fz.features_at(data.frame, rows, chunk_rows=150)
     assert np.array_equal(X, whole.X[::5])
     # The level moves the features: without it they differ.
-    plain = Featurizer(window=7).fit(data).transform_frame(data.frame)
+    plain = Featurizer(window=7, hour_of_day=False, level_window=0).fit(data).transform_frame(data.frame)
     assert not np.array_equal(plain.X, whole.X)
 
 
 def test_bundles_without_a_level_window_keep_plain_z(tmp_path):
     data = _data()
-    fz = Featurizer(window=5).fit(data)
+    fz = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
     del fz.level_window  # a featurizer pickled before levels existed
     assert fz.history_steps == 5
     z, codes, _ = fz.standardise(data.frame)

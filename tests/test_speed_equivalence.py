@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftml import api, features
+from ftml import api, features, pipeline
 from ftml.bundle import load_model
 from ftml.config import Config, ReadConfig
 from ftml.detect import AlarmThreshold, EventRules, IsolationDetector
@@ -167,7 +167,7 @@ def _data(entities=4, days=2, seed=0, gaps=True) -> MetricData:
 @pytest.mark.parametrize("stride", [1, 4])
 def test_chunked_windows_are_the_whole_frames_bit_for_bit(stride):
     data = _data()
-    fz = Featurizer(window=15, stride=stride, hour_of_day=True).fit(data)
+    fz = Featurizer(window=15, stride=stride, hour_of_day=True, level_window=0).fit(data)
     whole = fz.transform_frame(data.frame)
     for chunk_rows in (97, 1000, 5000):
         parts = list(fz.iter_windows(data, chunk_rows=chunk_rows))
@@ -185,7 +185,7 @@ def test_chunked_windows_are_the_whole_frames_bit_for_bit(stride):
 
 def test_standardise_is_the_baselines_formula():
     data = _data()
-    fz = Featurizer(hour_of_day=True).fit(data)
+    fz = Featurizer(hour_of_day=True, level_window=0).fit(data)
     z, codes, values = fz.standardise(data.frame)
     center, scale = fz.baseline_.rows(data.frame["entity"], to_ns(data.frame["timestamp"]))
     assert np.array_equal(z, np.clip((values - center) / scale, -features.Z_CLIP,
@@ -243,7 +243,8 @@ def _reference_fit(data, incidents, config):
     from ftml.io import label_times
 
     row_label = label_times(ent, ts, incidents)
-    fz = Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip).fit(
+    fz = Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,
+                    level_window=fc.level_window, level_clip=fc.level_clip).fit(
         data, exclude_rows=row_label >= 0)
     w = fz.transform_frame(frame)
     in_incident = np.r_[0, np.cumsum(row_label >= 0)]
@@ -253,10 +254,11 @@ def _reference_fit(data, incidents, config):
     fit_w = w.take((w.end_ns < t_cut) & ~touched)
     cal_w = w.take(w.end_ns >= t_cut)
     rng = np.random.default_rng(dc.random_state)
-    if len(fit_w) > api.MAX_FIT_WINDOWS:
-        fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), api.MAX_FIT_WINDOWS, replace=False)))
+    if len(fit_w) > pipeline.MAX_FIT_WINDOWS:
+        fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), pipeline.MAX_FIT_WINDOWS, replace=False)))
     m = len(fz.metrics_)
-    det = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
+    det = IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
+                           random_state=dc.random_state).fit(
         detector_view(fit_w.X, m, dc.stats))
     rules = EventRules(dc.min_windows, dc.of_windows, dc.merge_gap, dc.cooldown)
     from ftml.io import incident_spans
@@ -276,7 +278,7 @@ def test_training_on_the_windows_it_needs_gives_the_full_featurization_model(tmp
     from ftml.io import read_incidents
 
     incidents = read_incidents(incidents_path, data.entities, config.read)
-    monkeypatch.setattr(api, "MAX_FIT_WINDOWS", 3000)  # the sample path too
+    monkeypatch.setattr(pipeline, "MAX_FIT_WINDOWS", 3000)  # the sample path too
     model, info = api.fit_model(data, incidents, config)
     fz, det, thr, n_fit, n_cal = _reference_fit(data, incidents, config)
     assert info["training"]["fit_windows"] == n_fit

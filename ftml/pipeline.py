@@ -1,0 +1,437 @@
+"""The one pipeline core that every driver runs: local batch, chunked batch, Dask and watch.
+
+Drivers differ only in where rows come from and where events go; what happens to the rows is
+written once, here:
+
+- **row plan** (:func:`carry_steps`): how many raw rows before a window its features need.
+- **scoring** (:class:`WindowScorer`): normalised frames -> complete windows (one block loop,
+  :meth:`ftml.features.Featurizer.window_blocks`) -> forest scores -> one gate
+  (:class:`ftml.detect.FlagGate`) -> the :class:`ftml.detect.EventBuilder` (or any sink with
+  its ``push``).
+- **training** (the phase functions below, and :class:`TrainInfo`): which windows fit the
+  forest, which calibrate the threshold, which teach the diagnoser; local training runs them on
+  one frame, Dask training on entity groups, and both finish with :func:`finish_training`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ftml.bundle import Model
+from ftml.config import Config, DetectConfig, FeatureConfig, ReadConfig
+from ftml.detect import AlarmThreshold, EventRules, FlagGate, IsolationDetector
+from ftml.diagnose import Diagnoser
+from ftml.errors import InputError
+from ftml.events import Event
+from ftml.features import Featurizer, Windows, detector_view, stats_view, window_stats, window_view
+from ftml.io import label_times, to_ns
+
+# Windows the detector is fitted on: a sample is as good as all (each tree sees max_samples).
+MAX_FIT_WINDOWS = 100_000
+# Calibration windows featurized and scored at a time (memory stays bounded).
+CAL_BLOCK_WINDOWS = 262_144
+# Rows of a normalised chunk standardised and featurized at a time.
+FEATURE_BLOCK_ROWS = 131_072
+# Fewer normal windows than this before the calibration cut cannot fit a forest.
+MIN_FIT_WINDOWS = 50
+
+
+def progress(total: int | None, desc: str, quiet: bool, unit: str = "chunk"):
+    """A progress bar on stderr; ``disable=None`` draws only on a terminal, so logs and pipes
+    stay clean."""
+    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr,
+                leave=False, unit=unit)
+
+
+def with_progress(items: Iterable, bar) -> Iterator:
+    with bar:
+        for x in items:
+            yield x
+            bar.update(1)
+
+
+# --------------------------------------------------------------------------- row plan
+
+
+def window_history(featurizer: Featurizer, read: ReadConfig) -> int:
+    """Steps of raw rows before a window's end that its features depend on: its own rows and
+    its levels' span (``history_steps``), the row before (a counter's rate), and for a gap at
+    its start up to ``max_fill_steps`` rows back to the reading that fills it, plus one. A Dask
+    slice reads this many steps before it."""
+    return int(featurizer.history_steps) + int(read.max_fill_steps) + 2
+
+
+def carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
+    """Raw rows of an entity kept for the windows not yet final: a window waits up to
+    ``max_fill_steps`` steps for a gap at its end to be filled or not, and then needs its
+    :func:`window_history`. Chunked scoring carries this many rows from chunk to chunk and
+    watch keeps this many per entity."""
+    return window_history(featurizer, read) + int(read.max_fill_steps)
+
+
+def featurizer_of(fc: FeatureConfig) -> Featurizer:
+    """An unfitted featurizer with the settings of a ``FeatureConfig``."""
+    return Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,
+                      level_window=fc.level_window, level_clip=fc.level_clip)
+
+
+def detector_of(dc: DetectConfig) -> IsolationDetector:
+    return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
+                             random_state=dc.random_state)
+
+
+def event_rules_of(dc: DetectConfig) -> EventRules:
+    return EventRules(min_windows=dc.min_windows, of_windows=dc.of_windows,
+                      merge_gap=dc.merge_gap, cooldown=dc.cooldown)
+
+
+def gate_of(model: Model) -> FlagGate:
+    """The gate in front of a model's event builder."""
+    return FlagGate(rules=model.event_rules, threshold=model.threshold,
+                    step_ns=int(model.step.value))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class EventSink(Protocol):
+    """Where gated windows go: an :class:`~ftml.detect.EventBuilder`, or a recorder that keeps
+    them for another process's builder (Dask)."""
+
+    def push(self, entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray,
+             payload: np.ndarray) -> list: ...
+
+
+class WindowRecorder:
+    """An :class:`EventSink` that keeps what it is pushed (the windows an event could use,
+    with their features), to be pushed later into a builder elsewhere."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple] = []
+
+    def push(self, entity, end_ns, scores, payload) -> list:
+        self.parts.append((entity, end_ns, scores, payload))
+        return []
+
+    def arrays(self, n_payload: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(entity, end_ns, scores, payload) of everything pushed, in push order."""
+        if not self.parts:
+            return (np.empty(0, object), np.empty(0, np.int64), np.empty(0),
+                    np.empty((0, n_payload)))
+        entity, end_ns, scores = (np.concatenate([p[k] for p in self.parts]) for k in range(3))
+        return entity, end_ns, scores, np.vstack([p[3] for p in self.parts])
+
+
+_NEVER = np.iinfo(np.int64).min
+_END_OF_TIME = np.iinfo(np.int64).max
+
+
+@dataclass
+class ScoredBlock:
+    """One block of scored windows (sorted by entity, then time), as drivers see it."""
+
+    entity: np.ndarray  # names (object)
+    end_ns: np.ndarray
+    scores: np.ndarray
+    flags: np.ndarray
+
+
+class WindowScorer:
+    """Normalised frames -> windows -> scores -> gate -> event sink: the scoring core.
+
+    Every window is scored from the stats the forest sees alone. Only the windows the gate
+    (:class:`~ftml.detect.FlagGate`) lets through go on to the sink, with all their features:
+    the builder gives the same events as with every window, for a fraction of the features and
+    of its work. :meth:`frame` takes a chunk with, per entity, the time after which its windows
+    are new and up to which they are final, so the same windows come out exactly once however
+    the rows are chunked. ``emit=False`` scores windows only to teach the gate their flags (a
+    Dask task does that for the windows just before its slice)."""
+
+    def __init__(self, model: Model, sink: EventSink, *, keep_blocks: bool = False,
+                 gate: FlagGate | None = None):
+        self.model = model
+        self.sink = sink
+        self.keep_blocks = keep_blocks
+        self.gate = gate if gate is not None else gate_of(model)
+        self.stats = list(model.config.detect.stats)
+        self.n_windows = 0
+        self.n_rows = 0  # rows of the normalised input, each counted once
+        self.entities: set[str] = set()
+        self.blocks: list[ScoredBlock] = []
+        self._newest: dict[str, int] = {}  # each entity's newest row counted
+
+    def frame(self, frame: pd.DataFrame, since: dict[str, int] | None,
+              until: dict[str, int] | None, *, emit: bool = True) -> list:
+        """Score one normalised chunk (windows after ``since`` and up to ``until`` per entity;
+        None: no bound); returns what the sink returned (closed events, for a builder)."""
+        model, fz = self.model, self.model.featurizer
+        w = fz.window
+        names = [str(c) for c in frame["entity"].cat.categories]
+        if emit:
+            self._count_rows(frame, names)
+        out: list = []
+        seen = np.zeros(len(names), dtype=bool)
+        for blk in fz.window_blocks(frame, FEATURE_BLOCK_ROWS, since=since, until=until):
+            end, z, values, c = blk.end, blk.z, blk.values, blk.codes
+            if not len(end):
+                continue
+            win = None
+            if model.scores_from_stats:
+                scores = model.detector.score_samples(window_view(z, end, w, self.stats))
+            else:  # a model that scores (or keeps) windows its own way gets them whole
+                win = Windows(window_stats(z, end, w), blk.names[c], blk.end_ns, blk.rows,
+                              values[end])
+                scores = np.asarray(model.score_windows(win))
+            if not emit:
+                self.gate.select(blk.names[c], blk.end_ns, scores)
+                continue
+            self.n_windows += len(end)
+            seen[c] = True
+            flags = scores >= model.threshold
+            near = self.gate.select(blk.names[c], blk.end_ns, scores)
+            if near.any():
+                e = end[near]
+                if win is None:  # what Model.payload gives: all features, then last values
+                    payload = np.hstack([window_stats(z, e, w), values[e]])
+                else:
+                    payload = model.payload(win.take(near))
+                out.extend(self.sink.push(blk.names[c[near]], blk.end_ns[near], scores[near],
+                                          payload))
+            if self.keep_blocks:
+                self.blocks.append(ScoredBlock(blk.names[c], blk.end_ns, scores, flags))
+        self.entities.update(np.asarray(names, dtype=object)[seen].tolist())
+        return out
+
+    def _count_rows(self, frame: pd.DataFrame, names: list[str]) -> None:
+        # Rows carried over from the chunk before were counted there.
+        codes = frame["entity"].cat.codes.to_numpy().astype(np.int64)
+        ts = to_ns(frame["timestamp"])
+        if not len(ts):
+            return
+        before = np.array([self._newest.get(n, _NEVER) for n in names], dtype=np.int64)
+        self.n_rows += int((ts > before[codes]).sum())
+        newest = np.full(len(names), _NEVER, dtype=np.int64)
+        np.maximum.at(newest, codes, ts)
+        for n, t in zip(names, newest.tolist(), strict=True):
+            if t != _NEVER:
+                self._newest[n] = max(t, self._newest.get(n, _NEVER))
+
+    def window_table(self) -> pd.DataFrame:
+        """Every scored window: entity, timestamp, score, flag (sorted by entity, time)."""
+        return window_table(self.blocks)
+
+
+def window_table(blocks: list[ScoredBlock]) -> pd.DataFrame:
+    if not blocks:
+        return pd.DataFrame({"entity": [], "timestamp": [], "score": [], "flag": []})
+    table = pd.DataFrame({
+        "entity": np.concatenate([b.entity for b in blocks]).astype(str),
+        "timestamp": pd.to_datetime(np.concatenate([b.end_ns for b in blocks]), unit="ns",
+                                    utc=True),
+        "score": np.concatenate([b.scores for b in blocks]),
+        "flag": np.concatenate([b.flags for b in blocks])})
+    return table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class ScoreResult:
+    events: list[Event]
+    windows: int
+    entities: int
+    rows: int
+    seconds: float
+    window_table: pd.DataFrame | None = None
+
+
+def publish_events(events: list[Event], matcher) -> list[Event]:
+    """Scored events, in place: each gets its recommended playbook, sorted by entity and start
+    (local and Dask scoring alike)."""
+    for ev in events:
+        ev.playbook = matcher(ev)
+    events.sort(key=lambda e: (e.entity, e.start))
+    return events
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainInfo:
+    """The facts of one training run, as the manifest records them."""
+
+    start: str
+    end: str
+    calibration_start: str
+    entities: int
+    rows: int
+    fit_windows: int
+    calibration_windows: int
+    incidents: int
+    data_sha256: str
+    sources: list[str]
+    calibration: dict[str, Any]
+    diagnosis: dict[str, Any]
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. dask_threads
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        calibration, diagnosis, extra = d.pop("calibration"), d.pop("diagnosis"), d.pop("extra")
+        seconds = d.pop("seconds")
+        training = {**d, **extra}
+        if seconds is not None:
+            training["seconds"] = seconds
+        return {"training": training, "calibration": calibration, "diagnosis": diagnosis}
+
+
+def incident_of_rows(codes: np.ndarray, names: list[str], t_ns: np.ndarray,
+                incidents: pd.DataFrame | None) -> np.ndarray:
+    """Per row, the index of the incident it falls in (-1: none): :func:`ftml.io.label_times`
+    for rows in the contract (each entity one block of rows in time order), by a binary search
+    per incident instead of a scan of every row."""
+    n = len(codes)
+    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if n else np.r_[0]
+    if incidents is None or incidents.empty or len(bounds) - 1 != len(np.unique(codes)):
+        return label_times(np.asarray(names, dtype=object)[codes] if n else
+                           np.empty(0, dtype=object), t_ns, incidents)
+    label = np.full(n, -1, dtype=np.int64)
+    block = {names[codes[a]]: (a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+    starts, ends = to_ns(incidents["start"]), to_ns(incidents["end"])
+    for ent, idx in incidents.groupby("entity", sort=False).indices.items():
+        a, b = block.get(str(ent), (0, 0))
+        t = t_ns[a:b]
+        for i in idx:  # in order: a later incident overwrites an earlier one, as label_times
+            lo = a + int(np.searchsorted(t, starts[i], side="left"))
+            hi = a + int(np.searchsorted(t, ends[i], side="right"))
+            label[lo:hi] = i
+    return label
+
+
+def calibration_cut(t_min: int, t_max: int, fraction: float) -> float:
+    """The time from which windows calibrate the threshold instead of fitting the forest: the
+    last ``fraction`` of the training span."""
+    return t_min + (1.0 - fraction) * (t_max - t_min)
+
+
+def split_windows(featurizer: Featurizer, frame: pd.DataFrame, row_label: np.ndarray,
+                  t_cut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Last rows of the fit windows (normal: before the calibration cut and touching no
+    incident), the calibration windows (from the cut on) and the incident windows (ending in
+    one), decided from the rows alone, before any feature is computed."""
+    ts = to_ns(frame["timestamp"])
+    rows = featurizer.complete_rows(frame)  # every window, in the order window_blocks gives
+    end_ns = ts[rows]
+    # A window touches an incident when any of its rows does.
+    in_incident = np.r_[0, np.cumsum(row_label >= 0)]
+    touched = in_incident[rows + 1] - in_incident[np.maximum(rows + 1 - featurizer.window, 0)] > 0
+    return (rows[(end_ns < t_cut) & ~touched], rows[end_ns >= t_cut],
+            rows[row_label[rows] >= 0])
+
+
+def require_fit_windows(n: int, source: str, window: int) -> None:
+    if n < MIN_FIT_WINDOWS:
+        raise InputError(f"only {n} normal windows before the calibration slice",
+                         source=source,
+                         hint=f"give more history (a window is {window} steps) or lower "
+                              "detect.calibration_fraction")
+
+
+def fit_sample(n: int, random_state: int) -> np.ndarray | None:
+    """Which of ``n`` fit windows the forest is fitted on (sorted), or None for all."""
+    if n <= MAX_FIT_WINDOWS:
+        return None
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n, MAX_FIT_WINDOWS, replace=False))
+
+
+def fit_view(featurizer: Featurizer, frame: pd.DataFrame, rows: np.ndarray,
+             dc: DetectConfig) -> np.ndarray:
+    """What the forest is fitted on: the detector view of the windows ending at ``rows``."""
+    fit_w = featurizer.windows_at(frame, rows)
+    return detector_view(fit_w.X, len(featurizer.metrics_), dc.stats)
+
+
+def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
+                       frame: pd.DataFrame, rows: np.ndarray, dc: DetectConfig,
+                       quiet: bool = True) -> np.ndarray:
+    """Scores of the calibration windows ending at ``rows``: only their scores are kept, so
+    only the forest's stats are computed, block by block."""
+    n_met = len(featurizer.metrics_)
+    scores = np.empty(len(rows))
+    blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
+    for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
+        S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
+        scores[a:a + CAL_BLOCK_WINDOWS] = detector.score_samples(stats_view(S, n_met))
+    return scores
+
+
+def incident_windows(featurizer: Featurizer, detector: IsolationDetector, frame: pd.DataFrame,
+                     rows: np.ndarray, row_label: np.ndarray, config: Config
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """What the diagnoser learns from: each incident's highest-scored windows (what diagnosis
+    will see of an event), as (features, incident index)."""
+    inc_w = featurizer.windows_at(frame, rows)
+    scores = detector.score_samples(detector_view(inc_w.X, len(featurizer.metrics_),
+                                                  config.detect.stats))
+    label = row_label[inc_w.row]
+    keep = top_per_group(label, scores, config.diagnose.max_event_windows)
+    return inc_w.X[keep], label[keep]
+
+
+def top_per_group(groups: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the ``k`` highest scores of each group."""
+    order = np.lexsort((-scores, groups))
+    g = groups[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(g)), 0))
+    rank = np.arange(len(g)) - start
+    return np.sort(order[rank < k])
+
+
+def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | None,
+                  config: Config) -> tuple[Diagnoser | None, dict[str, Any]]:
+    """The diagnoser, trained on the incidents' windows (``label``: each window's incident),
+    or None when there is nothing to learn from; and what the manifest says of it."""
+    if incidents is None or not len(label):
+        return None, {}
+    y = incidents["cause"].to_numpy(dtype=object)[label].astype(str)
+    if len(np.unique(y)) < 2:
+        return None, {"skipped": "fewer than two causes in the incidents"}
+    gc = config.diagnose
+    diagnoser = Diagnoser(classifier=gc.classifier, max_depth=gc.max_depth,
+                          target_precision=gc.target_precision,
+                          random_state=config.detect.random_state).fit(X, y, groups=label)
+    return diagnoser, {"windows": int(len(y)), "incidents": int(len(np.unique(label))),
+                       "min_confidence": diagnoser.min_confidence_}
+
+
+def finish_training(featurizer: Featurizer, detector: IsolationDetector,
+                    cal_entity: np.ndarray, cal_end_ns: np.ndarray, cal_scores: np.ndarray,
+                    spans: dict, diagnoser: Diagnoser | None, rules: list, config: Config
+                    ) -> tuple[Model, AlarmThreshold]:
+    """The threshold from the calibration windows' scores, then the model."""
+    dc = config.detect
+    event_rules = event_rules_of(dc)
+    thresholder = AlarmThreshold(budget=dc.alarm_budget, rules=event_rules).fit(
+        cal_entity, cal_end_ns, cal_scores, int(featurizer.step_.value), spans)
+    model = Model(featurizer, detector, thresholder.threshold_, event_rules, diagnoser, rules,
+                  config)
+    return model, thresholder
+
+
+def calibration_info(thresholder: AlarmThreshold, dc: DetectConfig) -> dict[str, Any]:
+    return {"alarm_budget": dc.alarm_budget, "threshold": thresholder.threshold_,
+            "false_alarms": thresholder.false_alarms_,
+            "entity_days": thresholder.entity_days_,
+            "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_}
+
+
+def utc_text(t_ns: int | float) -> str:
+    return str(pd.Timestamp(int(t_ns), unit="ns", tz="UTC"))

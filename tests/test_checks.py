@@ -1,0 +1,215 @@
+"""One reusable suite of checks (as river's ``checks``), run over registries: every estimator
+keeps the estimator invariants, and every driver of the pipeline core gives the events of the
+one-piece batch run, bit for bit.
+
+Add an estimator to ESTIMATORS or a driver to DRIVERS and it is checked like the others.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import watch_data  # noqa: E402
+from invariants import (  # noqa: E402
+    check_input_not_mutated,
+    check_persistence_round_trip,
+    check_same_seed_same_result,
+)
+
+from ftml import api  # noqa: E402
+from ftml import distributed as fd  # noqa: E402
+from ftml.bundle import load_model  # noqa: E402
+from ftml.detect import FlagGate, IsolationDetector  # noqa: E402
+from ftml.diagnose import CLASSIFIERS, Diagnoser  # noqa: E402
+from ftml.features import Featurizer  # noqa: E402
+from ftml.io import MetricData  # noqa: E402
+from ftml.recover import FakeClock  # noqa: E402
+from ftml.watch import Watcher  # noqa: E402
+
+# --------------------------------------------------------------------------- estimators
+
+
+def _xy(seed=0, n=240):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    y = np.where(X[:, 0] > 0.3, "cpu", np.where(X[:, 1] > 0, "mem", "disk"))
+    return X, y, np.arange(n) // 8
+
+
+def _frame(seed=0):
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2026-01-05", periods=300, freq="60s", tz="UTC")
+    parts = [pd.DataFrame({"entity": e, "timestamp": ts, "cpu": rng.normal(50, 5, len(ts)),
+                           "bytes": np.cumsum(rng.integers(1, 9, len(ts))).astype(float)})
+             for e in ("a", "b")]
+    frame = pd.concat(parts, ignore_index=True)
+    frame["entity"] = frame["entity"].astype("category")
+    return MetricData(frame, pd.Timedelta("60s"), ["cpu", "bytes"])
+
+
+# name -> (make, fit, output); each output is what must not change.
+ESTIMATORS = {
+    "IsolationDetector": (lambda: IsolationDetector(n_estimators=20, max_samples=64),
+                          lambda est: est.fit(_xy()[0]),
+                          lambda est: est.score_samples(_xy(1)[0])),
+    **{f"Diagnoser[{c}]": (lambda c=c: Diagnoser(classifier=c),
+                           lambda est: est.fit(*_xy()[:2], groups=_xy()[2]),
+                           lambda est: est.predict_proba(_xy(1)[0]))
+       for c in CLASSIFIERS},
+    "Featurizer": (lambda: Featurizer(window=5, level_window=30),
+                   lambda est: est.fit(_frame()),
+                   lambda est: est.transform_frame(_frame(1).frame).X),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_same_seed_same_result(name):
+    make, fit, out = ESTIMATORS[name]
+    check_same_seed_same_result(make, fit, out)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_persistence_round_trip(name, tmp_path):
+    make, fit, out = ESTIMATORS[name]
+    check_persistence_round_trip(fit(make()), out, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_output_does_not_mutate_input(name):
+    make, fit, _ = ESTIMATORS[name]
+    est = fit(make())
+    if isinstance(est, Featurizer):
+        check_input_not_mutated(est.transform_frame, _frame(1).frame)
+    elif isinstance(est, Diagnoser):
+        check_input_not_mutated(est.predict_proba, _xy(1)[0])
+    else:
+        check_input_not_mutated(est.score_samples, _xy(1)[0])
+
+
+def test_the_gate_is_the_same_however_windows_are_chunked():
+    rng = np.random.default_rng(3)
+    step = 60 * 10**9
+    ent = np.repeat(np.array(["a", "b", "c"], dtype=object), 400)
+    end_ns = np.tile(np.arange(400, dtype=np.int64) * step, 3)
+    scores = rng.uniform(size=len(ent)) ** 8  # rare flags
+    from ftml.detect import EventRules
+
+    whole = FlagGate(rules=EventRules(), threshold=0.5, step_ns=step).select(ent, end_ns,
+                                                                              scores)
+    gate = FlagGate(rules=EventRules(), threshold=0.5, step_ns=step)
+    parts = []
+    for a in range(0, 400, 37):  # time slices, every entity in each (as ticks and chunks)
+        idx = np.flatnonzero((end_ns >= a * step) & (end_ns < (a + 37) * step))
+        parts.append((idx, gate.select(ent[idx], end_ns[idx], scores[idx])))
+    chunked = np.zeros(len(ent), dtype=bool)
+    for idx, mask in parts:
+        chunked[idx] = mask
+    assert whole.any() and not whole.all()
+    assert np.array_equal(whole, chunked)
+    restored = FlagGate(rules=EventRules(), threshold=0.5, step_ns=step).load_state(
+        gate.state_dict())
+    assert restored.state_dict()["entities"] == gate.state_dict()["entities"]
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A model trained on clean history, and live data with a fault on every entity."""
+    tmp = tmp_path_factory.mktemp("checks")
+    rows, inc = watch_data.training()
+    rows.to_csv(tmp / "train.csv", index=False)
+    inc.to_csv(tmp / "incidents.csv", index=False)
+    api.train([tmp / "train.csv"], tmp / "model", incidents=tmp / "incidents.csv")
+    live, _ = watch_data.live()
+    live.to_csv(tmp / "live.csv", index=False)
+    live.to_parquet(tmp / "live.parquet", index=False)
+    return tmp, load_model(tmp / "model"), live
+
+
+class _Feed:
+    """``per`` steps of rows a poll, then the end."""
+
+    name, skipped, more, exhausted = "feed", 0, False, False
+
+    def __init__(self, rows, per):
+        self.groups = [g for _, g in rows.groupby(rows["timestamp"].dt.round("60s"))]
+        self.per, self.i = per, 0
+
+    def bind(self, step, keep_steps):
+        pass
+
+    def poll(self, now):
+        part = pd.concat(self.groups[self.i:self.i + self.per]) if self.i < len(
+            self.groups) else None
+        self.i += self.per
+        self.exhausted = self.i >= len(self.groups)
+        return part
+
+    def state(self):
+        return {}
+
+    def restore(self, state):
+        pass
+
+    def close(self):
+        pass
+
+
+def _watch(per):
+    def run(tmp, model, live):
+        clock = FakeClock(live["timestamp"].min().timestamp())
+        w = Watcher(model, [_Feed(live, per)], clock=clock, registry=CollectorRegistry())
+        out = []
+        while not w.exhausted:
+            out += w.tick().resolved
+            clock.advance(60)
+        return out + w.finish().resolved
+    return run
+
+
+def _dask_partitions(groups, slices):
+    def run(tmp, model, live):
+        read = model.config.read
+        path = str(tmp / "live.parquet")
+        table = fd.index_table([fd.index_file(path, read, model.metrics, 5000)],
+                               int(model.step.value))
+        before, after = fd.margins(model.featurizer, read)
+        the_plan = fd.plan(table, [path], 10**9, 2, before, after, shape=(groups, slices))
+        collector = fd.EventCollector(model)
+        for task in the_plan.tasks:
+            collector.add(fd.score_task(model, 5000, False, task))
+        return collector.finish()
+    return run
+
+
+DRIVERS = {
+    "batch, chunked (997 rows)": lambda tmp, model, live: api.score(
+        model, [tmp / "live.csv"], chunk_rows=997).events,
+    "watch, step by step": _watch(1),
+    "watch, 7 steps a tick": _watch(7),
+    "watch, one backlog": _watch(10**6),
+    "dask tasks, 2 groups x 5 slices": _dask_partitions(2, 5),
+}
+
+
+def _events(evs):
+    return sorted((e.to_dict() for e in evs), key=lambda d: (d["entity"], d["start"]))
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_every_driver_gives_the_one_piece_events(fleet, driver):
+    tmp, model, live = fleet
+    reference = _events(api.score(model, [tmp / "live.csv"], chunk_rows=10**9).events)
+    assert len(reference) >= 3
+    assert _events(DRIVERS[driver](tmp, model, live)) == reference

@@ -1,0 +1,81 @@
+"""Data flows one way: a module imports only from its own stage or the stages before it.
+
+Every import counts, the lazy ones inside functions too: a lazy import is still a dependency,
+only a later one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ftml"
+
+# In data-flow order. A module may import from its own stage and those above it.
+STAGES: list[tuple[str, set[str]]] = [
+    ("base", {"ftml", "errors", "events", "config", "_forest_kernel", "_window_kernel"}),
+    ("io", {"io", "sources", "simulate"}),
+    ("features", {"features"}),
+    ("detect", {"detect", "fast"}),
+    ("diagnose", {"diagnose"}),
+    ("model", {"bundle"}),
+    ("pipeline core", {"pipeline"}),
+    ("recover", {"playbooks", "audit", "recover"}),
+    ("sinks", {"sinks"}),
+    ("drivers and use cases", {"api", "distributed", "watch", "evaluate"}),
+    ("reports and CLI", {"report", "demo", "cli", "__main__"}),
+]
+RANK = {name: i for i, (_, names) in enumerate(STAGES) for name in names}
+
+
+def _modules() -> list[str]:
+    return sorted(p.stem for p in PACKAGE.glob("*.py")) + sorted(
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+
+
+def _ftml_imports(path: Path) -> set[str]:
+    """The ftml modules a file imports (first component under ``ftml``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "ftml":
+                    out.add(parts[1] if len(parts) > 1 else "ftml")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "ftml":
+                continue
+            if len(parts) > 1:
+                out.add(parts[1])
+            else:  # from ftml import api, __version__
+                out.update(a.name if a.name in RANK else "ftml" for a in node.names)
+    return out
+
+
+def test_every_module_has_a_stage():
+    missing = [m for m in _modules() if m not in RANK and m != "__init__"]
+    assert not missing, f"put these modules in a stage of STAGES: {missing}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if m != "__init__"])
+def test_module_imports_only_from_earlier_stages(module):
+    path = PACKAGE / f"{module}.py"
+    if not path.exists():
+        path = PACKAGE / module / "__init__.py"
+    files = [path] if path.name != "__init__.py" else sorted(path.parent.rglob("*.py"))
+    mine = RANK[module]
+    bad = sorted({(f.name, imp) for f in files for imp in _ftml_imports(f)
+                  if imp in RANK and RANK[imp] > mine})
+    assert not bad, (f"{module} ({STAGES[mine][0]}) imports from later stages: "
+                     + ", ".join(f"{imp} ({STAGES[RANK[imp]][0]}) in {f}" for f, imp in bad))
+
+
+def test_the_check_sees_a_backward_import(tmp_path):
+    # The check itself can fail: an io module that imports the watch loop is caught.
+    f = tmp_path / "io.py"
+    f.write_text("def f():\n    from ftml.watch import Watcher\n    from ftml import api\n")
+    assert _ftml_imports(f) == {"watch", "api"}
