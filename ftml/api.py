@@ -6,7 +6,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,13 @@ from ftml.io import (
     read_incidents,
     read_metrics,
     to_ns,
-    write_records,
     write_table,
 )
 from ftml.pipeline import (
+    SCORE_CHUNK_ROWS,
     ScoreResult,
     TrainInfo,
+    TrainResult,
     WindowScorer,
     calibration_cut,
     calibration_info,
@@ -51,18 +51,12 @@ from ftml.pipeline import (
     require_fit_windows,
     split_windows,
     utc_text,
+    write_events,
 )
+from ftml.playbooks import playbook_matcher
 
-SCORE_CHUNK_ROWS = 1_000_000
 # The most rows score() reads at a time (chunk_rows is an upper bound).
 SCORE_READ_ROWS = 250_000
-
-
-@dataclass
-class TrainResult:
-    model: Model
-    manifest: dict[str, Any]
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
@@ -108,8 +102,14 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
 
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
           config: Config | None = None, rules: str | Path | None = None,
-          quiet: bool = True) -> TrainResult:
-    """Read history, fit a model and write its bundle to ``out``."""
+          quiet: bool = True, scheduler: Any = None) -> TrainResult:
+    """Read history, fit a model and write its bundle to ``out``; with ``scheduler`` (see
+    :func:`ftml.distributed.connect`), on a Dask cluster."""
+    if scheduler is not None:
+        from ftml import distributed
+
+        return distributed.train(metrics, out, scheduler, incidents=incidents, config=config,
+                                 rules=rules, quiet=quiet)
     config = config or Config()
     started = time.perf_counter()
     data = read_metrics(metrics, config.read)
@@ -118,9 +118,6 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
     manifest = save_model(model, out, info)
     return TrainResult(model, manifest, info)
-
-
-# --------------------------------------------------------------------------- scoring
 
 
 def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timedelta,
@@ -264,11 +261,17 @@ def _late_rows(carry: pd.DataFrame, rows: pd.DataFrame) -> str | None:
 def score(model: Model | str | Path, metrics: Iterable[str | Path],
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
-          quiet: bool = True) -> ScoreResult:
+          quiet: bool = True, scheduler: Any = None) -> ScoreResult:
     """Score metric files with a model; write events (and per-window scores) atomically.
 
     Files are read ``chunk_rows`` rows at a time at most (fewer when that is faster); the
-    events are the same however the input is chunked."""
+    events are the same however the input is chunked, and with ``scheduler`` on a Dask
+    cluster (:func:`ftml.distributed.score`)."""
+    if scheduler is not None:
+        from ftml import distributed
+
+        return distributed.score(model, metrics, scheduler, out=out, windows_out=windows_out,
+                                 playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
@@ -295,24 +298,3 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
                        round(time.perf_counter() - started, 3), table)
-
-
-def write_events(events: list[Event], out: str | Path | None) -> None:
-    """Events to ``out`` (jsonl, csv or parquet), atomically; nothing when ``out`` is None."""
-    if out is not None:
-        write_records([e.to_dict() for e in events], out)
-
-
-def playbook_matcher(path: str | Path | None):
-    """Event -> the name of the playbook it would run (None: none), from a playbook file."""
-    if path is None:
-        return lambda event: None
-    from ftml.playbooks import load_playbooks
-
-    book = load_playbooks(path)
-
-    def match(event: Event) -> str | None:
-        pb = book.match(event)
-        return None if pb is None else pb.name
-
-    return match

@@ -68,7 +68,8 @@ class Model:
 
     def score_windows(self, windows: Windows) -> np.ndarray:
         return self.detector.score_samples(
-            detector_view(windows.X, len(self.metrics), self.config.detect.stats))
+            detector_view(windows.X, len(self.metrics), self.config.detect.stats,
+                          self.featurizer.stats))
 
     def event_builder(self) -> EventBuilder:
         return EventBuilder(self.event_rules, self.threshold, int(self.step.value),
@@ -138,6 +139,7 @@ def save_model(model: Model, out_dir: str | Path, info: dict[str, Any]) -> dict[
         "metrics": model.metrics,
         "counters": model.featurizer.counters_,
         "feature_schema": model.featurizer.feature_names_,
+        "stats": list(model.featurizer.stats),  # what its features are (features.STAT_TABLE)
         "step_seconds": model.step.total_seconds(),
         "window": model.featurizer.window,
         "stride": model.featurizer.stride,

@@ -110,14 +110,8 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
         config.detect.alarm_budget = alarm_budget
     if window:
         config.features.window = window
-    if scheduler:
-        from ftml import distributed
-
-        result = distributed.train(metrics, out, scheduler, incidents=incidents, config=config,
-                                   rules=rules_path, quiet=quiet)
-    else:
-        result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
-                           quiet=quiet)
+    result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
+                       quiet=quiet, scheduler=scheduler or None)
     m = result.manifest
     cal = m["calibration"]
     click.echo(f"model {m['model_version']} -> {out}")
@@ -150,15 +144,9 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    if scheduler:
-        from ftml import distributed
-
-        result = distributed.score(model_dir, metrics, scheduler, out=out,
-                                   windows_out=windows_out, playbooks=playbooks,
-                                   chunk_rows=chunk_rows, quiet=quiet)
-    else:
-        result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
-                           playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+    result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
+                       playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
+                       scheduler=scheduler or None)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1

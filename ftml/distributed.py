@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftml.api import SCORE_CHUNK_ROWS, TrainResult, playbook_matcher, write_events
 from ftml.bundle import Model, load_model, save_model
 from ftml.config import Config, ReadConfig
 from ftml.detect import EventBuilder, RawEvent
@@ -63,8 +62,10 @@ from ftml.io import (
 )
 from ftml.pipeline import (
     MAX_FIT_WINDOWS,
+    SCORE_CHUNK_ROWS,
     ScoreResult,
     TrainInfo,
+    TrainResult,
     WindowRecorder,
     WindowScorer,
     calibration_cut,
@@ -85,7 +86,9 @@ from ftml.pipeline import (
     utc_text,
     window_history,
     window_table,
+    write_events,
 )
+from ftml.playbooks import playbook_matcher
 
 # Normalised rows one task holds at most (unless one entity alone has more, in training): this,
 # not the size of the history, bounds a worker's memory.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +43,47 @@ try:
 except AttributeError:  # not on Linux
     _CPUS = os.cpu_count() or 1
 
-STATS = ("mean", "std", "min", "max", "last", "slope", "median")
+
+
+def _slope(g: np.ndarray) -> np.ndarray:
+    w = g.shape[1]
+    r = np.arange(w) - (w - 1) / 2.0
+    return np.tensordot(r, g, axes=(0, 1)) / (w * (w * w - 1) / 12.0) if w > 1 else \
+        np.zeros((g.shape[0], g.shape[2]))
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One window statistic: one row of :data:`STAT_TABLE`.
+
+    Adding a statistic is adding a row: its name, a numpy function of a block of windows
+    (``(windows, rows, metrics) -> (windows, metrics)``), and, if the compiled kernel computes
+    it, its slot there (``S_*`` in ``_window_kernel.c``; the kernel's numpy twin
+    :func:`_window_stats_numpy` then gives the same bits). A fitted featurizer records the
+    stats it was fitted with (``stats_``), so a model trained before a stat was added keeps its
+    features, and its bundle loads as it is."""
+
+    name: str
+    numpy: Callable[[np.ndarray], np.ndarray]
+    kernel_slot: int | None = None
+    deviation: bool = False  # counts in Featurizer.deviation ("how far from normal")
+
+
+STAT_TABLE: tuple[Stat, ...] = (
+    Stat("mean", lambda g: g.mean(axis=1), kernel_slot=0, deviation=True),
+    Stat("std", lambda g: g.std(axis=1), kernel_slot=1),
+    Stat("min", lambda g: g.min(axis=1), kernel_slot=2, deviation=True),
+    Stat("max", lambda g: g.max(axis=1), kernel_slot=3, deviation=True),
+    Stat("last", lambda g: g[:, -1], kernel_slot=4, deviation=True),
+    Stat("slope", _slope, kernel_slot=5),
+    Stat("median", lambda g: np.median(g, axis=1), kernel_slot=6),
+)
+STAT = {st.name: st for st in STAT_TABLE}
+STATS = tuple(STAT)
+# The kernel's slots (the order of its S_* enum) and the stats before the table existed:
+# what a featurizer fitted then computes.
+_KERNEL_SLOTS = 7
+LEGACY_STATS = ("mean", "std", "min", "max", "last", "slope", "median")
 # IQR of a normal distribution is 1.349 sigma: dividing by it makes z read like a z-score.
 IQR_TO_SIGMA = 1.349
 P01_P99_TO_SIGMA = 4.653
@@ -52,20 +92,23 @@ Z_CLIP = 1e3
 DEFAULT_CHUNK_ROWS = 65_536
 
 
-def feature_names(metrics: list[str]) -> list[str]:
-    return [f"{m}:{s}" for s in STATS for m in metrics]
+def feature_names(metrics: list[str], stats: tuple[str, ...] = STATS) -> list[str]:
+    return [f"{m}:{s}" for s in stats for m in metrics]
 
 
-def stat_columns(stats: list[str] | tuple[str, ...], n_metrics: int) -> np.ndarray:
-    """Column indexes of the given stats in a feature matrix (stat-major layout)."""
-    unknown = [s for s in stats if s not in STATS]
+def stat_columns(stats: list[str] | tuple[str, ...], n_metrics: int,
+                 all_stats: tuple[str, ...] = STATS) -> np.ndarray:
+    """Column indexes of the given stats in a feature matrix of ``all_stats`` (stat-major)."""
+    unknown = [s for s in stats if s not in all_stats]
     if unknown:
-        raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(STATS)}")
-    return np.concatenate([np.arange(n_metrics) + STATS.index(s) * n_metrics for s in stats])
+        raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(all_stats)}")
+    all_stats = tuple(all_stats)
+    return np.concatenate([np.arange(n_metrics) + all_stats.index(s) * n_metrics
+                           for s in stats])
 
 
-def detector_view(X: np.ndarray, n_metrics: int, stats: list[str] | tuple[str, ...]
-                  ) -> np.ndarray:
+def detector_view(X: np.ndarray, n_metrics: int, stats: list[str] | tuple[str, ...],
+                  all_stats: tuple[str, ...] = STATS) -> np.ndarray:
     """What the forest sees: the chosen stats per metric plus, across metrics, the largest and
     second-largest deviation, all on a signed log scale.
 
@@ -74,7 +117,7 @@ def detector_view(X: np.ndarray, n_metrics: int, stats: list[str] | tuple[str, .
     deviations let every tree see any metric's fault, and the log scale stops heavy-tailed
     metrics (latency, error rates) from taking every split.
     """
-    return stats_view(X[:, stat_columns(stats, n_metrics)], n_metrics)
+    return stats_view(X[:, stat_columns(stats, n_metrics, all_stats)], n_metrics)
 
 
 def stats_view(S: np.ndarray, n_metrics: int) -> np.ndarray:
@@ -161,7 +204,8 @@ def complete_windows(missing_row: np.ndarray, segments: np.ndarray, window: int,
 
 
 def window_features(z: np.ndarray, segments: np.ndarray, window: int,
-                    stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                    stride: int = 1, stats: tuple[str, ...] = STATS
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every complete window in ``z`` (rows x metrics, standardised).
 
     ``segments`` labels rows that belong together (one entity's contiguous rows); a window is
@@ -170,7 +214,7 @@ def window_features(z: np.ndarray, segments: np.ndarray, window: int,
     :func:`feature_names`) and ``end`` the row index of each window's last row.
     """
     end = complete_windows(np.isnan(z).any(axis=1), segments, window, stride)
-    return window_stats(z, end, window), end
+    return window_stats(z, end, window, stats), end
 
 
 def window_stats(z: np.ndarray, end: np.ndarray, window: int,
@@ -185,16 +229,13 @@ def window_stats(z: np.ndarray, end: np.ndarray, window: int,
     (``ftml._window_kernel``) and the numpy fallback do the same arithmetic.
     """
     names = STATS if stats is None else tuple(stats)
-    unknown = [s for s in names if s not in STATS]
+    unknown = [s for s in names if s not in STAT]
     if unknown:
         raise ValueError(f"unknown stat(s) {unknown}; known: {', '.join(STATS)}")
     z = np.ascontiguousarray(z, dtype=np.float64)
     end = np.ascontiguousarray(end, dtype=np.int64)
     m = z.shape[1]
     w = int(window)
-    col = [-1] * len(STATS)
-    for i, s in enumerate(names):
-        col[STATS.index(s)] = i * m
     X = np.empty((len(end), len(names) * m))
     if len(end) == 0:
         return X
@@ -204,6 +245,17 @@ def window_stats(z: np.ndarray, end: np.ndarray, window: int,
         for i, s in enumerate(names):
             X[:, i * m:(i + 1) * m] = Y[:, first[s] * m:(first[s] + 1) * m]
         return X
+    col = [-1] * _KERNEL_SLOTS
+    numpy_only = []
+    for i, s in enumerate(names):
+        if STAT[s].kernel_slot is None:
+            numpy_only.append((i, STAT[s]))
+        else:
+            col[STAT[s].kernel_slot] = i * m
+    if numpy_only:
+        _numpy_stats(z, end, w, numpy_only, X)
+        if all(c < 0 for c in col):
+            return X
     if _window_kernel is None:
         _window_stats_numpy(z, end, w, col, X)
         return X
@@ -222,12 +274,25 @@ def window_stats(z: np.ndarray, end: np.ndarray, window: int,
     return X
 
 
+def _numpy_stats(z: np.ndarray, end: np.ndarray, w: int, stats: list[tuple[int, Stat]],
+                 X: np.ndarray) -> None:
+    """The stats the kernel does not compute, by their table functions, block by block of
+    windows; ``stats``: (position in X, stat)."""
+    m = z.shape[1]
+    block = max(1, 2**20 // max(1, w * m))
+    for a in range(0, len(end), block):
+        g = z[end[a:a + block, None] - (w - 1) + np.arange(w)]  # (windows, w, m)
+        for i, st in stats:
+            X[a:a + block, i * m:(i + 1) * m] = st.numpy(g)
+
+
 def _window_stats_numpy(z: np.ndarray, end: np.ndarray, w: int, col: list[int],
                         X: np.ndarray) -> None:
     """The kernel's arithmetic in numpy, block by block of windows; ``col[i]`` is the first
     column of ``STATS[i]`` in X (-1: not wanted)."""
     m = z.shape[1]
-    at = {s: (slice(col[i], col[i] + m) if col[i] >= 0 else None) for i, s in enumerate(STATS)}
+    at = {s: (slice(col[i], col[i] + m) if col[i] >= 0 else None)
+          for i, s in enumerate(LEGACY_STATS)}  # the kernel's slots, in S_* order
     half = (w - 1) / 2.0
     denom = w * (w * w - 1) / 12.0
     block = max(1, 2**20 // max(1, w * m))
@@ -589,6 +654,7 @@ class WindowBlock:
     the complete windows among them."""
 
     window: int
+    stats: tuple[str, ...]  # the featurizer's
     lo: int  # first frame row of z / values
     end: np.ndarray  # each window's last row, in z
     rows: np.ndarray  # ... and in the frame (end + lo)
@@ -600,7 +666,8 @@ class WindowBlock:
 
     def windows(self) -> Windows:
         """The block's windows with all their features."""
-        return Windows(window_stats(self.z, self.end, self.window), self.names[self.codes],
+        return Windows(window_stats(self.z, self.end, self.window, self.stats),
+                       self.names[self.codes],
                        self.end_ns, self.rows, self.values[self.end])
 
 
@@ -624,6 +691,12 @@ class Featurizer:
         needs the row before). Chunked, online and distributed callers carry this many."""
         return int(self.window) + self._level_span()
 
+    @property
+    def stats(self) -> tuple[str, ...]:
+        """The window stats of its features: those it was fitted with (before the stats
+        table, a featurizer computed the legacy seven)."""
+        return tuple(getattr(self, "stats_", LEGACY_STATS))
+
     def _level_span(self) -> int:
         # Bundles from before the drift correction have no level_window: no correction.
         return int(getattr(self, "level_window", 0) or 0)
@@ -644,7 +717,8 @@ class Featurizer:
             values[exclude_rows] = np.nan
         self.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
                                       self.hour_of_day)
-        self.feature_names_ = feature_names(self.metrics_)
+        self.stats_ = STATS
+        self.feature_names_ = feature_names(self.metrics_, self.stats_)
         return self
 
     def with_baseline(self, metrics: list[str], step: pd.Timedelta, counters: list[str],
@@ -655,7 +729,8 @@ class Featurizer:
         self.step_ = step
         self.counters_ = [c for c in self.metrics_ if c in set(counters)]
         self.baseline_ = baseline
-        self.feature_names_ = feature_names(self.metrics_)
+        self.stats_ = STATS
+        self.feature_names_ = feature_names(self.metrics_, self.stats_)
         return self
 
     def _rates(self, values: np.ndarray, segments: np.ndarray, in_place: bool = False
@@ -721,7 +796,7 @@ class Featurizer:
     def transform_frame(self, frame: pd.DataFrame) -> Windows:
         """All complete windows of a frame in the contract (sorted by entity, time)."""
         return Windows.concat([b.windows() for b in self.window_blocks(frame, len(frame))],
-                              len(STATS) * len(self.metrics_), len(self.metrics_))
+                              len(self.stats) * len(self.metrics_), len(self.metrics_))
 
     def window_blocks(self, frame: pd.DataFrame, block_rows: int,
                       since: dict[str, int] | None = None, until: dict[str, int] | None = None
@@ -768,7 +843,8 @@ class Featurizer:
                     keep &= end_ns <= hi_ns[c]
                 if not keep.all():
                     end, c, end_ns = end[keep], c[keep], end_ns[keep]
-            yield WindowBlock(self.window, lo, end, end + lo, c, names, end_ns, z, values)
+            yield WindowBlock(self.window, self.stats, lo, end, end + lo, c, names, end_ns, z,
+                              values)
             start = stop
 
     def _stride_ok(self, seg_start: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -813,7 +889,8 @@ class Featurizer:
         ``last`` the values (counters as rates) at each window's last row. Only the rows these
         windows need are standardised, block by block."""
         rows = np.asarray(rows, dtype=np.int64)
-        width = (len(STATS) if stats is None else len(stats)) * len(self.metrics_)
+        stats = self.stats if stats is None else stats
+        width = len(stats) * len(self.metrics_)
         X = np.empty((len(rows), width))
         last = np.empty((len(rows), len(self.metrics_)))
         w = self.window
@@ -843,9 +920,11 @@ class Featurizer:
                               len(self.metrics_))
 
     def deviation(self, X: np.ndarray) -> np.ndarray:
-        """Per metric, how far a window is from normal: max |z| over mean, min, max and last."""
+        """Per metric, how far a window is from normal: max |z| over the stats that say so
+        (:attr:`Stat.deviation`: mean, min, max and last)."""
         m = len(self.metrics_)
-        parts = [np.abs(X[:, k * m:(k + 1) * m]) for k in (0, 2, 3, 4)]
+        parts = [np.abs(X[:, k * m:(k + 1) * m]) for k, s in enumerate(self.stats)
+                 if STAT[s].deviation]
         return np.maximum.reduce(parts)
 
 

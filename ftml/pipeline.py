@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,8 +32,10 @@ from ftml.diagnose import Diagnoser
 from ftml.errors import InputError
 from ftml.events import Event
 from ftml.features import Featurizer, Windows, detector_view, stats_view, window_stats, window_view
-from ftml.io import label_times, to_ns
+from ftml.io import label_times, to_ns, write_records
 
+# Rows a batch score holds at most per chunk by default.
+SCORE_CHUNK_ROWS = 1_000_000
 # Windows the detector is fitted on: a sample is as good as all (each tree sees max_samples).
 MAX_FIT_WINDOWS = 100_000
 # Calibration windows featurized and scored at a time (memory stays bounded).
@@ -186,7 +189,7 @@ class WindowScorer:
             if model.scores_from_stats:
                 scores = model.detector.score_samples(window_view(z, end, w, self.stats))
             else:  # a model that scores (or keeps) windows its own way gets them whole
-                win = Windows(window_stats(z, end, w), blk.names[c], blk.end_ns, blk.rows,
+                win = Windows(window_stats(z, end, w, fz.stats), blk.names[c], blk.end_ns, blk.rows,
                               values[end])
                 scores = np.asarray(model.score_windows(win))
             if not emit:
@@ -199,7 +202,7 @@ class WindowScorer:
             if near.any():
                 e = end[near]
                 if win is None:  # what Model.payload gives: all features, then last values
-                    payload = np.hstack([window_stats(z, e, w), values[e]])
+                    payload = np.hstack([window_stats(z, e, w, fz.stats), values[e]])
                 else:
                     payload = model.payload(win.take(near))
                 out.extend(self.sink.push(blk.names[c[near]], blk.end_ns[near], scores[near],
@@ -250,6 +253,12 @@ class ScoreResult:
     window_table: pd.DataFrame | None = None
 
 
+def write_events(events: list[Event], out: str | Path | None) -> None:
+    """Events to ``out`` (jsonl, csv or parquet), atomically; nothing when ``out`` is None."""
+    if out is not None:
+        write_records([e.to_dict() for e in events], out)
+
+
 def publish_events(events: list[Event], matcher) -> list[Event]:
     """Scored events, in place: each gets its recommended playbook, sorted by entity and start
     (local and Dask scoring alike)."""
@@ -260,6 +269,13 @@ def publish_events(events: list[Event], matcher) -> list[Event]:
 
 
 # --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    manifest: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -355,7 +371,7 @@ def fit_view(featurizer: Featurizer, frame: pd.DataFrame, rows: np.ndarray,
              dc: DetectConfig) -> np.ndarray:
     """What the forest is fitted on: the detector view of the windows ending at ``rows``."""
     fit_w = featurizer.windows_at(frame, rows)
-    return detector_view(fit_w.X, len(featurizer.metrics_), dc.stats)
+    return detector_view(fit_w.X, len(featurizer.metrics_), dc.stats, featurizer.stats)
 
 
 def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
@@ -379,7 +395,7 @@ def incident_windows(featurizer: Featurizer, detector: IsolationDetector, frame:
     will see of an event), as (features, incident index)."""
     inc_w = featurizer.windows_at(frame, rows)
     scores = detector.score_samples(detector_view(inc_w.X, len(featurizer.metrics_),
-                                                  config.detect.stats))
+                                                  config.detect.stats, featurizer.stats))
     label = row_label[inc_w.row]
     keep = top_per_group(label, scores, config.diagnose.max_event_windows)
     return inc_w.X[keep], label[keep]

@@ -45,8 +45,26 @@ from ftml.events import Event, iso
 #: How often a step may run: record only, wait for a human, or act.
 MODES = ("dry_run", "approve", "auto")
 
+@dataclass(frozen=True)
+class ActionKind:
+    """One built-in action kind: one row of :data:`ACTION_KINDS`, all that the schema, the
+    ladder and the docs need to know of it (the recovery engine runs it by its class)."""
+
+    name: str
+    reader: str  # the _Reader method that parses its argument
+    changes: bool  # it changes the system: verified, and its success ends the ladder
+
+
+ACTION_KINDS = {k.name: k for k in (
+    ActionKind("exec", "read_exec", changes=True),
+    ActionKind("http", "read_http", changes=True),
+    ActionKind("checkpoint", "read_checkpoint", changes=False),
+    ActionKind("rollback", "read_rollback", changes=True),
+    ActionKind("notify", "read_notify", changes=False),
+    ActionKind("escalate", "read_escalate", changes=False),
+)}
 #: Built-in action kinds; templates add names that stand for ``exec``.
-ACTIONS = ("exec", "http", "checkpoint", "rollback", "notify", "escalate")
+ACTIONS = tuple(ACTION_KINDS)
 
 #: Event fields that ``{placeholders}`` may name. Nothing else is reachable from a template.
 TEMPLATE_FIELDS = ("id", "entity", "cause", "confidence", "score", "start", "end", "playbook",
@@ -198,7 +216,7 @@ class Step:
 
         Checkpoints and notifications prepare or inform; they never end a ladder.
         """
-        return self.action.kind in ("exec", "http", "rollback")
+        return ACTION_KINDS[self.action.kind].changes
 
     def describe(self) -> str:
         head = self.action.describe()
@@ -427,6 +445,20 @@ def load_playbooks(path: str | Path, known_metrics: Iterable[str] | None = None)
                             hint="check the path") from None
     return parse_playbooks(text, source=str(path), base_dir=path.resolve().parent,
                            known_metrics=known_metrics)
+
+
+def playbook_matcher(path: str | Path | None):
+    """Event -> the name of the playbook it would run (None: none), from a playbook file (none
+    given: no playbook for any event). Scoring uses it to recommend."""
+    if path is None:
+        return lambda event: None
+    book = load_playbooks(path)
+
+    def match(event: Event) -> str | None:
+        pb = book.match(event)
+        return None if pb is None else pb.name
+
+    return match
 
 
 def validate(path: str | Path,
@@ -812,26 +844,18 @@ class _Reader:
                 raise self.fail(ap, f"template '{kind}' takes no arguments",
                                 hint=f"write '- {kind}:' and put name/timeout/verify beside it")
             action = ExecAction(argv=self.templates[kind], template=kind)
-        elif kind == "exec":
-            action = self.read_exec(arg, ap)
-        elif kind == "http":
-            action = self.read_http(arg, ap)
-        elif kind == "checkpoint":
-            action = self.read_checkpoint(arg, ap)
-        elif kind == "rollback":
-            action = self.read_rollback(arg, ap)
         else:
-            action = self.read_notify(arg, ap, escalate=kind == "escalate")
+            action = getattr(self, ACTION_KINDS[kind].reader)(arg, ap)
         name = self.text(value["name"], path + ("name",), "name") if "name" in value else kind
         timeout = self.duration(value["timeout"], path + ("timeout",)) if "timeout" in value \
             else self.defaults.step_timeout
         if "verify" in value:
-            if action.kind not in ("exec", "http", "rollback"):
+            if not ACTION_KINDS[action.kind].changes:
                 raise self.fail(path + ("verify",), f"a {action.kind} step is not verified",
                                 hint="verify the step that changes something")
             verify = self.read_verify(value["verify"], path + ("verify",))
         else:
-            verify = playbook_verify if action.kind in ("exec", "http", "rollback") else None
+            verify = playbook_verify if ACTION_KINDS[action.kind].changes else None
         return Step(name=name, action=action, timeout=timeout, verify=verify,
                     line=self.line(path))
 
@@ -902,7 +926,10 @@ class _Reader:
                             hint="letters, digits, _ . - (it names a folder)")
         return name
 
-    def read_notify(self, value: Any, path: tuple, escalate: bool) -> NotifyAction:
+    def read_escalate(self, value: Any, path: tuple) -> NotifyAction:
+        return self.read_notify(value, path, escalate=True)
+
+    def read_notify(self, value: Any, path: tuple, escalate: bool = False) -> NotifyAction:
         if value is None:
             value = {}
         if isinstance(value, str):

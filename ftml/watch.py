@@ -880,7 +880,7 @@ class Watcher:
         b.win[codes] = win
         b.done[codes] = slots
         X, end = window_features(win.reshape(-1, b.m), np.repeat(np.arange(len(codes)), w),
-                                 w, 1)
+                                 w, 1, fz.stats)
         i = end // w
         keep = np.ones(len(i), dtype=bool)
         if self.stride > 1:

@@ -197,3 +197,31 @@ def test_bundles_without_a_level_window_keep_plain_z(tmp_path):
     z, codes, _ = fz.standardise(data.frame)
     z0, _, _ = fz.standardise(data.frame, level=False)
     assert np.array_equal(z, z0, equal_nan=True)
+
+
+def test_a_statistic_is_one_row_of_the_table_and_old_featurizers_keep_theirs(monkeypatch):
+    """Adding a row to STAT_TABLE gives new featurizers the stat (numpy-only: no kernel slot),
+    while one fitted before keeps exactly its features (so its bundle needs no new format)."""
+    from ftml import features
+
+    data = _data()
+    old = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
+    before = old.transform_frame(data.frame)
+    row = features.Stat("range", lambda g: g.max(axis=1) - g.min(axis=1))
+    monkeypatch.setattr(features, "STAT_TABLE", (*features.STAT_TABLE, row))
+    monkeypatch.setitem(features.STAT, "range", row)
+    monkeypatch.setattr(features, "STATS", (*features.STATS, "range"))
+    new = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
+    assert new.stats[-1] == "range" and old.stats == STATS
+    assert new.feature_names_[-2:] == ["cpu:range", "bytes_total:range"]
+    w = new.transform_frame(data.frame)
+    m = len(new.metrics_)
+    col = {s: slice(i * m, (i + 1) * m) for i, s in enumerate(new.stats)}
+    np.testing.assert_array_equal(w.X[:, col["range"]], w.X[:, col["max"]] - w.X[:, col["min"]])
+    np.testing.assert_array_equal(w.X[:, :len(STATS) * m], before.X)
+    after = old.transform_frame(data.frame)
+    assert after.X.shape == before.X.shape and np.array_equal(after.X, before.X)
+    # What a scorer asks for, a window subset of stats, also computes the new one.
+    S = features.window_stats(np.asarray(data.frame[["cpu"]], dtype=float), np.array([10, 20]),
+                              5, ("range", "max"))
+    assert S.shape == (2, 2)
