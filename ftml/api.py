@@ -198,15 +198,16 @@ def _top_per_group(groups: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray
 
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
           config: Config | None = None, rules: str | Path | None = None,
-          quiet: bool = True) -> TrainResult:
-    """Read history, fit a model and write its bundle to ``out``."""
+          quiet: bool = True, sign_key: bytes | None = None) -> TrainResult:
+    """Read history, fit a model and write its bundle to ``out`` (signed with ``sign_key``,
+    default the environment's ``FTML_MODEL_KEY``, if any)."""
     config = config or Config()
     started = time.perf_counter()
     data = read_metrics(metrics, config.read)
     inc = read_incidents(incidents, data.entities, config.read) if incidents else None
     model, info = fit_model(data, inc, config, rules, quiet)
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
-    manifest = save_model(model, out, info)
+    manifest = save_model(model, out, info, key=sign_key)
     return TrainResult(model, manifest, info)
 
 

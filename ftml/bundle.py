@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,10 +328,13 @@ def load_model(model_dir: str | Path, key: bytes | None = None) -> Model:
     model.manifest = manifest
     if key is None and str(d) not in _warned_unchecked:
         _warned_unchecked.add(str(d))
-        log.warning("ftml: note: %s: model bundle is %s; its authenticity is not checked "
-                    "(sign with 'ftml train --sign-key-file' and load with the same key, or "
-                    "set %s)", d, "signed but no key was given" if signed else "unsigned",
-                    KEY_ENV)
+        if signed:
+            log.warning("ftml: note: %s: model bundle is signed but no key was given, so its "
+                        "HMAC is not checked (pass --sign-key-file or set %s)", d, KEY_ENV)
+        else:
+            log.warning("ftml: note: %s: model bundle is unsigned, so its authenticity is not "
+                        "checked (sign it with 'ftml train --sign-key-file' and load it with "
+                        "the same key)", d)
     return model
 
 
@@ -458,10 +462,12 @@ def _check_svc(svc) -> None:
 # --------------------------------------------------------------------------- old bundles
 
 
-def convert_legacy(model_dir: str | Path, key: bytes | None = None) -> dict[str, Any]:
+def convert_legacy(model_dir: str | Path, key: bytes | None = None,
+                   before_unpickle: Callable[[], None] | None = None) -> dict[str, Any]:
     """Rewrite a format 1 / 2 bundle (``model.joblib``) in this format, in place; returns
     the new manifest. This UNPICKLES ``model.joblib`` (after checking its sha256 against the
-    manifest): only for a bundle you trust. The model keeps its version (event ids, watch
+    manifest; ``before_unpickle`` is called just before, e.g. to warn): only for a bundle you
+    trust. The model keeps its version (event ids, watch
     checkpoints); ``model.joblib`` is removed once the new manifest is in place."""
     import joblib
 
@@ -481,6 +487,8 @@ def convert_legacy(model_dir: str | Path, key: bytes | None = None) -> dict[str,
         raise ModelError(f"{LEGACY_FILE} does not match the sha256 in manifest.json; refusing "
                          "to unpickle it", source=str(path),
                          hint="the file was changed or damaged: re-train")
+    if before_unpickle is not None:
+        before_unpickle()
     model = joblib.load(path)  # the user asked for this, warned; the checksum matched
     if not isinstance(model, Model):
         raise ModelError(f"{LEGACY_FILE} holds no ftml model", source=str(path),
