@@ -179,8 +179,10 @@ def save_model(model: Model, out_dir: str | Path, info: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     key = key if key is not None else model_key()
     state, arrays = _codec().encode(_model_state(model))
-    files = {STATE_FILE: (json.dumps(state, indent=1, allow_nan=True) + "\n").encode(),
-             ARRAYS_FILE: _npz_bytes(arrays)}
+    members, index = _pack(arrays)
+    files = {STATE_FILE: (json.dumps({"model": state, "arrays": index}, indent=1) +
+                          "\n").encode(),
+             ARRAYS_FILE: _npz_bytes(members)}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()}
     version = model_version or hashlib.sha256(
         "".join(f"{n}:{d};" for n, d in sorted(digests.items())).encode()).hexdigest()[:12]
@@ -230,6 +232,50 @@ def _model_state(model: Model) -> Model:
     copy.__dict__.update({k: v for k, v in vars(model).items() if k not in ("version",
                                                                              "manifest")})
     return copy
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """Arrays of one plain dtype concatenated into one member each (a forest diagnoser has
+    thousands of small arrays, and each npz member costs a header parse to read), with the
+    index ``name -> [member, offset, shape]``. Structured arrays stay members of their own."""
+    groups: dict[str, list[np.ndarray]] = {}
+    index: dict[str, list] = {}
+    members: dict[str, np.ndarray] = {}
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name])
+        if arr.dtype.names is not None:
+            member = f"s{len(members)}"
+            members[member] = arr
+            index[name] = [member, 0, list(arr.shape)]
+            continue
+        key = arr.dtype.str
+        parts = groups.setdefault(key, [])
+        index[name] = [key, sum(p.size for p in parts), list(arr.shape)]
+        parts.append(arr.ravel())
+    for n, (key, parts) in enumerate(groups.items()):
+        member = f"p{n}"
+        members[member] = np.concatenate(parts)
+        for entry in index.values():
+            if entry[0] == key:
+                entry[0] = member
+    return members, index
+
+
+def _unpack(members: dict[str, np.ndarray], index: Any) -> dict[str, np.ndarray]:
+    if not isinstance(index, dict):
+        raise ValueError("the array index is not a mapping")
+    out = {}
+    for name, entry in index.items():
+        member, offset, shape = entry
+        flat = members[member]
+        if flat.dtype.names is not None:
+            out[name] = flat.reshape(shape)
+            continue
+        size = int(np.prod(shape, dtype=np.int64))
+        if not (isinstance(offset, int) and 0 <= offset and offset + size <= flat.size):
+            raise ValueError(f"array {name!r} lies outside its member")
+        out[name] = flat[offset:offset + size].reshape(shape).copy()
+    return out
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -344,8 +390,8 @@ def _rebuild(blobs: dict[str, bytes], d: Path) -> Model:
     try:
         state = json.loads(blobs[STATE_FILE])
         with np.load(io.BytesIO(blobs[ARRAYS_FILE]), allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-        model = _codec().decode(state, arrays)
+            members = {name: z[name] for name in z.files}
+        model = _codec().decode(state["model"], _unpack(members, state["arrays"]))
     except (CodecError, ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile,
             UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"the bundle's data does not rebuild a model: {_first_line(exc)}",

@@ -241,7 +241,7 @@ def test_a_pickle_beside_a_data_bundle_is_never_read(bundle, tmp_path):
 def test_a_class_outside_the_list_is_refused_even_with_the_manifest_resealed(bundle, tmp_path):
     copy = _copy(bundle, tmp_path / "m")
     state = json.loads((copy / STATE_FILE).read_text())
-    state["state"]["rules"] = [{"__object__": "posix.system", "state": {}}]
+    state["model"]["state"]["rules"] = [{"__object__": "posix.system", "state": {}}]
     (copy / STATE_FILE).write_text(json.dumps(state))
     _reseal(copy)
     _assert_refused(_ftml("explain", copy), "posix.system", "does not rebuild")
