@@ -207,16 +207,17 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_key_option("verifies")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
-             calibration_metrics, calibration_incidents, quiet):
+             calibration_metrics, calibration_incidents, quiet, key_file):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
-    ev = run_evaluation(model_dir, metrics, incidents, playbooks=playbooks, baselines=baselines,
+    ev = run_evaluation(_load_model(model_dir, key_file), metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet)
     click.echo(report.format_text(ev.report))
@@ -271,16 +272,16 @@ def playbook_check(file):
 @click.option("--metrics", "metrics", multiple=True, required=True)
 @click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
 @click.option("--incidents", type=click.Path(dir_okay=False))
+@_key_option("verifies")
 @_clean_errors
-def playbook_replay(model_dir, metrics, playbooks, incidents):
+def playbook_replay(model_dir, metrics, playbooks, incidents, key_file):
     """Score history and run the engine over it in dry-run: what would have run, and when."""
     from ftml import api
-    from ftml.bundle import load_model
     from ftml.io import read_incidents, read_metrics
     from ftml.playbooks import load_playbooks
     from ftml.recover import replay
 
-    model = load_model(model_dir)
+    model = _load_model(model_dir, key_file)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)

@@ -303,10 +303,25 @@ def test_a_signed_bundle_loads_with_its_key_and_not_with_another(signed, fleet, 
     run = _ftml("explain", signed, env={"FTML_MODEL_KEY": KEY.decode()})
     assert run.returncode == 0 and run.stderr == "", run.stderr
     _assert_refused(_ftml("explain", signed, env={"FTML_MODEL_KEY": "another key"}), "HMAC")
+    (tmp_path / "other").write_text("another key\n")
+    _assert_refused(_ftml("watch", "--model", signed, "--source", "stdin", "--sign-key-file",
+                          tmp_path / "other"), "HMAC")
     # Without a key it loads, and says once that nothing was checked.
     run = _ftml("explain", signed)
     assert run.returncode == 0
     assert run.stderr.count("ftml: note:") == 1 and "no key" in run.stderr
+
+
+def test_the_environment_key_signs_and_verifies(fleet, tmp_path, monkeypatch):
+    model, info, _ = _fit(fleet, "tree", False)
+    monkeypatch.setenv("FTML_MODEL_KEY", KEY.decode())
+    save_model(model, tmp_path / "m", info)
+    assert json.loads((tmp_path / "m" / MANIFEST_FILE).read_text())["signature"]["hmac"]
+    assert load_model(tmp_path / "m").version == model.version
+    monkeypatch.setenv("FTML_MODEL_KEY", "another key")
+    with pytest.raises(ModelError, match="HMAC does not match"):
+        load_model(tmp_path / "m")
+    assert load_model(tmp_path / "m", key=KEY).version == model.version
 
 
 def test_a_resealed_signed_bundle_is_refused_with_the_key(signed, bundle, tmp_path):
