@@ -392,8 +392,8 @@ def _rebuild(blobs: dict[str, bytes], d: Path) -> Model:
         with np.load(io.BytesIO(blobs[ARRAYS_FILE]), allow_pickle=False) as z:
             members = {name: z[name] for name in z.files}
         model = _codec().decode(state["model"], _unpack(members, state["arrays"]))
-    except (CodecError, ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile,
-            UnicodeDecodeError, RecursionError) as exc:
+    except (CodecError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
+            zipfile.BadZipFile, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"the bundle's data does not rebuild a model: {_first_line(exc)}",
                          source=str(d), hint="re-train the model") from None
     problem = _model_problem(model)
