@@ -5,6 +5,7 @@ refused, and converted only when asked."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -379,3 +380,44 @@ def test_convert_refuses_a_pickle_that_does_not_match_its_checksum(tmp_path):
     (evil / LEGACY_FILE).write_bytes((evil / LEGACY_FILE).read_bytes() + b".")
     _assert_refused(_ftml("model", "convert", evil), "sha256")
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- index checks
+
+
+@functools.lru_cache(maxsize=4)
+def _fit_once(fleet: Path, classifier: str, incidents: bool) -> Model:
+    """A fitted model shared by tests that only read it."""
+    return _fit(fleet, classifier, incidents)[0]
+
+
+@pytest.mark.parametrize("classifier,suffix,corrupt", [
+    ("tree", ".tree_.left_child", lambda a: a.__setitem__(0, len(a) + 5)),
+    ("tree", ".tree_.feature", lambda a: a.__setitem__(0, 10_000)),
+    ("forest", ".tree_.right_child", lambda a: a.__setitem__(0, 0)),
+    ("svm", "._n_support", lambda a: a.__setitem__(0, a[0] + 7)),
+    (None, "forest_._nodes", None),
+])
+def test_indices_compiled_code_follows_unchecked_are_checked_on_load(fleet, classifier, suffix,
+                                                                     corrupt):
+    """A tree child or feature out of range, support vector counts that do not add up, forest
+    node arrays pointing outside: refused when decoded, before scikit-learn's Cython, libsvm
+    or the forest kernel could read out of bounds."""
+    from ftml.bundle import _codec, _model_state
+    from ftml.codec import CodecError
+
+    model = _fit_once(fleet, classifier or "tree", classifier is not None)
+    codec = _codec()
+    state, arrays = codec.encode(_model_state(model))
+    name = next(k for k in sorted(arrays) if k.endswith(suffix))
+    arrays = dict(arrays)
+    arrays[name] = arrays[name].copy()
+    if corrupt is None:  # the FastForest's first inner node points past the end
+        nodes = arrays[name]
+        inner = np.flatnonzero(~np.isnan(nodes["threshold"]))[0]
+        nodes["left"][inner] = len(nodes) + 3
+    else:
+        corrupt(arrays[name])
+    assert codec.decode(*codec.encode(_model_state(model))) is not None
+    with pytest.raises(CodecError, match="inconsistent|out of range|shapes"):
+        codec.decode(state, arrays)
