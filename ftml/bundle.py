@@ -372,6 +372,7 @@ def load_model(model_dir: str | Path, key: bytes | None = None) -> Model:
     model = _rebuild(blobs, d)
     model.version = str(manifest["model_version"])
     model.manifest = manifest
+    _note_other_sklearn(model, manifest, d)
     if key is None and str(d) not in _warned_unchecked:
         _warned_unchecked.add(str(d))
         if signed:
@@ -382,6 +383,18 @@ def load_model(model_dir: str | Path, key: bytes | None = None) -> Model:
                         "checked (sign it with 'ftml train --sign-key-file' and load it with "
                         "the same key)", d)
     return model
+
+
+def _note_other_sklearn(model: Model, manifest: dict[str, Any], d: Path) -> None:
+    """The forest is stored in ftml's own layout, but the diagnoser is scikit-learn's objects
+    with their attributes as that version had them: say so when this version differs."""
+    import sklearn
+
+    trained = (manifest.get("versions") or {}).get("scikit-learn")
+    if model.diagnoser is not None and trained != sklearn.__version__:
+        log.warning("ftml: note: %s: the diagnoser was trained with scikit-learn %s, this is "
+                    "%s; re-train if its diagnoses fail or look wrong", d, trained,
+                    sklearn.__version__)
 
 
 def _rebuild(blobs: dict[str, bytes], d: Path) -> Model:

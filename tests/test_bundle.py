@@ -195,6 +195,21 @@ def test_unsigned_bundle_is_noted_once_per_process(bundle, tmp_path, caplog):
     assert len(notes) == 1
 
 
+def test_a_diagnoser_from_another_scikit_learn_is_noted(bundle, tmp_path, caplog):
+    copy = _copy(bundle, tmp_path / "m")
+    m = json.loads((copy / MANIFEST_FILE).read_text())
+    m["versions"]["scikit-learn"] = "0.1"
+    (copy / MANIFEST_FILE).write_text(json.dumps(m))
+    _reseal(copy)
+    with caplog.at_level(logging.WARNING, logger="ftml.bundle"):
+        load_model(copy)
+    assert any("scikit-learn 0.1" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftml.bundle"):
+        load_model(bundle)
+    assert not any("scikit-learn" in r.getMessage() for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
