@@ -102,21 +102,23 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
 
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
           config: Config | None = None, rules: str | Path | None = None,
-          quiet: bool = True, scheduler: Any = None) -> TrainResult:
-    """Read history, fit a model and write its bundle to ``out``; with ``scheduler`` (see
+          quiet: bool = True, sign_key: bytes | None = None, scheduler: Any = None
+          ) -> TrainResult:
+    """Read history, fit a model and write its bundle to ``out`` (signed with ``sign_key``,
+    default the environment's ``FTML_MODEL_KEY``, if any); with ``scheduler`` (see
     :func:`ftml.distributed.connect`), on a Dask cluster."""
     if scheduler is not None:
         from ftml import distributed
 
         return distributed.train(metrics, out, scheduler, incidents=incidents, config=config,
-                                 rules=rules, quiet=quiet)
+                                 rules=rules, quiet=quiet, sign_key=sign_key)
     config = config or Config()
     started = time.perf_counter()
     data = read_metrics(metrics, config.read)
     inc = read_incidents(incidents, data.entities, config.read) if incidents else None
     model, info = fit_model(data, inc, config, rules, quiet)
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
-    manifest = save_model(model, out, info)
+    manifest = save_model(model, out, info, key=sign_key)
     return TrainResult(model, manifest, info)
 
 

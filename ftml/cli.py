@@ -44,6 +44,19 @@ def _read_options(fn):
     return fn
 
 
+def _key_option(verb: str):
+    return click.option("--sign-key-file", "key_file", type=click.Path(dir_okay=False),
+                        help=f"File holding the key that {verb} the bundle with an HMAC "
+                             "(default: env FTML_MODEL_KEY; without either, unsigned).")
+
+
+def _load_model(model_dir, key_file):
+    """The bundle, verified with the key of --sign-key-file or FTML_MODEL_KEY if given."""
+    from ftml.bundle import load_model, model_key
+
+    return load_model(model_dir, key=model_key(key_file))
+
+
 def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
     r = config.read
     if timestamp_col:
@@ -96,12 +109,16 @@ def simulate(out, entities, days, step, seed, start, fmt):
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@_key_option("signs")
 @_read_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, scheduler, timestamp_col, entity_col, step, exclude):
+          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
+    from ftml.bundle import model_key
+
+    key = model_key(key_file)  # before the work: a missing key file fails at once
 
     config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude)
     if classifier:
@@ -111,7 +128,7 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
     if window:
         config.features.window = window
     result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
-                       quiet=quiet, scheduler=scheduler or None)
+                       quiet=quiet, sign_key=key, scheduler=scheduler or None)
     m = result.manifest
     cal = m["calibration"]
     click.echo(f"model {m['model_version']} -> {out}")
@@ -139,12 +156,15 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@_key_option("verifies")
 @_clean_errors
-def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler):
+def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
+          key_file):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
+    model = _load_model(model_dir, key_file)
+    result = api.score(model, metrics, out=out, windows_out=windows_out,
                        playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
                        scheduler=scheduler or None)
     by_cause: dict[str, int] = {}
@@ -175,16 +195,17 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_key_option("verifies")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
-             calibration_metrics, calibration_incidents, quiet):
+             calibration_metrics, calibration_incidents, quiet, key_file):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
-    ev = run_evaluation(model_dir, metrics, incidents, playbooks=playbooks, baselines=baselines,
+    ev = run_evaluation(_load_model(model_dir, key_file), metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet)
     click.echo(report.format_text(ev.report))
@@ -198,12 +219,11 @@ def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
 
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
+@_key_option("verifies")
 @_clean_errors
-def explain(model_dir):
+def explain(model_dir, key_file):
     """Print what a model learned: its diagnosis rules, threshold and calibration."""
-    from ftml.bundle import load_model
-
-    model = load_model(model_dir)
+    model = _load_model(model_dir, key_file)
     m = model.manifest
     click.echo(f"model {m['model_version']}: {len(model.metrics)} metrics, window "
                f"{model.featurizer.window} steps of {model.step}, threshold {model.threshold:.4f}")
@@ -240,22 +260,46 @@ def playbook_check(file):
 @click.option("--metrics", "metrics", multiple=True, required=True)
 @click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
 @click.option("--incidents", type=click.Path(dir_okay=False))
+@_key_option("verifies")
 @_clean_errors
-def playbook_replay(model_dir, metrics, playbooks, incidents):
+def playbook_replay(model_dir, metrics, playbooks, incidents, key_file):
     """Score history and run the engine over it in dry-run: what would have run, and when."""
     from ftml import api
-    from ftml.bundle import load_model
     from ftml.io import read_incidents, read_metrics
     from ftml.playbooks import load_playbooks
     from ftml.recover import replay
 
-    model = load_model(model_dir)
+    model = _load_model(model_dir, key_file)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)
     inc = read_incidents(incidents, data.entities) if incidents else None
     out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version)
     click.echo(out.format())
+
+
+@main.group("model")
+def model_group():
+    """Manage model bundles."""
+
+
+@model_group.command("convert")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@_key_option("signs")
+@_clean_errors
+def model_convert(model_dir, key_file):
+    """Rewrite an old pickle bundle (model.joblib) as data only, in place. This UNPICKLES
+    model.joblib once, which runs any code in it: only for a bundle you trust."""
+    from ftml.bundle import LEGACY_FILE, convert_legacy, model_key
+
+    def warn() -> None:
+        click.echo(f"ftml: warning: converting {model_dir} unpickles its {LEGACY_FILE}, which "
+                   "runs any code in it: do this only for a bundle you trust", err=True)
+
+    m = convert_legacy(model_dir, key=model_key(key_file), before_unpickle=warn)
+    signed = "signed" if isinstance(m["signature"], dict) else "unsigned"
+    click.echo(f"model {m['model_version']} -> {model_dir} (format {m['format_version']}, "
+               f"{signed}; {LEGACY_FILE} removed)")
 
 
 @main.command()
@@ -316,14 +360,14 @@ def audit(state_dir, since, entity):
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@_key_option("verifies")
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level):
+          config_path, log_level, key_file):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
 
-    from ftml.bundle import load_model
     from ftml.config import parse_duration
     from ftml.sinks import make_sink
     from ftml.sources import make_source, source_config
@@ -331,7 +375,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(model_dir)
+    model = _load_model(model_dir, key_file)
     config = load_config(config_path)
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"

@@ -55,8 +55,9 @@ class IsolationDetector(BaseEstimator):
         return -self._scorer().score_samples(X)
 
     def _scorer(self):
-        # The fast scorer is compiled from the fitted forest when first needed, never pickled:
-        # a bundle then holds only scikit-learn's forest and loads whatever ftml.fast becomes.
+        # The fast scorer is compiled from the fitted forest when first needed, never pickled.
+        # A bundle holds the compiled arrays (ftml.bundle), so a loaded detector's forest_ is
+        # the FastForest itself and scores with no scikit-learn forest rebuilt.
         fast = self.__dict__.get("_fast")
         if fast is None:
             fast = self.__dict__["_fast"] = _compile(self.forest_) or self.forest_
@@ -76,9 +77,11 @@ class IsolationDetector(BaseEstimator):
 def _compile(forest):
     """A faster, identical scorer when ftml.fast is available; else None (sklearn scores)."""
     try:
-        from ftml.fast import compile_forest
+        from ftml.fast import FastForest, compile_forest
     except ImportError:
         return None
+    if isinstance(forest, FastForest):  # a detector loaded from a bundle: compiled already
+        return forest
     return compile_forest(forest)
 
 

@@ -662,7 +662,8 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
 def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
           incidents: str | Path | None = None, config: Config | None = None,
           rules: str | Path | None = None, quiet: bool = True,
-          chunk_rows: int = SCORE_CHUNK_ROWS, task_rows: int = TASK_ROWS) -> TrainResult:
+          chunk_rows: int = SCORE_CHUNK_ROWS, task_rows: int = TASK_ROWS,
+          sign_key: bytes | None = None) -> TrainResult:
     """:func:`ftml.api.train` on a Dask cluster: featurization on the workers, the forest
     fitted through joblib's Dask backend, the same bundle format. While the history before the
     calibration cut has at most 125 000 rows, all fit windows are gathered and the same 100 000
@@ -749,5 +750,5 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         calibration=calibration_info(thresholder, dc), diagnosis=diag_info,
         extra={"dask_threads": threads}).to_dict()
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
-    manifest = save_model(model, out, info)
+    manifest = save_model(model, out, info, key=sign_key)
     return TrainResult(model, manifest, info)

@@ -2,14 +2,13 @@
 
 import json
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from ftml import api
-from ftml.bundle import MANIFEST_FILE, MODEL_FILE, load_model
+from ftml.bundle import ARRAYS_FILE, BUNDLE_FILES, MANIFEST_FILE, load_model
 from ftml.cli import main
 from ftml.config import Config
 from ftml.errors import ModelError
@@ -50,7 +49,8 @@ def trained(tmp_path_factory):
 def test_bundle_has_manifest_with_versions_schema_and_checksum(trained):
     tmp, _, _, result = trained
     m = json.loads((tmp / "model" / MANIFEST_FILE).read_text())
-    for key in ("format_version", "sha256", "versions", "metrics", "feature_schema",
+    for key in ("format_version", "files", "digest", "signature", "versions", "metrics",
+                "feature_schema",
                 "step_seconds", "window", "training", "calibration", "causes"):
         assert key in m
     assert m["counters"] == ["bytes_total"]
@@ -100,16 +100,16 @@ def test_score_output_formats(trained, tmp_path, suffix):
         assert len(pd.read_csv(out)) == len(res.events)
 
 
-def test_changed_model_file_is_refused_before_unpickling(trained, tmp_path, monkeypatch):
+def test_changed_model_file_is_refused_before_it_is_read(trained, tmp_path, monkeypatch):
     tmp, _, _, _ = trained
     bundle = tmp_path / "model"
     bundle.mkdir()
-    for f in (MODEL_FILE, MANIFEST_FILE):
+    for f in (*BUNDLE_FILES, MANIFEST_FILE):
         (bundle / f).write_bytes((tmp / "model" / f).read_bytes())
-    with open(bundle / MODEL_FILE, "ab") as fh:
+    with open(bundle / ARRAYS_FILE, "ab") as fh:
         fh.write(b"tampered")
     called = []
-    monkeypatch.setattr(joblib, "load", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(np, "load", lambda *a, **k: called.append(a))
     with pytest.raises(ModelError, match="sha256"):
         load_model(bundle)
     assert not called
@@ -119,7 +119,8 @@ def test_unknown_format_version_is_refused(trained, tmp_path):
     tmp, _, _, _ = trained
     bundle = tmp_path / "model"
     bundle.mkdir()
-    (bundle / MODEL_FILE).write_bytes((tmp / "model" / MODEL_FILE).read_bytes())
+    for f in BUNDLE_FILES:
+        (bundle / f).write_bytes((tmp / "model" / f).read_bytes())
     m = json.loads((tmp / "model" / MANIFEST_FILE).read_text())
     m["format_version"] = 99
     (bundle / MANIFEST_FILE).write_text(json.dumps(m))
@@ -157,7 +158,8 @@ def test_cli_tampered_model_is_one_line_error(tmp_path, trained):
     tmp, metrics, _, _ = trained
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / MANIFEST_FILE).write_text((tmp / "model" / MANIFEST_FILE).read_text())
-    (tmp_path / "m" / MODEL_FILE).write_bytes(b"not the model")
+    for f in BUNDLE_FILES:
+        (tmp_path / "m" / f).write_bytes(b"not the model")
     r = CliRunner().invoke(main, ["score", "--model", str(tmp_path / "m"), "--metrics",
                                   str(metrics), "--out", str(tmp_path / "ev.jsonl")])
     assert r.exit_code == 2 and "sha256" in r.stderr
