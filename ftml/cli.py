@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 
 import click
@@ -33,15 +34,31 @@ def _clean_errors(fn):
 
 
 def _read_options(fn):
-    """Options of the metric data contract, shared by every command that reads metrics."""
+    """Options of the metric data contract, shared by every command that reads metrics. A
+    model remembers the ones it was trained with; given to a command that loads a model, they
+    override them."""
     for opt in reversed([
         click.option("--timestamp-col", help="Name of the timestamp column."),
         click.option("--entity-col", help="Name of the entity column (host, pod, service)."),
-        click.option("--step", help="Sampling step, e.g. 60s (default: inferred)."),
+        click.option("--step", help="Sampling step, e.g. 60s (default: inferred; a model's "
+                                    "own step when scoring)."),
         click.option("--exclude", multiple=True, help="Non-numeric column to ignore."),
     ]):
         fn = opt(fn)
     return fn
+
+
+_BARE_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+
+
+def _step_with_unit(step: str) -> str:
+    """'60' -> '60s', said on stderr: a bare number is read as seconds, and the user should
+    know which unit was assumed."""
+    if _BARE_NUMBER.match(step):
+        click.echo(f"ftml: note: --step {step.strip()} has no unit: read as {step.strip()}s "
+                   "(seconds)", err=True)
+        return f"{step.strip()}s"
+    return step
 
 
 def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
@@ -51,10 +68,37 @@ def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Con
     if entity_col:
         r.entity_col = entity_col
     if step:
-        r.step = step
+        r.step = _step_with_unit(step)
     if exclude:
         r.exclude = list(r.exclude) + list(exclude)
     return config
+
+
+def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude):
+    """The model of ``model_dir`` reading as it was trained to, but for the options given."""
+    import dataclasses
+
+    from ftml.bundle import load_model
+    from ftml.config import parse_duration
+    from ftml.errors import InputError
+
+    model = load_model(model_dir)
+    if step:
+        step = _step_with_unit(step)
+        try:
+            wanted = parse_duration(step, "step")
+        except FtmlError as exc:
+            raise InputError(exc.problem, where="--step", hint=exc.hint) from None
+        if wanted != model.step:
+            # Its windows, baselines and threshold are counted in its own steps.
+            raise InputError(f"--step {step} differs from the model's step {model.step}",
+                             where="--step", hint="leave --step out: the model reads at its "
+                                                  "own step")
+    if timestamp_col or entity_col or exclude:
+        config = dataclasses.replace(model.config, read=dataclasses.replace(model.config.read))
+        _apply_read(config, timestamp_col, entity_col, None, exclude)
+        model = dataclasses.replace(model, config=config)
+    return model
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,10 +189,14 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@_read_options
 @_clean_errors
-def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler):
+def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
+          timestamp_col, entity_col, step, exclude):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
+
+    model_dir = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
 
     if scheduler:
         from ftml import distributed
@@ -187,16 +235,19 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_read_options
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
-             calibration_metrics, calibration_incidents, quiet):
+             calibration_metrics, calibration_incidents, quiet, timestamp_col, entity_col, step,
+             exclude):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
-    ev = run_evaluation(model_dir, metrics, incidents, playbooks=playbooks, baselines=baselines,
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
+    ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet)
     click.echo(report.format_text(ev.report))
@@ -252,16 +303,17 @@ def playbook_check(file):
 @click.option("--metrics", "metrics", multiple=True, required=True)
 @click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
 @click.option("--incidents", type=click.Path(dir_okay=False))
+@_read_options
 @_clean_errors
-def playbook_replay(model_dir, metrics, playbooks, incidents):
+def playbook_replay(model_dir, metrics, playbooks, incidents, timestamp_col, entity_col, step,
+                    exclude):
     """Score history and run the engine over it in dry-run: what would have run, and when."""
     from ftml import api
-    from ftml.bundle import load_model
     from ftml.io import read_incidents, read_metrics
     from ftml.playbooks import load_playbooks
     from ftml.recover import replay
 
-    model = load_model(model_dir)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)
@@ -328,14 +380,14 @@ def audit(state_dir, since, entity):
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@_read_options
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level):
+          config_path, log_level, timestamp_col, entity_col, step, exclude):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
 
-    from ftml.bundle import load_model
     from ftml.config import parse_duration
     from ftml.sinks import make_sink
     from ftml.sources import make_source, source_config
@@ -343,7 +395,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(model_dir)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
     config = load_config(config_path)
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"

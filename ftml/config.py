@@ -93,10 +93,19 @@ class Config:
         for name, value in data.items():
             if name in sections:
                 kwargs[name] = _section(_SECTION_TYPES[name], value, source, name)
-            else:
+            elif name in EXTRA_SECTIONS:
                 extra[name] = value
+            else:
+                # A misspelt section would otherwise be kept and never read: its settings
+                # silently not applied.
+                known = sorted([*sections, *EXTRA_SECTIONS])
+                raise ConfigError(f"unknown section '{name}'", source=source, where=str(name),
+                                  hint=f"known sections: {', '.join(known)}")
         return cls(**kwargs, extra=extra)
 
+
+# Sections owned by later stages, read there (``Config.extra``), e.g. watch.WatchConfig.
+EXTRA_SECTIONS = ("watch",)
 
 _SECTION_TYPES = {"read": ReadConfig, "features": FeatureConfig, "detect": DetectConfig,
                   "diagnose": DiagnoseConfig}
