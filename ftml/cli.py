@@ -367,8 +367,9 @@ def audit(state_dir, since, entity):
 @click.option("--source", "sources", multiple=True, required=True,
               help="file:PATH | stdin | local | prometheus:URL (repeatable).")
 @click.option("--playbooks", type=click.Path(dir_okay=False), help="Recovery playbooks.")
-@click.option("--mode", type=click.Choice(["dry-run", "approve", "auto"]), default="dry-run",
-              show_default=True, help="How recovery acts (overrides the playbook file).")
+@click.option("--mode", type=click.Choice(["dry_run", "dry-run", "approve", "auto"]),
+              default="dry_run", show_default=True,
+              help="How recovery acts (overrides the playbook file); dry-run is dry_run.")
 @click.option("--sink", "sinks", multiple=True,
               help="stdout | jsonl:PATH | webhook:URL | alertmanager:URL (repeatable; "
                    "default stdout).")
@@ -412,7 +413,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
         from ftml.recover import RecoveryEngine
 
         engine = RecoveryEngine(load_playbooks(playbooks, known_metrics=model.metrics),
-                                state_dir=state_dir, mode=mode.replace("-", "_"),
+                                state_dir=state_dir, mode=mode,
                                 model_version=model.version)
     watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg)
 

@@ -149,6 +149,20 @@ def load_config(path: str | Path | None) -> Config:
     return Config.from_dict(data, source=str(path))
 
 
+# How recovery acts; the one spelling is dry_run, and dry-run (as on a command line) is
+# the same mode.
+RECOVERY_MODES = ("dry_run", "approve", "auto")
+
+
+def recovery_mode(value: Any) -> str | None:
+    """A mode as written (dry_run or dry-run, approve, auto) -> its one spelling; None if it
+    is not a mode."""
+    if not isinstance(value, str):
+        return None
+    mode = value.strip().replace("-", "_")
+    return mode if mode in RECOVERY_MODES else None
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 

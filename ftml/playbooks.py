@@ -38,12 +38,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ftml.config import parse_duration
+from ftml.config import RECOVERY_MODES, parse_duration, recovery_mode
 from ftml.errors import ConfigError, PlaybookError
 from ftml.events import Event, iso
 
 #: How often a step may run: record only, wait for a human, or act.
-MODES = ("dry_run", "approve", "auto")
+MODES = RECOVERY_MODES
 
 #: Built-in action kinds; templates add names that stand for ``exec``.
 ACTIONS = ("exec", "http", "checkpoint", "rollback", "notify", "escalate")
@@ -601,9 +601,10 @@ class _Reader:
         return epoch_seconds(ts)
 
     def mode(self, value: Any, path: tuple) -> str:
-        if value not in MODES:
+        mode = recovery_mode(value)
+        if mode is None:
             raise self.fail(path, f"unknown mode {value!r}", hint=f"use one of {', '.join(MODES)}")
-        return value
+        return mode
 
     def glob(self, value: Any, path: tuple) -> str:
         return self.text(value, path, "glob text")

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ftml.audit import OUTPUT_LIMIT, AuditLog, db_path, excerpt, format_audit, redact
+from ftml.config import recovery_mode
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
@@ -1051,9 +1052,11 @@ class RecoveryEngine:
                  clock: Clock | None = None, metrics: MetricReader | None = None,
                  notifier: Notifier | None = None, actions: ActionRunner | None = None,
                  mode: str | None = None, model_version: str = ""):
-        if mode is not None and mode not in ("dry_run", "approve", "auto"):
-            raise ConfigError(f"unknown mode {mode!r}", where="mode",
-                              hint="use one of dry_run, approve, auto")
+        if mode is not None:
+            given, mode = mode, recovery_mode(mode)
+            if mode is None:
+                raise ConfigError(f"unknown mode {given!r}", where="mode",
+                                  hint="use one of dry_run, approve, auto")
         self.playbooks = playbooks
         self.clock = clock or SystemClock()
         self.metrics = metrics

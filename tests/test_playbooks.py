@@ -513,3 +513,38 @@ def test_simulator_names_agree_with_the_simulator():
     simulate = pytest.importorskip("ftml.simulate")
     assert set(SIMULATOR_CAUSES) == set(simulate.CAUSES)
     assert set(SIMULATOR_METRICS) <= set(simulate.METRICS)
+
+
+# --------------------------------------------------------------------------- one mode spelling
+
+
+@pytest.mark.parametrize("written", ["dry_run", "dry-run"])
+def test_both_spellings_of_dry_run_are_one_mode(written):
+    pbs = parse(f"""
+        version: 1
+        defaults: {{mode: {written}}}
+        playbooks:
+          - {{name: p, cause: c, mode: {written}, {STEPS_OK}}}
+    """)
+    assert pbs.defaults.mode == "dry_run"
+    assert pbs.playbooks[0].mode == "dry_run"
+    from ftml.recover import RecoveryEngine
+
+    engine = RecoveryEngine(pbs, mode=written)
+    try:
+        assert engine.mode == "dry_run"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("written", ["dry_run", "dry-run"])
+def test_watch_takes_both_spellings_of_dry_run(written):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    # A missing model fails after the options are read: the mode itself is accepted.
+    result = CliRunner().invoke(main, ["watch", "--model", "/nonexistent/model", "--source",
+                                       "local", "--mode", written])
+    assert result.exit_code == 2
+    assert "--mode" not in result.output, result.output
