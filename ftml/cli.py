@@ -101,6 +101,19 @@ def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude):
     return model
 
 
+def _warn_on_causes(book, model) -> None:
+    """Playbooks for causes the model never names, or causes without playbook: said on
+    stderr (``playbook check --model`` refuses the first)."""
+    from ftml.playbooks import check_causes
+
+    try:
+        warnings = check_causes(book, model.causes)
+    except FtmlError as exc:
+        warnings = [exc.one_line()]
+    for warning in warnings:
+        click.echo(f"ftml: warning: {warning}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ftml")
 def main():
@@ -196,16 +209,19 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    model_dir = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
+    if playbooks:
+        from ftml.playbooks import load_playbooks
 
+        _warn_on_causes(load_playbooks(playbooks, known_metrics=model.metrics), model)
     if scheduler:
         from ftml import distributed
 
-        result = distributed.score(model_dir, metrics, scheduler, out=out,
+        result = distributed.score(model, metrics, scheduler, out=out,
                                    windows_out=windows_out, playbooks=playbooks,
                                    chunk_rows=chunk_rows, quiet=quiet)
     else:
-        result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
+        result = api.score(model, metrics, out=out, windows_out=windows_out,
                            playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
     by_cause: dict[str, int] = {}
     for ev in result.events:
@@ -289,13 +305,24 @@ def playbook():
 
 @playbook.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="Check causes and verify metrics against what this model names and reads.")
 @_clean_errors
-def playbook_check(file):
-    """Validate a playbook file and print cause -> steps."""
-    from ftml.playbooks import validate
+def playbook_check(file, model_dir):
+    """Validate a playbook file and print cause -> steps; warn on exec programs missing."""
+    from ftml.playbooks import check_causes, check_programs, validate
 
-    _, text = validate(file)
+    model = None
+    if model_dir:
+        from ftml.bundle import load_model
+
+        model = load_model(model_dir)
+    book, text = validate(file, known_metrics=model.metrics if model is not None else None)
+    warnings = check_causes(book, model.causes) if model is not None else []
+    warnings += check_programs(book)
     click.echo(text)
+    for warning in warnings:
+        click.echo(f"ftml: warning: {warning}", err=True)
 
 
 @playbook.command("replay")
@@ -315,6 +342,7 @@ def playbook_replay(model_dir, metrics, playbooks, incidents, timestamp_col, ent
 
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
+    _warn_on_causes(book, model)
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)
     inc = read_incidents(incidents, data.entities) if incidents else None
