@@ -330,11 +330,14 @@ def playbook_check(file, model_dir):
 @click.option("--metrics", "metrics", multiple=True, required=True)
 @click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
 @click.option("--incidents", type=click.Path(dir_okay=False))
+@click.option("--mode", type=click.Choice(["dry_run", "dry-run", "approve", "auto"]),
+              help="Decide as watch --mode does (default: the playbook file's modes).")
 @_read_options
 @_clean_errors
-def playbook_replay(model_dir, metrics, playbooks, incidents, timestamp_col, entity_col, step,
-                    exclude):
-    """Score history and run the engine over it in dry-run: what would have run, and when."""
+def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_col, entity_col,
+                    step, exclude):
+    """Score history and run the engine over it: what it would have decided, and what each
+    playbook would have achieved with actions that succeed at once."""
     from ftml import api
     from ftml.io import read_incidents, read_metrics
     from ftml.playbooks import load_playbooks
@@ -346,7 +349,8 @@ def playbook_replay(model_dir, metrics, playbooks, incidents, timestamp_col, ent
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)
     inc = read_incidents(incidents, data.entities) if incidents else None
-    out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version)
+    out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version,
+                 mode=mode)
     click.echo(out.format())
 
 
