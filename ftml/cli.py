@@ -129,13 +129,22 @@ def main():
 @click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
               show_default=True)
+@click.option("--test-days", type=click.FloatRange(0.05, 3650),
+              help="Split: also simulate the N days after --days, same fleet, new faults and "
+                   "noise; --days go to DIR/train/, these to DIR/test/.")
 @_clean_errors
-def simulate(out, entities, days, step, seed, start, fmt):
-    """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv."""
-    from ftml.simulate import write_simulation
+def simulate(out, entities, days, step, seed, start, fmt, test_days):
+    """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv (with
+    --test-days: DIR/train/ and DIR/test/, a later period of the same fleet to score)."""
+    from ftml.simulate import write_simulation, write_split_simulation
 
-    summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
-                               seed=seed, start=start)
+    if test_days:
+        summary = write_split_simulation(out, test_days=test_days, format=fmt,
+                                         entities=entities, days=days, step=step, seed=seed,
+                                         start=start)
+    else:
+        summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
+                                   seed=seed, start=start)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
