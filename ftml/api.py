@@ -151,7 +151,9 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
                         "false_alarms": thresholder.false_alarms_,
                         "entity_days": thresholder.entity_days_,
                         "false_alarms_per_entity_day":
-                            thresholder.false_alarms_per_entity_day_},
+                            thresholder.false_alarms_per_entity_day_,
+                        "flagged_fraction": float((cal_scores >= thresholder.threshold_).mean())
+                        if len(cal_scores) else 0.0},
         "diagnosis": diag_info,
     }
     return model, info
@@ -221,6 +223,8 @@ class ScoreResult:
     rows: int
     seconds: float
     window_table: pd.DataFrame | None = None
+    flagged: int | None = None  # windows at or over the threshold (None: not counted)
+    entity_names: list[str] | None = None  # the entities scored (None: not kept)
 
 
 def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timedelta,
@@ -399,7 +403,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         table = table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
-                       round(time.perf_counter() - started, 3), table)
+                       round(time.perf_counter() - started, 3), table, scorer.n_flagged,
+                       sorted(scorer.entities))
 
 
 # Rows of a normalised chunk standardised and featurized at a time.
@@ -431,6 +436,7 @@ class _ChunkScorer:
         self.gap = max(rules.merge_gap, rules.of_windows)
         self.step_ns = int(model.step.value)
         self.n_windows = 0
+        self.n_flagged = 0
         self.entities: set[str] = set()
         self.table_parts: list[pd.DataFrame] = []
         self.n_rows = 0  # rows of the normalised input, each counted once
@@ -492,6 +498,7 @@ class _ChunkScorer:
             self.n_windows += len(end)
             seen[c] = True
             flags = scores >= self.model.threshold
+            self.n_flagged += int(np.count_nonzero(flags))
             near = self._near(ids[c], end_ns // self.step_ns, flags)
             if near.any():
                 e = end[near]

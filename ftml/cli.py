@@ -101,6 +101,17 @@ def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude):
     return model
 
 
+def _warn_on_fit(model, result) -> None:
+    """Entities the model never saw, and a share of windows flagged far above its
+    calibration's: one line each on stderr."""
+    from ftml.bundle import misfit_warning, unseen_warning
+
+    found = [unseen_warning(model, result.entity_names or []),
+             misfit_warning(model, result.flagged, result.windows)]
+    for warning in filter(None, found):
+        click.echo(f"ftml: warning: {warning}", err=True)
+
+
 def _warn_on_causes(book, model) -> None:
     """Playbooks for causes the model never names, or causes without playbook: said on
     stderr (``playbook check --model`` refuses the first)."""
@@ -232,6 +243,7 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     else:
         result = api.score(model, metrics, out=out, windows_out=windows_out,
                            playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+    _warn_on_fit(model, result)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
@@ -275,6 +287,8 @@ def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
     ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet)
+    for warning in ev.report.get("warnings") or []:
+        click.echo(f"ftml: warning: {warning}", err=True)
     click.echo(report.format_text(ev.report))
     if out:
         report.write_json(ev.report, out)
@@ -356,6 +370,7 @@ def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_co
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     _warn_on_causes(book, model)
     result = api.score(model, metrics, playbooks=playbooks)
+    _warn_on_fit(model, result)
     data = read_metrics(metrics, model.config.read, model.metrics)
     inc = read_incidents(incidents, data.entities) if incidents else None
     out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version,

@@ -149,6 +149,11 @@ def load_config(path: str | Path | None) -> Config:
     return Config.from_dict(data, source=str(path))
 
 
+# A model that flags this many times the share of windows it flagged on its own calibration
+# slice does not fit the data it scores (other entities, other metrics' scales): said so.
+MISFIT_RATIO = 5.0
+MISFIT_FLOOR = 0.01  # ... or of this share, for a model that flagged (almost) nothing there
+
 # How recovery acts; the one spelling is dry_run, and dry-run (as on a command line) is
 # the same mode.
 RECOVERY_MODES = ("dry_run", "approve", "auto")

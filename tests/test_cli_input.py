@@ -264,7 +264,7 @@ def test_every_reading_command_takes_the_read_options(tmp_path, model_dir, comma
     incidents.write_text("entity,start,end,cause\n"
                          "web-1,2026-01-05T03:00:00Z,2026-01-05T03:30:00Z,cpu_hog\n")
     playbooks = tmp_path / "playbooks.yaml"
-    playbooks.write_text("version: 1\nplaybooks:\n  - name: cool\n    cause: cpu_hog\n"
+    playbooks.write_text("version: 1\nplaybooks:\n  - name: cool\n    cause: unknown\n"
                          "    steps:\n      - escalate: hot\n")
     args = {"score": ["score", "--out", str(tmp_path / "events.jsonl")],
             "evaluate": ["evaluate", "--incidents", str(incidents)],
@@ -345,3 +345,55 @@ def test_an_empty_last_field_is_a_missing_value(tmp_path, model_dir):
     result = run(["score", "--model", str(model_dir), "--metrics", str(path), "--out", str(out),
                   "--chunk-rows", "1000", "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- fit to the data
+
+
+def test_entities_not_in_training_are_named_once(tmp_path, model_dir):
+    path = tmp_path / "metrics.csv"
+    synthetic_metrics(days=0.5, entities=("web-1", "web-9", "db-7"), seed=4).to_csv(path,
+                                                                                    index=False)
+    result = run(["score", "--model", str(model_dir), "--metrics", str(path),
+                  "--out", str(tmp_path / "events.jsonl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [w for w in result.stderr.splitlines() if "not in training" in w]
+    assert lines == ["ftml: warning: 2 of 3 entities were not in training and are scored "
+                     "against the fleet-wide baseline (all training entities pooled, per hour "
+                     "of day): db-7, web-9"]
+
+
+def _misfit(tmp_path) -> Path:
+    """The training fleet at ten times its latency: most windows look anomalous."""
+    frame = synthetic_metrics(days=0.5, seed=5)
+    frame["latency_ms"] *= 10
+    path = tmp_path / "metrics.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_model_that_does_not_fit_the_data_says_so(tmp_path, model_dir, good_metrics):
+    result = run(["score", "--model", str(model_dir), "--metrics", str(_misfit(tmp_path)),
+                  "--out", str(tmp_path / "events.jsonl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    misfit = [w for w in result.stderr.splitlines() if "does not fit" in w]
+    assert len(misfit) == 1 and misfit[0].startswith("ftml: warning: ")
+    assert "% of windows flagged" in misfit[0] and "calibration slice" in misfit[0]
+    # Its own kind of data: no warning.
+    fine = run(["score", "--model", str(model_dir), "--metrics", str(good_metrics),
+                "--out", str(tmp_path / "fine.jsonl"), "--quiet"])
+    assert fine.exit_code == 0 and "warning" not in fine.stderr, fine.stderr
+
+
+def test_evaluate_says_so_on_stderr_in_the_text_and_the_html(tmp_path, model_dir):
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text("entity,start,end,cause\n"
+                         "web-1,2026-01-05T03:00:00Z,2026-01-05T03:30:00Z,cpu_hog\n")
+    html = tmp_path / "report.html"
+    result = run(["evaluate", "--model", str(model_dir), "--metrics", str(_misfit(tmp_path)),
+                  "--incidents", str(incidents), "--html", str(html), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sum("does not fit" in w for w in result.stderr.splitlines()) == 1
+    assert sum(line.startswith("warning: ") and "does not fit" in line
+               for line in result.stdout.splitlines()) == 1
+    assert "<p class='warning'><b>Warning:</b>" in html.read_text()
