@@ -66,15 +66,41 @@ def _progress(total: int | None, desc: str, quiet: bool):
                 leave=False, unit="chunk")
 
 
+class _Stages:
+    """On a terminal, one line naming the stage of training that runs and the time so far:
+    the stages are long (seconds each on millions of rows) and have no steps to count."""
+
+    def __init__(self, names: list[str], quiet: bool):
+        self.bar = tqdm(total=len(names), disable=True if quiet else None, file=sys.stderr,
+                        leave=False, bar_format="training: {desc} ({n}/{total} done, {elapsed})")
+        self.started = False
+
+    def __call__(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description_str(name)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+TRAIN_STAGES = ["reading metrics", "baselines", "forest", "calibration", "diagnosis",
+                "writing the bundle"]
+
+
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
-              rules_path: str | Path | None = None, quiet: bool = True) -> tuple[Model, dict]:
+              rules_path: str | Path | None = None, quiet: bool = True,
+              stage=None) -> tuple[Model, dict]:
     """Fit featurizer, detector, threshold and diagnoser on metrics (+ labelled incidents).
 
     Features are computed only for the windows each step needs: the sample the forest is
     fitted on, the calibration windows (only the stats the forest sees) and the incident
     windows; which windows those are is decided first, from the rows alone."""
+    stage = stage or (lambda name: None)  # (name) -> None: the stage that starts
     fc, dc, gc = config.features, config.detect, config.diagnose
     frame = data.frame
+    stage("baselines")
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = _label_rows(codes, names, ts, incidents)
@@ -101,6 +127,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     if len(fit_rows) > MAX_FIT_WINDOWS:
         fit_rows = fit_rows[np.sort(rng.choice(len(fit_rows), MAX_FIT_WINDOWS, replace=False))]
     n_met = len(featurizer.metrics_)
+    stage("forest")
     fit_w = featurizer.windows_at(frame, fit_rows)
     detector = IsolationDetector(dc.n_estimators, dc.max_samples, dc.random_state).fit(
         detector_view(fit_w.X, n_met, dc.stats))
@@ -108,6 +135,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     spans = incident_spans(incidents)
     # Calibration windows: only their scores are kept, so only the forest's stats are computed,
     # block by block.
+    stage("calibration")
     cal_scores = np.empty(len(cal_rows))
     blocks = range(0, len(cal_rows), CAL_BLOCK_WINDOWS)
     for a in _wrap(blocks, _progress(len(blocks), "calibration", quiet)):
@@ -117,6 +145,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     thresholder = AlarmThreshold(dc.alarm_budget, event_rules).fit(
         cal_entity, ts[cal_rows], cal_scores, step_ns, spans)
 
+    stage("diagnosis")
     diagnoser = None
     diag_info: dict[str, Any] = {}
     if incidents is not None and len(inc_rows):
@@ -204,11 +233,17 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
     """Read history, fit a model and write its bundle to ``out``."""
     config = config or Config()
     started = time.perf_counter()
-    data = read_metrics(metrics, config.read)
-    inc = read_incidents(incidents, data.entities, config.read) if incidents else None
-    model, info = fit_model(data, inc, config, rules, quiet)
-    info["training"]["seconds"] = round(time.perf_counter() - started, 2)
-    manifest = save_model(model, out, info)
+    stages = _Stages(TRAIN_STAGES, quiet)
+    try:
+        stages("reading metrics")
+        data = read_metrics(metrics, config.read)
+        inc = read_incidents(incidents, data.entities, config.read) if incidents else None
+        model, info = fit_model(data, inc, config, rules, quiet, stage=stages)
+        info["training"]["seconds"] = round(time.perf_counter() - started, 2)
+        stages("writing the bundle")
+        manifest = save_model(model, out, info)
+    finally:
+        stages.close()
     return TrainResult(model, manifest, info)
 
 

@@ -397,3 +397,55 @@ def test_evaluate_says_so_on_stderr_in_the_text_and_the_html(tmp_path, model_dir
     assert sum(line.startswith("warning: ") and "does not fit" in line
                for line in result.stdout.splitlines()) == 1
     assert "<p class='warning'><b>Warning:</b>" in html.read_text()
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _stderr_on_a_terminal(args: list[str]) -> str:
+    """Run ftml as its own process with stderr on a pseudo-terminal; what it drew there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main_fd, term_fd = pty.openpty()
+    # A size, as a real terminal has (tqdm draws nothing 0 columns wide).
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "ftml", *args], stdout=subprocess.DEVNULL,
+                            stderr=term_fd, env=env)
+    os.close(term_fd)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_train_and_score_show_progress_on_a_terminal(tmp_path, good_metrics):
+    config = tmp_path / "ftml.yaml"
+    config.write_text("detect: {n_estimators: 10}\n")
+    model = tmp_path / "model"
+    drawn = _stderr_on_a_terminal(["train", "--metrics", str(good_metrics), "--out", str(model),
+                                   "--config", str(config)])
+    for stage in ("reading metrics", "baselines", "forest", "calibration", "diagnosis",
+                  "writing the bundle"):
+        assert f"training: {stage}" in drawn, drawn
+    drawn = _stderr_on_a_terminal(["score", "--model", str(model), "--metrics",
+                                   str(good_metrics), "--out", str(tmp_path / "events.jsonl")])
+    assert "scoring" in drawn, drawn
+    # --quiet draws nothing.
+    assert "training" not in _stderr_on_a_terminal(
+        ["train", "--metrics", str(good_metrics), "--out", str(tmp_path / "m2"), "--config",
+         str(config), "--quiet"])
