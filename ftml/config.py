@@ -10,12 +10,15 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ftml.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and yaml are imported where they are used: the command line imports this module
+# for every command, and `ftml --help` must not wait for pandas (0.5 s).
 
 
 @dataclass
@@ -140,6 +143,8 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from None
+    import yaml
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -183,4 +188,6 @@ def parse_duration(text: str | int | float, what: str = "duration") -> pd.Timede
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     if seconds <= 0:
         raise ConfigError(f"{what} must be positive, got {text!r}")
+    import pandas as pd
+
     return pd.Timedelta(seconds=seconds)
