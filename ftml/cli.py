@@ -91,7 +91,8 @@ def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude):
             raise InputError(exc.problem, where="--step", hint=exc.hint) from None
         if wanted != model.step:
             # Its windows, baselines and threshold are counted in its own steps.
-            raise InputError(f"--step {step} differs from the model's step {model.step}",
+            raise InputError(f"--step {step} differs from the model's step "
+                             f"{model.step.total_seconds():g}s",
                              where="--step", hint="leave --step out: the model reads at its "
                                                   "own step")
     if timestamp_col or entity_col or exclude:

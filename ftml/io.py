@@ -281,6 +281,9 @@ def _check_short_rows(path: Path, gz: bool, sep: str, chunk: pd.DataFrame, offse
                             na_filter=False, compression="gzip" if gz else None,
                             skiprows=1 + offset, chunksize=chunk_rows or len(chunk))
         view = next(lines)
+    if len(view) != len(chunk):  # lines the parser counts otherwise: no check, no false alarm
+        lines.close()
+        return None
     candidates = np.flatnonzero(chunk.iloc[:, -1].isna().to_numpy())
     if len(candidates):
         # Separators inside quotes only add to the count: no clean row is taken as short.
