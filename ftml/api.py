@@ -30,7 +30,9 @@ from ftml.io import (
 )
 from ftml.pipeline import (
     SCORE_CHUNK_ROWS,
+    TRAIN_STAGES,
     ScoreResult,
+    Stages,
     TrainInfo,
     TrainResult,
     WindowScorer,
@@ -60,15 +62,19 @@ SCORE_READ_ROWS = 250_000
 
 
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
-              rules_path: str | Path | None = None, quiet: bool = True) -> tuple[Model, dict]:
+              rules_path: str | Path | None = None, quiet: bool = True,
+              stage=None) -> tuple[Model, dict]:
     """Fit featurizer, detector, threshold and diagnoser on metrics (+ labelled incidents):
-    the training phases of :mod:`ftml.pipeline` on one frame.
+    the training phases of :mod:`ftml.pipeline` on one frame. ``stage(name)`` is told as each
+    phase starts (train's progress on a terminal).
 
     Features are computed only for the windows each step needs: the sample the forest is
     fitted on, the calibration windows (only the stats the forest sees) and the incident
     windows; which windows those are is decided first, from the rows alone."""
+    stage = stage or (lambda name: None)  # (name) -> None: the stage that starts
     fc, dc = config.features, config.detect
     frame = data.frame
+    stage("baselines")
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = incident_of_rows(codes, names, ts, incidents)
@@ -81,9 +87,12 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     sample = fit_sample(len(fit_rows), dc.random_state)
     if sample is not None:
         fit_rows = fit_rows[sample]
+    stage("forest")
     detector = detector_of(dc).fit(fit_view(featurizer, frame, fit_rows, dc))
+    stage("calibration")
     cal_scores = calibration_scores(featurizer, detector, frame, cal_rows, dc, quiet)
     cal_entity = np.asarray(names, dtype=object)[codes[cal_rows]]
+    stage("diagnosis")
     X, label = (incident_windows(featurizer, detector, frame, inc_rows, row_label, config)
                 if incidents is not None and len(inc_rows) else (None, np.empty(0, np.int64)))
     diagnoser, diag_info = fit_diagnoser(X, label, incidents, config)
@@ -96,7 +105,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
         calibration_windows=len(cal_rows),
         incidents=0 if incidents is None else len(incidents),
         data_sha256=data_digest(data), sources=data.sources,
-        calibration=calibration_info(thresholder, dc), diagnosis=diag_info)
+        calibration=calibration_info(thresholder, dc, cal_scores), diagnosis=diag_info)
     return model, info.to_dict()
 
 
@@ -114,11 +123,17 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
                                  rules=rules, quiet=quiet, sign_key=sign_key)
     config = config or Config()
     started = time.perf_counter()
-    data = read_metrics(metrics, config.read)
-    inc = read_incidents(incidents, data.entities, config.read) if incidents else None
-    model, info = fit_model(data, inc, config, rules, quiet)
-    info["training"]["seconds"] = round(time.perf_counter() - started, 2)
-    manifest = save_model(model, out, info, key=sign_key)
+    stages = Stages(TRAIN_STAGES, quiet)
+    try:
+        stages("reading metrics")
+        data = read_metrics(metrics, config.read)
+        inc = read_incidents(incidents, data.entities, config.read) if incidents else None
+        model, info = fit_model(data, inc, config, rules, quiet, stage=stages)
+        info["training"]["seconds"] = round(time.perf_counter() - started, 2)
+        stages("writing the bundle")
+        manifest = save_model(model, out, info, key=sign_key)
+    finally:
+        stages.close()
     return TrainResult(model, manifest, info)
 
 
@@ -299,4 +314,5 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         table = scorer.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
-                       round(time.perf_counter() - started, 3), table)
+                       round(time.perf_counter() - started, 3), table, scorer.n_flagged,
+                       sorted(scorer.entities))

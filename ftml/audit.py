@@ -269,7 +269,7 @@ def _finite(x: Any) -> float | None:
 
 
 def _cell(value: Any, width: int) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return "-"
     if isinstance(value, float):
         text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"

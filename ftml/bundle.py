@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ftml import __version__
-from ftml.config import Config
+from ftml.config import MISFIT_FLOOR, MISFIT_RATIO, Config
 from ftml.detect import EventBuilder, EventRules, IsolationDetector, RawEvent
 from ftml.diagnose import UNKNOWN, Diagnoser, Rule, apply_rules
 from ftml.errors import ConfigError, ModelError
@@ -564,3 +564,36 @@ def convert_legacy(model_dir: str | Path, key: bytes | None = None,
     new = save_model(model, d, info, key=key, model_version=str(manifest["model_version"]))
     path.unlink()
     return new
+
+
+# --------------------------------------------------------------------------- fit to the data
+
+
+def unseen_warning(model: Model, entity_names) -> str | None:
+    """One line naming the entities the model never saw in training, and the baseline they
+    are scored against; None if there are none."""
+    known = set(model.featurizer.baseline_.entities)
+    unseen = sorted(str(n) for n in entity_names if str(n) not in known)
+    if not unseen:
+        return None
+    shown = ", ".join(unseen[:10]) + (f" and {len(unseen) - 10} more" if len(unseen) > 10 else "")
+    hours = ", per hour of day" if model.featurizer.baseline_.by_hour else ""
+    return (f"{len(unseen)} of {len(set(map(str, entity_names)))} entities were not in training "
+            f"and are scored against the fleet-wide baseline (all training entities pooled"
+            f"{hours}): {shown}")
+
+
+def misfit_warning(model: Model, flagged: int | None, windows: int) -> str | None:
+    """A line saying the model does not fit the data when it flags far more of its windows
+    (``MISFIT_RATIO`` times) than it did on its own calibration slice; None if it fits or
+    the model (an older bundle) did not record that share."""
+    calibrated = model.manifest.get("calibration", {}).get("flagged_fraction")
+    if calibrated is None or flagged is None or windows <= 0:
+        return None
+    share = flagged / windows
+    if share <= MISFIT_RATIO * max(float(calibrated), MISFIT_FLOOR):
+        return None
+    return (f"{share:.0%} of windows flagged, {share / max(calibrated, MISFIT_FLOOR):.0f}x the "
+            f"{calibrated:.1%} the model flagged on its calibration slice: the model does not "
+            "fit this data (other entities, or another scale than in training), and its events "
+            "say little; train on history of these entities")

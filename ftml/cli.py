@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 
 import click
@@ -33,11 +34,14 @@ def _clean_errors(fn):
 
 
 def _read_options(fn):
-    """Options of the metric data contract, shared by every command that reads metrics."""
+    """Options of the metric data contract, shared by every command that reads metrics. A
+    model remembers the ones it was trained with; given to a command that loads a model, they
+    override them."""
     for opt in reversed([
         click.option("--timestamp-col", help="Name of the timestamp column."),
         click.option("--entity-col", help="Name of the entity column (host, pod, service)."),
-        click.option("--step", help="Sampling step, e.g. 60s (default: inferred)."),
+        click.option("--step", help="Sampling step, e.g. 60s (default: inferred; a model's "
+                                    "own step when scoring)."),
         click.option("--exclude", multiple=True, help="Non-numeric column to ignore."),
     ]):
         fn = opt(fn)
@@ -57,6 +61,19 @@ def _load_model(model_dir, key_file):
     return load_model(model_dir, key=model_key(key_file))
 
 
+_BARE_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+
+
+def _step_with_unit(step: str) -> str:
+    """'60' -> '60s', said on stderr: a bare number is read as seconds, and the user should
+    know which unit was assumed."""
+    if _BARE_NUMBER.match(step):
+        click.echo(f"ftml: note: --step {step.strip()} has no unit: read as {step.strip()}s "
+                   "(seconds)", err=True)
+        return f"{step.strip()}s"
+    return step
+
+
 def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
     r = config.read
     if timestamp_col:
@@ -64,10 +81,62 @@ def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Con
     if entity_col:
         r.entity_col = entity_col
     if step:
-        r.step = step
+        r.step = _step_with_unit(step)
     if exclude:
         r.exclude = list(r.exclude) + list(exclude)
     return config
+
+
+def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file=None):
+    """The model of ``model_dir`` (verified with the key of --sign-key-file or FTML_MODEL_KEY
+    if given) reading as it was trained to, but for the options given."""
+    import dataclasses
+
+    from ftml.config import parse_duration
+    from ftml.errors import InputError
+
+    model = _load_model(model_dir, key_file)
+    if step:
+        step = _step_with_unit(step)
+        try:
+            wanted = parse_duration(step, "step")
+        except FtmlError as exc:
+            raise InputError(exc.problem, where="--step", hint=exc.hint) from None
+        if wanted != model.step:
+            # Its windows, baselines and threshold are counted in its own steps.
+            raise InputError(f"--step {step} differs from the model's step "
+                             f"{model.step.total_seconds():g}s",
+                             where="--step", hint="leave --step out: the model reads at its "
+                                                  "own step")
+    if timestamp_col or entity_col or exclude:
+        config = dataclasses.replace(model.config, read=dataclasses.replace(model.config.read))
+        _apply_read(config, timestamp_col, entity_col, None, exclude)
+        model = dataclasses.replace(model, config=config)
+    return model
+
+
+def _warn_on_fit(model, result) -> None:
+    """Entities the model never saw, and a share of windows flagged far above its
+    calibration's: one line each on stderr."""
+    from ftml.bundle import misfit_warning, unseen_warning
+
+    found = [unseen_warning(model, result.entity_names or []),
+             misfit_warning(model, result.flagged, result.windows)]
+    for warning in filter(None, found):
+        click.echo(f"ftml: warning: {warning}", err=True)
+
+
+def _warn_on_causes(book, model) -> None:
+    """Playbooks for causes the model never names, or causes without playbook: said on
+    stderr (``playbook check --model`` refuses the first)."""
+    from ftml.playbooks import check_causes
+
+    try:
+        warnings = check_causes(book, model.causes)
+    except FtmlError as exc:
+        warnings = [exc.one_line()]
+    for warning in warnings:
+        click.echo(f"ftml: warning: {warning}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,13 +154,22 @@ def main():
 @click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
               show_default=True)
+@click.option("--test-days", type=click.FloatRange(0.05, 3650),
+              help="Split: also simulate the N days after --days, same fleet, new faults and "
+                   "noise; --days go to DIR/train/, these to DIR/test/.")
 @_clean_errors
-def simulate(out, entities, days, step, seed, start, fmt):
-    """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv."""
-    from ftml.simulate import write_simulation
+def simulate(out, entities, days, step, seed, start, fmt, test_days):
+    """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv (with
+    --test-days: DIR/train/ and DIR/test/, a later period of the same fleet to score)."""
+    from ftml.simulate import write_simulation, write_split_simulation
 
-    summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
-                               seed=seed, start=start)
+    if test_days:
+        summary = write_split_simulation(out, test_days=test_days, format=fmt,
+                                         entities=entities, days=days, step=step, seed=seed,
+                                         start=start)
+    else:
+        summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
+                                   seed=seed, start=start)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -156,17 +234,23 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@_read_options
 @_key_option("verifies")
 @_clean_errors
 def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
-          key_file):
+          timestamp_col, entity_col, step, exclude, key_file):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    model = _load_model(model_dir, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    if playbooks:
+        from ftml.playbooks import load_playbooks
+
+        _warn_on_causes(load_playbooks(playbooks, known_metrics=model.metrics), model)
     result = api.score(model, metrics, out=out, windows_out=windows_out,
                        playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
                        scheduler=scheduler or None)
+    _warn_on_fit(model, result)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
@@ -195,19 +279,24 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_read_options
 @_key_option("verifies")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
-             calibration_metrics, calibration_incidents, quiet, key_file):
+             calibration_metrics, calibration_incidents, quiet, timestamp_col, entity_col, step,
+             exclude, key_file):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
-    ev = run_evaluation(_load_model(model_dir, key_file), metrics, incidents, playbooks=playbooks, baselines=baselines,
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet)
+    for warning in ev.report.get("warnings") or []:
+        click.echo(f"ftml: warning: {warning}", err=True)
     click.echo(report.format_text(ev.report))
     if out:
         report.write_json(ev.report, out)
@@ -246,13 +335,24 @@ def playbook():
 
 @playbook.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="Check causes and verify metrics against what this model names and reads.")
 @_clean_errors
-def playbook_check(file):
-    """Validate a playbook file and print cause -> steps."""
-    from ftml.playbooks import validate
+def playbook_check(file, model_dir):
+    """Validate a playbook file and print cause -> steps; warn on exec programs missing."""
+    from ftml.playbooks import check_causes, check_programs, validate
 
-    _, text = validate(file)
+    model = None
+    if model_dir:
+        from ftml.bundle import load_model
+
+        model = load_model(model_dir)
+    book, text = validate(file, known_metrics=model.metrics if model is not None else None)
+    warnings = check_causes(book, model.causes) if model is not None else []
+    warnings += check_programs(book)
     click.echo(text)
+    for warning in warnings:
+        click.echo(f"ftml: warning: {warning}", err=True)
 
 
 @playbook.command("replay")
@@ -260,21 +360,29 @@ def playbook_check(file):
 @click.option("--metrics", "metrics", multiple=True, required=True)
 @click.option("--playbooks", required=True, type=click.Path(dir_okay=False))
 @click.option("--incidents", type=click.Path(dir_okay=False))
+@click.option("--mode", type=click.Choice(["dry_run", "dry-run", "approve", "auto"]),
+              help="Decide as watch --mode does (default: the playbook file's modes).")
+@_read_options
 @_key_option("verifies")
 @_clean_errors
-def playbook_replay(model_dir, metrics, playbooks, incidents, key_file):
-    """Score history and run the engine over it in dry-run: what would have run, and when."""
+def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_col, entity_col,
+                    step, exclude, key_file):
+    """Score history and run the engine over it: what it would have decided, and what each
+    playbook would have achieved with actions that succeed at once."""
     from ftml import api
     from ftml.io import read_incidents, read_metrics
     from ftml.playbooks import load_playbooks
     from ftml.recover import replay
 
-    model = _load_model(model_dir, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
+    _warn_on_causes(book, model)
     result = api.score(model, metrics, playbooks=playbooks)
+    _warn_on_fit(model, result)
     data = read_metrics(metrics, model.config.read, model.metrics)
     inc = read_incidents(incidents, data.entities) if incidents else None
-    out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version)
+    out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version,
+                 mode=mode)
     click.echo(out.format())
 
 
@@ -347,8 +455,9 @@ def audit(state_dir, since, entity):
 @click.option("--source", "sources", multiple=True, required=True,
               help="file:PATH | stdin | local | prometheus:URL (repeatable).")
 @click.option("--playbooks", type=click.Path(dir_okay=False), help="Recovery playbooks.")
-@click.option("--mode", type=click.Choice(["dry-run", "approve", "auto"]), default="dry-run",
-              show_default=True, help="How recovery acts (overrides the playbook file).")
+@click.option("--mode", type=click.Choice(["dry_run", "dry-run", "approve", "auto"]),
+              default="dry_run", show_default=True,
+              help="How recovery acts (overrides the playbook file); dry-run is dry_run.")
 @click.option("--sink", "sinks", multiple=True,
               help="stdout | jsonl:PATH | webhook:URL | alertmanager:URL (repeatable; "
                    "default stdout).")
@@ -360,10 +469,12 @@ def audit(state_dir, since, entity):
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@_read_options
 @_key_option("verifies")
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level, key_file):
+          config_path, log_level, timestamp_col, entity_col, step, exclude,
+          key_file):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
@@ -375,7 +486,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = _load_model(model_dir, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
     config = load_config(config_path)
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"
@@ -392,7 +503,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
         from ftml.recover import RecoveryEngine
 
         engine = RecoveryEngine(load_playbooks(playbooks, known_metrics=model.metrics),
-                                state_dir=state_dir, mode=mode.replace("-", "_"),
+                                state_dir=state_dir, mode=mode,
                                 model_version=model.version)
     watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg)
 

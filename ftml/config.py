@@ -10,12 +10,15 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ftml.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and yaml are imported where they are used: the command line imports this module
+# for every command, and `ftml --help` must not wait for pandas (0.5 s).
 
 
 @dataclass
@@ -93,10 +96,19 @@ class Config:
         for name, value in data.items():
             if name in sections:
                 kwargs[name] = _section(_SECTION_TYPES[name], value, source, name)
-            else:
+            elif name in EXTRA_SECTIONS:
                 extra[name] = value
+            else:
+                # A misspelt section would otherwise be kept and never read: its settings
+                # silently not applied.
+                known = sorted([*sections, *EXTRA_SECTIONS])
+                raise ConfigError(f"unknown section '{name}'", source=source, where=str(name),
+                                  hint=f"known sections: {', '.join(known)}")
         return cls(**kwargs, extra=extra)
 
+
+# Sections owned by later stages, read there (``Config.extra``), e.g. watch.WatchConfig.
+EXTRA_SECTIONS = ("watch",)
 
 _SECTION_TYPES = {"read": ReadConfig, "features": FeatureConfig, "detect": DetectConfig,
                   "diagnose": DiagnoseConfig}
@@ -131,6 +143,8 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from None
+    import yaml
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -138,6 +152,25 @@ def load_config(path: str | Path | None) -> Config:
         where = f"line {mark.line + 1}" if mark else None
         raise ConfigError("not valid YAML", source=str(path), where=where) from None
     return Config.from_dict(data, source=str(path))
+
+
+# A model that flags this many times the share of windows it flagged on its own calibration
+# slice does not fit the data it scores (other entities, other metrics' scales): said so.
+MISFIT_RATIO = 5.0
+MISFIT_FLOOR = 0.01  # ... or of this share, for a model that flagged (almost) nothing there
+
+# How recovery acts; the one spelling is dry_run, and dry-run (as on a command line) is
+# the same mode.
+RECOVERY_MODES = ("dry_run", "approve", "auto")
+
+
+def recovery_mode(value: Any) -> str | None:
+    """A mode as written (dry_run or dry-run, approve, auto) -> its one spelling; None if it
+    is not a mode."""
+    if not isinstance(value, str):
+        return None
+    mode = value.strip().replace("-", "_")
+    return mode if mode in RECOVERY_MODES else None
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
@@ -155,4 +188,6 @@ def parse_duration(text: str | int | float, what: str = "duration") -> pd.Timede
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     if seconds <= 0:
         raise ConfigError(f"{what} must be positive, got {text!r}")
+    import pandas as pd
+
     return pd.Timedelta(seconds=seconds)

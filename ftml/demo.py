@@ -11,13 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from ftml import api
 from ftml.config import Config
 from ftml.evaluate import entity_days_of, event_metrics
 from ftml.io import read_incidents, read_metrics
-from ftml.simulate import write_simulation
+from ftml.simulate import write_split_simulation
 
 
 def run(out: Path, entities: int = 8, train_days: float = 14, test_days: float = 7,
@@ -27,13 +25,10 @@ def run(out: Path, entities: int = 8, train_days: float = 14, test_days: float =
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
     train_dir, test_dir, model_dir = out / "train", out / "test", out / "model"
-    write_simulation(train_dir, entities=entities, days=train_days, seed=seed,
-                     start="2026-01-05T00:00:00Z")
     # The test period follows the training period on the same fleet, with its own seed:
     # faults and noise never seen in training.
-    test_start = pd.Timestamp("2026-01-05T00:00:00Z") + pd.Timedelta(days=train_days)
-    write_simulation(test_dir, entities=entities, days=test_days, seed=seed + 1000,
-                     fleet_seed=seed, start=test_start.isoformat())
+    write_split_simulation(out, entities=entities, days=train_days, test_days=test_days,
+                           seed=seed, start="2026-01-05T00:00:00Z")
     say(f"simulated {entities} entities: {train_days} days to train, {test_days} days to score "
         f"({time.perf_counter() - t0:.1f} s)")
     config = config or Config()

@@ -497,7 +497,8 @@ def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task) ->
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
             "end_ns": end_ns, "score": scores, "payload": payload,
-            "windows": scorer.n_windows, "entities": sorted(scorer.entities),
+            "windows": scorer.n_windows, "flagged": scorer.n_flagged,
+            "entities": sorted(scorer.entities),
             "rows": int(((ts >= t0) & (ts < t1)).sum()),
             "table": scorer.blocks if with_windows else None}
 
@@ -517,12 +518,14 @@ class EventCollector:
         self.builder: EventBuilder = model.event_builder()
         self.events: list[Event] = []
         self.windows = 0
+        self.flagged = 0
         self.rows = 0
         self.entities: set[str] = set()
         self.blocks: list = []
 
     def add(self, res: dict) -> None:
         self.windows += res["windows"]
+        self.flagged += res["flagged"]
         self.rows += res["rows"]
         self.entities.update(res["entities"])
         if res["table"] is not None:
@@ -580,7 +583,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         table = collector.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
-                       round(time.perf_counter() - started, 3), table)
+                       round(time.perf_counter() - started, 3), table, collector.flagged,
+                       sorted(collector.entities))
 
 
 # --------------------------------------------------------------------------- training
@@ -747,7 +751,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         entities=len(entities), rows=n_rows, fit_windows=n_fit_used,
         calibration_windows=len(cal_end), incidents=0 if inc is None else len(inc),
         data_sha256=digest.hexdigest(), sources=[str(p) for p in given],
-        calibration=calibration_info(thresholder, dc), diagnosis=diag_info,
+        calibration=calibration_info(thresholder, dc, cal_scores), diagnosis=diag_info,
         extra={"dask_threads": threads}).to_dict()
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
     manifest = save_model(model, out, info, key=sign_key)

@@ -583,6 +583,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
     recovery = recovery_rows(inc, runs["ftml"], data, playbooks, model)
     ts0, ts1 = data.span()
     ftml_run = runs["ftml"]
+    warnings = fit_warnings(model, data.entities, ftml_run.detection, len(ftml_run.windows))
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "ftml_version": __version__,
@@ -617,6 +618,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
                      "incidents": recovery},
         "baselines": base_report,
         "comparison": None,
+        "warnings": warnings,
         "seconds": 0.0,
     }
     if base_report is not None:
@@ -625,6 +627,18 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
             {k: base_report[k] for k in BASELINES})
     report["seconds"] = round(time.perf_counter() - started, 3)
     return Evaluation(clean(report), model, data, inc, runs, diagnosed, recovery)
+
+
+def fit_warnings(model, entities, detection: dict[str, Any], windows: int) -> list[str]:
+    """What says the model does not fit the evaluated data: entities it never saw, and a
+    share of windows flagged far above its calibration's."""
+    from ftml.bundle import misfit_warning, unseen_warning
+
+    fraction = detection.get("flagged_fraction")
+    flagged = None if fraction is None or not math.isfinite(fraction) else \
+        round(fraction * windows)
+    found = [unseen_warning(model, entities), misfit_warning(model, flagged, windows)]
+    return [w for w in found if w]
 
 
 def clean(obj: Any) -> Any:

@@ -235,10 +235,13 @@ def _iter_csv(path: Path, gz: bool, chunk_rows: int | None) -> Iterator[pd.DataF
         reader = pd.read_csv(path, sep=sep, compression="gzip" if gz else None, index_col=False,
                              low_memory=False, chunksize=chunk_rows)
     if chunk_rows is None:
+        _check_short_rows(path, gz, sep, reader, 0, None, None)
         yield reader
         return
     with reader:
         first = True
+        lines = None  # the file's lines, opened at the first chunk that may hold a short row
+        offset = 0
         while True:
             # The warnings filter is set around the first read only (the header check happens
             # there): a generator must not leave it changed while suspended, and later reads
@@ -251,8 +254,52 @@ def _iter_csv(path: Path, gz: bool, chunk_rows: int | None) -> Iterator[pd.DataF
             else:
                 chunk = next(reader, None)
             if chunk is None:
+                if lines is not None:
+                    lines.close()
                 return
+            lines = _check_short_rows(path, gz, sep, chunk, offset, lines, chunk_rows)
+            offset += len(chunk)
             yield chunk
+
+
+_LINE_SEP = "\x1f"  # a separator no metric file holds: each record is read as one field
+
+
+def _check_short_rows(path: Path, gz: bool, sep: str, chunk: pd.DataFrame, offset: int,
+                      lines, chunk_rows: int | None):
+    """Refuse a row with fewer fields than the header (the C parser fills them as empty,
+    which would score them as missing values). Such a row has its last field empty; only a
+    chunk with an empty last field is looked at again, as whole lines, read by the same
+    parser in step with the chunks, so a clean file costs one isna of one column. Returns the
+    lines reader to pass with the next chunk."""
+    if lines is not None:
+        view = next(lines)
+    elif chunk.shape[1] < 2 or len(chunk) == 0 or not chunk.iloc[:, -1].isna().any():
+        return None
+    else:
+        lines = pd.read_csv(path, sep=_LINE_SEP, header=None, names=["line"], dtype=str,
+                            na_filter=False, compression="gzip" if gz else None,
+                            skiprows=1 + offset, chunksize=chunk_rows or len(chunk))
+        view = next(lines)
+    if len(view) != len(chunk):  # lines the parser counts otherwise: no check, no false alarm
+        lines.close()
+        return None
+    candidates = np.flatnonzero(chunk.iloc[:, -1].isna().to_numpy())
+    if len(candidates):
+        # Separators inside quotes only add to the count: no clean row is taken as short.
+        fields = view["line"].iloc[candidates].str.count(re.escape(sep)).to_numpy() + 1
+        short = np.flatnonzero(fields < chunk.shape[1])
+        if len(short):
+            i = int(candidates[short[0]])
+            lines.close()
+            raise InputError(f"row has {int(fields[short[0]])} fields, the header "
+                             f"{chunk.shape[1]}", source=str(path), where=f"row {offset + i + 1}",
+                             hint="every row needs as many fields as the header; an "
+                                  "empty value is an empty field")
+    if chunk_rows is None:
+        lines.close()
+        return None
+    return lines
 
 
 # Values as written: no guessing of dates or types (timestamps are parsed by the contract's
@@ -796,6 +843,8 @@ def rows_to_data(rows: pd.DataFrame, cfg: ReadConfig, sources: list[str],
     if not all_metrics:
         raise InputError("no metric columns", source=where, hint="add numeric metric columns")
     step = step_from_config(cfg)
+    if step is not None:
+        _check_step_fits(rows, step, cfg.max_fill_steps, where)
     try:
         frame, step = normalise(rows, step, cfg.max_fill_steps, all_metrics)
     except InputError as exc:
@@ -803,6 +852,27 @@ def rows_to_data(rows: pd.DataFrame, cfg: ReadConfig, sources: list[str],
             raise
         raise InputError(exc.problem, source=where, where=exc.where, hint=exc.hint) from None
     return MetricData(frame, step, all_metrics, sources)
+
+
+def _check_step_fits(rows: pd.DataFrame, step: pd.Timedelta, max_fill_steps: int,
+                     where: str) -> None:
+    """A step so much finer than the readings' spacing that the gaps between them are longer
+    than forward-filling bridges: every window would span a gap, and training would end far
+    from the cause ("0 normal windows"). Name the mismatch instead."""
+    try:
+        spacing = infer_step(rows)
+    except InputError:
+        return  # single readings: nothing to compare
+    if spacing > (max_fill_steps + 1) * step:
+        raise InputError(f"--step {_short(step)} is much finer than the data's spacing of "
+                         f"{_short(spacing)}: the steps between readings would be empty",
+                         source=where, where="--step",
+                         hint=f"pass --step {_short(spacing)} or leave --step out to infer it")
+
+
+def _short(td: pd.Timedelta) -> str:
+    seconds = td.total_seconds()
+    return f"{seconds:g}s"
 
 
 def step_from_config(cfg: ReadConfig) -> pd.Timedelta | None:

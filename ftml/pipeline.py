@@ -53,6 +53,29 @@ def progress(total: int | None, desc: str, quiet: bool, unit: str = "chunk"):
                 leave=False, unit=unit)
 
 
+class Stages:
+    """On a terminal, one line naming the stage of training that runs and the time so far:
+    the stages are long (seconds each on millions of rows) and have no steps to count."""
+
+    def __init__(self, names: list[str], quiet: bool):
+        self.bar = tqdm(total=len(names), disable=True if quiet else None, file=sys.stderr,
+                        leave=False, bar_format="training: {desc} ({n}/{total} done, {elapsed})")
+        self.started = False
+
+    def __call__(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description_str(name)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+TRAIN_STAGES = ["reading metrics", "baselines", "forest", "calibration", "diagnosis",
+                "writing the bundle"]
+
+
 def with_progress(items: Iterable, bar) -> Iterator:
     with bar:
         for x in items:
@@ -165,6 +188,7 @@ class WindowScorer:
         self.gate = gate if gate is not None else gate_of(model)
         self.stats = list(model.config.detect.stats)
         self.n_windows = 0
+        self.n_flagged = 0  # windows at or over the threshold
         self.n_rows = 0  # rows of the normalised input, each counted once
         self.entities: set[str] = set()
         self.blocks: list[ScoredBlock] = []
@@ -198,6 +222,7 @@ class WindowScorer:
             self.n_windows += len(end)
             seen[c] = True
             flags = scores >= model.threshold
+            self.n_flagged += int(np.count_nonzero(flags))
             near = self.gate.select(blk.names[c], blk.end_ns, scores)
             if near.any():
                 e = end[near]
@@ -251,6 +276,8 @@ class ScoreResult:
     rows: int
     seconds: float
     window_table: pd.DataFrame | None = None
+    flagged: int | None = None  # windows at or over the threshold (None: not counted)
+    entity_names: list[str] | None = None  # the entities scored (None: not kept)
 
 
 def write_events(events: list[Event], out: str | Path | None) -> None:
@@ -442,11 +469,16 @@ def finish_training(featurizer: Featurizer, detector: IsolationDetector,
     return model, thresholder
 
 
-def calibration_info(thresholder: AlarmThreshold, dc: DetectConfig) -> dict[str, Any]:
+def calibration_info(thresholder: AlarmThreshold, dc: DetectConfig,
+                     cal_scores: np.ndarray) -> dict[str, Any]:
+    """What the manifest says of the threshold; ``flagged_fraction`` (the share of calibration
+    windows at or over it) is what scoring compares its own share with (a misfit warning)."""
     return {"alarm_budget": dc.alarm_budget, "threshold": thresholder.threshold_,
             "false_alarms": thresholder.false_alarms_,
             "entity_days": thresholder.entity_days_,
-            "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_}
+            "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_,
+            "flagged_fraction": float((cal_scores >= thresholder.threshold_).mean())
+            if len(cal_scores) else 0.0}
 
 
 def utc_text(t_ns: int | float) -> str:

@@ -28,7 +28,9 @@ import hashlib
 import json
 import math
 import operator
+import os
 import re
+import shutil
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,12 +40,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ftml.config import parse_duration
+from ftml.config import RECOVERY_MODES, parse_duration, recovery_mode
 from ftml.errors import ConfigError, PlaybookError
 from ftml.events import Event, iso
 
 #: How often a step may run: record only, wait for a human, or act.
-MODES = ("dry_run", "approve", "auto")
+MODES = RECOVERY_MODES
 
 @dataclass(frozen=True)
 class ActionKind:
@@ -471,6 +473,63 @@ def validate(path: str | Path,
     return playbooks, playbooks.describe()
 
 
+# Causes every model may name: its abstention, and a playbook's wildcard.
+ALWAYS_NAMED = ("unknown", "*")
+
+
+def check_causes(playbooks: PlaybookSet, causes: Iterable[str]) -> list[str]:
+    """Playbooks against the causes a model names: a playbook for a cause the model never
+    names would never run (a typo such as 'memory_leek' leaves the real cause without a
+    playbook), so it is an error; a cause of the model without a playbook is a warning.
+    Returns the warnings."""
+    causes = sorted(set(causes))
+    for p in playbooks.playbooks:
+        if p.cause not in ALWAYS_NAMED and p.cause not in causes:
+            close = difflib.get_close_matches(p.cause, causes, n=1)
+            hint = (f"did you mean '{close[0]}'? " if close else "") + (
+                f"the model names {', '.join(causes)}" if causes else
+                "the model names no causes (detection only): use cause 'unknown'")
+            raise PlaybookError(f"cause '{p.cause}' of playbook '{p.name}' is not one the "
+                                "model names: it would never run", source=playbooks.source,
+                                where=f"line {p.line}", hint=hint)
+    covered = {p.cause for p in playbooks.playbooks}
+    if "*" in covered:
+        return []
+    bare = [c for c in causes if c not in covered]
+    return [f"{playbooks.source}: no playbook for the model's cause(s) {', '.join(bare)}"
+            ] if bare else []
+
+
+def check_programs(playbooks: PlaybookSet) -> list[str]:
+    """Warnings for exec steps whose program does not exist or may not be run here (the
+    machine that checks may not be the one that runs them: not an error)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for p in playbooks.playbooks:
+        for step in p.steps:
+            if not isinstance(step.action, ExecAction):
+                continue
+            program = step.action.argv[0]
+            if program in seen:
+                continue
+            seen.add(program)
+            problem = _program_problem(program)
+            if problem:
+                out.append(f"{playbooks.source}: line {step.line}: program '{program}' "
+                           f"{problem}")
+    return out
+
+
+def _program_problem(program: str) -> str | None:
+    if os.sep not in program:
+        return None if shutil.which(program) else "is not on the PATH"
+    if not os.path.exists(program):
+        return "does not exist"
+    if os.path.isdir(program) or not os.access(program, os.X_OK):
+        return "is not executable"
+    return None
+
+
 def parse_playbooks(text: str, source: str = "<playbooks>", base_dir: str | Path | None = None,
                     known_metrics: Iterable[str] | None = None) -> PlaybookSet:
     """Validate playbook YAML given as text (see ``load_playbooks``)."""
@@ -633,9 +692,10 @@ class _Reader:
         return epoch_seconds(ts)
 
     def mode(self, value: Any, path: tuple) -> str:
-        if value not in MODES:
+        mode = recovery_mode(value)
+        if mode is None:
             raise self.fail(path, f"unknown mode {value!r}", hint=f"use one of {', '.join(MODES)}")
-        return value
+        return mode
 
     def glob(self, value: Any, path: tuple) -> str:
         return self.text(value, path, "glob text")

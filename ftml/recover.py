@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -43,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from ftml.audit import OUTPUT_LIMIT, AuditLog, db_path, excerpt, format_audit, redact
+from ftml.config import recovery_mode
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
@@ -1051,9 +1053,11 @@ class RecoveryEngine:
                  clock: Clock | None = None, metrics: MetricReader | None = None,
                  notifier: Notifier | None = None, actions: ActionRunner | None = None,
                  mode: str | None = None, model_version: str = ""):
-        if mode is not None and mode not in ("dry_run", "approve", "auto"):
-            raise ConfigError(f"unknown mode {mode!r}", where="mode",
-                              hint="use one of dry_run, approve, auto")
+        if mode is not None:
+            given, mode = mode, recovery_mode(mode)
+            if mode is None:
+                raise ConfigError(f"unknown mode {given!r}", where="mode",
+                                  hint="use one of dry_run, approve, auto")
         self.playbooks = playbooks
         self.clock = clock or SystemClock()
         self.metrics = metrics
@@ -1270,7 +1274,18 @@ class RecoveryEngine:
 
     # -- running -------------------------------------------------------------------
 
-    def _run_ladder(self, event: Event, playbook: Playbook, run_id: int) -> RunResult:
+    def rehearse(self, event: Event, decision: Decision) -> RunResult | None:
+        """Run the ladder that ``decision`` (dry_run or pending) stands for with this engine's
+        actions, as if it had run or been approved now, and keep it out of the runs: no
+        cooldown, attempt or busy check sees it, as none would in that mode. For replay: what
+        the playbook would have achieved."""
+        playbook = self.playbooks.get(decision.playbook) if decision.playbook else None
+        if playbook is None or decision.decision not in (DecisionKind.DRY_RUN,
+                                                         DecisionKind.PENDING):
+            return None
+        return self._run_ladder(event, playbook, None)
+
+    def _run_ladder(self, event: Event, playbook: Playbook, run_id: int | None) -> RunResult:
         fields = template_fields(event, playbook.name)
         started = self.clock.now()
         steps: list[StepResult] = []
@@ -1302,8 +1317,9 @@ class RecoveryEngine:
                 outcome = "escalated"
         finally:
             ended = self.clock.now()
-            with self.audit.transaction() as conn:
-                self._end_run(conn, run_id, ended, outcome or "escalated")
+            if run_id is not None:  # None: a rehearsal, kept out of the runs
+                with self.audit.transaction() as conn:
+                    self._end_run(conn, run_id, ended, outcome or "escalated")
         run = RunResult(playbook=playbook.name, started=started, ended=ended, outcome=outcome,
                         steps=steps, recovered_at=recovered_at, recovered_by=recovered_by)
         detail = f"recovered by step '{recovered_by}'" if outcome == "recovered" \
@@ -1581,40 +1597,48 @@ class ReplayResult:
     incidents: list[dict[str, Any]]
     summary: dict[str, Any]
 
-    def to_frame(self) -> pd.DataFrame:
-        rows = []
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
         for d in self.decisions:
             run = d.run
-            rows.append({
+            out.append({
                 "time": iso(pd.Timestamp(d.at, unit="s")), "entity": d.entity, "cause": d.cause,
-                "confidence": d.confidence, "decision": d.decision, "reason": d.reason,
+                "confidence": _number(d.confidence), "decision": d.decision, "reason": d.reason,
                 "playbook": d.playbook,
                 "steps": " > ".join(s.name for s in run.steps) if run else "",
                 "outcome": run.outcome if run else "",
                 "recovered_after_s": (run.recovered_at - d.at)
                 if run and run.recovered_at is not None else None,
             })
-        return pd.DataFrame(rows)
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows())
 
     def format(self) -> str:
-        frame = self.to_frame()
-        parts = [format_audit(frame.to_dict("records"), columns=list(frame.columns))
-                 if len(frame) else "(no events)"]
+        rows = self.rows()
+        parts = [format_audit(rows, columns=list(rows[0])) if rows else "(no events)"]
         if self.incidents:
-            cols = ["entity", "start", "cause", "event_id", "acted_at", "outcome",
+            cols = ["entity", "start", "cause", "event_id", "playbook", "acted_at", "outcome",
                     "time_to_recovery_s"]
             parts.append(format_audit(self.incidents, columns=cols))
         s = self.summary
-        line = (f"{s['events']} event(s): {s['acted']} would act, {s['skipped']} skipped "
-                f"({', '.join(f'{k} {v}' for k, v in s['skip_reasons'].items()) or 'none'}), "
-                f"{s['recovered']} recovered, {s['escalated']} escalated")
+        kinds = s["decisions"]
+        line = (f"{s['events']} event(s): {s['acted']} would run ({kinds['act']} act, "
+                f"{kinds['dry_run']} dry_run, {kinds['pending']} pending approval), "
+                f"{s['skipped']} skipped "
+                f"({', '.join(f'{k} {v}' for k, v in s['skip_reasons'].items()) or 'none'}); "
+                f"simulated: {s['recovered']} recovered, {s['escalated']} escalated")
         parts.append(line)
         if s.get("incidents"):
             rate = s["success_rate"]
             ttr = s["median_time_to_recovery_s"]
-            parts.append(f"{s['incidents']} incident(s): {s['incidents_recovered']} recovered "
-                         f"(success rate {rate:.0%}), median time to recovery "
-                         + (format_seconds(round(ttr)) if ttr is not None else "-"))
+            parts.append(
+                f"{s['incidents']} incident(s): {s['incidents_recovered']} recovered by the "
+                f"playbook of their cause (success rate {rate:.0%}), median time to recovery "
+                + (format_seconds(round(ttr)) if ttr is not None else "-")
+                + f"; wrong actions: {s['wrong_playbook']} incident(s) got another cause's "
+                f"playbook, {s['actions_without_incident']} run(s) on events of no incident")
         return "\n\n".join(parts)
 
     def __str__(self) -> str:
@@ -1623,32 +1647,42 @@ class ReplayResult:
 
 def replay(events: Sequence[Event], metric_reader: MetricReader | pd.DataFrame,
            playbooks: PlaybookSet, incidents: pd.DataFrame | Iterable[Mapping[str, Any]] | None
-           = None, clock: FakeClock | None = None, model_version: str = "") -> ReplayResult:
+           = None, clock: FakeClock | None = None, model_version: str = "",
+           mode: str | None = None) -> ReplayResult:
     """Replay past events through the engine with simulated actions.
 
-    Each event is handled at its ``start`` as if it were open, in time order, with every
-    playbook in ``auto`` mode and actions that succeed at once; verification reads the
-    metrics that followed (pass a metric frame, or a reader that reads at ``clock``'s
-    time). With ``incidents`` (entity, start, end[, cause]) it reports, per incident,
-    whether simulated verification passed and the time to recovery from the incident start.
+    Each event is handled at its ``start`` as if it were open, in time order. The engine
+    decides as it would live (``mode`` overrides the playbook file's modes, as ``watch
+    --mode`` does): decision and reason are its own. Every ladder that the decision stands
+    for (act, dry_run, or pending approval) is run with actions that succeed at once, and
+    verification reads the metrics that followed (pass a metric frame, or a reader that
+    reads at ``clock``'s time); a dry run's or an approval's ladder is rehearsed, out of the
+    engine's runs, as in that mode no run would hold the entity. With ``incidents`` (entity,
+    start, end[, cause]) it reports, per incident, whether the playbook of its cause would
+    have recovered it, and how long after the incident start.
     """
     clock = clock or FakeClock()
     if isinstance(metric_reader, pd.DataFrame):
         metric_reader = FrameMetricReader(metric_reader, clock)
     engine = RecoveryEngine(playbooks, clock=clock, metrics=metric_reader,
-                            actions=SimulatedActions(), notifier=_SilentNotifier(), mode="auto",
+                            actions=SimulatedActions(), notifier=_SilentNotifier(), mode=mode,
                             model_version=model_version)
     decisions = []
+    ordered = sorted(events, key=lambda e: epoch_seconds(e.start))
     try:
-        for event in sorted(events, key=lambda e: epoch_seconds(e.start)):
+        for event in ordered:
             clock.set(epoch_seconds(event.start))
-            decisions.append(engine.handle(dataclasses.replace(event, status="open")))
+            opened = dataclasses.replace(event, status="open")
+            decision = engine.handle(opened)
+            if decision.run is None:
+                decision.run = engine.rehearse(opened, decision)
+            decisions.append(decision)
     finally:
         engine.close()
-    incident_rows = _score_incidents(decisions, list(events), incidents) \
-        if incidents is not None else []
+    incident_rows, unmatched_runs = _score_incidents(decisions, ordered, incidents, playbooks) \
+        if incidents is not None else ([], 0)
     return ReplayResult(decisions=decisions, incidents=incident_rows,
-                        summary=_summary(decisions, incident_rows))
+                        summary=_summary(decisions, incident_rows, unmatched_runs))
 
 
 class _SilentNotifier:
@@ -1667,47 +1701,76 @@ def _incident_records(incidents: pd.DataFrame | Iterable[Mapping[str, Any]]) -> 
     return records
 
 
-def _score_incidents(decisions: list[Decision], events: list[Event],
-                     incidents: pd.DataFrame | Iterable[Mapping[str, Any]]) -> list[dict]:
-    by_event = {}
-    for event, decision in zip(sorted(events, key=lambda e: epoch_seconds(e.start)), decisions,
-                               strict=True):
-        by_event.setdefault(event.entity, []).append((event, decision))
+def _score_incidents(decisions: list[Decision], ordered: list[Event],
+                     incidents: pd.DataFrame | Iterable[Mapping[str, Any]],
+                     playbooks: PlaybookSet) -> tuple[list[dict], int]:
+    """Per incident, its outcome: ``missed`` (no event), ``not_acted`` (events, no run),
+    ``acted_before`` (every run was over before the incident began), ``wrong_playbook`` (the
+    run was another cause's playbook), ``escalated`` (the right playbook did not recover
+    it) or ``recovered`` (the right playbook's verify passed, at or after the incident
+    start: the time to recovery is never negative). An incident without a cause cannot
+    tell a wrong playbook: any verified run counts. Also returns the runs on events that
+    overlap no incident (actions on false alarms)."""
+    by_entity: dict[str, list[tuple[Event, Decision]]] = {}
+    for event, decision in zip(ordered, decisions, strict=True):
+        by_entity.setdefault(event.entity, []).append((event, decision))
+    used: set[int] = set()
     rows = []
     for inc in _incident_records(incidents):
         start, end = epoch_seconds(inc["start"]), epoch_seconds(inc["end"])
+        cause = inc.get("cause")
+        cause = None if cause is None or (isinstance(cause, float) and math.isnan(cause)) \
+            else str(cause)
         row = {"entity": str(inc["entity"]), "start": iso(pd.Timestamp(start, unit="s")),
-               "end": iso(pd.Timestamp(end, unit="s")), "cause": inc.get("cause"),
-               "event_id": None, "detected_at": None, "acted_at": None, "outcome": "missed",
-               "recovered": False, "time_to_recovery_s": None}
-        overlapping = [(e, d) for e, d in by_event.get(row["entity"], [])
+               "end": iso(pd.Timestamp(end, unit="s")), "cause": cause,
+               "event_id": None, "detected_at": None, "playbook": None, "acted_at": None,
+               "outcome": "missed", "recovered": False, "time_to_recovery_s": None}
+        overlapping = [(e, d) for e, d in by_entity.get(row["entity"], [])
                        if epoch_seconds(e.start) <= end and epoch_seconds(e.end) >= start]
+        used.update(id(d) for _, d in overlapping)
         if overlapping:
             first_event = overlapping[0][0]
             row.update(event_id=first_event.id,
                        detected_at=iso(pd.Timestamp(epoch_seconds(first_event.start), unit="s")),
-                       outcome="not acted")
+                       outcome="not_acted")
             runs = [d.run for _, d in overlapping if d.run is not None]
             if runs:
-                row["acted_at"] = iso(pd.Timestamp(runs[0].started, unit="s"))
-                row["outcome"] = runs[0].outcome
-                recovered = [r for r in runs if r.recovered_at is not None]
-                if recovered:
+                row["outcome"] = "acted_before"
+            # A run over before the incident began (its verify passed on the normal metrics
+            # before it) did nothing for it.
+            runs = [r for r in runs if max(r.ended, r.recovered_at or r.ended) >= start]
+            if runs:
+                run = runs[0]
+                playbook = playbooks.get(run.playbook)
+                right = cause is None or (playbook is not None
+                                          and playbook.cause in (cause, "*"))
+                row.update(playbook=run.playbook,
+                           acted_at=iso(pd.Timestamp(run.started, unit="s")))
+                if not right:
+                    row["outcome"] = "wrong_playbook"
+                elif run.recovered_at is not None and run.recovered_at >= start:
                     row.update(outcome="recovered", recovered=True,
-                               time_to_recovery_s=recovered[0].recovered_at - start)
+                               time_to_recovery_s=run.recovered_at - start)
+                else:
+                    row["outcome"] = "escalated"
         rows.append(row)
-    return rows
+    unmatched = sum(1 for d in decisions if d.run is not None and id(d) not in used)
+    return rows, unmatched
 
 
-def _summary(decisions: list[Decision], incidents: list[dict]) -> dict[str, Any]:
+def _summary(decisions: list[Decision], incidents: list[dict],
+             unmatched_runs: int = 0) -> dict[str, Any]:
     reasons: dict[str, int] = {}
+    kinds = dict.fromkeys((DecisionKind.ACT, DecisionKind.DRY_RUN, DecisionKind.PENDING), 0)
     for d in decisions:
         if d.decision == DecisionKind.SKIP:
             reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        else:
+            kinds[d.decision] += 1
     runs = [d.run for d in decisions if d.run is not None]
     summary: dict[str, Any] = {
         "events": len(decisions), "acted": len(runs), "skipped": sum(reasons.values()),
-        "skip_reasons": dict(sorted(reasons.items())),
+        "decisions": kinds, "skip_reasons": dict(sorted(reasons.items())),
         "recovered": sum(r.outcome == "recovered" for r in runs),
         "escalated": sum(r.outcome == "escalated" for r in runs),
     }
@@ -1716,8 +1779,18 @@ def _summary(decisions: list[Decision], incidents: list[dict]) -> dict[str, Any]
         summary.update(incidents=len(incidents), incidents_recovered=len(ttr),
                        success_rate=len(ttr) / len(incidents),
                        median_time_to_recovery_s=float(np.median(ttr)) if ttr else None,
-                       mean_time_to_recovery_s=float(np.mean(ttr)) if ttr else None)
+                       mean_time_to_recovery_s=float(np.mean(ttr)) if ttr else None,
+                       wrong_playbook=sum(r["outcome"] == "wrong_playbook" for r in incidents),
+                       actions_without_incident=unmatched_runs)
     return summary
+
+
+def _number(value: float | None) -> float | None:
+    """A float for a table cell; NaN (no value) as None, shown as '-'."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 # --------------------------------------------------------------------------- helpers

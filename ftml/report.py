@@ -118,6 +118,8 @@ def format_text(report: dict[str, Any]) -> str:
     out = [f"model {m['version']} on {d['entities']} entities, {d['entity_days']:.1f} "
            f"entity-days, {d['incidents']} incidents (an event finds an incident within "
            f"{report['settings']['match_tolerance_minutes']:g} min)", ""]
+    warnings = report.get("warnings") or []
+    out += [f"warning: {w}" for w in warnings] + ([""] if warnings else [])
     out += [_text_table(*detection_rows(report)), ""]
     out += [_text_table(*diagnosis_rows(report)), ""]
     rec = report["recovery"]["incidents"]
@@ -314,6 +316,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left} thead{background:#f3f3f3}
 .note{color:#555;font-size:.9em} img{max-width:100%} .row{display:flex;gap:2em;flex-wrap:wrap}
+.warning{color:#a40000}
 """
 
 
@@ -344,6 +347,8 @@ def render_html(ev: Evaluation) -> str:
                  f"{r['settings']['match_tolerance_minutes']:g} minutes. Threshold "
                  f"{fmt(m['threshold'], 4)} (budget {m['alarm_budget']} false alarms per "
                  f"entity-day).</p>")
+    for warning in r.get("warnings") or []:
+        parts.append(f"<p class='warning'><b>Warning:</b> {html.escape(warning)}</p>")
     summary = [["event recall", fmt(det["event_recall"])],
                ["event precision", fmt(det["event_precision"])],
                ["event F1", fmt(det["event_f1"])],

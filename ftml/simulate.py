@@ -973,3 +973,27 @@ def write_simulation(out_dir: str | Path, *, format: str = "csv", **kwargs) -> d
         "incidents": len(incidents),
         "incidents_per_cause": {c: int(counts.get(c, 0)) for c in CAUSES},
     }
+
+
+#: Added to ``seed`` for the test period of a split: its faults and noise are not training's.
+TEST_SEED_OFFSET = 1000
+
+
+def write_split_simulation(out_dir: str | Path, *, test_days: float, format: str = "csv",
+                           days: float = 7, seed: int = 0, start: str = "2026-01-05T00:00:00Z",
+                           **kwargs) -> dict:
+    """One fleet, two periods: ``out_dir/train/`` holds ``days`` to train on and
+    ``out_dir/test/`` the ``test_days`` right after, of the same entities, with faults and
+    noise of another seed (never seen in training): what scoring a later week looks like.
+    Returns both summaries."""
+    if not test_days > 0:
+        raise ConfigError(f"test days must be positive, got {test_days!r}")
+    out = Path(out_dir)
+    train = write_simulation(out / "train", format=format, days=days, seed=seed, start=start,
+                             **kwargs)
+    test_start = _check_args(1, days, kwargs.get("step", "60s"), start, 0.0)[1] \
+        + pd.Timedelta(days=days)
+    test = write_simulation(out / "test", format=format, days=test_days,
+                            seed=seed + TEST_SEED_OFFSET, fleet_seed=seed,
+                            start=test_start.isoformat(), **kwargs)
+    return {"train": train, "test": test}

@@ -215,3 +215,258 @@ def test_score_rejects_unreadable_files(tmp_path, model_dir, name, content, expe
     result = run(["score", "--model", str(model_dir), "--metrics", str(path), "--out", str(out),
                   "--quiet"])
     assert_clean_failure(result, str(path), *expected, out=out)
+
+
+# --------------------------------------------------------------------------- one set of options
+
+
+def _renamed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The good fleet with other column names and a text column, as some exports are."""
+    out = frame.rename(columns={"timestamp": "when", "entity": "node"})
+    out["note"] = "ok"
+    return out
+
+
+@pytest.fixture(scope="module")
+def renamed_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("renamed")
+    metrics = d / "metrics.csv"
+    _renamed(synthetic_metrics()).to_csv(metrics, index=False)
+    config = d / "ftml.yaml"
+    config.write_text("detect: {n_estimators: 25}\n")
+    out = d / "model"
+    result = run(["train", "--metrics", str(metrics), "--out", str(out), "--config", str(config),
+                  "--timestamp-col", "when", "--entity-col", "node", "--exclude", "note",
+                  "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_score_reads_as_the_model_was_trained(tmp_path, renamed_model):
+    # No read option: the model remembers --timestamp-col, --entity-col and --exclude.
+    later = tmp_path / "later.csv"
+    _renamed(synthetic_metrics(days=0.5, seed=1)).to_csv(later, index=False)
+    out = tmp_path / "events.jsonl"
+    result = run(["score", "--model", str(renamed_model), "--metrics", str(later),
+                  "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "replay"])
+def test_every_reading_command_takes_the_read_options(tmp_path, model_dir, command):
+    # A text column the model never saw: --exclude drops it, as the error message says.
+    path = tmp_path / "metrics.csv"
+    frame = synthetic_metrics(days=0.5, seed=2)
+    frame["owner"] = "team-a"
+    frame.to_csv(path, index=False)
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text("entity,start,end,cause\n"
+                         "web-1,2026-01-05T03:00:00Z,2026-01-05T03:30:00Z,cpu_hog\n")
+    playbooks = tmp_path / "playbooks.yaml"
+    playbooks.write_text("version: 1\nplaybooks:\n  - name: cool\n    cause: unknown\n"
+                         "    steps:\n      - escalate: hot\n")
+    args = {"score": ["score", "--out", str(tmp_path / "events.jsonl")],
+            "evaluate": ["evaluate", "--incidents", str(incidents)],
+            "replay": ["playbook", "replay", "--playbooks", str(playbooks)]}[command]
+    base = [*args, "--model", str(model_dir), "--metrics", str(path)]
+    if command != "replay":
+        base.append("--quiet")
+    refused = run(base)
+    assert_clean_failure(refused, "owner", "--exclude")
+    result = run([*base, "--exclude", "owner"])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_watch_takes_the_read_options():
+    result = run(["watch", "--help"])
+    for option in ("--timestamp-col", "--entity-col", "--step", "--exclude"):
+        assert option in result.output
+
+
+def test_score_refuses_a_step_other_than_the_models(tmp_path, model_dir, good_metrics):
+    out = tmp_path / "events.jsonl"
+    result = run(["score", "--model", str(model_dir), "--metrics", str(good_metrics),
+                  "--out", str(out), "--step", "30s", "--quiet"])
+    assert_clean_failure(result, "--step 30s", "model's step", out=out)
+
+
+def test_a_step_without_unit_says_it_is_seconds(tmp_path, good_metrics):
+    out = tmp_path / "model"
+    config = tmp_path / "ftml.yaml"
+    config.write_text("detect: {n_estimators: 10}\n")
+    result = run(["train", "--metrics", str(good_metrics), "--out", str(out), "--step", "60",
+                  "--config", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    notes = result.stderr.strip().splitlines()
+    assert notes == ["ftml: note: --step 60 has no unit: read as 60s (seconds)"]
+
+
+def test_a_step_finer_than_the_data_is_named(tmp_path, good_metrics):
+    out = tmp_path / "model"
+    result = run(["train", "--metrics", str(good_metrics), "--out", str(out), "--step", "7s",
+                  "--quiet"])
+    assert_clean_failure(result, str(good_metrics), "--step 7s", "spacing of 60s",
+                         "--step 60s", out=out)
+
+
+def test_an_unknown_config_section_is_refused(tmp_path, good_metrics):
+    config = tmp_path / "ftml.yaml"
+    config.write_text("reed: {step: 60s}\ndetect: {n_estimators: 10}\n")
+    out = tmp_path / "model"
+    result = run(["train", "--metrics", str(good_metrics), "--out", str(out),
+                  "--config", str(config), "--quiet"])
+    assert_clean_failure(result, str(config), "unknown section 'reed'", "read", out=out)
+
+
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_a_row_shorter_than_the_header_is_refused(tmp_path, model_dir, command):
+    path = tmp_path / "metrics.csv"
+    # Row 21 lacks its last field; an empty last field (row 22) is a missing value, allowed.
+    path.write_text(small_csv(["2026-01-05T00:10:00Z,web-1,1", "2026-01-05T00:11:00Z,web-1,1,"]))
+    if command == "train":
+        out = tmp_path / "model"
+        args = ["train", "--metrics", str(path), "--out", str(out), "--quiet"]
+    else:
+        out = tmp_path / "events.jsonl"
+        args = ["score", "--model", str(model_dir), "--metrics", str(path), "--out", str(out),
+                "--chunk-rows", "1000", "--quiet"]
+    result = run(args)
+    assert_clean_failure(result, str(path), "row 21", "3 fields", "header 4", out=out)
+
+
+def test_an_empty_last_field_is_a_missing_value(tmp_path, model_dir):
+    path = tmp_path / "metrics.csv"
+    frame = synthetic_metrics(days=0.5, seed=3)
+    frame["latency_ms"] = frame["latency_ms"].astype(object)
+    frame.loc[5, "latency_ms"] = ""
+    frame.to_csv(path, index=False)
+    out = tmp_path / "events.jsonl"
+    result = run(["score", "--model", str(model_dir), "--metrics", str(path), "--out", str(out),
+                  "--chunk-rows", "1000", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- fit to the data
+
+
+def test_entities_not_in_training_are_named_once(tmp_path, model_dir):
+    path = tmp_path / "metrics.csv"
+    synthetic_metrics(days=0.5, entities=("web-1", "web-9", "db-7"), seed=4).to_csv(path,
+                                                                                    index=False)
+    result = run(["score", "--model", str(model_dir), "--metrics", str(path),
+                  "--out", str(tmp_path / "events.jsonl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [w for w in result.stderr.splitlines() if "not in training" in w]
+    assert lines == ["ftml: warning: 2 of 3 entities were not in training and are scored "
+                     "against the fleet-wide baseline (all training entities pooled, per hour "
+                     "of day): db-7, web-9"]
+
+
+def _misfit(tmp_path) -> Path:
+    """The training fleet at ten times its latency: most windows look anomalous."""
+    frame = synthetic_metrics(days=0.5, seed=5)
+    frame["latency_ms"] *= 10
+    path = tmp_path / "metrics.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_model_that_does_not_fit_the_data_says_so(tmp_path, model_dir, good_metrics):
+    result = run(["score", "--model", str(model_dir), "--metrics", str(_misfit(tmp_path)),
+                  "--out", str(tmp_path / "events.jsonl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    misfit = [w for w in result.stderr.splitlines() if "does not fit" in w]
+    assert len(misfit) == 1 and misfit[0].startswith("ftml: warning: ")
+    assert "% of windows flagged" in misfit[0] and "calibration slice" in misfit[0]
+    # Its own kind of data: no warning.
+    fine = run(["score", "--model", str(model_dir), "--metrics", str(good_metrics),
+                "--out", str(tmp_path / "fine.jsonl"), "--quiet"])
+    assert fine.exit_code == 0 and "warning" not in fine.stderr, fine.stderr
+
+
+def test_evaluate_says_so_on_stderr_in_the_text_and_the_html(tmp_path, model_dir):
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text("entity,start,end,cause\n"
+                         "web-1,2026-01-05T03:00:00Z,2026-01-05T03:30:00Z,cpu_hog\n")
+    html = tmp_path / "report.html"
+    result = run(["evaluate", "--model", str(model_dir), "--metrics", str(_misfit(tmp_path)),
+                  "--incidents", str(incidents), "--html", str(html), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sum("does not fit" in w for w in result.stderr.splitlines()) == 1
+    assert sum(line.startswith("warning: ") and "does not fit" in line
+               for line in result.stdout.splitlines()) == 1
+    assert "<p class='warning'><b>Warning:</b>" in html.read_text()
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _stderr_on_a_terminal(args: list[str]) -> str:
+    """Run ftml as its own process with stderr on a pseudo-terminal; what it drew there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main_fd, term_fd = pty.openpty()
+    # A size, as a real terminal has (tqdm draws nothing 0 columns wide).
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "ftml", *args], stdout=subprocess.DEVNULL,
+                            stderr=term_fd, env=env)
+    os.close(term_fd)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_train_and_score_show_progress_on_a_terminal(tmp_path, good_metrics):
+    config = tmp_path / "ftml.yaml"
+    config.write_text("detect: {n_estimators: 10}\n")
+    model = tmp_path / "model"
+    drawn = _stderr_on_a_terminal(["train", "--metrics", str(good_metrics), "--out", str(model),
+                                   "--config", str(config)])
+    for stage in ("reading metrics", "baselines", "forest", "calibration", "diagnosis",
+                  "writing the bundle"):
+        assert f"training: {stage}" in drawn, drawn
+    drawn = _stderr_on_a_terminal(["score", "--model", str(model), "--metrics",
+                                   str(good_metrics), "--out", str(tmp_path / "events.jsonl")])
+    assert "scoring" in drawn, drawn
+    # --quiet draws nothing.
+    assert "training" not in _stderr_on_a_terminal(
+        ["train", "--metrics", str(good_metrics), "--out", str(tmp_path / "m2"), "--config",
+         str(config), "--quiet"])
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["score", "--help"]])
+def test_help_and_version_import_no_heavy_library(args):
+    # pandas alone took 0.5 s of `ftml --help`'s 0.7 s: commands import what they need.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ftml.cli import main\n"
+            f"sys.argv = ['ftml', *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = ('pandas', 'numpy', 'sklearn', 'scipy', 'yaml', 'joblib', 'tqdm')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -513,3 +513,166 @@ def test_simulator_names_agree_with_the_simulator():
     simulate = pytest.importorskip("ftml.simulate")
     assert set(SIMULATOR_CAUSES) == set(simulate.CAUSES)
     assert set(SIMULATOR_METRICS) <= set(simulate.METRICS)
+
+
+# --------------------------------------------------------------------------- one mode spelling
+
+
+@pytest.mark.parametrize("written", ["dry_run", "dry-run"])
+def test_both_spellings_of_dry_run_are_one_mode(written):
+    pbs = parse(f"""
+        version: 1
+        defaults: {{mode: {written}}}
+        playbooks:
+          - {{name: p, cause: c, mode: {written}, {STEPS_OK}}}
+    """)
+    assert pbs.defaults.mode == "dry_run"
+    assert pbs.playbooks[0].mode == "dry_run"
+    from ftml.recover import RecoveryEngine
+
+    engine = RecoveryEngine(pbs, mode=written)
+    try:
+        assert engine.mode == "dry_run"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("written", ["dry_run", "dry-run"])
+def test_watch_takes_both_spellings_of_dry_run(written):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    # A missing model fails after the options are read: the mode itself is accepted.
+    result = CliRunner().invoke(main, ["watch", "--model", "/nonexistent/model", "--source",
+                                       "local", "--mode", written])
+    assert result.exit_code == 2
+    assert "--mode" not in result.output, result.output
+
+
+# --------------------------------------------------------------------------- checked against a model
+
+
+@pytest.fixture(scope="module")
+def simulator_model(tmp_path_factory) -> Path:
+    """A small model of a simulated fleet: it names the simulator's causes, reads its metrics."""
+    from ftml import api
+    from ftml.config import Config
+    from ftml.simulate import write_simulation
+
+    d = tmp_path_factory.mktemp("sim")
+    write_simulation(d / "fleet", entities=4, days=3, seed=1)
+    config = Config()
+    config.detect.n_estimators = 25
+    api.train([d / "fleet" / "metrics.csv"], d / "model",
+              incidents=d / "fleet" / "incidents.csv", config=config)
+    return d / "model"
+
+
+def check(*args):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    return CliRunner().invoke(main, ["playbook", "check", *map(str, args)])
+
+
+def test_the_example_checks_clean_against_a_simulator_model(simulator_model):
+    result = check(EXAMPLE, "--model", simulator_model)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # no warning: every program exists and is executable
+
+
+def test_the_examples_programs_only_say_what_they_would_do(tmp_path):
+    import subprocess
+
+    pbs = load_playbooks(EXAMPLE)
+    programs = {s.action.argv[0] for p in pbs.playbooks for s in p.steps
+                if isinstance(s.action, ExecAction)}
+    assert len(programs) == 5
+    for program in sorted(programs):
+        run = subprocess.run([program, "web-1", "x"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=10)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("ftml example: would "), run.stdout
+        assert list(tmp_path.iterdir()) == []
+
+
+def _with(tmp_path, old: str, new: str) -> Path:
+    text = EXAMPLE.read_text()
+    assert old in text
+    path = tmp_path / "playbooks.yaml"
+    path.write_text(text.replace(old, new).replace("./examples/ops/", f"{ROOT}/examples/ops/"))
+    return path
+
+
+def test_a_cause_the_model_never_names_is_refused(tmp_path, simulator_model):
+    path = _with(tmp_path, "cause: memory_leak", "cause: memory_leek")
+    assert check(path).exit_code == 0  # without a model nothing says it is wrong
+    result = check(path, "--model", simulator_model)
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith(f"ftml: error: {path}: line ")
+    assert "'memory_leek'" in line and "did you mean 'memory_leak'?" in line
+
+
+def test_a_metric_the_model_does_not_read_is_refused(tmp_path, simulator_model):
+    path = _with(tmp_path, "mem_used_pct < 70", "mem_used_pc < 70")
+    assert check(path).exit_code == 0
+    result = check(path, "--model", simulator_model)
+    assert result.exit_code == 2, result.output
+    assert "unknown metric 'mem_used_pc'" in result.stderr
+    assert "did you mean 'mem_used_pct'?" in result.stderr
+
+
+def test_a_cause_without_playbook_is_a_warning(tmp_path, simulator_model):
+    text = EXAMPLE.read_text()
+    start = text.index("  - name: free-disk-space")
+    end = text.index("  - name: recycle-connection-pool")
+    path = tmp_path / "playbooks.yaml"
+    path.write_text((text[:start] + text[end:]).replace("./examples/ops/",
+                                                        f"{ROOT}/examples/ops/"))
+    result = check(path, "--model", simulator_model)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"ftml: warning: {path}: no playbook for the model's cause(s) "
+                             "disk_full\n")
+
+
+def test_missing_and_non_executable_programs_are_warnings(tmp_path):
+    plain = tmp_path / "plain.sh"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    path = tmp_path / "playbooks.yaml"
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        playbooks:
+          - name: a
+            cause: c
+            steps:
+              - exec: [./missing.sh]
+              - exec: [{plain}]
+              - exec: [no-such-program-anywhere]
+              - exec: [/bin/true]
+    """))
+    result = check(path)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"ftml: warning: {path}: line 7: program '{tmp_path / 'missing.sh'}' does not exist",
+        f"ftml: warning: {path}: line 8: program '{plain}' is not executable",
+        f"ftml: warning: {path}: line 9: program 'no-such-program-anywhere' is not on the PATH",
+    ]
+
+
+def test_score_warns_on_a_cause_the_model_never_names(tmp_path, simulator_model):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    path = _with(tmp_path, "cause: memory_leak", "cause: memory_leek")
+    metrics = simulator_model.parent / "fleet" / "metrics.csv"
+    result = CliRunner().invoke(main, ["score", "--model", str(simulator_model), "--metrics",
+                                       str(metrics), "--out", str(tmp_path / "events.jsonl"),
+                                       "--playbooks", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    warnings = [w for w in result.stderr.splitlines() if w.startswith("ftml: warning: ")]
+    assert len(warnings) == 1 and "'memory_leek'" in warnings[0], result.stderr

@@ -331,3 +331,25 @@ def test_fleet_seed_keeps_the_fleet_and_redraws_the_rest(clean):
     same = simulate_fleet(ENTITIES, 1, seed=SEED, fleet_seed=SEED, missing=False)
     pd.testing.assert_frame_equal(same[0], simulate_fleet(ENTITIES, 1, seed=SEED,
                                                           missing=False)[0])
+
+
+def test_simulate_test_days_writes_a_later_period_of_the_same_fleet(tmp_path):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--entities", "3",
+                                       "--days", "1", "--test-days", "0.5", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    train = pd.read_csv(tmp_path / "train" / "metrics.csv", parse_dates=["timestamp"])
+    test = pd.read_csv(tmp_path / "test" / "metrics.csv", parse_dates=["timestamp"])
+    assert (tmp_path / "train" / "incidents.csv").exists()
+    assert (tmp_path / "test" / "incidents.csv").exists()
+    assert set(train["entity"]) == set(test["entity"])  # one fleet
+    # The test period starts right after training, one step later.
+    assert test["timestamp"].min() - train["timestamp"].max() == pd.Timedelta("60s")
+    assert test["timestamp"].max() - test["timestamp"].min() < pd.Timedelta(hours=12)
+    # Not a copy of training shifted in time: its own faults and noise.
+    n = min(len(train), len(test))
+    assert not np.allclose(train["cpu_pct"].to_numpy()[:n], test["cpu_pct"].to_numpy()[:n],
+                           equal_nan=True)

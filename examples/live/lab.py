@@ -11,7 +11,7 @@ otherwise)::
                          incidents.csv (the labels)
     RUN/model/           the model trained on it
     RUN/state/           ftml watch's state: state.db (audit), checkpoints/ (recovery points)
-    RUN/playbooks.yaml   rendered from examples/live/playbooks.yaml, one block per instance
+    RUN/playbooks.yaml   rendered from examples/live/playbooks.yaml.in, one block per instance
     RUN/alerts.jsonl     alerts from the watcher; RUN/pages.jsonl what the pager received
     RUN/local.csv        every local-source sample of the run; RUN/results.json the figures
 
@@ -54,7 +54,7 @@ from examples.live import restart as supervisor
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 KINDS = ("memory_leak", "cpu_hog", "bad_config", "latency")
-#: The playbook (name prefix in playbooks.yaml) that is the right answer to each fault.
+#: The playbook (name prefix in playbooks.yaml.in) that is the right answer to each fault.
 EXPECTED_PLAYBOOK = {"memory_leak": "leak-restart", "cpu_hog": "hog-restart",
                      "bad_config": "config-rollback", "latency": "latency-page"}
 #: Faults that ftml fixes itself; the others it pages a human for, by design.
@@ -646,9 +646,9 @@ class Lab:
         }
 
     def write_playbooks(self) -> Path:
-        """examples/live/playbooks.yaml, rendered once per instance into one file."""
+        """examples/live/playbooks.yaml.in (a template), rendered per instance into one file."""
         s = self.s
-        text = (HERE / "playbooks.yaml").read_text()
+        text = (HERE / "playbooks.yaml.in").read_text()
         t = self.thresholds
         common = {
             "@PYTHON@": PY, "@RESTART@": str(HERE / "restart.py"),
@@ -672,7 +672,7 @@ class Lab:
             else:
                 merged["playbooks"].extend(data["playbooks"])
         path = self.root / "playbooks.yaml"
-        path.write_text("# Rendered by examples/live/lab.py from examples/live/playbooks.yaml\n"
+        path.write_text("# Rendered by examples/live/lab.py from examples/live/playbooks.yaml.in\n"
                         + yaml.safe_dump(merged, sort_keys=False, width=100))
         from ftml.bundle import load_model
         from ftml.playbooks import load_playbooks
