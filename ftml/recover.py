@@ -279,6 +279,142 @@ class RunResult:
         return d
 
 
+# --------------------------------------------------------------------------- guards
+
+
+@dataclass
+class GuardContext:
+    """What a guard looks at: the event, the playbook chosen for it, and the engine's memory
+    (``conn``: the runs and approvals tables)."""
+
+    conn: Any
+    event: Event
+    now: float
+    playbooks: PlaybookSet
+    playbook: Playbook
+    run_mode: str  # dry_run | auto: runs of one mode never hold back the other's
+    approved: bool  # an approval being run (it has passed the approval guard already)
+    _attempts: list | None = None
+
+    @property
+    def attempts(self) -> list:
+        """This playbook's runs on the entity within the attempt window, newest first."""
+        if self._attempts is None:
+            d = self.playbooks.defaults
+            self._attempts = self.conn.execute(
+                "SELECT started, ended, outcome FROM runs WHERE entity = ? AND playbook = ? AND "
+                "mode = ? AND started > ? AND started <= ? ORDER BY started DESC",
+                (self.event.entity, self.playbook.name, self.run_mode, self.now - d.window,
+                 self.now)).fetchall()
+        return self._attempts
+
+
+#: A guard: (reason, detail) when it holds the action back, else None.
+Guard = Callable[[GuardContext], "tuple[str, str] | None"]
+
+
+def _window_guard(kind: str, reason: str) -> Guard:
+    def guard(q: GuardContext) -> tuple[str, str] | None:
+        for window in getattr(q.playbooks.guards, kind):
+            if window.covers(q.event.entity, q.event.cause, q.now):
+                until = iso(pd.Timestamp(window.end, unit="s"))
+                word = "maintenance" if kind == "maintenance" else "silenced"
+                return reason, f"{word} until {until} {window.reason}".strip()
+        return None
+    guard.__name__ = f"in_{kind}"
+    return guard
+
+
+def pending_approval(q: GuardContext) -> tuple[str, str] | None:
+    if q.approved:
+        return None
+    waiting = q.conn.execute(
+        "SELECT id FROM approvals WHERE entity = ? AND status IN ('pending', 'approved')"
+        " AND expires > ?", (q.event.entity, q.now)).fetchone()
+    if waiting is not None:
+        return Reason.PENDING_APPROVAL, f"approval {waiting['id']} is waiting"
+    return None
+
+
+def busy(q: GuardContext) -> tuple[str, str] | None:
+    if not q.playbooks.guards.one_action_per_entity:
+        return None
+    running = q.conn.execute(
+        "SELECT playbook, started FROM runs WHERE entity = ? AND started <= ? AND "
+        "((ended IS NULL AND deadline > ?) OR ended > ?) ORDER BY started DESC LIMIT 1",
+        (q.event.entity, q.now, q.now, q.now)).fetchone()
+    if running is not None:
+        return Reason.BUSY, (f"'{running['playbook']}' has been running on the entity since "
+                             f"{iso(pd.Timestamp(running['started'], unit='s'))}")
+    return None
+
+
+def circuit_open(q: GuardContext) -> tuple[str, str] | None:
+    d = q.playbooks.defaults
+    if len(q.attempts) >= d.max_attempts:
+        closes = q.attempts[d.max_attempts - 1]["started"] + d.window
+        return Reason.CIRCUIT_OPEN, (f"{len(q.attempts)} attempt(s) within "
+                                     f"{format_seconds(d.window)}; closes at "
+                                     f"{iso(pd.Timestamp(closes, unit='s'))}")
+    return None
+
+
+def cooling_down(q: GuardContext) -> tuple[str, str] | None:
+    d = q.playbooks.defaults
+    last = q.conn.execute(
+        "SELECT ended FROM runs WHERE entity = ? AND mode = ? AND ended IS NOT NULL AND "
+        "ended <= ? ORDER BY ended DESC LIMIT 1", (q.event.entity, q.run_mode, q.now)).fetchone()
+    if last is None:
+        return None
+    failures = 0
+    for row in q.attempts:  # newest first: failed attempts in a row
+        if row["outcome"] != "escalated":
+            break
+        failures += 1
+    wait = max(d.cooldown, d.backoff.delay(failures))
+    if q.now - last["ended"] < wait:
+        why = f"backoff after {failures} failed attempt(s)" if wait > d.cooldown else "cooldown"
+        return Reason.COOLDOWN, (f"{why}: {format_seconds(wait)} after the last recovery, "
+                                 f"{q.now - last['ended']:.0f}s passed")
+    return None
+
+
+def aftermath(q: GuardContext) -> tuple[str, str] | None:
+    # A restarted process or rolled-back service wobbles while it settles; an event that
+    # began then is the recovery's aftermath, not a new fault, even once the cooldown is
+    # over (its diagnosis may only clear the bar later). It still alerts.
+    d = q.playbooks.defaults
+    began = pd.Timestamp(q.event.start).timestamp()
+    before = q.conn.execute(
+        "SELECT ended FROM runs WHERE entity = ? AND mode = ? AND ended IS NOT NULL AND "
+        "started <= ? ORDER BY started DESC LIMIT 1",
+        (q.event.entity, q.run_mode, began)).fetchone()
+    if before is not None and began < before["ended"] + d.cooldown:
+        return Reason.AFTERMATH, (f"the event began during or within "
+                                  f"{format_seconds(d.cooldown)} (the cooldown) after a "
+                                  f"recovery on the entity")
+    return None
+
+
+def rate_limited(q: GuardContext) -> tuple[str, str] | None:
+    limit = q.playbooks.guards.max_actions_per_hour
+    recent = q.conn.execute("SELECT COUNT(*) AS n FROM runs WHERE mode = ? AND started > ? "
+                            "AND started <= ?", (q.run_mode, q.now - 3600, q.now)).fetchone()["n"]
+    if recent >= limit:
+        return Reason.RATE_LIMITED, (f"{recent} action(s) in the last hour "
+                                     f"(max_actions_per_hour {limit})")
+    return None
+
+
+#: The guards between a matched playbook and its action, in the order they are checked.
+#: Adding a guard is one function and one place in this list.
+GUARDS: tuple[Guard, ...] = (
+    _window_guard("maintenance", Reason.MAINTENANCE),
+    _window_guard("silences", Reason.SILENCED),
+    pending_approval, busy, circuit_open, cooling_down, aftermath, rate_limited,
+)
+
+
 @dataclass
 class Decision:
     """What the engine decided for one event, and what came of it."""
@@ -1182,75 +1318,12 @@ class RecoveryEngine:
             mode = "dry_run" if self.mode == "dry_run" else "auto"
         run_mode = "dry_run" if mode == "dry_run" else "auto"
 
-        for window in pbs.guards.maintenance:
-            if window.covers(event.entity, event.cause, now):
-                return skip(Reason.MAINTENANCE, f"maintenance until "
-                            f"{iso(pd.Timestamp(window.end, unit='s'))} {window.reason}".strip(),
-                            playbook, mode)
-        for window in pbs.guards.silences:
-            if window.covers(event.entity, event.cause, now):
-                return skip(Reason.SILENCED, f"silenced until "
-                            f"{iso(pd.Timestamp(window.end, unit='s'))} {window.reason}".strip(),
-                            playbook, mode)
-        if approved is None:
-            waiting = conn.execute(
-                "SELECT id FROM approvals WHERE entity = ? AND status IN ('pending', 'approved')"
-                " AND expires > ?", (event.entity, now)).fetchone()
-            if waiting is not None:
-                return skip(Reason.PENDING_APPROVAL, f"approval {waiting['id']} is waiting",
-                            playbook, mode)
-        if pbs.guards.one_action_per_entity:
-            running = conn.execute(
-                "SELECT playbook, started FROM runs WHERE entity = ? AND started <= ? AND "
-                "((ended IS NULL AND deadline > ?) OR ended > ?) ORDER BY started DESC LIMIT 1",
-                (event.entity, now, now, now)).fetchone()
-            if running is not None:
-                return skip(Reason.BUSY, f"'{running['playbook']}' has been running on the "
-                            f"entity since {iso(pd.Timestamp(running['started'], unit='s'))}",
-                            playbook, mode)
-        d = pbs.defaults
-        attempts = conn.execute(
-            "SELECT started, ended, outcome FROM runs WHERE entity = ? AND playbook = ? AND "
-            "mode = ? AND started > ? AND started <= ? ORDER BY started DESC",
-            (event.entity, playbook.name, run_mode, now - d.window, now)).fetchall()
-        if len(attempts) >= d.max_attempts:
-            closes = attempts[d.max_attempts - 1]["started"] + d.window
-            return skip(Reason.CIRCUIT_OPEN,
-                        f"{len(attempts)} attempt(s) within {format_seconds(d.window)}; "
-                        f"closes at {iso(pd.Timestamp(closes, unit='s'))}", playbook, mode)
-        last = conn.execute(
-            "SELECT ended FROM runs WHERE entity = ? AND mode = ? AND ended IS NOT NULL AND "
-            "ended <= ? ORDER BY ended DESC LIMIT 1", (event.entity, run_mode, now)).fetchone()
-        if last is not None:
-            failures = 0
-            for row in attempts:  # newest first: failed attempts in a row
-                if row["outcome"] != "escalated":
-                    break
-                failures += 1
-            wait = max(d.cooldown, d.backoff.delay(failures))
-            if now - last["ended"] < wait:
-                why = f"backoff after {failures} failed attempt(s)" if wait > d.cooldown \
-                    else "cooldown"
-                return skip(Reason.COOLDOWN, f"{why}: {format_seconds(wait)} after the last "
-                            f"recovery, {now - last['ended']:.0f}s passed", playbook, mode)
-        # A restarted process or rolled-back service wobbles while it settles; an event that
-        # began then is the recovery's aftermath, not a new fault, even once the cooldown is
-        # over (its diagnosis may only clear the bar later). It still alerts.
-        began = pd.Timestamp(event.start).timestamp()
-        before = conn.execute(
-            "SELECT ended FROM runs WHERE entity = ? AND mode = ? AND ended IS NOT NULL AND "
-            "started <= ? ORDER BY started DESC LIMIT 1",
-            (event.entity, run_mode, began)).fetchone()
-        if before is not None and began < before["ended"] + d.cooldown:
-            return skip(Reason.AFTERMATH, f"the event began during or within "
-                        f"{format_seconds(d.cooldown)} (the cooldown) after a recovery on the "
-                        f"entity", playbook, mode)
-        recent = conn.execute("SELECT COUNT(*) AS n FROM runs WHERE mode = ? AND started > ? "
-                              "AND started <= ?", (run_mode, now - 3600, now)).fetchone()["n"]
-        if recent >= pbs.guards.max_actions_per_hour:
-            return skip(Reason.RATE_LIMITED, f"{recent} action(s) in the last hour "
-                        f"(max_actions_per_hour {pbs.guards.max_actions_per_hour})",
-                        playbook, mode)
+        ask = GuardContext(conn=conn, event=event, now=now, playbooks=pbs, playbook=playbook,
+                           run_mode=run_mode, approved=approved is not None)
+        for guard in GUARDS:  # in this order: the first that holds is the reason given
+            held = guard(ask)
+            if held is not None:
+                return skip(*held, playbook, mode)
 
         plan = self._plan(event, playbook)
         if mode == "dry_run":
