@@ -324,13 +324,15 @@ def audit(state_dir, since, entity):
               help="State folder: checkpoints, alert queue, recovery database.")
 @click.option("--interval", help="Time between ticks, e.g. 60s (default: the model's step).")
 @click.option("--listen", help="Serve /metrics and /healthz on HOST:PORT.")
+@click.option("--wait-for-source", is_flag=True,
+              help="A source that cannot be read at start is retried (default: exit 2).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level):
+          wait_for_source, config_path, log_level):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
@@ -350,6 +352,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     wcfg = WatchConfig.from_section(section, where)
     if interval:
         wcfg.interval = parse_duration(interval, "--interval").total_seconds()
+    wcfg.wait_for_source = wait_for_source
     scfg = source_config(section, where)
     srcs = [make_source(s, model.config.read, scfg, model.metrics) for s in sources]
     snks = [make_sink(s) for s in (sinks or ("stdout",))]

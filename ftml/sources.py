@@ -234,6 +234,12 @@ class FileSource:
     def bind(self, step: pd.Timedelta, keep_steps: int) -> None:
         pass
 
+    def check(self) -> None:
+        """Raise SourceError if the file cannot be read now (Watcher.check_sources)."""
+        if not os.access(self.path, os.R_OK):
+            why = "file not found" if not self.path.exists() else "not readable"
+            raise SourceError(f"{self.path}: {why}")
+
     def poll(self, now: float) -> pd.DataFrame | None:
         parts: list[pd.DataFrame | None] = []
         try:
@@ -589,6 +595,10 @@ class PrometheusSource:
                 wide[metric] = np.nan
         wide["entity"] = wide["entity"].astype(str)
         return wide[["entity", "timestamp", *self.queries]]
+
+    def check(self) -> None:
+        """Raise SourceError if Prometheus does not answer a query (Watcher.check_sources)."""
+        self._get("/api/v1/query", {"query": "1"})
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"

@@ -120,6 +120,9 @@ class WatchConfig:
     backoff_initial: float = 1.0  # retry delay of a failed source or sink, doubling ...
     backoff_max: float = 60.0  # ... up to this
     engine_poll_every: float = 10.0  # seconds between engine.poll() (approvals from elsewhere)
+    # A source that cannot be read when run() starts (file missing, Prometheus down) stops
+    # the loop with a ConfigError; True: retry it with backoff like a later outage.
+    wait_for_source: bool = False
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, source: str = "config"
@@ -651,8 +654,16 @@ class Watcher:
     def run(self, listen: tuple[str, int] | None = None) -> None:
         """Tick every interval until :meth:`stop` (or every source has ended), then shut
         down cleanly. A source with a backlog is polled again at once."""
-        if listen is not None:
-            self.serve(*listen)
+        try:
+            if not self.config.wait_for_source:
+                self.check_sources()
+            if listen is not None:
+                self.serve(*listen)
+        except FtmlError:
+            # Nothing ran: no checkpoint (it would overwrite the last one's source positions).
+            for s in (*self.sources, *self.sinks):
+                s.close()
+            raise
         self._start_delivery()
         next_at = self.clock.now()
         try:
@@ -677,6 +688,24 @@ class Watcher:
                     next_at = self.clock.now()
         finally:
             self.shutdown()
+
+    def check_sources(self) -> None:
+        """Raise ConfigError naming every source that cannot be read now (a missing file,
+        a Prometheus that does not answer): at start that is a setting to fix, not an
+        outage to wait out. Sources without a ``check`` (stdin, local) pass."""
+        failed = []
+        for src in self.sources:
+            check = getattr(src, "check", None)
+            if check is None:
+                continue
+            try:
+                check()
+            except (SourceError, OSError, FtmlError) as exc:
+                failed.append(str(exc))
+        if failed:
+            raise ConfigError(f"source unavailable at start: {'; '.join(failed)}",
+                              hint="fix the --source, or pass --wait-for-source to retry "
+                                   "until it answers")
 
     def maintain(self) -> float:
         """Work between ticks, in the loop's idle time: dropping raw rows too old to matter
@@ -1418,7 +1447,11 @@ class Watcher:
             def log_message(self, *args):  # scrapes are not news
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # in use, no such address, a port under 1024 without root
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              where="--listen", hint="choose a free HOST:PORT") from None
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="ftml-http",
                          daemon=True).start()

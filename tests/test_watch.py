@@ -650,6 +650,8 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
     (["--source", "stdin", "--sink", "email:me"], "unknown sink"),
     (["--source", "stdin", "--listen", "nowhere"], "--listen"),
     (["--source", "file:data.parquet"], "must be .csv or .jsonl"),
+    (["--source", "file:/nonexistent/m.csv"], "source unavailable at start"),
+    (["--source", "prometheus:http://127.0.0.1:9"], "source unavailable at start"),
 ])
 def test_bad_options_are_one_line_errors(fleet, args, message):
     tmp, _, _ = fleet
@@ -657,6 +659,43 @@ def test_bad_options_are_one_line_errors(fleet, args, message):
                        timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_listen_on_a_port_in_use_is_a_one_line_error(fleet):
+    tmp, _, _ = fleet
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--listen",
+                                      f"127.0.0.1:{port}"),
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_wait_for_source_retries_a_file_missing_at_start_then_reads_it(fleet, tmp_path):
+    tmp, _, live = fleet
+    path, out, port = tmp_path / "later.csv", tmp_path / "a.jsonl", _free_port()
+    proc = subprocess.Popen(_watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink",
+                                       f"jsonl:{out}", "--interval", "1s", "--wait-for-source",
+                                       "--listen", f"127.0.0.1:{port}"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def health():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return json.loads(r.read())
+
+    try:
+        _wait_for(lambda: health()["sources"][f"file:{path}"] == "failing", proc=proc)
+        live.to_csv(path, index=False)
+        _wait_for(lambda: health()["sources"][f"file:{path}"] == "up", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_run_stops_promptly_from_another_thread(fleet):
