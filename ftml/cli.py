@@ -352,7 +352,7 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     wcfg = WatchConfig.from_section(section, where)
     if interval:
         wcfg.interval = parse_duration(interval, "--interval").total_seconds()
-    wcfg.wait_for_source = wait_for_source
+    wcfg.wait_for_source = wait_for_source or wcfg.wait_for_source
     scfg = source_config(section, where)
     srcs = [make_source(s, model.config.read, scfg, model.metrics) for s in sources]
     snks = [make_sink(s) for s in (sinks or ("stdout",))]

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from ftml.config import ReadConfig
+from ftml.config import ReadConfig, parse_duration
 from ftml.errors import ConfigError, FtmlError, InputError
 from ftml.io import to_rows
 
@@ -676,6 +676,10 @@ class WatchSourceConfig:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
 
 
+_LOCAL_KEYS = ("processes", "disk_path", "host")
+_PROMETHEUS_KEYS = ("queries", "entity_label", "timeout")
+
+
 def source_config(section: Mapping[str, Any] | None, source: str = "config"
                   ) -> WatchSourceConfig:
     section = dict(section or {})
@@ -686,6 +690,12 @@ def source_config(section: Mapping[str, Any] | None, source: str = "config"
     prom = {} if prom is None else prom
     if not isinstance(local, dict) or not isinstance(prom, dict):
         raise ConfigError("watch.local and watch.prometheus must be mappings", source=source)
+    for name, sub, known in (("local", local, _LOCAL_KEYS),
+                             ("prometheus", prom, _PROMETHEUS_KEYS)):
+        for key in sub:
+            if key not in known:
+                raise ConfigError(f"unknown key '{key}'", source=source, where=f"watch.{name}",
+                                  hint=f"known keys: {', '.join(sorted(known))}")
     procs = local.get("processes") or []
     if not isinstance(procs, list) or not all(isinstance(p, str) for p in procs):
         raise ConfigError("watch.local.processes must be a list of names", source=source)
@@ -695,9 +705,16 @@ def source_config(section: Mapping[str, Any] | None, source: str = "config"
     if not isinstance(queries, dict) or not all(isinstance(v, str) for v in queries.values()):
         raise ConfigError("watch.prometheus.queries must map metric names to PromQL",
                           source=source, hint="queries: {cpu_pct: 'rate(...)'}")
+    timeout = PrometheusConfig.timeout
+    if prom.get("timeout") is not None:
+        try:
+            timeout = parse_duration(prom["timeout"], "timeout").total_seconds()
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, source=source, where="watch.prometheus.timeout",
+                              hint=exc.hint) from None
     out.prometheus = PrometheusConfig(queries={str(k): v for k, v in queries.items()},
                                       entity_label=str(prom.get("entity_label", "instance")),
-                                      timeout=float(prom.get("timeout", 5.0)))
+                                      timeout=timeout)
     return out
 
 

@@ -127,7 +127,14 @@ class WatchConfig:
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, source: str = "config"
                      ) -> WatchConfig:
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError("section must be a mapping", source=source, where="watch",
+                              hint="e.g. 'watch: {interval: 60s}'")
         section = dict(section or {})
+        for key in section:
+            if key not in WATCH_KEYS:
+                raise ConfigError(f"unknown key '{key}'", source=source, where="watch",
+                                  hint=f"known keys: {', '.join(sorted(WATCH_KEYS))}")
         out = cls()
         for key in ("interval", "checkpoint_every", "backoff_initial", "backoff_max",
                     "engine_poll_every"):
@@ -142,7 +149,18 @@ class WatchConfig:
             raise ConfigError("watch.severity must map causes to severities", source=source)
         out.severity = {str(k): str(v) for k, v in sev.items()}
         out.default_severity = str(section.get("default_severity", out.default_severity))
+        wait = section.get("wait_for_source")
+        if wait is not None:
+            if not isinstance(wait, bool):
+                raise ConfigError(f"must be true or false, got {wait!r}", source=source,
+                                  where="watch.wait_for_source")
+            out.wait_for_source = wait
         return out
+
+
+#: Keys of the ``watch:`` section: the loop's (WatchConfig) and the sources' (local, prometheus).
+WATCH_KEYS = ("interval", "checkpoint_every", "severity", "default_severity", "backoff_initial",
+              "backoff_max", "engine_poll_every", "wait_for_source", "local", "prometheus")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -661,6 +661,45 @@ def test_bad_options_are_one_line_errors(fleet, args, message):
     assert message in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("config, message", [
+    ("watch:\n  prometheus: {timeout: soon}\n", "watch.prometheus.timeout"),
+    ("watch:\n  interval: 1 minute\n", "watch.interval"),
+    ("watch:\n  intreval: 60s\n", "unknown key 'intreval'"),
+    ("watch: 60s\n", "section must be a mapping"),
+    ("watch:\n  wait_for_source: sometimes\n", "watch.wait_for_source"),
+])
+def test_watch_config_errors_are_one_line(fleet, tmp_path, config, message):
+    tmp, _, _ = fleet
+    (tmp_path / "ftml.yaml").write_text(config)
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--config",
+                                  str(tmp_path / "ftml.yaml")),
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_every_watch_duration_is_read_as_docs_watch_md_writes_it(fleet, tmp_path):
+    """The config block of docs/watch.md, as written there, is accepted whole."""
+    tmp, _, live = fleet
+    doc = (Path(__file__).parent.parent / "docs" / "watch.md").read_text()
+    block = doc.split("## Config: the `watch:` section", 1)[1].split("```yaml\n", 1)[1]
+    block = block.split("```", 1)[0].replace("queries: {...}", "queries: {}")
+    (tmp_path / "ftml.yaml").write_text(block)
+    from ftml.config import load_config
+    from ftml.sources import source_config
+
+    section = load_config(tmp_path / "ftml.yaml").extra["watch"]
+    wcfg = WatchConfig.from_section(section)
+    assert (wcfg.interval, wcfg.checkpoint_every, wcfg.backoff_max) == (60, 300, 60)
+    assert source_config(section).prometheus.timeout == 5.0
+    head = "".join((tmp / "live.jsonl").read_text().splitlines(keepends=True)[:200])
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--sink",
+                                  f"jsonl:{tmp_path / 'a.jsonl'}", "--config",
+                                  str(tmp_path / "ftml.yaml"), "--log-level", "error"),
+                       input=head, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_listen_on_a_port_in_use_is_a_one_line_error(fleet):
     tmp, _, _ = fleet
     with socket.socket() as busy:
