@@ -123,6 +123,9 @@ class WatchConfig:
     # A source that cannot be read when run() starts (file missing, Prometheus down) stops
     # the loop with a ConfigError; True: retry it with backoff like a later outage.
     wait_for_source: bool = False
+    # /healthz says "degraded" when no window was scored for this many intervals (after the
+    # first window's worth of steps), or a metric of the model had no value for as long.
+    degraded_after: int = 10
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, source: str = "config"
@@ -149,6 +152,12 @@ class WatchConfig:
             raise ConfigError("watch.severity must map causes to severities", source=source)
         out.severity = {str(k): str(v) for k, v in sev.items()}
         out.default_severity = str(section.get("default_severity", out.default_severity))
+        after = section.get("degraded_after")
+        if after is not None:
+            if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+                raise ConfigError(f"must be a whole number of intervals >= 1, got {after!r}",
+                                  source=source, where="watch.degraded_after")
+            out.degraded_after = after
         wait = section.get("wait_for_source")
         if wait is not None:
             if not isinstance(wait, bool):
@@ -160,7 +169,8 @@ class WatchConfig:
 
 #: Keys of the ``watch:`` section: the loop's (WatchConfig) and the sources' (local, prometheus).
 WATCH_KEYS = ("interval", "checkpoint_every", "severity", "default_severity", "backoff_initial",
-              "backoff_max", "engine_poll_every", "wait_for_source", "local", "prometheus")
+              "backoff_max", "engine_poll_every", "wait_for_source", "degraded_after", "local",
+              "prometheus")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -200,6 +210,65 @@ class WatchMetrics:
                               "engine, loop) and name", ["component", "name"], registry=r)
         self.source_up = Gauge("ftml_watch_source_up", "1 if the last poll succeeded",
                                ["source"], registry=r)
+        self.degraded = Gauge("ftml_watch_degraded", "1 while /healthz reports this reason "
+                              "(missing_metrics, no_windows)", ["reason"], registry=r)
+        self.degraded_ticks = Counter("ftml_watch_degraded_ticks", "Ticks that ended "
+                                      "degraded, by reason", ["reason"], registry=r)
+        for reason in DEGRADED_REASONS:
+            self.degraded.labels(reason).set(0)
+
+
+#: Why /healthz may say "degraded" (the ``reason`` label of ftml_watch_degraded).
+DEGRADED_REASONS = ("missing_metrics", "no_windows")
+
+
+class _Health:
+    """Whether the loop can do its work, beyond ticking: every metric of the model arrives
+    (a metric no source gives leaves every window incomplete) and windows get scored. Fed
+    once per tick; the reasons go to /healthz and ftml_watch_degraded."""
+
+    def __init__(self, metrics: list[str], now: float, interval: float, warmup: float,
+                 after: int):
+        self.metrics = metrics
+        self.started = now
+        self.span = after * interval  # how long an absence is tolerated once seen
+        self.after = after
+        self.interval = interval
+        self.warmup = max(warmup, self.span)
+        self.seen_at = np.full(len(metrics), -np.inf)  # last tick with a finite value
+        self.rows_at: float | None = None  # last tick with rows
+        self.last_window_at: float | None = None
+        self.reasons: dict[str, str] = {}
+
+    def update(self, now: float, vals: list[np.ndarray], windows: int) -> dict[str, str]:
+        if vals:
+            self.rows_at = now
+            have = np.zeros(len(self.metrics), dtype=bool)
+            for v in vals:
+                have |= np.isfinite(v).any(axis=0)
+            self.seen_at[have] = now
+        if windows:
+            self.last_window_at = now
+        reasons: dict[str, str] = {}
+        # Rows came, but never with this metric: missing now. Seen once: missing when rows
+        # kept coming without it for a span (a source that is down is not this: no rows).
+        if self.rows_at is None:
+            missing = np.zeros(len(self.metrics), dtype=bool)
+        else:
+            missing = np.where(np.isneginf(self.seen_at), True,
+                               self.rows_at - self.seen_at > self.span)
+        if missing.any():
+            names = [m for m, x in zip(self.metrics, missing, strict=True) if x]
+            reasons["missing_metrics"] = (
+                f"missing metrics: no source gives {', '.join(names)} (the model needs every "
+                "metric it was trained on; its windows stay incomplete)")
+        since = now - (self.last_window_at if self.last_window_at is not None else self.started)
+        limit = self.span if self.last_window_at is not None else self.warmup
+        if since > limit:
+            reasons["no_windows"] = (f"no windows scored for {since / self.interval:.0f} "
+                                     f"intervals ({since:.0f}s)")
+        self.reasons = reasons
+        return reasons
 
 
 class _ScoreCollector:
@@ -620,9 +689,15 @@ class Watcher:
             s.bind(model.step, self.keep_steps)
             if hasattr(s, "nudge"):
                 s.nudge = self._nudge
-        self.ticks = 0
+        self.ticks = 0  # of this process, as ftml_watch_ticks_total
+        self.ticks_before = 0  # ticks of the runs before, from the checkpoint
+        self.resumed_from: float | None = None  # when that checkpoint was written
         self.last_tick_at: float | None = None
         self.started_at = self.clock.now()
+        self._health = _Health(list(model.metrics), self.started_at, self.interval,
+                               (self.window + self.fill + 1) * model.step.total_seconds(),
+                               self.config.degraded_after)
+        self._tick_vals: list[np.ndarray] = []
         self._last_checkpoint = self.clock.now()
         self._stopping = False  # a plain flag: stop() may run in a signal handler
         self.stop_reason: str | None = None
@@ -647,6 +722,7 @@ class Watcher:
         now = self.clock.now()
         out = TickResult()
         frames = self._poll(now)
+        self._tick_vals = [f[2] for f in frames]
         if frames:
             out.rows = sum(len(f[1]) for f in frames)
             self._process(frames, now, out, final=False)
@@ -1331,6 +1407,7 @@ class Watcher:
         self.ticks += 1
         self.last_tick_at = now
         self.metrics.ticks.inc()
+        self._note_health(now, out)
         self.metrics.open_events.set(len(self.book.firing))
         b = self._buffers
         if len(b.ts):
@@ -1345,6 +1422,19 @@ class Watcher:
         self._maybe_poll_engine(now)
         out.seconds = time.perf_counter() - started
         self.metrics.tick_seconds.observe(out.seconds)
+
+    def _note_health(self, now: float, out: TickResult) -> None:
+        before = self._health.reasons
+        reasons = self._health.update(now, self._tick_vals, out.windows)
+        self._tick_vals = []
+        for key in DEGRADED_REASONS:
+            self.metrics.degraded.labels(key).set(int(key in reasons))
+            if key in reasons:
+                self.metrics.degraded_ticks.labels(key).inc()
+                if key not in before:
+                    log.warning("degraded: %s", reasons[key])
+            elif key in before:
+                log.info("no longer degraded: %s", key.replace("_", " "))
 
     def _start_delivery(self) -> None:
         if self._delivery is not None or not self.sinks:
@@ -1387,7 +1477,7 @@ class Watcher:
                 "metrics": b.metrics, "step_ns": self.step_ns, "entities": b.names,
                 "builder": {k: v for k, v in builder.items() if not isinstance(v, np.ndarray)},
                 "sources": {s.name: s.state() for s in self.sources},
-                "ticks": self.ticks, "saved_at": self.clock.now()}
+                "ticks": self.ticks_before + self.ticks, "saved_at": self.clock.now()}
         return {
             "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
             "ent": b.ent, "ts": b.ts, "vals": b.vals,
@@ -1431,7 +1521,10 @@ class Watcher:
         for key in b.ARRAYS:
             setattr(b, key, arrays[f"e_{key}"].copy())
         b.ring_ok[:] = False
-        self.ticks = int(meta.get("ticks") or 0)
+        # Counted on, not restored: this process's counters start at 0 (as Prometheus
+        # expects of a counter); /healthz shows what came before apart.
+        self.ticks_before = int(meta.get("ticks") or 0)
+        self.resumed_from = meta.get("saved_at")
         self._snapshot = (b.ent, b.ts, b.vals)
         self._score_snapshot = (list(b.names), b.last_score.copy())
         log.info("resumed from checkpoint of %s: %d entities, %d open alert(s)",
@@ -1481,8 +1574,14 @@ class Watcher:
         now = self.clock.now()
         since = now - (self.last_tick_at if self.last_tick_at is not None else self.started_at)
         ok = since <= 3 * self.interval + 5
+        reasons = dict(self._health.reasons)
+        status = "stalled" if not ok else "degraded" if reasons else "ok"
         return (200 if ok else 503), {
-            "status": "ok" if ok else "stalled", "ticks": self.ticks,
+            "status": status, "reasons": list(reasons.values()),
+            # Of this process, as the counters of /metrics; the runs before apart.
+            "ticks": self.ticks, "started_at": _iso(self.started_at),
+            "resumed": None if self.resumed_from is None else {
+                "checkpoint_at": _iso(self.resumed_from), "ticks_before": self.ticks_before},
             "seconds_since_tick": round(since, 3), "open_events": len(self.book.firing),
             "queued_alerts": self.book.pending(),
             "sources": {s.name: ("up" if self._src_failures[s.name] == 0 else "failing")
@@ -1490,6 +1589,10 @@ class Watcher:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _iso(seconds: float) -> str:
+    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _with_stride(fz, stride: int):

@@ -507,7 +507,7 @@ def test_metrics_and_healthz_are_served(fleet):
                      "ftml_watch_threshold"):
             assert name in text
         health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=5).read())
-        assert health["status"] == "ok" and health["ticks"] == 30
+        assert health["status"] == "ok" and health["ticks"] == 30 and health["reasons"] == []
         clock.advance(3600)  # no tick for an hour: stalled
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"{base}/healthz", timeout=5)
@@ -517,6 +517,80 @@ def test_metrics_and_healthz_are_served(fleet):
         assert exc.value.code == 404
     finally:
         w.shutdown()
+
+
+def test_healthz_is_degraded_when_the_source_cannot_fill_the_models_metrics(fleet):
+    """A source without one of the model's metrics: every window stays incomplete. /healthz
+    says degraded at once (missing metrics), then also no windows, and /metrics counts it."""
+    _, model, live = fleet
+    clock, reg = FakeClock(START), CollectorRegistry()
+    w = Watcher(model, [Feed(live.drop(columns=["mem"]), 1)], clock=clock, registry=reg,
+                config=WatchConfig(degraded_after=5))
+    w.tick()
+    code, health = w.health()
+    assert code == 200 and health["status"] == "degraded"
+    assert len(health["reasons"]) == 1 and "missing metrics" in health["reasons"][0]
+    assert "mem" in health["reasons"][0]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "missing_metrics"}) == 1
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 0
+    windows = 0
+    for _ in range(40):
+        clock.advance(60)
+        windows += w.tick().windows
+    assert windows == 0
+    _, health = w.health()
+    assert health["status"] == "degraded" and len(health["reasons"]) == 2
+    assert "no windows scored for" in health["reasons"][1]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 1
+    assert reg.get_sample_value("ftml_watch_degraded_ticks_total",
+                                {"reason": "missing_metrics"}) == 41
+    w.shutdown()
+
+
+def test_healthz_is_ok_while_windows_come_and_degraded_once_they_stop(fleet):
+    _, model, live = fleet
+    clock, reg = FakeClock(START), CollectorRegistry()
+    feed = Feed(live, 1)
+    w = Watcher(model, [feed], clock=clock, registry=reg, config=WatchConfig(degraded_after=5))
+    for _ in range(60):
+        w.tick()
+        clock.advance(60)
+        assert w.health()[1]["status"] == "ok", w.health()[1]
+    feed.groups = feed.groups[:feed.i]  # the source goes quiet (no rows, no error)
+    for _ in range(5):
+        w.tick()
+        clock.advance(60)
+    assert w.health()[1]["status"] == "ok"  # 5 intervals: tolerated
+    w.tick()
+    _, health = w.health()
+    assert health["status"] == "degraded"
+    assert [r.split(" for")[0] for r in health["reasons"]] == ["no windows scored"]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 1
+    w.shutdown()
+
+
+def test_after_a_restart_healthz_counts_ticks_as_the_counters_do(fleet, tmp_path):
+    _, model, live = fleet
+    clock = FakeClock(START)
+    a = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock,
+                registry=CollectorRegistry())
+    for _ in range(10):
+        a.tick()
+        clock.advance(60)
+    a.shutdown()
+    reg = CollectorRegistry()
+    b = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock, registry=reg)
+    for _ in range(3):
+        b.tick()
+        clock.advance(60)
+    _, health = b.health()
+    assert health["ticks"] == reg.get_sample_value("ftml_watch_ticks_total") == 3
+    assert health["resumed"]["ticks_before"] == 10
+    b.shutdown()
+    c = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock,
+                registry=CollectorRegistry())
+    assert c.health()[1]["ticks"] == 0 and c.health()[1]["resumed"]["ticks_before"] == 13
+    c.shutdown()
 
 
 # --------------------------------------------------------------------------- CLI
