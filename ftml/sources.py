@@ -3,7 +3,9 @@
 Every source has the same small interface (:class:`Source`): ``poll(now)`` returns the wide
 rows that arrived since the last poll (columns ``entity``, ``timestamp`` (UTC), then metrics)
 or ``None``; it raises when the source itself fails (file gone, Prometheus down), and the loop
-retries it with backoff. A bad data line is not a failure: it is skipped, counted in
+retries it with backoff. A source whose poll returned *warm-up history* (rows from before the
+watch started, read only to fill the windows: Prometheus' first backfill) says so with
+``warmup = True`` for that poll; events that end inside it are not alerts. A bad data line is not a failure: it is skipped, counted in
 ``skipped`` and logged, and the lines around it are read.
 
 Specs, as on the command line: ``file:PATH``, ``stdin``, ``local``, ``prometheus:URL``.
@@ -559,6 +561,7 @@ class PrometheusSource:
         self.keep_steps = 30
         self._last_t: float | None = None
         self._no_entity_logged = False
+        self.warmup = False  # the last poll was the first backfill (not a gap after an outage)
 
     def bind(self, step: pd.Timedelta, keep_steps: int) -> None:
         self.step_s = step.total_seconds()
@@ -569,6 +572,7 @@ class PrometheusSource:
         start = t - (self.keep_steps - 1) * self.step_s
         if self._last_t is not None:
             start = max(start, self._last_t + self.step_s)
+        self.warmup = False
         if start > t:
             return None
         parts = []
@@ -580,7 +584,12 @@ class PrometheusSource:
                                                          "end": _num(t),
                                                          "step": _num(self.step_s)})
             parts.append(self._samples(metric, data))
+        # The first backfill of a fresh start is history; one after a checkpoint fills a gap.
+        self.warmup = self._last_t is None and start < t
         self._last_t = t
+        return self._wide(parts)
+
+    def _wide(self, parts: list[pd.DataFrame]) -> pd.DataFrame | None:
         long = pd.concat(parts, ignore_index=True) if parts else None
         if long is None or long.empty:
             return None

@@ -126,6 +126,11 @@ class WatchConfig:
     # /healthz says "degraded" when no window was scored for this many intervals (after the
     # first window's worth of steps), or a metric of the model had no value for as long.
     degraded_after: int = 10
+    # An event that opened and ended inside one tick (catching up after an outage or a burst
+    # of rows) fires, and resolves no sooner than this after: receivers that group alerts
+    # before notifying (Alertmanager's group_wait, 30 s by default) would otherwise only
+    # ever see it resolved, and notify nobody.
+    min_firing: float = 60.0
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, source: str = "config"
@@ -140,7 +145,7 @@ class WatchConfig:
                                   hint=f"known keys: {', '.join(sorted(WATCH_KEYS))}")
         out = cls()
         for key in ("interval", "checkpoint_every", "backoff_initial", "backoff_max",
-                    "engine_poll_every"):
+                    "engine_poll_every", "min_firing"):
             if key in section and section[key] is not None:
                 try:
                     setattr(out, key, parse_duration(section[key], key).total_seconds())
@@ -169,8 +174,8 @@ class WatchConfig:
 
 #: Keys of the ``watch:`` section: the loop's (WatchConfig) and the sources' (local, prometheus).
 WATCH_KEYS = ("interval", "checkpoint_every", "severity", "default_severity", "backoff_initial",
-              "backoff_max", "engine_poll_every", "wait_for_source", "degraded_after", "local",
-              "prometheus")
+              "backoff_max", "engine_poll_every", "wait_for_source", "degraded_after",
+              "min_firing", "local", "prometheus")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -504,6 +509,8 @@ class AlertBook:
         self.lock = threading.RLock()
         self.firing: dict[str, dict[str, Any]] = {}
         self.resolved: OrderedDict[str, None] = OrderedDict()
+        # Resolves held back (Watcher's min_firing): alert id -> {"due": seconds, "record"}.
+        self.deferred: dict[str, dict[str, Any]] = {}
         self.queues: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.next_try: dict[str, float] = {s.name: 0.0 for s in self.sinks}
@@ -520,6 +527,7 @@ class AlertBook:
             return
         self.firing = dict(data.get("firing") or {})
         self.resolved = OrderedDict((i, None) for i in data.get("resolved") or [])
+        self.deferred = dict(data.get("deferred") or {})
         for name, items in (data.get("queues") or {}).items():
             if name in self.queues:
                 self.queues[name] = list(items)
@@ -533,8 +541,8 @@ class AlertBook:
             return
         with self.lock:  # written under the lock: an older snapshot never lands last
             text = json.dumps({"format": STATE_FORMAT, "firing": self.firing,
-                               "resolved": list(self.resolved), "queues": self.queues},
-                              default=str)
+                               "resolved": list(self.resolved), "deferred": self.deferred,
+                               "queues": self.queues}, default=str)
             try:
                 write_text(self.path, text)
             except FtmlError as exc:  # e.g. a full disk: kept in memory, written next time
@@ -547,6 +555,14 @@ class AlertBook:
             for q in self.queues.values():
                 q.append(record)
             self.dirty = True
+
+    def release(self, now: float | None) -> int:
+        """Queue the held-back resolves due by ``now`` (None: all). Returns how many."""
+        with self.lock:
+            due = [k for k, d in self.deferred.items() if now is None or d["due"] <= now]
+            for k in due:
+                self.emit(self.deferred.pop(k)["record"])
+            return len(due)
 
     def remember_resolved(self, alert_id: str) -> None:
         self.resolved[alert_id] = None
@@ -624,6 +640,8 @@ class TickResult:
     windows: int = 0
     opened: list[Event] = field(default_factory=list)
     resolved: list[Event] = field(default_factory=list)
+    # Events of the warm-up history (read at start) that had ended before it: not alerts.
+    warmup: list[Event] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -698,6 +716,7 @@ class Watcher:
                                (self.window + self.fill + 1) * model.step.total_seconds(),
                                self.config.degraded_after)
         self._tick_vals: list[np.ndarray] = []
+        self._warmup_tick = False  # a source handed over its warm-up history this tick
         self._last_checkpoint = self.clock.now()
         self._stopping = False  # a plain flag: stop() may run in a signal handler
         self.stop_reason: str | None = None
@@ -738,6 +757,7 @@ class Watcher:
         self._process([], now, out, final=True)
         closed = self.builder.flush()
         self._closed(closed, now, out)
+        self.book.release(None)  # nothing comes after the end of the stream
         self._after_tick(now, out, started)
         return out
 
@@ -837,6 +857,8 @@ class Watcher:
         if self._delivery is not None:
             self._delivery.join(timeout=flush_seconds + 1)
             self._delivery = None
+        if self.state_dir is None:  # held-back resolves would be lost: out with them now
+            self.book.release(None)
         self.book.deliver(self.clock.now(), self.metrics,
                           (self.config.backoff_initial, self.config.backoff_max),
                           deadline=time.monotonic() + flush_seconds)
@@ -890,6 +912,7 @@ class Watcher:
             if frame is not None and len(frame):
                 self.metrics.rows.labels(name).inc(len(frame))
                 frames.append(self._conform(frame, name))
+                self._warmup_tick |= bool(getattr(src, "warmup", False))
         return frames
 
     def _conform(self, frame: pd.DataFrame, source: str
@@ -1251,18 +1274,45 @@ class Watcher:
                 entry = book.firing.pop(ev.id, None)
                 if entry is None and ev.id in book.resolved:
                     continue  # replayed after a restart: already resolved
+                if entry is None and self._warmup_tick:
+                    # Began and ended in the history read at start: the past, not an alert.
+                    book.remember_resolved(ev.id)
+                    out.warmup.append(ev)
+                    continue
                 if entry is not None:
                     rec = self._record(ev, "resolved", now, entry["cause"], entry["severity"],
                                        entry["revision"])
-                else:  # opened and ended between two ticks (a backlog): one record
-                    rec = self._record(ev, "resolved", now, ev.cause, self._severity(ev.cause),
-                                       0)
+                    book.emit(rec)
+                else:
+                    self._caught_up(ev, now)
+                    rec = book.deferred[ev.id]["record"]
                 book.remember_resolved(ev.id)
-                book.emit(rec)
             out.resolved.append(ev)
             self.metrics.alerts.labels("resolved").inc()
             log.info("resolved %s %s %s (started %s)", ev.id, ev.entity, rec["cause"],
                      rec["starts_at"])
+
+    def _caught_up(self, ev: Event, now: float) -> None:
+        """An event that opened and ended inside one tick (the loop catching up): it fires
+        now, and its resolve waits ``min_firing`` (AlertBook.deferred), so that a receiver
+        that groups before notifying sees it firing."""
+        cause, severity = ev.cause, self._severity(ev.cause)
+        opened = copy.copy(ev)
+        opened.status = "open"
+        self.book.emit(self._record(opened, "firing", now, cause, severity, 0))
+        self.metrics.alerts.labels("firing").inc()
+        self.book.deferred[ev.id] = {
+            "due": now + self.config.min_firing,
+            "record": self._record(ev, "resolved", now, cause, severity, 0)}
+        log.info("opened and ended while catching up: %s %s %s (started %s): firing now, "
+                 "resolved in %.0fs", ev.id, ev.entity, cause, ev.start,
+                 self.config.min_firing)
+
+    def _warmup_summary(self, events: list[Event]) -> None:
+        shown = ", ".join(f"{e.entity} {e.cause} {e.start}..{e.end}" for e in events[:5])
+        more = f" and {len(events) - 5} more" if len(events) > 5 else ""
+        log.info("warm-up: %d event(s) in the history read at start had ended before the "
+                 "watch started: not alerted (%s%s)", len(events), shown, more)
 
     def _opened(self, names: list[str], now: float, out: TickResult) -> None:
         book = self.book
@@ -1408,6 +1458,8 @@ class Watcher:
         self.last_tick_at = now
         self.metrics.ticks.inc()
         self._note_health(now, out)
+        self._end_warmup(out)
+        self.book.release(now)
         self.metrics.open_events.set(len(self.book.firing))
         b = self._buffers
         if len(b.ts):
@@ -1422,6 +1474,11 @@ class Watcher:
         self._maybe_poll_engine(now)
         out.seconds = time.perf_counter() - started
         self.metrics.tick_seconds.observe(out.seconds)
+
+    def _end_warmup(self, out: TickResult) -> None:
+        if out.warmup:
+            self._warmup_summary(out.warmup)
+        self._warmup_tick = False
 
     def _note_health(self, now: float, out: TickResult) -> None:
         before = self._health.reasons

@@ -11,17 +11,21 @@ started is stopped at the end, also on failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,8 @@ PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 HOSTS = ("web-1", "web-2", "web-3")
 FAULTY = "web-2"
+WARMUP_FAULTY = "web-3"  # a fault that is over before the watch starts
+CATCHUP_FAULTY = "web-1"  # a fault that begins and ends while the watch is stopped
 CAUSE = "cpu_saturation"
 
 
@@ -146,6 +152,46 @@ class Processes:
             proc._log.close()  # type: ignore[attr-defined]
 
 
+class Receiver:
+    """A webhook receiver behind Alertmanager, on loopback: records each notification."""
+
+    def __init__(self):
+        self.notifications: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.notifications.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, status: str, **labels) -> list[dict]:
+        """The alerts of the notifications so far in this status, with these labels."""
+        return [a for n in self.notifications for a in n.get("alerts", [])
+                if a.get("status") == status
+                and all(a["labels"].get(k) == v for k, v in labels.items())]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
 @pytest.fixture
 def procs(tmp_path):
     p = Processes(tmp_path)
@@ -187,7 +233,10 @@ def _history(tmp: Path, seconds: int = 7200, seed: int = 1) -> tuple[Path, Path]
 
 
 def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_binaries, procs,
-                                                                  tmp_path):
+                                                                  receiver, tmp_path):
+    """Also: a fault that ended before the watch started (in its warm-up backfill) sends
+    nothing; one that begins and ends while the watch is stopped (SIGSTOP: catching up) fires
+    then resolves, and Alertmanager notifies its webhook receiver of it."""
     from ftml import api
     from ftml.config import Config
 
@@ -215,8 +264,9 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
         PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
     (tmp_path / "alertmanager.yml").write_text(
-        "route: {receiver: blackhole, group_wait: 1s, group_interval: 1s, "
-        "repeat_interval: 1h}\nreceivers: [{name: blackhole}]\n")
+        "route: {receiver: hook, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\n"
+        "receivers: [{name: hook, webhook_configs: "
+        f"[{{url: 'http://127.0.0.1:{receiver.port}/', send_resolved: true}}]}}]\n")
     am = procs.start("alertmanager", [
         ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}",
         f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
@@ -229,14 +279,20 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
 
     _wait("Prometheus scraping the exporter", series, 60, [exp, prom])
     _wait("Alertmanager ready", lambda: _get(f"{am_url}/api/v2/status"), 60, [am])
+    # Warm-up: a fault that begins and ends before the watch starts, in what it backfills.
+    control.write_text(json.dumps({"faults": {WARMUP_FAULTY: CAUSE}}))
+    time.sleep(15)
+    control.write_text(json.dumps({"faults": {}}))
+    time.sleep(8)
 
     (tmp_path / "watch.yaml").write_text(
         "watch:\n  prometheus:\n    entity_label: host\n    queries:\n" +
         "".join(f"      {m}: demo_{m}\n" for m in exporter.METRICS) +
-        "  severity: {cpu_saturation: critical}\n")
+        "  severity: {cpu_saturation: critical}\n  min_firing: 3s\n")
     watch = procs.start("ftml", [
         sys.executable, "-m", "ftml", "watch", "--model", str(tmp_path / "model"),
         "--source", f"prometheus:{prom_url}", "--sink", f"alertmanager:{am_url}",
+        "--sink", f"jsonl:{tmp_path / 'alerts.jsonl'}",
         "--state", str(tmp_path / "state"), "--interval", "1s", "--config",
         str(tmp_path / "watch.yaml"), "--listen", f"127.0.0.1:{ftml_port}"])
     ftml_url = f"http://127.0.0.1:{ftml_port}"
@@ -248,6 +304,13 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
             return all(f'ftml_watch_score{{entity="{h}"}}' in text for h in HOSTS)
 
         _wait("scores of every host", scored, 60, [watch])
+        warm = [ln for ln in procs.log("ftml").splitlines() if "warm-up:" in ln]
+        assert len(warm) == 1 and WARMUP_FAULTY in warm[0], procs.log("ftml")[-3000:]
+        assert not (tmp_path / "alerts.jsonl").exists() or \
+            not (tmp_path / "alerts.jsonl").read_text()  # nothing sent to any sink
+        text = urllib.request.urlopen(f"{ftml_url}/metrics", timeout=2).read().decode()
+        assert "ftml_watch_alerts_total{" not in text  # nor counted
+        assert not _get(f"{am_url}/api/v2/alerts")
 
         def alerts(**labels):
             out = []
@@ -277,9 +340,40 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
         assert 'status="resolved"' in text
         health = _get(f"{ftml_url}/healthz")
         assert health["status"] == "ok" and health["queued_alerts"] == 0
+
+        # Catching up: the watch stops (SIGSTOP) while a fault begins and ends; when it goes
+        # on, one tick reads the whole gap. The event fires, then resolves min_firing later:
+        # Alertmanager notifies its receiver.
+        os.kill(watch.pid, signal.SIGSTOP)
+        try:
+            control.write_text(json.dumps({"faults": {CATCHUP_FAULTY: CAUSE}}))
+            time.sleep(15)
+            control.write_text(json.dumps({"faults": {}}))
+            time.sleep(8)
+        finally:
+            os.kill(watch.pid, signal.SIGCONT)
+        _wait("the caught-up event logged",
+              lambda: re.search(rf"catching up: \S+ {CATCHUP_FAULTY} ", procs.log("ftml")),
+              60, [watch])
+        _wait(f"Alertmanager notifying the receiver of {CATCHUP_FAULTY}",
+              lambda: receiver.alerts(entity=CATCHUP_FAULTY, status="firing"), 60, [watch])
+        records = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        caught = [r for r in records if r["entity"] == CATCHUP_FAULTY]
+        assert [r["status"] for r in caught][:1] == ["firing"]
+        _wait("its resolve in Alertmanager", lambda: receiver.alerts(
+            entity=CATCHUP_FAULTY, status="resolved"), 60, [watch])
+        assert receiver.alerts(entity=FAULTY, status="firing")  # the live one was notified
     except BaseException:
         print("---- ftml log ----\n" + procs.log("ftml")[-6000:])
+        print("---- alertmanager log ----\n" + procs.log("alertmanager")[-3000:])
+        print("---- the receiver's notifications ----\n" + str(
+            [(a["labels"]["entity"], a["status"], n.get("status"))
+             for n in receiver.notifications for a in n["alerts"]]))
+        with contextlib.suppress(Exception):
+            print("---- Alertmanager's alerts ----\n" + str(_get(f"{am_url}/api/v2/alerts")))
+            print(urllib.request.urlopen(f"{ftml_url}/metrics", timeout=2).read().decode())
         raise
     watch.send_signal(signal.SIGTERM)
     assert watch.wait(timeout=15) == 0, procs.log("ftml")[-3000:]
     assert (tmp_path / "state" / "watch.npz").exists()
+
