@@ -311,6 +311,43 @@ def audit(state_dir, since, entity):
 
 
 @main.command()
+@click.option("--source", "source", required=True,
+              help="local | prometheus:URL | file:PATH | stdin, as for watch.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The record: a CSV in the metric contract.")
+@click.option("--for", "duration", help="Record from now on for this long, e.g. 2h.")
+@click.option("--since", help="A past range from: a time (ISO 8601) or a duration ago (2h).")
+@click.option("--until", help="The past range's end (default: now).")
+@click.option("--step", default="60s", show_default=True,
+              help="One sample per entity and step (train and watch then use this step).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="ftml.yaml; its 'watch:' section (queries, entity label, processes) is "
+                   "the one watch will use.")
+@click.option("--quiet", is_flag=True, help="No summary line.")
+@_clean_errors
+def record(source, out, duration, since, until, step, config_path, quiet):
+    """Record a watch source as training history (CSV), for train, then watch on the same."""
+    import logging
+    import signal
+
+    from ftml.record import record as run_record
+
+    logging.basicConfig(level="WARNING", stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+
+    def stop(signum, frame):  # ends a --for recording early, keeping its rows
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    summary = run_record(source, out, step=step, duration=duration, since=since, until=until,
+                         section=config.extra.get("watch"),
+                         config_source=config_path or "config", read=config.read)
+    if not quiet:
+        click.echo(summary.line())
+
+
+@main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--source", "sources", multiple=True, required=True,
               help="file:PATH | stdin | local | prometheus:URL (repeatable).")

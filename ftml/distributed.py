@@ -63,6 +63,7 @@ from ftml.features import (
     Baseline,
     Featurizer,
     _floor_scale,
+    counters_of,
     detector_view,
     feature_names,
     fit_baseline,
@@ -641,13 +642,7 @@ def counters_from_stats(stats: list[dict], metrics: list[str]) -> list[str]:
     rises = sum(s["rises"] for s in stats)
     falls = sum(s["falls"] for s in stats)
     low = np.min([s["min"] for s in stats], axis=0)
-    out = []
-    for j, name in enumerate(metrics):
-        if n[j] < 10 or low[j] < 0:
-            continue
-        if rises[j] / n[j] >= 0.5 and falls[j] / n[j] <= 0.01:
-            out.append(name)
-    return out
+    return counters_of(metrics, n, rises, falls, low)
 
 
 def _group_featurizer(data: MetricData, counters: list[str], exclude: np.ndarray,

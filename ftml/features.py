@@ -265,7 +265,10 @@ def _window_stats_numpy(z: np.ndarray, end: np.ndarray, w: int, col: list[int],
 def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str],
                     block_rows: int = 1 << 20) -> list[str]:
     """Metrics that behave like monotonic counters (cumulative bytes, packets): they rise in most
-    steps, fall only at rare resets and are never negative."""
+    steps, fall only at rare resets and are never negative. A name ending in ``_total`` (the
+    Prometheus convention for counters, kept by ``ftml record`` and the ``local`` source)
+    only needs to never be negative and to fall only at rare resets: an idle disk's or an
+    error counter rises in few steps, yet its rate is what matters."""
     n, m = values.shape
     same = segments[1:] == segments[:-1]
     finite, rises, falls = (np.zeros(m, dtype=np.int64) for _ in range(3))
@@ -277,11 +280,19 @@ def detect_counters(values: np.ndarray, segments: np.ndarray, metrics: list[str]
         rises += (ok & (d > 0)).sum(axis=0)
         falls += (ok & (d < 0)).sum(axis=0)
     low = np.fmin.reduce(values, axis=0) if n else np.full(m, np.nan)  # nanmin, no warning
+    return counters_of(metrics, finite, rises, falls, low)
+
+
+def counters_of(metrics: list[str], steps: np.ndarray, rises: np.ndarray, falls: np.ndarray,
+                low: np.ndarray) -> list[str]:
+    """The counter rule of :func:`detect_counters`, on per-metric counts of steps with a
+    finite change, rises and falls, and the lowest value (also summed over parts)."""
     out = []
     for j, name in enumerate(metrics):
-        if finite[j] < 10 or low[j] < 0:
+        if steps[j] < 10 or low[j] < 0:
             continue
-        if rises[j] / finite[j] >= 0.5 and falls[j] / finite[j] <= 0.01:
+        named = name.endswith("_total")
+        if (named or rises[j] / steps[j] >= 0.5) and falls[j] / steps[j] <= 0.01:
             out.append(name)
     return out
 

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -588,6 +588,23 @@ class PrometheusSource:
         self.warmup = self._last_t is None and start < t
         self._last_t = t
         return self._wide(parts)
+
+    def history(self, start: float, end: float, max_points: int = 10_000
+                ) -> Iterator[pd.DataFrame]:
+        """The rows of [start, end] (epoch seconds) at the bound step, oldest first, with the
+        queries ``poll`` uses: one ``query_range`` per metric per chunk of ``max_points``
+        steps (Prometheus refuses more than 11 000 points per series)."""
+        t0 = math.ceil(start / self.step_s) * self.step_s
+        while t0 <= end:
+            t1 = min(end, t0 + (max_points - 1) * self.step_s)
+            parts = [self._samples(metric, self._get(
+                "/api/v1/query_range", {"query": promql, "start": _num(t0), "end": _num(t1),
+                                        "step": _num(self.step_s)}))
+                     for metric, promql in self.queries.items()]
+            wide = self._wide(parts)
+            if wide is not None:
+                yield wide
+            t0 = t1 + self.step_s
 
     def _wide(self, parts: list[pd.DataFrame]) -> pd.DataFrame | None:
         long = pd.concat(parts, ignore_index=True) if parts else None

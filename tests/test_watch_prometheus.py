@@ -377,3 +377,33 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
     assert watch.wait(timeout=15) == 0, procs.log("ftml")[-3000:]
     assert (tmp_path / "state" / "watch.npz").exists()
 
+    # ftml record: the same source and queries as training history; the model scores it.
+    rec = tmp_path / "record.csv"
+    r = subprocess.run([sys.executable, "-m", "ftml", "record", "--source",
+                        f"prometheus:{prom_url}", "--config", str(tmp_path / "watch.yaml"),
+                        "--since", "60s", "--step", "1s", "--out", str(rec)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(rec)
+    assert list(got.columns) == ["timestamp", "entity", *exporter.METRICS]
+    assert sorted(got["entity"].unique()) == sorted(HOSTS)
+    assert 55 * len(HOSTS) <= len(got) <= 61 * len(HOSTS)
+    assert got.groupby("entity")["timestamp"].apply(lambda t: t.is_unique).all()
+    q = urllib.parse.urlencode({"query": "demo_cpu_pct", "time": got["timestamp"].iloc[-1]})
+    now = {s["metric"]["host"]: float(s["value"][1])
+           for s in _get(f"{prom_url}/api/v1/query?{q}")["data"]["result"]}
+    last = got[got["timestamp"] == got["timestamp"].iloc[-1]].set_index("entity")["cpu_pct"]
+    assert all(abs(last[h] - now[h]) < 1e-6 for h in last.index)  # what the queries give
+    from ftml.bundle import load_model
+
+    res = api.score(load_model(tmp_path / "model"), [rec],
+                    windows_out=tmp_path / "record-windows.parquet")
+    assert len(res.window_table) > 0
+    live = tmp_path / "live-record.csv"
+    r = subprocess.run([sys.executable, "-m", "ftml", "record", "--source",
+                        f"prometheus:{prom_url}", "--config", str(tmp_path / "watch.yaml"),
+                        "--for", "3s", "--step", "1s", "--out", str(live)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(live)
+    assert sorted(got["entity"].unique()) == sorted(HOSTS) and len(got) >= 3 * len(HOSTS)
