@@ -52,6 +52,7 @@ from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
 from ftml.features import Windows, level_of_sums, level_units, window_features
 from ftml.io import atomic_path, normalise, to_ns, write_text
+from ftml.playbooks import RECOVERED_PREFIX
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
 from ftml.sources import Source, SourceError
@@ -483,6 +484,8 @@ class BufferReader:
     def latest(self, entity: str, metric: str) -> float | None:
         b = self.watcher._buffers
         code = b.index.get(entity)
+        if code is not None and metric.startswith(RECOVERED_PREFIX):
+            return self.recovered(entity, code, int(metric[len(RECOVERED_PREFIX):]))
         if code is None or metric not in b.metrics:
             return None
         ent, ts, vals = self.watcher._snapshot  # arrays of one tick: never half-updated
@@ -494,6 +497,23 @@ class BufferReader:
         if self.watcher.clock.now() - ts[i] / 1e9 > self.max_age:
             return None
         return float(vals[i, j])
+
+
+    def recovered(self, entity: str, code: int, n: int) -> float:
+        """1.0 when the entity has no firing alert, or its last ``n`` window scores are all
+        under the model's threshold (the verify condition ``recovered for n windows``)."""
+        w = self.watcher
+        with w.book.lock:
+            firing = any(f["entity"] == entity for f in w.book.firing.values())
+        if not firing:
+            return 1.0
+        b = w._buffers
+        n = min(n, b.nw)  # the loop remembers the last of_windows windows of each entity
+        t, s = b.pend_t[code].copy(), b.pend_s[code].copy()
+        have = t != _NONE
+        last = s[have][np.argsort(t[have])][-n:]
+        ok = len(last) == n and bool((last < w.model.threshold).all())
+        return 1.0 if ok else 0.0
 
 
 # --------------------------------------------------------------------------- alerts

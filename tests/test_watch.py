@@ -680,6 +680,36 @@ def test_after_a_restart_healthz_counts_ticks_as_the_counters_do(fleet, tmp_path
     c.shutdown()
 
 
+def test_recovered_reads_the_entitys_own_scores_and_its_alert(fleet):
+    """The verify condition without a metric (``recovered for 3 windows``), as the engine
+    reads it from the loop: 0 while web-1's fault lasts, 1 once its last 3 windows are under
+    the threshold (before its alert resolves), and 1 once it has resolved."""
+    from ftml.watch import BufferReader
+
+    _, model, live = fleet
+    clock = FakeClock(START)
+    w = Watcher(model, [Feed(live, 1)], clock=clock, registry=CollectorRegistry())
+    reader = BufferReader(w, max_age=180)
+    entity, s, length, _ = watch_data.LIVE_FAULTS[0]
+    during, cleared, resolved_at = [], None, None
+    for step in range(s + length + 60):
+        w.tick()
+        clock.advance(60)
+        firing = any(f["entity"] == entity for f in w.book.firing.values())
+        value = reader.latest(entity, "ftml:recovered:3")
+        if firing and step < s + length - 5:
+            during.append(value)
+        elif firing and value == 1.0 and cleared is None:
+            cleared = step
+        if not firing and during and resolved_at is None:
+            resolved_at = step
+            assert value == 1.0
+    assert during and set(during) == {0.0}
+    assert cleared is not None and resolved_at is not None
+    assert s + length - 5 <= cleared < resolved_at
+    w.shutdown()
+
+
 # --------------------------------------------------------------------------- CLI
 
 
