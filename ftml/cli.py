@@ -352,8 +352,10 @@ def record(source, out, duration, since, until, step, config_path, quiet):
 @click.option("--source", "sources", multiple=True, required=True,
               help="file:PATH | stdin | local | prometheus:URL (repeatable).")
 @click.option("--playbooks", type=click.Path(dir_okay=False), help="Recovery playbooks.")
-@click.option("--mode", type=click.Choice(["dry-run", "approve", "auto"]), default="dry-run",
-              show_default=True, help="How recovery acts (overrides the playbook file).")
+@click.option("--mode", type=click.Choice(["dry-run", "dry_run", "approve", "auto"]),
+              default="dry-run", show_default=True,
+              help="How recovery acts (overrides the playbook file); dry_run as playbooks "
+                   "write it is the same as dry-run.")
 @click.option("--sink", "sinks", multiple=True,
               help="stdout | jsonl:PATH | webhook:URL | alertmanager:URL (repeatable; "
                    "default stdout).")

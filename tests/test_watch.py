@@ -891,6 +891,18 @@ def test_every_watch_duration_is_read_as_docs_watch_md_writes_it(fleet, tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("mode", ["dry_run", "dry-run"])
+def test_mode_is_accepted_as_playbooks_spell_it_and_as_the_cli_did(fleet, tmp_path, mode):
+    tmp, _, _ = fleet
+    (tmp_path / "pb.yaml").write_text(textwrap.dedent(PLAYBOOKS))
+    head = "".join((tmp / "live.jsonl").read_text().splitlines(keepends=True)[:30])
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--playbooks",
+                                  str(tmp_path / "pb.yaml"), "--mode", mode, "--state",
+                                  str(tmp_path / "state"), "--log-level", "error"),
+                       input=head, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_listen_on_a_port_in_use_is_a_one_line_error(fleet):
     tmp, _, _ = fleet
     with socket.socket() as busy:
