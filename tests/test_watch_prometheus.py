@@ -40,6 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HELPERS = Path(__file__).parent / "helpers"
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+ROOT = Path(__file__).resolve().parents[1]
 HOSTS = ("web-1", "web-2", "web-3")
 FAULTY = "web-2"
 WARMUP_FAULTY = "web-3"  # a fault that is over before the watch starts
@@ -50,20 +52,29 @@ CAUSE = "cpu_saturation"
 # --------------------------------------------------------------------------- set-up
 
 
-def _installed() -> bool:
-    return os.access(PROMETHEUS, os.X_OK) and os.access(ALERTMANAGER, os.X_OK)
+def _installed(binaries=(PROMETHEUS, ALERTMANAGER)) -> bool:
+    return all(os.access(b, os.X_OK) for b in binaries)
 
 
 @pytest.fixture(scope="session")
 def prometheus_binaries():
     """Install prometheus and prometheus-alertmanager with apt when missing."""
-    if _installed():
+    _apt_install(("prometheus", "prometheus-alertmanager"), (PROMETHEUS, ALERTMANAGER))
+
+
+@pytest.fixture(scope="session")
+def node_exporter_binaries():
+    """Install prometheus and prometheus-node-exporter with apt when missing."""
+    _apt_install(("prometheus", "prometheus-node-exporter"), (PROMETHEUS, NODE_EXPORTER))
+
+
+def _apt_install(packages: tuple[str, ...], binaries: tuple[str, ...]) -> None:
+    if _installed(binaries):
         return
     if shutil.which("apt-get") is None:
-        pytest.skip("prometheus / alertmanager missing and there is no apt-get to install "
-                    "them")
+        pytest.skip(f"{' / '.join(packages)} missing and there is no apt-get to install them")
     if os.geteuid() != 0:
-        pytest.skip("prometheus / alertmanager missing; installing them needs root")
+        pytest.skip(f"{' / '.join(packages)} missing; installing them needs root")
     # No init system here: keep the packages from starting their services on install.
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = not policy.exists()
@@ -73,8 +84,7 @@ def prometheus_binaries():
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         for cmd in (["apt-get", "update"],
-                    ["apt-get", "install", "-y", "--no-install-recommends", "prometheus",
-                     "prometheus-alertmanager"]):
+                    ["apt-get", "install", "-y", "--no-install-recommends", *packages]):
             try:
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             except subprocess.TimeoutExpired:
@@ -86,7 +96,7 @@ def prometheus_binaries():
     finally:
         if made_policy:
             policy.unlink()
-    if not _installed():
+    if not _installed(binaries):
         pytest.skip("apt installed the packages but the binaries are not where expected")
 
 
@@ -407,3 +417,53 @@ def test_alert_fires_in_alertmanager_with_the_cause_and_resolves(prometheus_bina
     assert r.returncode == 0, r.stderr
     got = pd.read_csv(live)
     assert sorted(got["entity"].unique()) == sorted(HOSTS) and len(got) >= 3 * len(HOSTS)
+
+
+def test_the_node_exporter_example_config_records_every_metric(node_exporter_binaries, procs,
+                                                                tmp_path):
+    """examples/node-exporter/ftml.yaml against a real node exporter: every query is valid
+    PromQL and gives one series per instance, and `ftml record` writes them all."""
+    from ftml.config import ReadConfig, load_config
+    from ftml.features import detect_counters
+    from ftml.io import read_metrics
+    from ftml.sources import source_config
+
+    example = ROOT / "examples" / "node-exporter" / "ftml.yaml"
+    queries = source_config(load_config(example).extra["watch"]).prometheus.queries
+    ne_port, prom_port = _free_port(), _free_port()
+    ne = procs.start("node-exporter", [NODE_EXPORTER,
+                                       f"--web.listen-address=127.0.0.1:{ne_port}"])
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n"
+        f"  - job_name: node\n    static_configs: [{{targets: ['127.0.0.1:{ne_port}']}}]\n")
+    prom = procs.start("prometheus", [
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    instance = f"127.0.0.1:{ne_port}"
+
+    def every_query_answers() -> bool:
+        for promql in queries.values():
+            q = urllib.parse.urlencode({"query": promql})
+            result = _get(f"{prom_url}/api/v1/query?{q}")["data"]["result"]
+            if [r["metric"].get("instance") for r in result] != [instance]:
+                return False
+        return True
+
+    _wait("every query of the example answering for the node exporter", every_query_answers,
+          90, [ne, prom])
+    time.sleep(12)
+    out = tmp_path / "history.csv"
+    r = subprocess.run([sys.executable, "-m", "ftml", "record", "--source",
+                        f"prometheus:{prom_url}", "--config", str(example), "--since", "12s",
+                        "--step", "1s", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(out)
+    assert list(got.columns) == ["timestamp", "entity", *queries]
+    assert set(got["entity"]) == {instance} and len(got) >= 11
+    assert got[list(queries)].notna().all().all()
+    data = read_metrics([out], ReadConfig(step="1s"))  # the example's step is 60s
+    codes, _ = data.entity_codes()
+    assert detect_counters(data.values(), codes, data.metrics) == \
+        [m for m in queries if m.endswith("_total")]
