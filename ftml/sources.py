@@ -5,8 +5,9 @@ rows that arrived since the last poll (columns ``entity``, ``timestamp`` (UTC), 
 or ``None``; it raises when the source itself fails (file gone, Prometheus down), and the loop
 retries it with backoff. A source whose poll returned *warm-up history* (rows from before the
 watch started, read only to fill the windows: Prometheus' first backfill) says so with
-``warmup = True`` for that poll; events that end inside it are not alerts. A bad data line is not a failure: it is skipped, counted in
-``skipped`` and logged, and the lines around it are read.
+``warmup = True`` for that poll; events that end inside it are not alerts. A bad data line
+is not a failure: it is skipped, counted in ``skipped`` and logged, and the lines around it
+are read.
 
 Specs, as on the command line: ``file:PATH``, ``stdin``, ``local``, ``prometheus:URL``.
 """

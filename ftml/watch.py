@@ -238,7 +238,6 @@ class _Health:
         self.metrics = metrics
         self.started = now
         self.span = after * interval  # how long an absence is tolerated once seen
-        self.after = after
         self.interval = interval
         self.warmup = max(warmup, self.span)
         self.seen_at = np.full(len(metrics), -np.inf)  # last tick with a finite value
@@ -497,7 +496,6 @@ class BufferReader:
         if self.watcher.clock.now() - ts[i] / 1e9 > self.max_age:
             return None
         return float(vals[i, j])
-
 
     def recovered(self, entity: str, code: int, n: int) -> float:
         """1.0 when the entity has no firing alert, or its last ``n`` window scores are all
