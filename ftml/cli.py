@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import sys
 
@@ -16,19 +17,67 @@ from ftml.errors import FtmlError
 EXIT_BAD_INPUT = 2
 
 
+class _HeldNotes(logging.Handler):
+    """The library's notes (e.g. "model bundle is unsigned") held while a command starts:
+    a command that fails then says one line, its error; one that goes on prints them
+    (:meth:`let_go`), once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("ftml")
+        self.propagate = self.logger.propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def hold(self) -> _HeldNotes:
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+        return self
+
+    def let_go(self, show: bool = True) -> None:
+        # (not `release`: logging.Handler's lock method has that name)
+        if self not in self.logger.handlers:
+            return
+        self.logger.removeHandler(self)
+        self.logger.propagate = self.propagate
+        for record in self.records if show else ():
+            logging.getLogger(record.name).handle(record)
+        self.records = []
+
+
+_notes: _HeldNotes | None = None
+
+
+def _release_notes() -> None:
+    if _notes is not None:
+        _notes.let_go()
+
+
 def _clean_errors(fn):
-    """Library errors become one line on stderr and exit code 2, never a traceback."""
+    """Library errors become one line on stderr and exit code 2, never a traceback (notes
+    logged before the error are dropped, so the error stands alone)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _notes
+        _notes = _HeldNotes().hold()
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except FtmlError as exc:
+            _notes.let_go(show=False)
             click.echo(f"ftml: error: {exc.one_line()}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
+            _notes.let_go(show=False)
             click.echo("ftml: interrupted", err=True)
             sys.exit(130)
+        except BaseException:
+            _notes.let_go()
+            raise
+        _notes.let_go()
+        return out
 
     return wrapper
 
@@ -451,6 +500,43 @@ def audit(state_dir, since, entity):
 
 
 @main.command()
+@click.option("--source", "source", required=True,
+              help="local | prometheus:URL | file:PATH | stdin, as for watch.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The record: a CSV in the metric contract.")
+@click.option("--for", "duration", help="Record from now on for this long, e.g. 2h.")
+@click.option("--since", help="A past range from: a time (ISO 8601) or a duration ago (2h).")
+@click.option("--until", help="The past range's end (default: now).")
+@click.option("--step", default="60s", show_default=True,
+              help="One sample per entity and step (train and watch then use this step).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="ftml.yaml; its 'watch:' section (queries, entity label, processes) is "
+                   "the one watch will use.")
+@click.option("--quiet", is_flag=True, help="No summary line.")
+@_clean_errors
+def record(source, out, duration, since, until, step, config_path, quiet):
+    """Record a watch source as training history (CSV), for train, then watch on the same."""
+    import logging
+    import signal
+
+    from ftml.record import record as run_record
+
+    logging.basicConfig(level="WARNING", stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+
+    def stop(signum, frame):  # ends a --for recording early, keeping its rows
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    summary = run_record(source, out, step=step, duration=duration, since=since, until=until,
+                         section=config.extra.get("watch"),
+                         config_source=config_path or "config", read=config.read)
+    if not quiet:
+        click.echo(summary.line())
+
+
+@main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--source", "sources", multiple=True, required=True,
               help="file:PATH | stdin | local | prometheus:URL (repeatable).")
@@ -465,6 +551,8 @@ def audit(state_dir, since, entity):
               help="State folder: checkpoints, alert queue, recovery database.")
 @click.option("--interval", help="Time between ticks, e.g. 60s (default: the model's step).")
 @click.option("--listen", help="Serve /metrics and /healthz on HOST:PORT.")
+@click.option("--wait-for-source", is_flag=True,
+              help="A source that cannot be read at start is retried (default: exit 2).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -473,7 +561,7 @@ def audit(state_dir, since, entity):
 @_key_option("verifies")
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level, timestamp_col, entity_col, step, exclude,
+          wait_for_source, config_path, log_level, timestamp_col, entity_col, step, exclude,
           key_file):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
@@ -486,13 +574,17 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
     config = load_config(config_path)
+    if config.extra.get("watch") is not None:  # the user's own: checked before any model work
+        WatchConfig.from_section(config.extra["watch"], config_path)
+        source_config(config.extra["watch"], config_path)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"
     wcfg = WatchConfig.from_section(section, where)
     if interval:
         wcfg.interval = parse_duration(interval, "--interval").total_seconds()
+    wcfg.wait_for_source = wait_for_source or wcfg.wait_for_source
     scfg = source_config(section, where)
     srcs = [make_source(s, model.config.read, scfg, model.metrics) for s in sources]
     snks = [make_sink(s) for s in (sinks or ("stdout",))]
@@ -515,7 +607,8 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        watcher.run(listen=address)
+        # Once it is running (sources answer, the port is bound), the notes of its start.
+        watcher.run(listen=address, started=_release_notes)
     finally:
         if engine is not None:
             engine.close()

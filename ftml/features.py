@@ -361,7 +361,12 @@ def counters_from_counts(counts: list[dict[str, np.ndarray]], metrics: list[str]
     for j, name in enumerate(metrics):
         if n[j] < 10 or low[j] < 0:
             continue
-        if rises[j] / n[j] >= 0.5 and falls[j] / n[j] <= 0.01:
+        # A name ending in ``_total`` (the Prometheus convention for counters, kept by
+        # ``ftml record`` and the ``local`` source) only needs to never be negative and to fall
+        # only at rare resets: an idle disk's or an error counter rises in few steps, yet its
+        # rate is what matters.
+        named = name.endswith("_total")
+        if (named or rises[j] / n[j] >= 0.5) and falls[j] / n[j] <= 0.01:
             out.append(name)
     return out
 

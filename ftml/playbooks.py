@@ -87,6 +87,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONDITION = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.:]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
     r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+#: The verify condition that names no metric: ``recovered`` or ``recovered for N windows``.
+#: It holds once the entity's anomaly score is under the model's threshold for its last N
+#: windows, or its event has resolved, so one playbook serves a model of any metrics. It is
+#: read as the pseudo-metric ``ftml:recovered:N`` (1 when it holds), which the metric
+#: reader of ``ftml watch`` answers.
+RECOVERED_PREFIX = "ftml:recovered:"
+RECOVERED_WINDOWS = 3
+_RECOVERED = re.compile(r"^\s*recovered(?:\s+for\s+(?P<n>\d+)\s+windows?)?\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "==": operator.eq, "!=": operator.ne,
@@ -118,6 +126,9 @@ class Condition:
         return _OPS[self.op](float(value), self.threshold)
 
     def __str__(self) -> str:
+        if self.metric.startswith(RECOVERED_PREFIX):
+            n = self.metric[len(RECOVERED_PREFIX):]
+            return f"recovered for {n} window{'' if n == '1' else 's'}"
         return f"{self.metric} {self.op} {self.threshold:g}"
 
 
@@ -1024,11 +1035,17 @@ class _Reader:
         return Verify(conditions=conditions, timeout=timeout, interval=min(interval, timeout))
 
     def condition(self, value: Any, path: tuple) -> Condition:
+        r = _RECOVERED.match(value) if isinstance(value, str) else None
+        if r is not None:
+            n = int(r["n"]) if r["n"] else RECOVERED_WINDOWS
+            if n < 1:
+                raise self.fail(path, "recovered needs at least 1 window")
+            return Condition(metric=f"{RECOVERED_PREFIX}{n}", op=">=", threshold=1.0)
         m = _CONDITION.match(value) if isinstance(value, str) else None
         if m is None:
             raise self.fail(path, f"cannot read condition {value!r}",
-                            hint="write 'metric op number', e.g. error_rate < 0.01; "
-                                 "op is one of < <= > >= == !=")
+                            hint="write 'metric op number', e.g. error_rate < 0.01 (op one of "
+                                 "< <= > >= == !=), or 'recovered [for N windows]'")
         metric = m["metric"]
         if self.known_metrics is not None and metric not in self.known_metrics:
             raise self.fail(path, f"unknown metric '{metric}'",

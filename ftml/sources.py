@@ -3,8 +3,11 @@
 Every source has the same small interface (:class:`Source`): ``poll(now)`` returns the wide
 rows that arrived since the last poll (columns ``entity``, ``timestamp`` (UTC), then metrics)
 or ``None``; it raises when the source itself fails (file gone, Prometheus down), and the loop
-retries it with backoff. A bad data line is not a failure: it is skipped, counted in
-``skipped`` and logged, and the lines around it are read.
+retries it with backoff. A source whose poll returned *warm-up history* (rows from before the
+watch started, read only to fill the windows: Prometheus' first backfill) says so with
+``warmup = True`` for that poll; events that end inside it are not alerts. A bad data line
+is not a failure: it is skipped, counted in ``skipped`` and logged, and the lines around it
+are read.
 
 Specs, as on the command line: ``file:PATH``, ``stdin``, ``local``, ``prometheus:URL``.
 """
@@ -25,7 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from ftml.config import ReadConfig
+from ftml.config import ReadConfig, parse_duration
 from ftml.errors import ConfigError, FtmlError, InputError
 from ftml.io import to_rows
 
@@ -232,6 +235,12 @@ class FileSource:
 
     def bind(self, step: pd.Timedelta, keep_steps: int) -> None:
         pass
+
+    def check(self) -> None:
+        """Raise SourceError if the file cannot be read now (Watcher.check_sources)."""
+        if not os.access(self.path, os.R_OK):
+            why = "file not found" if not self.path.exists() else "not readable"
+            raise SourceError(f"{self.path}: {why}")
 
     def poll(self, now: float) -> pd.DataFrame | None:
         parts: list[pd.DataFrame | None] = []
@@ -552,6 +561,7 @@ class PrometheusSource:
         self.keep_steps = 30
         self._last_t: float | None = None
         self._no_entity_logged = False
+        self.warmup = False  # the last poll was the first backfill (not a gap after an outage)
 
     def bind(self, step: pd.Timedelta, keep_steps: int) -> None:
         self.step_s = step.total_seconds()
@@ -562,6 +572,7 @@ class PrometheusSource:
         start = t - (self.keep_steps - 1) * self.step_s
         if self._last_t is not None:
             start = max(start, self._last_t + self.step_s)
+        self.warmup = False
         if start > t:
             return None
         parts = []
@@ -573,7 +584,29 @@ class PrometheusSource:
                                                          "end": _num(t),
                                                          "step": _num(self.step_s)})
             parts.append(self._samples(metric, data))
+        # The first backfill of a fresh start is history; one after a checkpoint fills a gap.
+        self.warmup = self._last_t is None and start < t
         self._last_t = t
+        return self._wide(parts)
+
+    def history(self, start: float, end: float, max_points: int = 10_000
+                ) -> Iterator[pd.DataFrame]:
+        """The rows of [start, end] (epoch seconds) at the bound step, oldest first, with the
+        queries ``poll`` uses: one ``query_range`` per metric per chunk of ``max_points``
+        steps (Prometheus refuses more than 11 000 points per series)."""
+        t0 = math.ceil(start / self.step_s) * self.step_s
+        while t0 <= end:
+            t1 = min(end, t0 + (max_points - 1) * self.step_s)
+            parts = [self._samples(metric, self._get(
+                "/api/v1/query_range", {"query": promql, "start": _num(t0), "end": _num(t1),
+                                        "step": _num(self.step_s)}))
+                     for metric, promql in self.queries.items()]
+            wide = self._wide(parts)
+            if wide is not None:
+                yield wide
+            t0 = t1 + self.step_s
+
+    def _wide(self, parts: list[pd.DataFrame]) -> pd.DataFrame | None:
         long = pd.concat(parts, ignore_index=True) if parts else None
         if long is None or long.empty:
             return None
@@ -588,6 +621,10 @@ class PrometheusSource:
                 wide[metric] = np.nan
         wide["entity"] = wide["entity"].astype(str)
         return wide[["entity", "timestamp", *self.queries]]
+
+    def check(self) -> None:
+        """Raise SourceError if Prometheus does not answer a query (Watcher.check_sources)."""
+        self._get("/api/v1/query", {"query": "1"})
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
@@ -665,6 +702,10 @@ class WatchSourceConfig:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
 
 
+_LOCAL_KEYS = ("processes", "disk_path", "host")
+_PROMETHEUS_KEYS = ("queries", "entity_label", "timeout")
+
+
 def source_config(section: Mapping[str, Any] | None, source: str = "config"
                   ) -> WatchSourceConfig:
     section = dict(section or {})
@@ -675,6 +716,12 @@ def source_config(section: Mapping[str, Any] | None, source: str = "config"
     prom = {} if prom is None else prom
     if not isinstance(local, dict) or not isinstance(prom, dict):
         raise ConfigError("watch.local and watch.prometheus must be mappings", source=source)
+    for name, sub, known in (("local", local, _LOCAL_KEYS),
+                             ("prometheus", prom, _PROMETHEUS_KEYS)):
+        for key in sub:
+            if key not in known:
+                raise ConfigError(f"unknown key '{key}'", source=source, where=f"watch.{name}",
+                                  hint=f"known keys: {', '.join(sorted(known))}")
     procs = local.get("processes") or []
     if not isinstance(procs, list) or not all(isinstance(p, str) for p in procs):
         raise ConfigError("watch.local.processes must be a list of names", source=source)
@@ -684,9 +731,16 @@ def source_config(section: Mapping[str, Any] | None, source: str = "config"
     if not isinstance(queries, dict) or not all(isinstance(v, str) for v in queries.values()):
         raise ConfigError("watch.prometheus.queries must map metric names to PromQL",
                           source=source, hint="queries: {cpu_pct: 'rate(...)'}")
+    timeout = PrometheusConfig.timeout
+    if prom.get("timeout") is not None:
+        try:
+            timeout = parse_duration(prom["timeout"], "timeout").total_seconds()
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, source=source, where="watch.prometheus.timeout",
+                              hint=exc.hint) from None
     out.prometheus = PrometheusConfig(queries={str(k): v for k, v in queries.items()},
                                       entity_label=str(prom.get("entity_label", "instance")),
-                                      timeout=float(prom.get("timeout", 5.0)))
+                                      timeout=timeout)
     return out
 
 

@@ -53,6 +53,7 @@ from ftml.events import Event
 from ftml.features import Windows, level_of_sums, level_units, window_features
 from ftml.io import atomic_path, normalise, to_ns, write_text
 from ftml.pipeline import carry_steps, gate_of
+from ftml.playbooks import RECOVERED_PREFIX
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
 from ftml.sources import Source, SourceError
@@ -124,14 +125,32 @@ class WatchConfig:
     backoff_initial: float = 1.0  # retry delay of a failed source or sink, doubling ...
     backoff_max: float = 60.0  # ... up to this
     engine_poll_every: float = 10.0  # seconds between engine.poll() (approvals from elsewhere)
+    # A source that cannot be read when run() starts (file missing, Prometheus down) stops
+    # the loop with a ConfigError; True: retry it with backoff like a later outage.
+    wait_for_source: bool = False
+    # /healthz says "degraded" when no window was scored for this many intervals (after the
+    # first window's worth of steps), or a metric of the model had no value for as long.
+    degraded_after: int = 10
+    # An event that opened and ended inside one tick (catching up after an outage or a burst
+    # of rows) fires, and resolves no sooner than this after: receivers that group alerts
+    # before notifying (Alertmanager's group_wait, 30 s by default) would otherwise only
+    # ever see it resolved, and notify nobody.
+    min_firing: float = 60.0
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, source: str = "config"
                      ) -> WatchConfig:
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError("section must be a mapping", source=source, where="watch",
+                              hint="e.g. 'watch: {interval: 60s}'")
         section = dict(section or {})
+        for key in section:
+            if key not in WATCH_KEYS:
+                raise ConfigError(f"unknown key '{key}'", source=source, where="watch",
+                                  hint=f"known keys: {', '.join(sorted(WATCH_KEYS))}")
         out = cls()
         for key in ("interval", "checkpoint_every", "backoff_initial", "backoff_max",
-                    "engine_poll_every"):
+                    "engine_poll_every", "min_firing"):
             if key in section and section[key] is not None:
                 try:
                     setattr(out, key, parse_duration(section[key], key).total_seconds())
@@ -143,7 +162,25 @@ class WatchConfig:
             raise ConfigError("watch.severity must map causes to severities", source=source)
         out.severity = {str(k): str(v) for k, v in sev.items()}
         out.default_severity = str(section.get("default_severity", out.default_severity))
+        after = section.get("degraded_after")
+        if after is not None:
+            if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+                raise ConfigError(f"must be a whole number of intervals >= 1, got {after!r}",
+                                  source=source, where="watch.degraded_after")
+            out.degraded_after = after
+        wait = section.get("wait_for_source")
+        if wait is not None:
+            if not isinstance(wait, bool):
+                raise ConfigError(f"must be true or false, got {wait!r}", source=source,
+                                  where="watch.wait_for_source")
+            out.wait_for_source = wait
         return out
+
+
+#: Keys of the ``watch:`` section: the loop's (WatchConfig) and the sources' (local, prometheus).
+WATCH_KEYS = ("interval", "checkpoint_every", "severity", "default_severity", "backoff_initial",
+              "backoff_max", "engine_poll_every", "wait_for_source", "degraded_after",
+              "min_firing", "local", "prometheus")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -183,6 +220,64 @@ class WatchMetrics:
                               "engine, loop) and name", ["component", "name"], registry=r)
         self.source_up = Gauge("ftml_watch_source_up", "1 if the last poll succeeded",
                                ["source"], registry=r)
+        self.degraded = Gauge("ftml_watch_degraded", "1 while /healthz reports this reason "
+                              "(missing_metrics, no_windows)", ["reason"], registry=r)
+        self.degraded_ticks = Counter("ftml_watch_degraded_ticks", "Ticks that ended "
+                                      "degraded, by reason", ["reason"], registry=r)
+        for reason in DEGRADED_REASONS:
+            self.degraded.labels(reason).set(0)
+
+
+#: Why /healthz may say "degraded" (the ``reason`` label of ftml_watch_degraded).
+DEGRADED_REASONS = ("missing_metrics", "no_windows")
+
+
+class _Health:
+    """Whether the loop can do its work, beyond ticking: every metric of the model arrives
+    (a metric no source gives leaves every window incomplete) and windows get scored. Fed
+    once per tick; the reasons go to /healthz and ftml_watch_degraded."""
+
+    def __init__(self, metrics: list[str], now: float, interval: float, warmup: float,
+                 after: int):
+        self.metrics = metrics
+        self.started = now
+        self.span = after * interval  # how long an absence is tolerated once seen
+        self.interval = interval
+        self.warmup = max(warmup, self.span)
+        self.seen_at = np.full(len(metrics), -np.inf)  # last tick with a finite value
+        self.rows_at: float | None = None  # last tick with rows
+        self.last_window_at: float | None = None
+        self.reasons: dict[str, str] = {}
+
+    def update(self, now: float, vals: list[np.ndarray], windows: int) -> dict[str, str]:
+        if vals:
+            self.rows_at = now
+            have = np.zeros(len(self.metrics), dtype=bool)
+            for v in vals:
+                have |= np.isfinite(v).any(axis=0)
+            self.seen_at[have] = now
+        if windows:
+            self.last_window_at = now
+        reasons: dict[str, str] = {}
+        # Rows came, but never with this metric: missing now. Seen once: missing when rows
+        # kept coming without it for a span (a source that is down is not this: no rows).
+        if self.rows_at is None:
+            missing = np.zeros(len(self.metrics), dtype=bool)
+        else:
+            missing = np.where(np.isneginf(self.seen_at), True,
+                               self.rows_at - self.seen_at > self.span)
+        if missing.any():
+            names = [m for m, x in zip(self.metrics, missing, strict=True) if x]
+            reasons["missing_metrics"] = (
+                f"missing metrics: no source gives {', '.join(names)} (the model needs every "
+                "metric it was trained on; its windows stay incomplete)")
+        since = now - (self.last_window_at if self.last_window_at is not None else self.started)
+        limit = self.span if self.last_window_at is not None else self.warmup
+        if since > limit:
+            reasons["no_windows"] = (f"no windows scored for {since / self.interval:.0f} "
+                                     f"intervals ({since:.0f}s)")
+        self.reasons = reasons
+        return reasons
 
 
 class _ScoreCollector:
@@ -216,12 +311,13 @@ class _Buffers:
     standardised values of the last window (``ring``)."""
 
     def __init__(self, metrics: list[str], step_ns: int, keep_steps: int, window: int,
-                 win_rows: int | None = None):
+                 recent: int, win_rows: int | None = None):
         self.metrics = metrics
         self.m = len(metrics)
         self.step_ns = step_ns
         self.keep = keep_steps
         self.w = window
+        self.nw = recent
         self.names: list[str] = []
         self.index: dict[str, int] = {}
         self._last_names: list[str] | None = None
@@ -249,10 +345,16 @@ class _Buffers:
         self.win = np.empty((e, window if win_rows is None else win_rows, self.m))
         self.lsum = np.empty((e, self.m), dtype=np.int64)
         self.lcnt = np.empty((e, self.m), dtype=np.int64)
+        # Each entity's last `recent` window scores (circular; readers order them by time):
+        # what the verify condition `recovered for N windows` reads.
+        self.score_t = np.empty((e, recent), dtype=np.int64)
+        self.score_s = np.empty((e, recent))
+        self.score_head = np.empty(e, dtype=np.int64)
 
     _PER_ENTITY = {"newest": _NONE, "first": -_NONE, "done": _NONE, "last_finite": _NONE,
                    "last_score": np.nan, "ring": np.nan, "lastval": np.nan, "ring_ok": False,
-                   "win": np.nan, "lsum": 0, "lcnt": 0}
+                   "win": np.nan, "lsum": 0, "lcnt": 0, "score_t": _NONE, "score_s": np.nan,
+                   "score_head": 0}
 
     @property
     def ent(self) -> np.ndarray:
@@ -364,7 +466,23 @@ class _Buffers:
     # Checkpointed per-entity arrays. Not the fast path's ring, window and level sums (a
     # level_window's rows of every entity: the bulk of a checkpoint): after a restore the
     # general path rebuilds them from the raw rows, exactly (ring_ok starts False).
-    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "lastval")
+    ARRAYS = ("newest", "first", "done", "last_finite", "last_score", "lastval", "score_t",
+              "score_s", "score_head")
+
+    def remember_scores(self, codes: np.ndarray, t: np.ndarray, scores: np.ndarray) -> None:
+        """Keep the last ``nw`` scores of each entity; windows sorted by entity, then time."""
+        n = self.nw
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        counts = np.diff(np.r_[starts, len(codes)])
+        rank = np.arange(len(codes)) - np.repeat(starts, counts)  # within its entity
+        skip = np.repeat(np.maximum(counts - n, 0), counts)  # older than the last n
+        keep = rank >= skip
+        c = codes[keep]
+        pos = (self.score_head[c] + rank[keep] - skip[keep]) % n
+        self.score_t[c, pos] = t[keep]
+        self.score_s[c, pos] = scores[keep]
+        uc = codes[starts]
+        self.score_head[uc] = (self.score_head[uc] + np.minimum(counts, n)) % n
 
 
 class BufferReader:
@@ -378,6 +496,8 @@ class BufferReader:
     def latest(self, entity: str, metric: str) -> float | None:
         b = self.watcher._buffers
         code = b.index.get(entity)
+        if code is not None and metric.startswith(RECOVERED_PREFIX):
+            return self.recovered(entity, code, int(metric[len(RECOVERED_PREFIX):]))
         if code is None or metric not in b.metrics:
             return None
         ent, ts, vals = self.watcher._snapshot  # arrays of one tick: never half-updated
@@ -389,6 +509,22 @@ class BufferReader:
         if self.watcher.clock.now() - ts[i] / 1e9 > self.max_age:
             return None
         return float(vals[i, j])
+
+    def recovered(self, entity: str, code: int, n: int) -> float:
+        """1.0 when the entity has no firing alert, or its last ``n`` window scores are all
+        under the model's threshold (the verify condition ``recovered for n windows``)."""
+        w = self.watcher
+        with w.book.lock:
+            firing = any(f["entity"] == entity for f in w.book.firing.values())
+        if not firing:
+            return 1.0
+        b = w._buffers
+        n = min(n, b.nw)  # the loop remembers the last of_windows windows of each entity
+        t, s = b.score_t[code].copy(), b.score_s[code].copy()
+        have = t != _NONE
+        last = s[have][np.argsort(t[have])][-n:]
+        ok = len(last) == n and bool((last < w.model.threshold).all())
+        return 1.0 if ok else 0.0
 
 
 # --------------------------------------------------------------------------- alerts
@@ -404,6 +540,8 @@ class AlertBook:
         self.lock = threading.RLock()
         self.firing: dict[str, dict[str, Any]] = {}
         self.resolved: OrderedDict[str, None] = OrderedDict()
+        # Resolves held back (Watcher's min_firing): alert id -> {"due": seconds, "record"}.
+        self.deferred: dict[str, dict[str, Any]] = {}
         self.queues: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.next_try: dict[str, float] = {s.name: 0.0 for s in self.sinks}
@@ -420,6 +558,7 @@ class AlertBook:
             return
         self.firing = dict(data.get("firing") or {})
         self.resolved = OrderedDict((i, None) for i in data.get("resolved") or [])
+        self.deferred = dict(data.get("deferred") or {})
         for name, items in (data.get("queues") or {}).items():
             if name in self.queues:
                 self.queues[name] = list(items)
@@ -433,8 +572,8 @@ class AlertBook:
             return
         with self.lock:  # written under the lock: an older snapshot never lands last
             text = json.dumps({"format": STATE_FORMAT, "firing": self.firing,
-                               "resolved": list(self.resolved), "queues": self.queues},
-                              default=str)
+                               "resolved": list(self.resolved), "deferred": self.deferred,
+                               "queues": self.queues}, default=str)
             try:
                 write_text(self.path, text)
             except FtmlError as exc:  # e.g. a full disk: kept in memory, written next time
@@ -447,6 +586,14 @@ class AlertBook:
             for q in self.queues.values():
                 q.append(record)
             self.dirty = True
+
+    def release(self, now: float | None) -> int:
+        """Queue the held-back resolves due by ``now`` (None: all). Returns how many."""
+        with self.lock:
+            due = [k for k, d in self.deferred.items() if now is None or d["due"] <= now]
+            for k in due:
+                self.emit(self.deferred.pop(k)["record"])
+            return len(due)
 
     def remember_resolved(self, alert_id: str) -> None:
         self.resolved[alert_id] = None
@@ -524,6 +671,8 @@ class TickResult:
     windows: int = 0
     opened: list[Event] = field(default_factory=list)
     resolved: list[Event] = field(default_factory=list)
+    # Events of the warm-up history (read at start) that had ended before it: not alerts.
+    warmup: list[Event] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -572,7 +721,8 @@ class Watcher:
         self._layouts: dict[tuple, list[int]] = {}
         self._known = np.empty(0, dtype=np.int64)  # per entity code: Baseline.entity_index
         self._buffers = _Buffers(list(model.metrics), self.step_ns, self.keep_steps,
-                                 self.ring_rows, win_rows=self.window)
+                                 self.ring_rows, int(model.event_rules.of_windows),
+                                 win_rows=self.window)
         self._snapshot = (self._buffers.ent, self._buffers.ts, self._buffers.vals)
         self._score_snapshot: tuple[list[str], np.ndarray] = ([], np.empty(0))
         self.builder: EventBuilder = model.event_builder()
@@ -587,9 +737,16 @@ class Watcher:
             s.bind(model.step, self.keep_steps)
             if hasattr(s, "nudge"):
                 s.nudge = self._nudge
-        self.ticks = 0
+        self.ticks = 0  # of this process, as ftml_watch_ticks_total
+        self.ticks_before = 0  # ticks of the runs before, from the checkpoint
+        self.resumed_from: float | None = None  # when that checkpoint was written
         self.last_tick_at: float | None = None
         self.started_at = self.clock.now()
+        self._health = _Health(list(model.metrics), self.started_at, self.interval,
+                               (self.window + self.fill + 1) * model.step.total_seconds(),
+                               self.config.degraded_after)
+        self._tick_vals: list[np.ndarray] = []
+        self._warmup_tick = False  # a source handed over its warm-up history this tick
         self._last_checkpoint = self.clock.now()
         self._stopping = False  # a plain flag: stop() may run in a signal handler
         self.stop_reason: str | None = None
@@ -614,6 +771,7 @@ class Watcher:
         now = self.clock.now()
         out = TickResult()
         frames = self._poll(now)
+        self._tick_vals = [f[2] for f in frames]
         if frames:
             out.rows = sum(len(f[1]) for f in frames)
             self._process(frames, now, out, final=False)
@@ -629,6 +787,7 @@ class Watcher:
         self._process([], now, out, final=True)
         closed = self.builder.flush()
         self._closed(closed, now, out)
+        self.book.release(None)  # nothing comes after the end of the stream
         self._after_tick(now, out, started)
         return out
 
@@ -636,11 +795,23 @@ class Watcher:
     def exhausted(self) -> bool:
         return bool(self.sources) and all(s.exhausted for s in self.sources)
 
-    def run(self, listen: tuple[str, int] | None = None) -> None:
+    def run(self, listen: tuple[str, int] | None = None,
+            started: Callable[[], None] | None = None) -> None:
         """Tick every interval until :meth:`stop` (or every source has ended), then shut
-        down cleanly. A source with a backlog is polled again at once."""
-        if listen is not None:
-            self.serve(*listen)
+        down cleanly. A source with a backlog is polled again at once. ``started`` is
+        called once the start checks have passed (sources answer, the port is bound)."""
+        try:
+            if not self.config.wait_for_source:
+                self.check_sources()
+            if listen is not None:
+                self.serve(*listen)
+        except FtmlError:
+            # Nothing ran: no checkpoint (it would overwrite the last one's source positions).
+            for s in (*self.sources, *self.sinks):
+                s.close()
+            raise
+        if started is not None:
+            started()
         self._start_delivery()
         next_at = self.clock.now()
         try:
@@ -665,6 +836,24 @@ class Watcher:
                     next_at = self.clock.now()
         finally:
             self.shutdown()
+
+    def check_sources(self) -> None:
+        """Raise ConfigError naming every source that cannot be read now (a missing file,
+        a Prometheus that does not answer): at start that is a setting to fix, not an
+        outage to wait out. Sources without a ``check`` (stdin, local) pass."""
+        failed = []
+        for src in self.sources:
+            check = getattr(src, "check", None)
+            if check is None:
+                continue
+            try:
+                check()
+            except (SourceError, OSError, FtmlError) as exc:
+                failed.append(str(exc))
+        if failed:
+            raise ConfigError(f"source unavailable at start: {'; '.join(failed)}",
+                              hint="fix the --source, or pass --wait-for-source to retry "
+                                   "until it answers")
 
     def maintain(self) -> float:
         """Work between ticks, in the loop's idle time: dropping raw rows too old to matter
@@ -702,6 +891,8 @@ class Watcher:
         if self._delivery is not None:
             self._delivery.join(timeout=flush_seconds + 1)
             self._delivery = None
+        if self.state_dir is None:  # held-back resolves would be lost: out with them now
+            self.book.release(None)
         self.book.deliver(self.clock.now(), self.metrics,
                           (self.config.backoff_initial, self.config.backoff_max),
                           deadline=time.monotonic() + flush_seconds)
@@ -755,6 +946,7 @@ class Watcher:
             if frame is not None and len(frame):
                 self.metrics.rows.labels(name).inc(len(frame))
                 frames.append(self._conform(frame, name))
+                self._warmup_tick |= bool(getattr(src, "warmup", False))
         return frames
 
     def _conform(self, frame: pd.DataFrame, source: str
@@ -979,6 +1171,7 @@ class Watcher:
         if not (order == np.arange(len(order))).all():
             w, codes, scores, t = w.take(order), codes[order], scores[order], t[order]
         b.last_score[codes] = scores  # in time order per entity: the last one wins
+        b.remember_scores(codes, t, scores)
         self._score_snapshot = (list(b.names), b.last_score.copy())
         push = self.gate.select(w.entity, w.end_ns, scores)
         if self.book.firing:
@@ -1021,18 +1214,45 @@ class Watcher:
                 entry = book.firing.pop(ev.id, None)
                 if entry is None and ev.id in book.resolved:
                     continue  # replayed after a restart: already resolved
+                if entry is None and self._warmup_tick:
+                    # Began and ended in the history read at start: the past, not an alert.
+                    book.remember_resolved(ev.id)
+                    out.warmup.append(ev)
+                    continue
                 if entry is not None:
                     rec = self._record(ev, "resolved", now, entry["cause"], entry["severity"],
                                        entry["revision"])
-                else:  # opened and ended between two ticks (a backlog): one record
-                    rec = self._record(ev, "resolved", now, ev.cause, self._severity(ev.cause),
-                                       0)
+                    book.emit(rec)
+                else:
+                    self._caught_up(ev, now)
+                    rec = book.deferred[ev.id]["record"]
                 book.remember_resolved(ev.id)
-                book.emit(rec)
             out.resolved.append(ev)
             self.metrics.alerts.labels("resolved").inc()
             log.info("resolved %s %s %s (started %s)", ev.id, ev.entity, rec["cause"],
                      rec["starts_at"])
+
+    def _caught_up(self, ev: Event, now: float) -> None:
+        """An event that opened and ended inside one tick (the loop catching up): it fires
+        now, and its resolve waits ``min_firing`` (AlertBook.deferred), so that a receiver
+        that groups before notifying sees it firing."""
+        cause, severity = ev.cause, self._severity(ev.cause)
+        opened = copy.copy(ev)
+        opened.status = "open"
+        self.book.emit(self._record(opened, "firing", now, cause, severity, 0))
+        self.metrics.alerts.labels("firing").inc()
+        self.book.deferred[ev.id] = {
+            "due": now + self.config.min_firing,
+            "record": self._record(ev, "resolved", now, cause, severity, 0)}
+        log.info("opened and ended while catching up: %s %s %s (started %s): firing now, "
+                 "resolved in %.0fs", ev.id, ev.entity, cause, ev.start,
+                 self.config.min_firing)
+
+    def _warmup_summary(self, events: list[Event]) -> None:
+        shown = ", ".join(f"{e.entity} {e.cause} {e.start}..{e.end}" for e in events[:5])
+        more = f" and {len(events) - 5} more" if len(events) > 5 else ""
+        log.info("warm-up: %d event(s) in the history read at start had ended before the "
+                 "watch started: not alerted (%s%s)", len(events), shown, more)
 
     def _opened(self, names: list[str], now: float, out: TickResult) -> None:
         book = self.book
@@ -1177,6 +1397,9 @@ class Watcher:
         self.ticks += 1
         self.last_tick_at = now
         self.metrics.ticks.inc()
+        self._note_health(now, out)
+        self._end_warmup(out)
+        self.book.release(now)
         self.metrics.open_events.set(len(self.book.firing))
         b = self._buffers
         if len(b.ts):
@@ -1191,6 +1414,24 @@ class Watcher:
         self._maybe_poll_engine(now)
         out.seconds = time.perf_counter() - started
         self.metrics.tick_seconds.observe(out.seconds)
+
+    def _end_warmup(self, out: TickResult) -> None:
+        if out.warmup:
+            self._warmup_summary(out.warmup)
+        self._warmup_tick = False
+
+    def _note_health(self, now: float, out: TickResult) -> None:
+        before = self._health.reasons
+        reasons = self._health.update(now, self._tick_vals, out.windows)
+        self._tick_vals = []
+        for key in DEGRADED_REASONS:
+            self.metrics.degraded.labels(key).set(int(key in reasons))
+            if key in reasons:
+                self.metrics.degraded_ticks.labels(key).inc()
+                if key not in before:
+                    log.warning("degraded: %s", reasons[key])
+            elif key in before:
+                log.info("no longer degraded: %s", key.replace("_", " "))
 
     def _start_delivery(self) -> None:
         if self._delivery is not None or not self.sinks:
@@ -1235,7 +1476,7 @@ class Watcher:
                 "gate": {"version": gate["version"], "entities": gate["entities"]},
                 "builder": {k: v for k, v in builder.items() if not isinstance(v, np.ndarray)},
                 "sources": {s.name: s.state() for s in self.sources},
-                "ticks": self.ticks, "saved_at": self.clock.now()}
+                "ticks": self.ticks_before + self.ticks, "saved_at": self.clock.now()}
         return {
             "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
             "ent": b.ent, "ts": b.ts, "vals": b.vals,
@@ -1288,7 +1529,10 @@ class Watcher:
         for key in b.ARRAYS:
             setattr(b, key, arrays[f"e_{key}"].copy())
         b.ring_ok[:] = False
-        self.ticks = int(meta.get("ticks") or 0)
+        # Counted on, not restored: this process's counters start at 0 (as Prometheus
+        # expects of a counter); /healthz shows what came before apart.
+        self.ticks_before = int(meta.get("ticks") or 0)
+        self.resumed_from = meta.get("saved_at")
         self._snapshot = (b.ent, b.ts, b.vals)
         self._score_snapshot = (list(b.names), b.last_score.copy())
         log.info("resumed from checkpoint of %s: %d entities, %d open alert(s)",
@@ -1322,7 +1566,11 @@ class Watcher:
             def log_message(self, *args):  # scrapes are not news
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # in use, no such address, a port under 1024 without root
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              where="--listen", hint="choose a free HOST:PORT") from None
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="ftml-http",
                          daemon=True).start()
@@ -1334,8 +1582,14 @@ class Watcher:
         now = self.clock.now()
         since = now - (self.last_tick_at if self.last_tick_at is not None else self.started_at)
         ok = since <= 3 * self.interval + 5
+        reasons = dict(self._health.reasons)
+        status = "stalled" if not ok else "degraded" if reasons else "ok"
         return (200 if ok else 503), {
-            "status": "ok" if ok else "stalled", "ticks": self.ticks,
+            "status": status, "reasons": list(reasons.values()),
+            # Of this process, as the counters of /metrics; the runs before apart.
+            "ticks": self.ticks, "started_at": _iso(self.started_at),
+            "resumed": None if self.resumed_from is None else {
+                "checkpoint_at": _iso(self.resumed_from), "ticks_before": self.ticks_before},
             "seconds_since_tick": round(since, 3), "open_events": len(self.book.firing),
             "queued_alerts": self.book.pending(),
             "sources": {s.name: ("up" if self._src_failures[s.name] == 0 else "failing")
@@ -1343,6 +1597,10 @@ class Watcher:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _iso(seconds: float) -> str:
+    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _with_stride(fz, stride: int):

@@ -24,7 +24,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("pipeline core", {"pipeline"}),
     ("recover", {"playbooks", "audit", "recover"}),
     ("sinks", {"sinks"}),
-    ("drivers and use cases", {"api", "distributed", "watch", "evaluate"}),
+    ("drivers and use cases", {"api", "distributed", "watch", "record", "evaluate"}),
     ("reports and CLI", {"report", "demo", "cli", "__main__"}),
 ]
 RANK = {name: i for i, (_, names) in enumerate(STAGES) for name in names}

@@ -347,7 +347,18 @@ def test_make_source_refuses_bad_specs(spec):
 
 @pytest.mark.parametrize("section", [{"local": {"processes": "nginx"}},
                                      {"prometheus": {"queries": ["x"]}},
-                                     {"local": []}])
+                                     {"local": []},
+                                     {"prometheus": {"timeout": "soon"}},
+                                     {"prometheus": {"timeout": "-5s"}},
+                                     {"prometheus": {"timout": "5s"}},
+                                     {"local": {"proceses": ["nginx"]}}])
 def test_bad_watch_config_is_a_config_error(section):
     with pytest.raises(ConfigError):
         source_config(section)
+
+
+@pytest.mark.parametrize("timeout, seconds", [("5s", 5.0), ("1.5s", 1.5), ("500ms", 0.5),
+                                              ("1m", 60.0), (7, 7.0), (None, 5.0)])
+def test_prometheus_timeout_is_read_by_the_duration_parser(timeout, seconds):
+    cfg = source_config({"prometheus": {"timeout": timeout}})
+    assert cfg.prometheus.timeout == seconds

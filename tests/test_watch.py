@@ -221,6 +221,93 @@ def test_each_event_fires_once_and_resolves_once_with_the_same_id(fleet, tmp_pat
     assert _events(resolved_events(records)) == _events(resolved)
 
 
+class Burst(Feed):
+    """Hands over the rows in the given chunks of steps, one chunk per poll; ``warmup``: the
+    first chunk is warm-up history (as Prometheus' first backfill)."""
+
+    def __init__(self, rows, chunks, warmup=False):
+        super().__init__(rows, 1)
+        self.chunks = list(chunks)
+        self.first_is_warmup = warmup
+        self.warmup = False
+
+    def poll(self, now):
+        self.polls += 1
+        self.warmup = self.first_is_warmup and self.polls == 1
+        if self.i >= len(self.groups):
+            self.exhausted = True
+            return None
+        n = self.chunks.pop(0) if self.chunks else 1
+        part = pd.concat(self.groups[self.i:self.i + n])
+        self.i += n
+        return part
+
+
+def _web1_fault_end() -> int:
+    entity, s, length, _ = watch_data.LIVE_FAULTS[0]
+    assert entity == "web-1"
+    return s + length
+
+
+def test_events_that_ended_in_the_warmup_history_are_not_alerts(fleet, caplog):
+    _, model, live = fleet
+    clock, reg, sink = FakeClock(START), CollectorRegistry(), ListSink()
+    first = _web1_fault_end() + 40  # web-1's fault began and ended in the history
+    w = Watcher(model, [Burst(live, [first], warmup=True)], [sink], clock=clock, registry=reg)
+    with caplog.at_level("INFO", logger="ftml.watch"):
+        out = w.tick()
+    assert [e.entity for e in out.warmup].count("web-1") >= 1 and not out.resolved
+    assert sink.records == []
+    assert reg.get_sample_value("ftml_watch_alerts_total", {"status": "resolved"}) is None
+    summary = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
+    assert len(summary) == 1 and f"{len(out.warmup)} event(s)" in summary[0]
+    warm = {e.id for e in out.warmup}
+    while not w.exhausted:  # then live: the later faults alert as usual
+        clock.advance(60)
+        w.tick()
+    w.finish()
+    ids = {r["id"] for r in sink.records}
+    assert ids and not ids & warm
+    assert {r["entity"] for r in sink.records} >= {"web-2", "db-1"}
+    fired = sum(r["status"] == "firing" for r in sink.records)
+    assert reg.get_sample_value("ftml_watch_alerts_total", {"status": "firing"}) == fired
+
+
+def test_an_event_that_opens_and_ends_inside_one_tick_fires_then_resolves(fleet, tmp_path):
+    """Catching up (an outage, a burst): firing at once, resolved min_firing later, so that a
+    receiver that groups alerts before notifying sees it firing. Held-back resolves survive
+    a restart."""
+    _, model, live = fleet
+    clock, reg, sink = FakeClock(START), CollectorRegistry(), ListSink()
+    before, burst = 300, _web1_fault_end() + 40 - 300
+    cfg = WatchConfig(min_firing=90)
+    w = Watcher(model, [Burst(live, [before, burst])], [sink], clock=clock, registry=reg,
+                config=cfg, state_dir=tmp_path)
+    w.tick()
+    assert not [r for r in sink.records if r["entity"] == "web-1"]
+    clock.advance(60)
+    out = w.tick()  # the burst: web-1's fault opens and ends inside it
+    web1 = [e for e in out.resolved if e.entity == "web-1"]
+    assert len(web1) == 1
+    mine = [r for r in sink.records if r["id"] == web1[0].id]
+    assert [r["status"] for r in mine] == ["firing"]
+    assert mine[0]["ends_at"] is None and mine[0]["event"]["status"] == "open"
+    assert reg.get_sample_value("ftml_watch_alerts_total", {"status": "firing"}) >= 1
+    w.shutdown()  # held back in alerts.json
+    assert web1[0].id in json.loads((tmp_path / ALERTS_FILE).read_text())["deferred"]
+    w = Watcher(model, [Burst(live, [])], [sink], clock=clock, registry=CollectorRegistry(),
+                config=cfg, state_dir=tmp_path)
+    clock.advance(60)
+    w.tick()  # 60 s after the firing: still held
+    assert [r["status"] for r in sink.records if r["id"] == web1[0].id] == ["firing"]
+    clock.advance(60)
+    w.tick()
+    mine = [r for r in sink.records if r["id"] == web1[0].id]
+    assert [r["status"] for r in mine] == ["firing", "resolved"]
+    assert mine[1]["ends_at"] is not None and mine[1]["cause"] == mine[0]["cause"]
+    w.shutdown()
+
+
 def resolved_events(records):
     from ftml.events import Event
 
@@ -507,7 +594,7 @@ def test_metrics_and_healthz_are_served(fleet):
                      "ftml_watch_threshold"):
             assert name in text
         health = json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=5).read())
-        assert health["status"] == "ok" and health["ticks"] == 30
+        assert health["status"] == "ok" and health["ticks"] == 30 and health["reasons"] == []
         clock.advance(3600)  # no tick for an hour: stalled
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"{base}/healthz", timeout=5)
@@ -517,6 +604,110 @@ def test_metrics_and_healthz_are_served(fleet):
         assert exc.value.code == 404
     finally:
         w.shutdown()
+
+
+def test_healthz_is_degraded_when_the_source_cannot_fill_the_models_metrics(fleet):
+    """A source without one of the model's metrics: every window stays incomplete. /healthz
+    says degraded at once (missing metrics), then also no windows, and /metrics counts it."""
+    _, model, live = fleet
+    clock, reg = FakeClock(START), CollectorRegistry()
+    w = Watcher(model, [Feed(live.drop(columns=["mem"]), 1)], clock=clock, registry=reg,
+                config=WatchConfig(degraded_after=5))
+    w.tick()
+    code, health = w.health()
+    assert code == 200 and health["status"] == "degraded"
+    assert len(health["reasons"]) == 1 and "missing metrics" in health["reasons"][0]
+    assert "mem" in health["reasons"][0]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "missing_metrics"}) == 1
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 0
+    windows = 0
+    for _ in range(40):
+        clock.advance(60)
+        windows += w.tick().windows
+    assert windows == 0
+    _, health = w.health()
+    assert health["status"] == "degraded" and len(health["reasons"]) == 2
+    assert "no windows scored for" in health["reasons"][1]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 1
+    assert reg.get_sample_value("ftml_watch_degraded_ticks_total",
+                                {"reason": "missing_metrics"}) == 41
+    w.shutdown()
+
+
+def test_healthz_is_ok_while_windows_come_and_degraded_once_they_stop(fleet):
+    _, model, live = fleet
+    clock, reg = FakeClock(START), CollectorRegistry()
+    feed = Feed(live, 1)
+    w = Watcher(model, [feed], clock=clock, registry=reg, config=WatchConfig(degraded_after=5))
+    for _ in range(60):
+        w.tick()
+        clock.advance(60)
+        assert w.health()[1]["status"] == "ok", w.health()[1]
+    feed.groups = feed.groups[:feed.i]  # the source goes quiet (no rows, no error)
+    for _ in range(5):
+        w.tick()
+        clock.advance(60)
+    assert w.health()[1]["status"] == "ok"  # 5 intervals: tolerated
+    w.tick()
+    _, health = w.health()
+    assert health["status"] == "degraded"
+    assert [r.split(" for")[0] for r in health["reasons"]] == ["no windows scored"]
+    assert reg.get_sample_value("ftml_watch_degraded", {"reason": "no_windows"}) == 1
+    w.shutdown()
+
+
+def test_after_a_restart_healthz_counts_ticks_as_the_counters_do(fleet, tmp_path):
+    _, model, live = fleet
+    clock = FakeClock(START)
+    a = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock,
+                registry=CollectorRegistry())
+    for _ in range(10):
+        a.tick()
+        clock.advance(60)
+    a.shutdown()
+    reg = CollectorRegistry()
+    b = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock, registry=reg)
+    for _ in range(3):
+        b.tick()
+        clock.advance(60)
+    _, health = b.health()
+    assert health["ticks"] == reg.get_sample_value("ftml_watch_ticks_total") == 3
+    assert health["resumed"]["ticks_before"] == 10
+    b.shutdown()
+    c = Watcher(model, [Feed(live, 1)], state_dir=tmp_path, clock=clock,
+                registry=CollectorRegistry())
+    assert c.health()[1]["ticks"] == 0 and c.health()[1]["resumed"]["ticks_before"] == 13
+    c.shutdown()
+
+
+def test_recovered_reads_the_entitys_own_scores_and_its_alert(fleet):
+    """The verify condition without a metric (``recovered for 3 windows``), as the engine
+    reads it from the loop: 0 while web-1's fault lasts, 1 once its last 3 windows are under
+    the threshold (before its alert resolves), and 1 once it has resolved."""
+    from ftml.watch import BufferReader
+
+    _, model, live = fleet
+    clock = FakeClock(START)
+    w = Watcher(model, [Feed(live, 1)], clock=clock, registry=CollectorRegistry())
+    reader = BufferReader(w, max_age=180)
+    entity, s, length, _ = watch_data.LIVE_FAULTS[0]
+    during, cleared, resolved_at = [], None, None
+    for step in range(s + length + 60):
+        w.tick()
+        clock.advance(60)
+        firing = any(f["entity"] == entity for f in w.book.firing.values())
+        value = reader.latest(entity, "ftml:recovered:3")
+        if firing and step < s + length - 5:
+            during.append(value)
+        elif firing and value == 1.0 and cleared is None:
+            cleared = step
+        if not firing and during and resolved_at is None:
+            resolved_at = step
+            assert value == 1.0
+    assert during and set(during) == {0.0}
+    assert cleared is not None and resolved_at is not None
+    assert s + length - 5 <= cleared < resolved_at
+    w.shutdown()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -650,6 +841,8 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
     (["--source", "stdin", "--sink", "email:me"], "unknown sink"),
     (["--source", "stdin", "--listen", "nowhere"], "--listen"),
     (["--source", "file:data.parquet"], "must be .csv or .jsonl"),
+    (["--source", "file:/nonexistent/m.csv"], "source unavailable at start"),
+    (["--source", "prometheus:http://127.0.0.1:9"], "source unavailable at start"),
 ])
 def test_bad_options_are_one_line_errors(fleet, args, message):
     tmp, _, _ = fleet
@@ -659,6 +852,94 @@ def test_bad_options_are_one_line_errors(fleet, args, message):
     # One error line; the note that the (unsigned) model's authenticity was not checked aside.
     lines = [line for line in r.stderr.splitlines() if "ftml: note:" not in line]
     assert message in r.stderr and len(lines) == 1, r.stderr
+
+
+@pytest.mark.parametrize("config, message", [
+    ("watch:\n  prometheus: {timeout: soon}\n", "watch.prometheus.timeout"),
+    ("watch:\n  interval: 1 minute\n", "watch.interval"),
+    ("watch:\n  intreval: 60s\n", "unknown key 'intreval'"),
+    ("watch: 60s\n", "section must be a mapping"),
+    ("watch:\n  wait_for_source: sometimes\n", "watch.wait_for_source"),
+])
+def test_watch_config_errors_are_one_line(fleet, tmp_path, config, message):
+    tmp, _, _ = fleet
+    (tmp_path / "ftml.yaml").write_text(config)
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--config",
+                                  str(tmp_path / "ftml.yaml")),
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_every_watch_duration_is_read_as_docs_watch_md_writes_it(fleet, tmp_path):
+    """The config block of docs/watch.md, as written there, is accepted whole."""
+    tmp, _, live = fleet
+    doc = (Path(__file__).parent.parent / "docs" / "watch.md").read_text()
+    block = doc.split("## Config: the `watch:` section", 1)[1].split("```yaml\n", 1)[1]
+    block = block.split("```", 1)[0].replace("queries: {...}", "queries: {}")
+    (tmp_path / "ftml.yaml").write_text(block)
+    from ftml.config import load_config
+    from ftml.sources import source_config
+
+    section = load_config(tmp_path / "ftml.yaml").extra["watch"]
+    wcfg = WatchConfig.from_section(section)
+    assert (wcfg.interval, wcfg.checkpoint_every, wcfg.backoff_max) == (60, 300, 60)
+    assert source_config(section).prometheus.timeout == 5.0
+    head = "".join((tmp / "live.jsonl").read_text().splitlines(keepends=True)[:200])
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--sink",
+                                  f"jsonl:{tmp_path / 'a.jsonl'}", "--config",
+                                  str(tmp_path / "ftml.yaml"), "--log-level", "error"),
+                       input=head, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["dry_run", "dry-run"])
+def test_mode_is_accepted_as_playbooks_spell_it_and_as_the_cli_did(fleet, tmp_path, mode):
+    tmp, _, _ = fleet
+    (tmp_path / "pb.yaml").write_text(textwrap.dedent(PLAYBOOKS))
+    head = "".join((tmp / "live.jsonl").read_text().splitlines(keepends=True)[:30])
+    r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--playbooks",
+                                  str(tmp_path / "pb.yaml"), "--mode", mode, "--state",
+                                  str(tmp_path / "state"), "--log-level", "error"),
+                       input=head, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_listen_on_a_port_in_use_is_a_one_line_error(fleet):
+    tmp, _, _ = fleet
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(_watch_cmd(tmp / "model", "--source", "stdin", "--listen",
+                                      f"127.0.0.1:{port}"),
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_wait_for_source_retries_a_file_missing_at_start_then_reads_it(fleet, tmp_path):
+    tmp, _, live = fleet
+    path, out, port = tmp_path / "later.csv", tmp_path / "a.jsonl", _free_port()
+    proc = subprocess.Popen(_watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink",
+                                       f"jsonl:{out}", "--interval", "1s", "--wait-for-source",
+                                       "--listen", f"127.0.0.1:{port}"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def health():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return json.loads(r.read())
+
+    try:
+        _wait_for(lambda: health()["sources"][f"file:{path}"] == "failing", proc=proc)
+        live.to_csv(path, index=False)
+        _wait_for(lambda: health()["sources"][f"file:{path}"] == "up", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_run_stops_promptly_from_another_thread(fleet):
