@@ -30,6 +30,7 @@ from ftml.features import (
     window_stats,
     window_view,
 )
+from ftml.incidents import Grouping, assign_groups, groups_table, load_topology
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -221,6 +222,7 @@ class ScoreResult:
     rows: int
     seconds: float
     window_table: pd.DataFrame | None = None
+    groups: list[dict] = field(default_factory=list)  # one record per incident group
 
 
 def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timedelta,
@@ -364,7 +366,8 @@ def _late_rows(carry: pd.DataFrame, rows: pd.DataFrame) -> str | None:
 def score(model: Model | str | Path, metrics: Iterable[str | Path],
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
-          quiet: bool = True) -> ScoreResult:
+          quiet: bool = True, topology: str | Path | None = None,
+          groups_out: str | Path | None = None) -> ScoreResult:
     """Score metric files with a model; write events (and per-window scores) atomically.
 
     Files are read ``chunk_rows`` rows at a time at most (fewer when that is faster); the
@@ -390,7 +393,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    publish_events(events, matcher, out)
+    groups = publish_events(events, matcher, out, grouping_of(model, topology), groups_out)
     table = None
     if windows_out is not None:
         parts = scorer.table_parts
@@ -399,7 +402,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         table = table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
-                       round(time.perf_counter() - started, 3), table)
+                       round(time.perf_counter() - started, 3), table, groups)
 
 
 # Rows of a normalised chunk standardised and featurized at a time.
@@ -528,14 +531,30 @@ def featurizer_of(fc) -> Featurizer:
     return Featurizer(fc.window, fc.stride, fc.hour_of_day, fc.level_window, fc.level_clip)
 
 
-def publish_events(events: list[Event], matcher, out: str | Path | None) -> None:
-    """Scored events, in place: each gets its recommended playbook, sorted by entity and
-    start; written atomically to ``out`` when given (local and Dask scoring alike)."""
+def publish_events(events: list[Event], matcher, out: str | Path | None,
+                   grouping: Grouping | None = None, groups_out: str | Path | None = None
+                   ) -> list[dict]:
+    """Scored events, in place: each gets its incident group and recommended playbook, sorted
+    by entity and start; written atomically to ``out`` (and the groups to ``groups_out``)
+    when given (local and Dask scoring alike). Returns the group records."""
+    groups = assign_groups(events, grouping)
     for ev in events:
         ev.playbook = matcher(ev)
     events.sort(key=lambda e: (e.entity, e.start))
     if out is not None:
         write_records([e.to_dict() for e in events], out)
+    if groups_out is not None:
+        write_records(groups_table(groups), groups_out)
+    return groups
+
+
+def grouping_of(model: Model, topology: str | Path | None = None) -> Grouping:
+    """How a model's events are grouped: its ``diagnose.group_gap`` and the call graph from
+    ``topology`` (else the config's ``diagnose.topology``)."""
+    gc = model.config.diagnose
+    path = topology if topology is not None else getattr(gc, "topology", None)
+    return Grouping(gap=model.step * int(getattr(gc, "group_gap", 5)),
+                    topology=load_topology(path), model_version=model.version)
 
 
 def _playbook_matcher(path: str | Path | None):

@@ -145,8 +145,13 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
+@click.option("--groups-out", type=click.Path(dir_okay=False),
+              help="Incident groups file (.jsonl, .csv, .parquet): one row per group.")
 @_clean_errors
-def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler):
+def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
+          topology, groups_out):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
@@ -155,16 +160,19 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 
         result = distributed.score(model_dir, metrics, scheduler, out=out,
                                    windows_out=windows_out, playbooks=playbooks,
-                                   chunk_rows=chunk_rows, quiet=quiet)
+                                   chunk_rows=chunk_rows, quiet=quiet, topology=topology,
+                                   groups_out=groups_out)
     else:
         result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
-                           playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+                           playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
+                           topology=topology, groups_out=groups_out)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
     causes = ", ".join(f"{c}={n}" for c, n in sorted(by_cause.items())) or "-"
-    click.echo(f"{len(result.events)} events ({causes}) in {result.windows} windows of "
-               f"{result.entities} entities, {result.seconds} s -> {out}")
+    click.echo(f"{len(result.events)} events ({causes}) in {len(result.groups)} incident "
+               f"groups, {result.windows} windows of {result.entities} entities, "
+               f"{result.seconds} s -> {out}")
 
 
 @main.command()

@@ -51,6 +51,7 @@ from ftml.api import (
     _progress,
     _top_per_group,
     featurizer_of,
+    grouping_of,
     publish_events,
 )
 from ftml.bundle import Model, load_model, save_model
@@ -565,7 +566,8 @@ class EventCollector:
 def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: Any,
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
-          task_rows: int = TASK_ROWS, quiet: bool = True) -> ScoreResult:
+          task_rows: int = TASK_ROWS, quiet: bool = True, topology: str | Path | None = None,
+          groups_out: str | Path | None = None) -> ScoreResult:
     """:func:`ftml.api.score` on a Dask cluster (see :func:`connect` for ``scheduler``): the
     same events, sorted the same way. A task holds at most ``min(task_rows, chunk_rows)`` rows.
     Input files must be readable at the same path on every worker."""
@@ -594,13 +596,13 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
     events = collector.finish()
-    publish_events(events, matcher, out)
+    groups = publish_events(events, matcher, out, grouping_of(model, topology), groups_out)
     table = None
     if windows_out is not None:
         table = collector.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
-                       round(time.perf_counter() - started, 3), table)
+                       round(time.perf_counter() - started, 3), table, groups)
 
 
 # --------------------------------------------------------------------------- training
