@@ -162,15 +162,16 @@ def _nezha_day(base: Path, date: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def nezha(root: Path) -> Split:
-    """Nezha Online Boutique: train on 2022-08-22, judge 2022-08-23. One entity per service
-    (pod names change between days). An incident runs from the labelled ``inject_time`` for
-    :data:`NEZHA_FAULT_MINUTES`; causes cpu_contention, cpu_consumed, network_delay and
-    code_error (return + exception, which barely show in pod metrics)."""
+NEZHA_DATES = ("2022-08-22", "2022-08-23")
+
+
+def nezha_days(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, int]]:
+    """Each Nezha Online Boutique day: (metrics, incidents, faults dropped as outside the
+    metrics' time range). One entity per service; see :func:`nezha`."""
     base = root / "nezha"
     labels = pd.read_csv(base / "labels_index.csv")
     days = {}
-    for date in ("2022-08-22", "2022-08-23"):
+    for date in NEZHA_DATES:
         frame = _nezha_day(base, date)
         lab = labels[labels["date"] == date]
         start = pd.to_datetime(lab["inject_time"], utc=True)
@@ -185,6 +186,15 @@ def nezha(root: Path) -> Split:
         ok = [e in span.index and span.loc[e, "min"] <= s <= span.loc[e, "max"]
               for e, s in zip(inc["entity"], inc["start"], strict=True)]
         days[date] = (frame, inc[ok].reset_index(drop=True), int(len(inc) - sum(ok)))
+    return days
+
+
+def nezha(root: Path) -> Split:
+    """Nezha Online Boutique: train on 2022-08-22, judge 2022-08-23. One entity per service
+    (pod names change between days). An incident runs from the labelled ``inject_time`` for
+    :data:`NEZHA_FAULT_MINUTES`; causes cpu_contention, cpu_consumed, network_delay and
+    code_error (return + exception, which barely show in pod metrics)."""
+    days = nezha_days(root)
     (train, tr_inc, tr_drop), (test, te_inc, te_drop) = days["2022-08-22"], days["2022-08-23"]
     return Split(
         name="Nezha OB", train=train, train_incidents=tr_inc, test=test, test_incidents=te_inc,

@@ -1,5 +1,5 @@
-"""Incidents across entities: events that overlap in time (and, when a call graph is known, are
-connected in it) become one group, and the group's entities are ranked as the likely root.
+"""Incidents across entities: events whose onsets co-occur (and, when a call graph is known, that
+are connected in it) become one group, and the group's entities are ranked as the likely root.
 
 Sits after diagnosis and before recovery: it reads finished :class:`~ftml.events.Event`s and
 sets their ``group``, ``suspects`` and ``evidence``. The ranking uses what the events already
@@ -119,9 +119,8 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     if grouping is None or not events:
         return []
     start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
-    end = np.array([pd.Timestamp(e.end).value for e in events], dtype=np.int64)
     entity = np.array([str(e.entity) for e in events], dtype=object)
-    label = _components(start, end, entity, grouping)
+    label = _components(start, entity, grouping)
     order = np.lexsort((entity, start, label))
     bounds = np.flatnonzero(np.r_[True, label[order][1:] != label[order][:-1], True])
     records = []
@@ -132,17 +131,18 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     return records
 
 
-def _components(start: np.ndarray, end: np.ndarray, entity: np.ndarray,
+def _components(start: np.ndarray, entity: np.ndarray,
                 grouping: Grouping) -> np.ndarray:
-    """A group label per event: connected components of "overlap within the gap (and linked in
-    the call graph)". A sweep over the events by start cuts time into clusters first (an event
-    joins the cluster before it when it starts within ``gap`` of the latest end so far); only
-    within a cluster are pairs compared."""
+    """A group label per event: connected components of "started within ``gap`` of each other
+    (and linked in the call graph)". Onsets, not whole spans: on a busy system an entity's
+    event can last for hours across several faults, and every later fault would overlap it;
+    the symptoms of one fault start within minutes of its root. A sweep over the events by
+    start cuts time into clusters first (a new cluster where two consecutive starts are more
+    than ``gap`` apart); only within a cluster are pairs compared."""
     gap = int(grouping.gap.value)
     order = np.argsort(start, kind="stable")
-    s, e = start[order], end[order]
-    reach = np.maximum.accumulate(e) + gap
-    new = np.r_[True, s[1:] > reach[:-1]]
+    s = start[order]
+    new = np.r_[True, np.diff(s) > gap]
     cluster = np.empty(len(start), dtype=np.int64)
     cluster[order] = np.cumsum(new) - 1
     topo = grouping.topology
@@ -158,8 +158,8 @@ def _components(start: np.ndarray, end: np.ndarray, entity: np.ndarray,
             label[idx] = next_label
             next_label += 1
             continue
-        si, ei, ent = start[idx], end[idx], entity[idx]
-        overlap = (si[:, None] <= ei[None, :] + gap) & (si[None, :] <= ei[:, None] + gap)
+        si, ent = start[idx], entity[idx]
+        close = np.abs(si[:, None] - si[None, :]) <= gap
         codes = np.array([near.index.get(x, -1) for x in ent])
         known = codes >= 0
         linked = np.ones((len(idx), len(idx)), dtype=bool)
@@ -168,7 +168,7 @@ def _components(start: np.ndarray, end: np.ndarray, entity: np.ndarray,
             kc = np.where(known, codes, 0)
             linked[both] = near.hops[kc[:, None], kc[None, :]][both] <= MAX_HOPS
         linked |= ent[:, None] == ent[None, :]
-        k, comp = connected_components(coo_matrix(overlap & linked).tocsr(), directed=False)
+        k, comp = connected_components(coo_matrix(close & linked).tocsr(), directed=False)
         label[idx] = comp + next_label
         next_label += k
     return label

@@ -36,15 +36,15 @@ def groups_of(events: list[Event]) -> list[set[str]]:
 
 GROUPING_CASES = [
     # (name, events, topology, expected groups as sets of event ids)
-    ("overlapping events on two entities join",
+    ("onsets within the gap on two entities join",
      [ev("a", 0, 10), ev("b", 3, 12)], None, [{"a-0", "b-3"}]),
-    ("within the gap after the end joins",
-     [ev("a", 0, 10), ev("b", 14, 20)], None, [{"a-0", "b-14"}]),
-    ("beyond the gap stays apart",
-     [ev("a", 0, 10), ev("b", 16, 20)], None, [{"a-0"}, {"b-16"}]),
-    ("a chain joins through the middle event",
-     [ev("a", 0, 10), ev("b", 12, 30), ev("c", 33, 40)], None,
-     [{"a-0", "b-12", "c-33"}]),
+    ("onsets exactly the gap apart join",
+     [ev("a", 0, 10), ev("b", 5, 20)], None, [{"a-0", "b-5"}]),
+    ("an onset beyond the gap is a new incident, though the first event still lasts",
+     [ev("a", 0, 60), ev("b", 16, 20)], None, [{"a-0"}, {"b-16"}]),
+    ("a chain of onsets joins through the middle event",
+     [ev("a", 0, 10), ev("b", 4, 30), ev("c", 8, 40)], None,
+     [{"a-0", "b-4", "c-8"}]),
     ("topology: unconnected entities stay apart though they overlap",
      [ev("cart", 0, 10), ev("billing", 2, 10)],
      Topology.from_edges([("cart", "db"), ("billing", "ledger")]), [{"billing-2"}, {"cart-0"}]),
@@ -54,7 +54,10 @@ GROUPING_CASES = [
     ("topology: an entity it does not know joins on time alone",
      [ev("cart", 0, 10), ev("host-7", 2, 10)], CALLS, [{"cart-0", "host-7-2"}]),
     ("one entity's two events in one incident",
-     [ev("a", 0, 5), ev("a", 7, 9), ev("b", 1, 4)], None, [{"a-0", "a-7", "b-1"}]),
+     [ev("a", 0, 2), ev("a", 4, 9), ev("b", 1, 4)], None, [{"a-0", "a-4", "b-1"}]),
+    ("topology: onsets close but too many hops apart",
+     [ev("a", 0, 9), ev("d", 1, 9)], Topology.from_edges([("a", "b"), ("b", "c"), ("c", "d")]),
+     [{"a-0"}, {"d-1"}]),
 ]
 
 
