@@ -5,18 +5,23 @@ direction trains ftml on one day (its labelled faults given as incidents, so cal
 diagnosis use them; nothing of the judged day is seen) and scores the other day through
 ``api.score`` with the call graph (``dependency.csv``) as ``--topology``. For each injected fault
 of the judged day, ftml's answer is the suspect list of the incident group that starts in
-[inject_time - 1 min, inject_time + 10 min] (the earliest such group); no group = a miss in the
+[inject_time - 1 min, inject_time + 5 min] (the earliest such group); no group = a miss in the
 "all faults" rows, left out of the "detected" rows. AC@k: the injected service is among the first
 k suspects; Avg@5: the mean of AC@1..AC@5.
 
-Protocol, fixed before the judged figures were looked at: the ranking weights and the group gap
-(``ftml.incidents.W_*``, ``diagnose.group_gap``) were chosen on the direction that judges
-2022-08-22 (trained on 2022-08-23); the direction that judges 2022-08-23 (trained on 2022-08-22)
-is the held-out one. Both are reported, labelled.
+Protocol, fixed before the held-out figures were looked at: every setting in :data:`CONFIG`
+(detection windows and event rules for faults ~8.5 min apart, the ranking weights
+``diagnose.rank_*``) was chosen on the direction that judges 2022-08-22 (trained on
+2022-08-23), among about a dozen tried; the direction that judges 2022-08-23 (trained on
+2022-08-22) is the held-out one, run once with them. Both are reported, labelled. With ftml's
+default settings the event spans on Nezha last hours (a fault every ~8.5 min, a 30-step
+cooldown, 15-step windows), so most faults start no new incident; the call-graph term of the
+ranking lowered AC@1 on the tuning direction, so it is off here (the graph still splits
+groups). ``ftml, no topology``: the same events grouped and ranked without the call graph.
 
 Baselines on the same faults: ``random`` (expected AC@k = k / entities); ``highest score``
 (entities ranked by their highest window score from ftml's detector within the fault span: no
-grouping, no ranking); ``BARO-style`` (per metric, the robust z of the 10 min after the
+grouping, no ranking); ``BARO-style`` (per metric, the robust z of the 5 min after the
 injection against the 30 min before, median / IQR of the before window, max |z| per entity;
 it is given the true injection time, which ftml is not). The baselines rank every entity, so
 they have no "miss". ``notifications per fault``: events (one per alerting entity, what an
@@ -27,6 +32,7 @@ per scenario, read as one entity by ``bench.datasets.petshop``.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -38,9 +44,17 @@ from bench.common import SkipBench, require_data, row
 
 TITLE = "Root cause across entities (Nezha Online Boutique)"
 BEFORE = pd.Timedelta(minutes=1)  # a group may start this long before the labelled injection
-AFTER = pd.Timedelta(minutes=10)  # ... and this long after
+# ... and this long after: the labelled fault span (Nezha injects a fault every ~8.5 minutes, so
+# a longer span would take the next fault's alerts).
+AFTER = pd.Timedelta(minutes=datasets.NEZHA_FAULT_MINUTES)
 BARO_PRE = pd.Timedelta(minutes=30)
 KS = (1, 2, 3, 4, 5)
+#: ftml settings for Nezha (chosen on the tuning direction, see the protocol above).
+CONFIG: dict = {
+    "features": {"hour_of_day": False, "window": 5, "level_window": 120},
+    "detect": {"cooldown": 5, "merge_gap": 3, "min_windows": 2, "of_windows": 3},
+    "diagnose": {"rank_graph": 0.0},
+}
 
 
 def _ranks_to_metrics(ranks: list[int | None]) -> dict[str, float | None]:
@@ -75,9 +89,28 @@ def _baro(frame: pd.DataFrame, t: pd.Timestamp) -> list[str]:
     return [str(e) for e in score.index]
 
 
-def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str) -> list[dict]:
+def _group_frame(records: list[dict]) -> pd.DataFrame:
+    groups = pd.DataFrame(records)
+    if len(groups):
+        groups["start_ts"] = pd.to_datetime(groups["start"], utc=True)
+        groups["end_ts"] = pd.to_datetime(groups["end"], utc=True)
+    return groups
+
+
+def _first_group(groups: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp):
+    """The earliest group that starts in [lo, hi], or None."""
+    if not len(groups):
+        return None
+    hit = groups[(groups["start_ts"] >= lo) & (groups["start_ts"] <= hi)]
+    return hit.sort_values("start_ts", kind="stable").iloc[0] if len(hit) else None
+
+
+def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
+           config: dict | None = None) -> list[dict]:
     from ftml import api
+    from ftml.bundle import load_model
     from ftml.config import Config
+    from ftml.incidents import Grouping, assign_groups
     from ftml.io import write_table
 
     (tr_frame, tr_inc, _), (te_frame, te_inc, _) = train, test
@@ -87,16 +120,19 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str) ->
     write_table(te_frame, d / "test.parquet")
     write_table(tr_inc, d / "train_incidents.csv")
     api.train([d / "train.parquet"], d / "model", incidents=d / "train_incidents.csv",
-              config=Config())
+              config=Config.from_dict(config or CONFIG, source="bench rca"))
     res = api.score(d / "model", [d / "test.parquet"], windows_out=d / "windows.parquet",
                     topology=topology, groups_out=d / "groups.jsonl")
-    groups = pd.DataFrame(res.groups)
-    if len(groups):
-        groups["start_ts"] = pd.to_datetime(groups["start"], utc=True)
-        groups["end_ts"] = pd.to_datetime(groups["end"], utc=True)
+    groups = _group_frame(res.groups)
+    plain = copy.deepcopy(res.events)
+    model = load_model(d / "model")
+    grouping = api.grouping_of(model)
+    flat = _group_frame(assign_groups(plain, Grouping(grouping.gap, None, model.version,
+                                                      grouping.weights)))
     windows = res.window_table
     entities = sorted(te_frame["entity"].unique())
     ftml_all, ftml_det, top_all, baro_all, top_det, baro_det = [], [], [], [], [], []
+    notopo_all: list[int | None] = []
     events_per, groups_per = [], []
     for inc in te_inc.itertuples(index=False):
         t = pd.Timestamp(inc.start)
@@ -113,6 +149,9 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str) ->
         baro_rank = _rank_of(inc.entity, _baro(te_frame, t))
         top_all.append(top_rank)
         baro_all.append(baro_rank)
+        flat_hit = _first_group(flat, lo, hi)
+        notopo_all.append(_rank_of(inc.entity, [s[0] for s in flat_hit["suspects"]])
+                          if flat_hit is not None else None)
         if len(hit):
             rank = _rank_of(inc.entity, [s[0] for s in hit.iloc[0]["suspects"]])
             ftml_all.append(rank)
@@ -131,6 +170,9 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str) ->
         for key, name in (("ac1", "AC@1"), ("ac3", "AC@3"), ("avg5", "Avg@5")):
             out.append(row(f"{label}, {scope} (n={len(f)}): {name}", fm[key], bm[key],
                            vs="BARO-style", random=rand[key], highest_score=tm[key]))
+    nm = _ranks_to_metrics(notopo_all)
+    for key, name in (("ac1", "AC@1"), ("ac3", "AC@3"), ("avg5", "Avg@5")):
+        out.append(row(f"{label}, all faults, ftml, no topology: {name}", nm[key]))
     out.append(row(f"{label}: notifications per fault, events (before grouping)",
                    float(np.mean(events_per))))
     out.append(row(f"{label}: notifications per fault, groups (after grouping)",

@@ -552,9 +552,11 @@ def grouping_of(model: Model, topology: str | Path | None = None) -> Grouping:
     """How a model's events are grouped: its ``diagnose.group_gap`` and the call graph from
     ``topology`` (else the config's ``diagnose.topology``)."""
     gc = model.config.diagnose
-    path = topology if topology is not None else getattr(gc, "topology", None)
-    return Grouping(gap=model.step * int(getattr(gc, "group_gap", 5)),
-                    topology=load_topology(path), model_version=model.version)
+    # A model saved before these keys existed reads them from the class defaults.
+    path = topology if topology is not None else gc.topology
+    weights = (gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph)
+    return Grouping(gap=model.step * int(gc.group_gap),
+                    topology=load_topology(path), model_version=model.version, weights=weights)
 
 
 def _playbook_matcher(path: str | Path | None):

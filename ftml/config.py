@@ -73,6 +73,13 @@ class DiagnoseConfig:
     # graph, are connected in it) form one incident group (ftml.incidents).
     group_gap: int = 5
     topology: str | None = None  # call graph CSV (source,target[,weight]) for grouping
+    # Weights of the root-cause ranking terms (ftml.incidents.rank_scores): onset order, size
+    # of the change, detector score and, with a call graph, "its callers alert, its callees
+    # do not".
+    rank_onset: float = 1.0
+    rank_size: float = 1.0
+    rank_score: float = 0.5
+    rank_graph: float = 1.5
 
 
 @dataclass

@@ -11,7 +11,7 @@ alerting entity whose callees are quiet is preferred to one whose callees alert.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,10 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, shortest_path
 
+from ftml.config import DiagnoseConfig
 from ftml.errors import InputError
 from ftml.events import Event, iso
 
-#: Weights of the ranking terms (onset order, size of the change, detector score, call graph).
-#: Chosen on Nezha 2022-08-22 (see bench/bench_rca.py); 2022-08-23 is judged with them.
-W_ONSET, W_SIZE, W_SCORE, W_GRAPH = 1.0, 1.0, 0.5, 1.5
 #: Suspects listed per group, and those given evidence.
 MAX_SUSPECTS, EVIDENCE_SUSPECTS = 5, 3
 #: Events of entities at most this many call-graph hops apart may join one group.
@@ -104,6 +102,13 @@ class Grouping:
     gap: pd.Timedelta
     topology: Topology | None = None
     model_version: str = ""
+    # Ranking weights: onset, size, detector score, call graph (diagnose.rank_* in the config).
+    weights: tuple[float, float, float, float] = field(default_factory=lambda: default_weights())
+
+
+def default_weights() -> tuple[float, float, float, float]:
+    d = DiagnoseConfig()
+    return (d.rank_onset, d.rank_size, d.rank_score, d.rank_graph)
 
 
 def group_id(entity: str, start: pd.Timestamp, model_version: str) -> str:
@@ -133,16 +138,21 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
 
 def _components(start: np.ndarray, entity: np.ndarray,
                 grouping: Grouping) -> np.ndarray:
-    """A group label per event: connected components of "started within ``gap`` of each other
-    (and linked in the call graph)". Onsets, not whole spans: on a busy system an entity's
-    event can last for hours across several faults, and every later fault would overlap it;
-    the symptoms of one fault start within minutes of its root. A sweep over the events by
-    start cuts time into clusters first (a new cluster where two consecutive starts are more
-    than ``gap`` apart); only within a cluster are pairs compared."""
+    """A group label per event. Time first: a group opens with the earliest event not yet
+    grouped and takes every event that starts within ``gap`` of it (of the group's first
+    onset, not of the last member: chained onsets would join the faults of a busy system one
+    after another into one). Onsets, not whole spans: an entity's event can last for hours
+    across several faults, and every later fault would overlap it; the symptoms of one fault
+    start within minutes of its root. With a call graph, a time group splits into the
+    connected components of "linked in the graph" (see :data:`MAX_HOPS`)."""
     gap = int(grouping.gap.value)
     order = np.argsort(start, kind="stable")
     s = start[order]
-    new = np.r_[True, np.diff(s) > gap]
+    new = np.zeros(len(s), dtype=bool)
+    i = 0
+    while i < len(s):  # one step per group, not per event
+        new[i] = True
+        i = int(np.searchsorted(s, s[i] + gap, side="right"))
     cluster = np.empty(len(start), dtype=np.int64)
     cluster[order] = np.cumsum(new) - 1
     topo = grouping.topology
@@ -158,8 +168,7 @@ def _components(start: np.ndarray, entity: np.ndarray,
             label[idx] = next_label
             next_label += 1
             continue
-        si, ent = start[idx], entity[idx]
-        close = np.abs(si[:, None] - si[None, :]) <= gap
+        ent = entity[idx]
         codes = np.array([near.index.get(x, -1) for x in ent])
         known = codes >= 0
         linked = np.ones((len(idx), len(idx)), dtype=bool)
@@ -168,7 +177,7 @@ def _components(start: np.ndarray, entity: np.ndarray,
             kc = np.where(known, codes, 0)
             linked[both] = near.hops[kc[:, None], kc[None, :]][both] <= MAX_HOPS
         linked |= ent[:, None] == ent[None, :]
-        k, comp = connected_components(coo_matrix(close & linked).tocsr(), directed=False)
+        k, comp = connected_components(coo_matrix(linked).tocsr(), directed=False)
         label[idx] = comp + next_label
         next_label += k
     return label
@@ -209,7 +218,7 @@ def _rank_group(members: list[Event], grouping: Grouping) -> dict:
     names = per.index.to_numpy(dtype=object)
     scores, graph_note = rank_scores(per["onset"].to_numpy(np.int64), per["size"].to_numpy(float),
                                      per["score"].to_numpy(float), names, grouping.topology,
-                                     int(grouping.gap.value))
+                                     int(grouping.gap.value), grouping.weights)
     rank = np.lexsort((names, per["onset"].to_numpy(), -scores))
     suspects = [[str(names[i]), round(float(scores[i]), 4)] for i in rank[:MAX_SUSPECTS]]
     first_of = {}
@@ -235,7 +244,8 @@ def _rank_group(members: list[Event], grouping: Grouping) -> dict:
 
 
 def rank_scores(onset: np.ndarray, size: np.ndarray, peak: np.ndarray, names: np.ndarray,
-                topology: Topology | None, onset_scale_ns: int) -> tuple[np.ndarray, list[str]]:
+                topology: Topology | None, onset_scale_ns: int,
+                weights: tuple[float, float, float, float]) -> tuple[np.ndarray, list[str]]:
     """Root-cause score of each alerting entity of one group (higher: more likely the root),
     and a short note on what the call graph said about it.
 
@@ -245,13 +255,15 @@ def rank_scores(onset: np.ndarray, size: np.ndarray, peak: np.ndarray, names: np
     peak score and, with a call graph, how much the entity looks like where the fault sits:
     among its alerting neighbours, the share that are callers (they wait on it) rather than
     callees (it waits on them); an entity with quiet callees and no alerting neighbour at all
-    scores 0.5 (nothing to tell)."""
+    scores 0.5 (nothing to tell). ``weights``: of onset, size, score and graph; the result is
+    their weighted mean."""
+    w_onset, w_size, w_score, w_graph = weights
     n = len(names)
     lag = (onset - onset.min()).astype(float)
     onset_term = np.exp(-lag / max(onset_scale_ns, 1))
     log_size = np.log1p(np.maximum(size, 0.0))
     size_term = log_size / log_size.max() if log_size.max() > 0 else np.zeros(n)
-    total = W_ONSET * onset_term + W_SIZE * size_term + W_SCORE * np.clip(peak, 0, 1)
+    total = w_onset * onset_term + w_size * size_term + w_score * np.clip(peak, 0, 1)
     notes = [""] * n
     if topology is not None and n > 1:
         pos = {str(x): i for i, x in enumerate(names)}
@@ -264,11 +276,11 @@ def rank_scores(onset: np.ndarray, size: np.ndarray, peak: np.ndarray, names: np
         known = np.isin(names.astype(str), topology.nodes)
         share = np.where(callers + callees > 0, callers / np.maximum(callers + callees, 1), 0.5)
         graph_term = np.where(known, share, 0.5)
-        total = total + W_GRAPH * graph_term
+        total = total + w_graph * graph_term
         notes = [(f"; {callers[i]} alerting caller(s), {callees[i]} alerting callee(s)"
                   if known[i] else "") for i in range(n)]
-    top = W_ONSET + W_SIZE + W_SCORE + (W_GRAPH if topology is not None and n > 1 else 0.0)
-    return total / top, notes
+    top = w_onset + w_size + w_score + (w_graph if topology is not None and n > 1 else 0.0)
+    return total / max(top, 1e-12), notes
 
 
 def groups_table(records: list[dict]) -> list[dict]:
