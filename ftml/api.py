@@ -376,6 +376,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     if not isinstance(model, Model):
         model = load_model(model)
     matcher = _playbook_matcher(playbooks)
+    grouping = grouping_of(model, topology)  # a bad call graph fails before the work
     read = model.config.read
     builder = model.event_builder()
     # Rows a held-back window needs: the window, the row before it (counter rates) and, for a
@@ -393,7 +394,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    groups = publish_events(events, matcher, out, grouping_of(model, topology), groups_out)
+    groups = publish_events(events, matcher, out, grouping, groups_out)
     table = None
     if windows_out is not None:
         parts = scorer.table_parts

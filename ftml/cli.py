@@ -195,9 +195,11 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
-             calibration_metrics, calibration_incidents, quiet):
+             calibration_metrics, calibration_incidents, quiet, topology):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
@@ -206,7 +208,8 @@ def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
         report._require_matplotlib()  # fail before the work, not after
     ev = run_evaluation(model_dir, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
-                        calibration_incidents=calibration_incidents, quiet=quiet)
+                        calibration_incidents=calibration_incidents, quiet=quiet,
+                        topology=topology)
     click.echo(report.format_text(ev.report))
     if out:
         report.write_json(ev.report, out)

@@ -575,6 +575,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
     if not isinstance(model, Model):
         model = load_model(model)
     matcher = _playbook_matcher(playbooks)
+    grouping = grouping_of(model, topology)  # a bad call graph fails before the work
     read = model.config.read
     files = [str(p.resolve()) for p in expand_paths(metrics)]
     step_ns = int(model.step.value)
@@ -596,7 +597,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
     events = collector.finish()
-    groups = publish_events(events, matcher, out, grouping_of(model, topology), groups_out)
+    groups = publish_events(events, matcher, out, grouping, groups_out)
     table = None
     if windows_out is not None:
         table = collector.window_table()
