@@ -26,8 +26,14 @@ injection against the 30 min before, median / IQR of the before window, max |z| 
 it is given the true injection time, which ftml is not). The baselines rank every entity, so
 they have no "miss". ``notifications per fault``: events (one per alerting entity, what an
 operator was paged for before grouping) and groups starting in the fault span.
-PetShop is not measured here (see the report of issue 18): its issues are single 6-row files
-per scenario, read as one entity by ``bench.datasets.petshop``.
+
+PetShop (``bench.datasets.petshop_nodes``): one entity per node of the call graph (42), its
+latency (average, p50-p99), requests and availability; trained on normal operation plus the
+8 training issues of a scenario (each an incident on its root-cause node), judged on its 18
+test issues (5 steps of 5 min each), with ``graph.csv`` as the topology. A fault's group
+starts within the issue; BARO's before-window is the normal operation. low_traffic tunes,
+high_traffic is held out (the two scenarios with normal data). PetShop splits by case, not by
+time: some training issues were recorded after test issues.
 """
 
 from __future__ import annotations
@@ -42,11 +48,8 @@ import pandas as pd
 from bench import datasets
 from bench.common import SkipBench, require_data, row
 
-TITLE = "Root cause across entities (Nezha Online Boutique)"
+TITLE = "Root cause across entities (Nezha Online Boutique, PetShop)"
 BEFORE = pd.Timedelta(minutes=1)  # a group may start this long before the labelled injection
-# ... and this long after: the labelled fault span (Nezha injects a fault every ~8.5 minutes, so
-# a longer span would take the next fault's alerts).
-AFTER = pd.Timedelta(minutes=datasets.NEZHA_FAULT_MINUTES)
 BARO_PRE = pd.Timedelta(minutes=30)
 KS = (1, 2, 3, 4, 5)
 #: ftml settings for Nezha (chosen on the tuning direction, see the protocol above).
@@ -54,6 +57,16 @@ CONFIG: dict = {
     "features": {"hour_of_day": False, "window": 5, "level_window": 120},
     "detect": {"cooldown": 5, "merge_gap": 3, "min_windows": 2, "of_windows": 3},
     "diagnose": {"rank_graph": 0.0},
+}
+#: ftml settings for PetShop: an issue is 5 steps of 5 min, so windows of 3 steps, an event
+#: from one flagged window, no drift level, and a false-alarm budget of 2 per node-day (at
+#: 0.1, 2 of the 18 tuning issues raised an event); chosen on low_traffic, high_traffic is
+#: held out. The ranking keeps its default weights (the call-graph term raised AC@1 there).
+PETSHOP_CONFIG: dict = {
+    "read": {"step": "300s"},
+    "features": {"hour_of_day": False, "window": 3, "level_window": 0},
+    "detect": {"min_windows": 1, "of_windows": 1, "merge_gap": 1, "cooldown": 1,
+               "alarm_budget": 2.0},
 }
 
 
@@ -70,12 +83,10 @@ def _rank_of(entity: str, ranking: list[str]) -> int | None:
     return ranking.index(entity) + 1 if entity in ranking else None
 
 
-def _baro(frame: pd.DataFrame, t: pd.Timestamp) -> list[str]:
+def _baro(pre: pd.DataFrame, post: pd.DataFrame) -> list[str]:
     """BARO-style ranking: max over metrics of the robust z of the post-injection window
     against the pre-injection one, per entity, largest first."""
-    metrics = [c for c in frame.columns if c not in ("timestamp", "entity")]
-    pre = frame[(frame["timestamp"] >= t - BARO_PRE) & (frame["timestamp"] < t)]
-    post = frame[(frame["timestamp"] >= t) & (frame["timestamp"] <= t + AFTER)]
+    metrics = [c for c in pre.columns if c not in ("timestamp", "entity")]
     med = pre.groupby("entity")[metrics].median()
     iqr = pre.groupby("entity")[metrics].quantile(0.75) - pre.groupby("entity")[metrics].quantile(
         0.25)
@@ -106,14 +117,19 @@ def _first_group(groups: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp):
 
 
 def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
-           config: dict | None = None) -> list[dict]:
+           config: dict | None = None, before: pd.Timedelta = BEFORE,
+           baro_normal: pd.DataFrame | None = None) -> list[dict]:
+    """Train on ``train`` (metrics, incidents), score ``test`` (metrics, faults: entity =
+    the root, start, end) and rank each fault's entities. A fault's group starts in
+    [start - before, end]. BARO's before-window: the 30 min before the fault in the test
+    metrics, or ``baro_normal`` (normal operation) when given."""
     from ftml import api
     from ftml.bundle import load_model
     from ftml.config import Config
     from ftml.incidents import Grouping, assign_groups
     from ftml.io import write_table
 
-    (tr_frame, tr_inc, _), (te_frame, te_inc, _) = train, test
+    (tr_frame, tr_inc), (te_frame, te_inc) = train, test
     d = work / label.replace(" ", "_")
     d.mkdir(parents=True, exist_ok=True)
     write_table(tr_frame, d / "train.parquet")
@@ -136,7 +152,7 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
     events_per, groups_per = [], []
     for inc in te_inc.itertuples(index=False):
         t = pd.Timestamp(inc.start)
-        lo, hi = t - BEFORE, t + AFTER
+        lo, hi = t - before, pd.Timestamp(inc.end)
         evs = [e for e in res.events if lo <= e.start <= hi]
         events_per.append(len(evs))
         hit = (groups[(groups["start_ts"] >= lo) & (groups["start_ts"] <= hi)]
@@ -146,7 +162,10 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
         by_score = [str(e) for e in w.groupby("entity")["score"].max()
                     .sort_values(ascending=False, kind="stable").index]
         top_rank = _rank_of(inc.entity, by_score)
-        baro_rank = _rank_of(inc.entity, _baro(te_frame, t))
+        post = te_frame[(te_frame["timestamp"] >= t) & (te_frame["timestamp"] <= hi)]
+        pre = baro_normal if baro_normal is not None else te_frame[
+            (te_frame["timestamp"] >= t - BARO_PRE) & (te_frame["timestamp"] < t)]
+        baro_rank = _rank_of(inc.entity, _baro(pre, post))
         top_all.append(top_rank)
         baro_all.append(baro_rank)
         flat_hit = _first_group(flat, lo, hi)
@@ -182,6 +201,16 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
     return out
 
 
+def _petshop(root: Path, scenario: str, work: Path, label: str) -> list[dict]:
+    tr, tr_inc, te, issues = datasets.petshop_nodes(root, scenario)
+    faults = pd.DataFrame({"entity": [i.root for i in issues],
+                           "start": [i.start for i in issues], "end": [i.end for i in issues]})
+    graph = root / "petshop" / "dataset" / scenario / "graph.csv"
+    normal = tr[tr["timestamp"] < tr_inc["start"].min()] if len(tr_inc) else tr
+    return _judge((tr, tr_inc), (te, faults), graph, work, label, PETSHOP_CONFIG,
+                  before=pd.Timedelta(0), baro_normal=normal)
+
+
 def run(quick: bool = False) -> list[dict]:
     root = require_data()
     if not (root / "nezha").is_dir():
@@ -195,7 +224,12 @@ def run(quick: bool = False) -> list[dict]:
                            "dependency.csv.gz")
         deps.to_csv(topo, index=False)
         a, b = datasets.NEZHA_DATES
-        rows += _judge(days[a], days[b], topo, work, f"Nezha OB judge {b} (held out)")
+        rows += _judge(days[a][:2], days[b][:2], topo, work, f"Nezha OB judge {b} (held out)")
         if not quick:
-            rows += _judge(days[b], days[a], topo, work, f"Nezha OB judge {a} (tuning)")
+            rows += _judge(days[b][:2], days[a][:2], topo, work, f"Nezha OB judge {a} (tuning)")
+        if (root / "petshop").is_dir():
+            for scenario, role in (("high_traffic", "held out"), ("low_traffic", "tuning")):
+                if quick and role == "tuning":
+                    continue
+                rows += _petshop(root, scenario, work, f"PetShop {scenario} ({role})")
     return rows
