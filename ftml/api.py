@@ -30,7 +30,7 @@ from ftml.features import (
     window_stats,
     window_view,
 )
-from ftml.incidents import Grouping, assign_groups, groups_table, load_topology
+from ftml.incidents import Grouping, assign_groups, grouping_for, groups_table
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -550,14 +550,8 @@ def publish_events(events: list[Event], matcher, out: str | Path | None,
 
 
 def grouping_of(model: Model, topology: str | Path | None = None) -> Grouping:
-    """How a model's events are grouped: its ``diagnose.group_gap`` and the call graph from
-    ``topology`` (else the config's ``diagnose.topology``)."""
-    gc = model.config.diagnose
-    # A model saved before these keys existed reads them from the class defaults.
-    path = topology if topology is not None else gc.topology
-    weights = (gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph)
-    return Grouping(gap=model.step * int(gc.group_gap),
-                    topology=load_topology(path), model_version=model.version, weights=weights)
+    """How a model's events are grouped (see :func:`ftml.incidents.grouping_for`)."""
+    return grouping_for(model, topology)
 
 
 def _playbook_matcher(path: str | Path | None):

@@ -339,9 +339,11 @@ def audit(state_dir, since, entity):
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
-          config_path, log_level):
+          config_path, log_level, topology):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
@@ -355,6 +357,11 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(model_dir)
+    if topology:
+        from ftml.incidents import load_topology
+
+        load_topology(topology)  # a bad call graph fails now, not at the first alert
+        model.config.diagnose.topology = topology
     config = load_config(config_path)
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"

@@ -10,6 +10,7 @@ alerting entity whose callees are quiet is preferred to one whose callees alert.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,18 @@ class Grouping:
     model_version: str = ""
     # Ranking weights: onset, size, detector score, call graph (diagnose.rank_* in the config).
     weights: tuple[float, float, float, float] = field(default_factory=lambda: default_weights())
+
+
+def grouping_for(model, topology: str | Path | None = None) -> Grouping:
+    """How a model's (a :class:`ftml.bundle.Model`) events are grouped: its
+    ``diagnose.group_gap`` and ``rank_*`` weights, and the call graph from ``topology`` (else
+    the config's ``diagnose.topology``). A model saved before these keys existed reads them
+    from the class defaults."""
+    gc = model.config.diagnose
+    path = topology if topology is not None else gc.topology
+    return Grouping(gap=model.step * int(gc.group_gap), topology=load_topology(path),
+                    model_version=model.version,
+                    weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph))
 
 
 def default_weights() -> tuple[float, float, float, float]:
@@ -286,3 +299,40 @@ def rank_scores(onset: np.ndarray, size: np.ndarray, peak: np.ndarray, names: np
 def groups_table(records: list[dict]) -> list[dict]:
     """Group records as written by ``--groups-out`` (lists kept; the writer encodes them)."""
     return [{k: r[k] for k in GROUP_FIELDS} for r in records]
+
+
+#: Events a live grouper keeps: those that started at most this long before the newest.
+LIVE_HORIZON = pd.Timedelta(hours=6)
+#: ... and at most this many (the oldest go first).
+LIVE_MAX_EVENTS = 2000
+
+
+class LiveGrouper:
+    """Grouping for ``ftml watch``: events arrive one at a time (each tick re-diagnoses the
+    open ones); :meth:`assign` keeps the latest version of each recent event and groups them
+    all again, so an event gets the group and suspects that ``ftml score`` would give over the
+    same events. A group can still change while its events arrive: an event that starts
+    earlier but opens later becomes the group's first, and the id follows it."""
+
+    def __init__(self, grouping: Grouping, horizon: pd.Timedelta = LIVE_HORIZON,
+                 max_events: int = LIVE_MAX_EVENTS):
+        self.grouping = grouping
+        self.horizon = horizon
+        self.max_events = max_events
+        self.events_: dict[str, Event] = {}
+
+    def assign(self, event: Event) -> Event:
+        """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""
+        self.events_[event.id] = dataclasses.replace(event)
+        newest = max(pd.Timestamp(e.start) for e in self.events_.values())
+        kept = sorted((e for e in self.events_.values()
+                       if pd.Timestamp(e.start) >= newest - self.horizon),
+                      key=lambda e: pd.Timestamp(e.start))[-self.max_events:]
+        self.events_ = {e.id: e for e in kept}
+        if event.id not in self.events_:  # older than everything kept: grouped on its own
+            kept = [dataclasses.replace(event)]
+        work = [dataclasses.replace(e) for e in kept]
+        assign_groups(work, self.grouping)
+        mine = next(e for e in work if e.id == event.id)
+        event.group, event.suspects, event.evidence = mine.group, mine.suspects, mine.evidence
+        return event

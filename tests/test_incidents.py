@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -179,3 +180,32 @@ def test_score_groups_are_the_same_however_the_input_is_chunked(tmp_path):
         assert set(r["entities"]) == {e.entity for e in members}
         assert r["suspects"][0][0] == members[0].suspects[0][0]
         assert set(r) >= {"start", "end", "entities", "suspects", "cause"}
+
+
+def test_live_grouper_gives_the_batch_groups_as_events_arrive():
+    from ftml.incidents import LiveGrouper
+
+    events = [ev("cart", 0, 10, z=9.0), ev("frontend", 1, 10), ev("checkout", 2, 10),
+              ev("payment", 30, 40), ev("cart", 31, 35)]
+    batch = [dataclasses.replace(e) for e in events]
+    assign_groups(batch, Grouping(GAP, CALLS, "v1"))
+    live = LiveGrouper(Grouping(GAP, CALLS, "v1"))
+    got = []
+    for e in events:  # each event seen while open, then again with its final state
+        live.assign(dataclasses.replace(e))
+    for e in events:
+        got.append(live.assign(dataclasses.replace(e)))
+    assert [(g.group, g.suspects, g.evidence) for g in got] == \
+        [(b.group, b.suspects, b.evidence) for b in batch]
+    assert len({g.group for g in got}) == 2
+
+
+def test_live_grouper_forgets_events_beyond_its_horizon():
+    from ftml.incidents import LiveGrouper
+
+    live = LiveGrouper(Grouping(GAP, None, "v1"), horizon=pd.Timedelta(hours=1))
+    live.assign(ev("a", 0, 5))
+    live.assign(ev("b", 200, 205))
+    assert set(live.events_) == {"b-200"}
+    late = live.assign(ev("c", 1, 4))  # older than the horizon: its own group
+    assert late.group == group_id("c", T0 + pd.Timedelta(minutes=1), "v1")

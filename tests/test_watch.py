@@ -142,14 +142,8 @@ def _batch(model, path):
     return res.events, table.sort_values(["entity", "end_ns"]).reset_index(drop=True)
 
 
-#: Incident grouping fields: set by ``ftml score`` over the whole event list; ``watch`` does not
-#: group yet (issue 18), so they are left out of the comparison.
-GROUP_FIELDS = ("group", "suspects", "evidence")
-
-
 def _events(evs):
-    return sorted(({k: v for k, v in e.to_dict().items() if k not in GROUP_FIELDS}
-                   for e in evs), key=lambda d: (d["entity"], d["start"]))
+    return sorted((e.to_dict() for e in evs), key=lambda d: (d["entity"], d["start"]))
 
 
 # --------------------------------------------------------------------------- same as batch
