@@ -133,18 +133,79 @@ def group_id(entity: str, start: pd.Timestamp, model_version: str) -> str:
 
 def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     """Set ``group``, ``suspects`` and ``evidence`` on every event, in place; returns one
-    record per group (see :data:`GROUP_FIELDS`), by start."""
+    record per group (see :data:`GROUP_FIELDS`), by start. Vectorized over all groups: only
+    the lists written onto the events (top suspects, evidence) are built per group."""
     if grouping is None or not events:
         return []
     start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
+    end = np.array([pd.Timestamp(e.end).value for e in events], dtype=np.int64)
     entity = np.array([str(e.entity) for e in events], dtype=object)
+    score = np.array([float(e.score) for e in events])
+    size = np.array([max(e.top_z, default=0.0) for e in events], dtype=float)
     label = _components(start, entity, grouping)
-    order = np.lexsort((entity, start, label))
-    bounds = np.flatnonzero(np.r_[True, label[order][1:] != label[order][:-1], True])
+    names, ent_code = np.unique(entity.astype(str), return_inverse=True)
+    # Events in group order, each group's in time order (ties: by entity).
+    order = np.lexsort((ent_code, start, label))
+    lab_o = label[order]
+    g_first = np.flatnonzero(np.r_[True, lab_o[1:] != lab_o[:-1]])
+    # Pairs (group, entity): an entity's events in one group are one suspect.
+    pair_key = label.astype(np.int64) * len(names) + ent_code
+    keys, pair_of = np.unique(pair_key, return_inverse=True)
+    n_pairs = len(keys)
+    p_group, p_ent = keys // len(names), keys % len(names)
+    onset = np.full(n_pairs, np.iinfo(np.int64).max)
+    np.minimum.at(onset, pair_of, start)
+    peak = np.full(n_pairs, -np.inf)
+    np.maximum.at(peak, pair_of, score)
+    big = np.zeros(n_pairs)
+    np.maximum.at(big, pair_of, size)
+    # The first event of each pair (in time order): its evidence.
+    first_event = np.empty(n_pairs, dtype=np.int64)
+    po = pair_of[order]
+    is_first = np.zeros(len(order), dtype=bool)
+    _, first_pos = np.unique(po, return_index=True)
+    is_first[first_pos] = True
+    first_event[po[is_first]] = order[is_first]
+    total, callers, callees, known = rank_pairs(
+        p_group, p_ent, names, onset, big, peak, grouping, n_groups=int(label.max()) + 1)
+    # Suspects: by score, then earlier onset, then name.
+    rank = np.lexsort((p_ent, onset, -total, p_group))
+    rg = p_group[rank]
+    starts_of = np.flatnonzero(np.r_[True, rg[1:] != rg[:-1]])
+    bounds = np.r_[starts_of, len(rank)]
+    g_end = np.full(int(label.max()) + 1, np.iinfo(np.int64).min)
+    np.maximum.at(g_end, label, end)
+    g_onset = np.full(int(label.max()) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(g_onset, label, start)
     records = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        members = order[a:b]
-        records.append(_rank_group([events[i] for i in members], grouping))
+    ev_bounds = np.r_[g_first, len(order)]
+    for gi, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        g = int(rg[a])
+        ranked = rank[a:b]
+        first = events[int(order[ev_bounds[gi]])]
+        gid = group_id(first.entity, first.start, grouping.model_version)
+        suspects = [[str(names[p_ent[p]]), round(float(total[p]), 4)]
+                    for p in ranked[:MAX_SUSPECTS]]
+        evidence = []
+        for p in ranked[:EVIDENCE_SUSPECTS]:
+            ev = events[int(first_event[p])]
+            lag = (int(onset[p]) - int(g_onset[g])) / 1e9
+            what = (f"{ev.top_metrics[0]} z={ev.top_z[0]:.1f}" if ev.top_metrics and ev.top_z
+                    else f"score {ev.score:.2f}")
+            when = "moved first" if lag == 0 else f"moved {lag:g}s after the first"
+            graph = (f"; {callers[p]} alerting caller(s), {callees[p]} alerting callee(s)"
+                     if known[p] else "")
+            evidence.append(f"{names[p_ent[p]]}: {what}, {when}{graph}")
+        members = order[ev_bounds[gi]:ev_bounds[gi + 1]]
+        for i in members:
+            ev = events[int(i)]
+            ev.group, ev.suspects, ev.evidence = gid, [list(x) for x in suspects], list(evidence)
+        records.append({
+            "group": gid, "start": iso(pd.Timestamp(int(g_onset[g]), tz="UTC")),
+            "end": iso(pd.Timestamp(int(g_end[g]), tz="UTC")),
+            "entities": [str(names[p_ent[p]]) for p in ranked],
+            "events": [events[int(i)].id for i in members], "suspects": suspects,
+            "cause": events[int(first_event[ranked[0]])].cause, "evidence": evidence})
     records.sort(key=lambda r: (r["start"], r["group"]))
     return records
 
@@ -216,84 +277,66 @@ def _near_entities(topo: Topology, entities: np.ndarray) -> _Near:
     return _Near({e: i for i, e in enumerate(known)}, hops)
 
 
-def _rank_group(members: list[Event], grouping: Grouping) -> dict:
-    """Rank the entities of one group and write the result onto its events."""
-    first = members[0]  # sorted by start, then entity
-    gid = group_id(first.entity, first.start, grouping.model_version)
-    frame = pd.DataFrame({
-        "entity": [str(e.entity) for e in members],
-        "start": [pd.Timestamp(e.start).value for e in members],
-        "score": [float(e.score) for e in members],
-        "size": [max(e.top_z, default=0.0) for e in members],
-    })
-    per = frame.groupby("entity", sort=True).agg(
-        onset=("start", "min"), score=("score", "max"), size=("size", "max"))
-    names = per.index.to_numpy(dtype=object)
-    scores, graph_note = rank_scores(per["onset"].to_numpy(np.int64), per["size"].to_numpy(float),
-                                     per["score"].to_numpy(float), names, grouping.topology,
-                                     int(grouping.gap.value), grouping.weights)
-    rank = np.lexsort((names, per["onset"].to_numpy(), -scores))
-    suspects = [[str(names[i]), round(float(scores[i]), 4)] for i in rank[:MAX_SUSPECTS]]
-    first_of = {}
-    for ev in members:  # members are in time order: the first event of each entity wins
-        first_of.setdefault(str(ev.entity), ev)
-    t0 = int(per["onset"].min())
-    evidence = []
-    for i in rank[:EVIDENCE_SUSPECTS]:
-        ev = first_of[str(names[i])]
-        lag = (int(per["onset"].iloc[i]) - t0) / 1e9
-        what = (f"{ev.top_metrics[0]} z={ev.top_z[0]:.1f}" if ev.top_metrics and ev.top_z
-                else f"score {ev.score:.2f}")
-        when = "moved first" if lag == 0 else f"moved {lag:g}s after the first"
-        evidence.append(f"{names[i]}: {what}, {when}{graph_note[i]}")
-    top_entity = suspects[0][0]
-    cause = first_of[top_entity].cause
-    for ev in members:
-        ev.group, ev.suspects, ev.evidence = gid, [list(s) for s in suspects], list(evidence)
-    return {"group": gid, "start": iso(pd.Timestamp(t0, tz="UTC")),
-            "end": iso(max(pd.Timestamp(e.end) for e in members)),
-            "entities": [str(x) for x in names[rank]], "events": [e.id for e in members],
-            "suspects": suspects, "cause": cause, "evidence": evidence}
+def rank_pairs(group: np.ndarray, entity: np.ndarray, names: np.ndarray, onset: np.ndarray,
+               size: np.ndarray, peak: np.ndarray, grouping: Grouping, n_groups: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Root-cause score (0..1, higher: more likely the root) of every alerting entity of every
+    group at once; ``group``, ``entity`` (codes into ``names``), ``onset``, ``size`` and
+    ``peak`` are one value per (group, entity) pair. Also, per pair, its alerting callers and
+    callees in the group and whether the call graph knows the entity.
 
-
-def rank_scores(onset: np.ndarray, size: np.ndarray, peak: np.ndarray, names: np.ndarray,
-                topology: Topology | None, onset_scale_ns: int,
-                weights: tuple[float, float, float, float]) -> tuple[np.ndarray, list[str]]:
-    """Root-cause score of each alerting entity of one group (higher: more likely the root),
-    and a short note on what the call graph said about it.
-
-    Terms, each in 0..1: onset (the first to move scores 1, one that moved ``onset_scale_ns``
-    later 1/e), size
-    (the log of the largest z of its top metrics against the group's largest), the detector's
-    peak score and, with a call graph, how much the entity looks like where the fault sits:
-    among its alerting neighbours, the share that are callers (they wait on it) rather than
-    callees (it waits on them); an entity with quiet callees and no alerting neighbour at all
-    scores 0.5 (nothing to tell). ``weights``: of onset, size, score and graph; the result is
-    their weighted mean."""
-    w_onset, w_size, w_score, w_graph = weights
-    n = len(names)
-    lag = (onset - onset.min()).astype(float)
-    onset_term = np.exp(-lag / max(onset_scale_ns, 1))
+    Terms, each in 0..1, weighted by ``grouping.weights``: onset (the first to move scores 1,
+    one that moved a group gap later 1/e), size (the log of the largest z of its top metrics
+    against the group's largest), the detector's peak score and, with a call graph, how much
+    the entity looks like where the fault sits: among its alerting neighbours, the share that
+    are callers (they wait on it) rather than callees (it waits on them); an entity with no
+    alerting neighbour scores 0.5 (nothing to tell). A group of one entity has no graph term."""
+    w_onset, w_size, w_score, w_graph = grouping.weights
+    n = len(group)
+    g_onset = np.full(n_groups, np.iinfo(np.int64).max)
+    np.minimum.at(g_onset, group, onset)
+    lag = (onset - g_onset[group]).astype(float)
+    onset_term = np.exp(-lag / max(int(grouping.gap.value), 1))
     log_size = np.log1p(np.maximum(size, 0.0))
-    size_term = log_size / log_size.max() if log_size.max() > 0 else np.zeros(n)
+    g_size = np.zeros(n_groups)
+    np.maximum.at(g_size, group, log_size)
+    size_term = np.divide(log_size, g_size[group], out=np.zeros(n), where=g_size[group] > 0)
     total = w_onset * onset_term + w_size * size_term + w_score * np.clip(peak, 0, 1)
-    notes = [""] * n
-    if topology is not None and n > 1:
+    weight = np.full(n, w_onset + w_size + w_score)
+    callers = np.zeros(n, dtype=np.int64)
+    callees = np.zeros(n, dtype=np.int64)
+    known = np.zeros(n, dtype=bool)
+    topo = grouping.topology
+    if topo is not None:
         pos = {str(x): i for i, x in enumerate(names)}
-        src = np.array([pos.get(x, -1) for x in topology.source])
-        dst = np.array([pos.get(x, -1) for x in topology.target])
-        both = (src >= 0) & (dst >= 0)
-        # callers[i]: alerting entities calling i; callees[i]: alerting entities i calls
-        callers = np.bincount(dst[both], minlength=n)
-        callees = np.bincount(src[both], minlength=n)
-        known = np.isin(names.astype(str), topology.nodes)
-        share = np.where(callers + callees > 0, callers / np.maximum(callers + callees, 1), 0.5)
+        src = np.array([pos.get(x, -1) for x in topo.source], dtype=np.int64)
+        dst = np.array([pos.get(x, -1) for x in topo.target], dtype=np.int64)
+        ok = (src >= 0) & (dst >= 0)
+        src, dst = src[ok], dst[ok]
+        known = np.isin(names.astype(str), topo.nodes)[entity]
+        # For each pair and each call out of its entity: is the callee alerting in the group?
+        key = group * len(names) + entity  # sorted: pairs come from np.unique
+        by_src = np.argsort(src, kind="stable")
+        src_s, dst_s = src[by_src], dst[by_src]
+        lo = np.searchsorted(src_s, entity, side="left")
+        hi = np.searchsorted(src_s, entity, side="right")
+        deg = hi - lo
+        pair_rep = np.repeat(np.arange(n), deg)
+        offs = np.arange(int(deg.sum())) - np.repeat(np.cumsum(deg) - deg, deg)
+        callee_ent = dst_s[np.repeat(lo, deg) + offs]
+        want = group[pair_rep] * len(names) + callee_ent
+        j = np.searchsorted(key, want)
+        hit = (j < n) & (key[np.minimum(j, n - 1)] == want)
+        np.add.at(callees, pair_rep[hit], 1)
+        np.add.at(callers, j[hit], 1)
+        g_count = np.bincount(group, minlength=n_groups)
+        has_graph = g_count[group] > 1
+        share = np.where(callers + callees > 0,
+                         callers / np.maximum(callers + callees, 1), 0.5)
         graph_term = np.where(known, share, 0.5)
-        total = total + w_graph * graph_term
-        notes = [(f"; {callers[i]} alerting caller(s), {callees[i]} alerting callee(s)"
-                  if known[i] else "") for i in range(n)]
-    top = w_onset + w_size + w_score + (w_graph if topology is not None and n > 1 else 0.0)
-    return total / max(top, 1e-12), notes
+        total = total + np.where(has_graph, w_graph * graph_term, 0.0)
+        weight = weight + np.where(has_graph, w_graph, 0.0)
+    return total / np.maximum(weight, 1e-12), callers, callees, known
 
 
 def groups_table(records: list[dict]) -> list[dict]:
@@ -320,9 +363,17 @@ class LiveGrouper:
         self.horizon = horizon
         self.max_events = max_events
         self.events_: dict[str, Event] = {}
+        self.result_: dict[str, tuple] = {}  # id -> (group, suspects, evidence), while valid
 
     def assign(self, event: Event) -> Event:
         """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""
+        known = self.events_.get(event.id)
+        if known is not None and _same_for_grouping(known, event) and event.id in self.result_:
+            # Nothing the grouping reads has changed since the last regrouping (the common
+            # case: an open event seen again on the next tick).
+            event.group, suspects, evidence = self.result_[event.id]
+            event.suspects, event.evidence = [list(x) for x in suspects], list(evidence)
+            return event
         self.events_[event.id] = dataclasses.replace(event)
         newest = max(pd.Timestamp(e.start) for e in self.events_.values())
         kept = sorted((e for e in self.events_.values()
@@ -333,6 +384,12 @@ class LiveGrouper:
             kept = [dataclasses.replace(event)]
         work = [dataclasses.replace(e) for e in kept]
         assign_groups(work, self.grouping)
+        self.result_ = {e.id: (e.group, e.suspects, e.evidence) for e in work}
         mine = next(e for e in work if e.id == event.id)
         event.group, event.suspects, event.evidence = mine.group, mine.suspects, mine.evidence
         return event
+
+
+def _same_for_grouping(a: Event, b: Event) -> bool:
+    return (a.entity, a.start, a.end, a.score, a.top_z, a.top_metrics, a.cause) == \
+        (b.entity, b.start, b.end, b.score, b.top_z, b.top_metrics, b.cause)
