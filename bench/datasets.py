@@ -162,15 +162,16 @@ def _nezha_day(base: Path, date: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def nezha(root: Path) -> Split:
-    """Nezha Online Boutique: train on 2022-08-22, judge 2022-08-23. One entity per service
-    (pod names change between days). An incident runs from the labelled ``inject_time`` for
-    :data:`NEZHA_FAULT_MINUTES`; causes cpu_contention, cpu_consumed, network_delay and
-    code_error (return + exception, which barely show in pod metrics)."""
+NEZHA_DATES = ("2022-08-22", "2022-08-23")
+
+
+def nezha_days(root: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, int]]:
+    """Each Nezha Online Boutique day: (metrics, incidents, faults dropped as outside the
+    metrics' time range). One entity per service; see :func:`nezha`."""
     base = root / "nezha"
     labels = pd.read_csv(base / "labels_index.csv")
     days = {}
-    for date in ("2022-08-22", "2022-08-23"):
+    for date in NEZHA_DATES:
         frame = _nezha_day(base, date)
         lab = labels[labels["date"] == date]
         start = pd.to_datetime(lab["inject_time"], utc=True)
@@ -185,6 +186,15 @@ def nezha(root: Path) -> Split:
         ok = [e in span.index and span.loc[e, "min"] <= s <= span.loc[e, "max"]
               for e, s in zip(inc["entity"], inc["start"], strict=True)]
         days[date] = (frame, inc[ok].reset_index(drop=True), int(len(inc) - sum(ok)))
+    return days
+
+
+def nezha(root: Path) -> Split:
+    """Nezha Online Boutique: train on 2022-08-22, judge 2022-08-23. One entity per service
+    (pod names change between days). An incident runs from the labelled ``inject_time`` for
+    :data:`NEZHA_FAULT_MINUTES`; causes cpu_contention, cpu_consumed, network_delay and
+    code_error (return + exception, which barely show in pod metrics)."""
+    days = nezha_days(root)
     (train, tr_inc, tr_drop), (test, te_inc, te_drop) = days["2022-08-22"], days["2022-08-23"]
     return Split(
         name="Nezha OB", train=train, train_incidents=tr_inc, test=test, test_incidents=te_inc,
@@ -266,3 +276,85 @@ def petshop(root: Path, scenarios: tuple[str, ...] = PETSHOP_SCENARIOS) -> list[
             notes=[f"{len(cols)} series; {len(incs['train'])} train / {len(incs['test'])} test "
                    "issues"]))
     return out
+
+
+#: PetShop's metric series per node, read as one metric column each (``metric|statistic``).
+PETSHOP_NODE_METRICS = ("latency|Average", "latency|p50", "latency|p90", "latency|p95",
+                        "latency|p99", "requests|Sum", "availability|Average")
+
+
+@dataclass
+class PetshopIssue:
+    issue: str
+    root: str  # the root-cause node
+    start: pd.Timestamp
+    end: pd.Timestamp
+    fault_class: str
+
+
+def _petshop_nodes(frame: pd.DataFrame) -> pd.DataFrame:
+    """A PetShop metrics frame (3 header rows) -> long-to-wide per node: timestamp, entity
+    (the node), one column per :data:`PETSHOP_NODE_METRICS`. A series the file lacks, or a
+    step without a datapoint, is 0 (CloudWatch reports nothing when a node has no calls)."""
+    parts = []
+    nodes = sorted(set(c[0] for c in frame.columns))
+    ts = pd.to_datetime(frame.index.astype(float), unit="s", utc=True)
+    for node in nodes:
+        part = pd.DataFrame({"timestamp": ts, "entity": node})
+        for name in PETSHOP_NODE_METRICS:
+            metric, stat = name.split("|")
+            col = (node, metric, stat)
+            part[name] = frame[col].to_numpy(float) if col in frame.columns else 0.0
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True).fillna(0.0)
+
+
+def petshop_nodes(root: Path, scenario: str
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[PetshopIssue]]:
+    """PetShop per node, for root-cause ranking: (train metrics, train incidents, test
+    metrics, test issues). One entity per node of the call graph. Training: normal operation
+    (``noissue``, moved back a whole number of weeks to end before the first issue, as
+    :func:`petshop` does) plus the training issues, each an incident on its root-cause node;
+    test: the test issues (5 steps of 5 min each)."""
+    base = root / "petshop"
+    index = pd.read_csv(base / "labels_index.csv")
+    d = base / "dataset" / scenario
+    issues = {}
+    for split in ("train", "test"):
+        for p in sorted((d / split).glob("issue_*/metrics.csv")):
+            raw = pd.read_csv(p, header=[0, 1, 2], index_col=0)
+            issues[(split, p.parent.name)] = _petshop_nodes(raw)
+    normal = _petshop_nodes(pd.read_csv(d / "noissue" / "metrics.csv.gz", header=[0, 1, 2],
+                                        index_col=0))
+    first_issue = min(f["timestamp"].min() for f in issues.values())
+    week = pd.Timedelta(days=7)
+    shift = week * int(np.ceil((normal["timestamp"].max() - first_issue + week) / week))
+    normal["timestamp"] = normal["timestamp"] - shift
+    nodes = sorted(set(normal["entity"]).union(*(set(f["entity"]) for f in issues.values())))
+    train, test, tr_inc, te_issues = [normal], [], [], []
+    for (split, issue), frame in issues.items():
+        row = index[(index["traffic"] == scenario) & (index["split"] == split) &
+                    (index["issue"] == issue)].iloc[0]
+        t0, t1 = frame["timestamp"].min(), frame["timestamp"].max()
+        rc = str(row["root_cause_node"])
+        cls = petshop_class(str(row["fault_class_derived"]))
+        if split == "train":
+            train.append(frame)
+            tr_inc.append((rc, t0, t1, cls))
+        else:
+            test.append(frame)
+            te_issues.append(PetshopIssue(issue, rc, t0, t1, cls))
+
+    def complete(parts: list[pd.DataFrame]) -> pd.DataFrame:
+        # Every node in every part (a node a file lacks had no calls then: zeros).
+        out = []
+        for part in parts:
+            times = part["timestamp"].drop_duplicates()
+            grid = pd.MultiIndex.from_product([times, nodes], names=["timestamp", "entity"])
+            out.append(part.set_index(["timestamp", "entity"]).reindex(grid, fill_value=0.0)
+                       .reset_index())
+        return (pd.concat(out, ignore_index=True).sort_values(["entity", "timestamp"])
+                .drop_duplicates(["entity", "timestamp"]).reset_index(drop=True))
+
+    return (complete(train), pd.DataFrame(tr_inc, columns=INCIDENT_COLUMNS), complete(test),
+            sorted(te_issues, key=lambda i: i.start))

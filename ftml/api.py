@@ -17,6 +17,7 @@ from ftml.config import Config, ReadConfig
 from ftml.diagnose import load_rules
 from ftml.errors import InputError
 from ftml.events import Event
+from ftml.incidents import grouping_for
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -54,6 +55,7 @@ from ftml.pipeline import (
     split_windows,
     utc_text,
     write_events,
+    write_groups,
 )
 from ftml.playbooks import playbook_matcher
 
@@ -278,7 +280,8 @@ def _late_rows(carry: pd.DataFrame, rows: pd.DataFrame) -> str | None:
 def score(model: Model | str | Path, metrics: Iterable[str | Path],
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
-          quiet: bool = True, scheduler: Any = None) -> ScoreResult:
+          quiet: bool = True, scheduler: Any = None, topology: str | Path | None = None,
+          groups_out: str | Path | None = None) -> ScoreResult:
     """Score metric files with a model; write events (and per-window scores) atomically.
 
     Files are read ``chunk_rows`` rows at a time at most (fewer when that is faster); the
@@ -288,11 +291,13 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         from ftml import distributed
 
         return distributed.score(model, metrics, scheduler, out=out, windows_out=windows_out,
-                                 playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+                                 playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
+                                 topology=topology, groups_out=groups_out)
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
     matcher = playbook_matcher(playbooks)
+    grouping = grouping_for(model, topology)  # a bad call graph fails before the work
     read = model.config.read
     builder = model.event_builder()
     scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None)
@@ -308,11 +313,13 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    write_events(publish_events(events, matcher), out)
+    groups = publish_events(events, matcher, grouping)
+    write_events(events, out)
+    write_groups(groups, groups_out)
     table = None
     if windows_out is not None:
         table = scorer.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
                        round(time.perf_counter() - started, 3), table, scorer.n_flagged,
-                       sorted(scorer.entities))
+                       sorted(scorer.entities), groups)

@@ -40,6 +40,7 @@ AUDIT_COLUMNS = (
     "id", "at", "ts", "kind", "event_id", "entity", "cause", "confidence", "model_version",
     "playbook", "step", "mode", "decision", "reason", "detail", "action", "arguments",
     "exit_code", "output", "duration_s", "verified", "verification", "approval_id",
+    "group_id",
 )
 
 #: Columns shown by ``format_audit`` unless told otherwise.
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
     exit_code INTEGER, output TEXT, duration_s REAL,
     verified INTEGER,              -- 1 passed, 0 failed, NULL not verified
     verification TEXT,             -- JSON: conditions and last readings
-    approval_id TEXT
+    approval_id TEXT,
+    group_id TEXT                  -- the incident group of the event (ftml.incidents)
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE INDEX IF NOT EXISTS audit_entity ON audit (entity, at);
@@ -91,7 +93,15 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(_SCHEMA)
+    add_column(conn, "audit", "group_id", "TEXT")
     return conn
+
+
+def add_column(conn: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Add a column that a state database written by an older ftml lacks."""
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    if column not in have:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class AuditLog:
@@ -132,7 +142,8 @@ class AuditLog:
                                "decision": decision, "model_version": model_version}
         if event is not None:
             row.update(event_id=event.id, entity=event.entity, cause=event.cause,
-                       confidence=_finite(event.confidence))
+                       confidence=_finite(event.confidence),
+                       group_id=getattr(event, "group", "") or None)
         row.update(fields)
         secrets = [s for s in secrets if s]
         for key in ("arguments", "verification"):

@@ -107,7 +107,8 @@ class Model:
         X, last = raw.payload[:, :n_feat], raw.payload[:, n_feat:]
         deviation = self.featurizer.deviation(X).mean(axis=0)
         k = self.config.detect.top_metrics
-        top_metrics = [self.metrics[i] for i in np.argsort(-deviation, kind="stable")[:k]]
+        top_idx = np.argsort(-deviation, kind="stable")[:k]
+        top_metrics = [self.metrics[i] for i in top_idx]
         cause, conf, top, source = UNKNOWN, 0.0, [], "none"
         if self.diagnoser is not None:
             cause, conf, top = self.diagnoser.diagnose(X)
@@ -121,7 +122,8 @@ class Model:
                      end=pd.Timestamp(raw.end_ns, unit="ns", tz="UTC"),
                      score=raw.peak_score, cause=cause, confidence=conf, top_causes=top,
                      top_metrics=top_metrics, cause_source=source, status=status,
-                     id=event_id(raw.entity, start, self.version))
+                     id=event_id(raw.entity, start, self.version),
+                     top_z=[float(x) for x in deviation[top_idx]])
 
 
 def data_digest(data: MetricData) -> str:

@@ -283,11 +283,15 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
+@click.option("--groups-out", type=click.Path(dir_okay=False),
+              help="Incident groups file (.jsonl, .csv, .parquet): one row per group.")
 @_read_options
 @_key_option("verifies")
 @_clean_errors
 def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
-          timestamp_col, entity_col, step, exclude, key_file):
+          timestamp_col, entity_col, step, exclude, key_file, topology, groups_out):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
@@ -298,14 +302,16 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
         _warn_on_causes(load_playbooks(playbooks, known_metrics=model.metrics), model)
     result = api.score(model, metrics, out=out, windows_out=windows_out,
                        playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
-                       scheduler=scheduler or None)
+                       scheduler=scheduler or None, topology=topology,
+                       groups_out=groups_out)
     _warn_on_fit(model, result)
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1
     causes = ", ".join(f"{c}={n}" for c, n in sorted(by_cause.items())) or "-"
-    click.echo(f"{len(result.events)} events ({causes}) in {result.windows} windows of "
-               f"{result.entities} entities, {result.seconds} s -> {out}")
+    click.echo(f"{len(result.events)} events ({causes}) in {len(result.groups)} incident "
+               f"groups, {result.windows} windows of {result.entities} entities, "
+               f"{result.seconds} s -> {out}")
 
 
 @main.command()
@@ -328,12 +334,14 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--calibration-incidents", type=click.Path(dir_okay=False),
               help="Incidents of the calibration metrics.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
 @_read_options
 @_key_option("verifies")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
              calibration_metrics, calibration_incidents, quiet, timestamp_col, entity_col, step,
-             exclude, key_file):
+             exclude, key_file, topology):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
@@ -343,7 +351,8 @@ def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
     ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
-                        calibration_incidents=calibration_incidents, quiet=quiet)
+                        calibration_incidents=calibration_incidents, quiet=quiet,
+                        topology=topology)
     for warning in ev.report.get("warnings") or []:
         click.echo(f"ftml: warning: {warning}", err=True)
     click.echo(report.format_text(ev.report))
@@ -557,12 +566,14 @@ def record(source, out, duration, since, until, step, config_path, quiet):
               help="ftml.yaml; its 'watch:' section configures sources and the loop.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
 @_read_options
 @_key_option("verifies")
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
           wait_for_source, config_path, log_level, timestamp_col, entity_col, step, exclude,
-          key_file):
+          key_file, topology):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
@@ -578,7 +589,13 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
     if config.extra.get("watch") is not None:  # the user's own: checked before any model work
         WatchConfig.from_section(config.extra["watch"], config_path)
         source_config(config.extra["watch"], config_path)
+    if topology:
+        from ftml.incidents import load_topology
+
+        load_topology(topology)  # a bad call graph fails now, not at the first alert
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    if topology:
+        model.config.diagnose.topology = topology
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}
     where = config_path or "model config"
     wcfg = WatchConfig.from_section(section, where)

@@ -72,6 +72,17 @@ class DiagnoseConfig:
     max_depth: int = 6
     target_precision: float = 0.9  # confidence cut: answers above it are this often right
     max_event_windows: int = 32  # windows of an event that the classifier looks at
+    # Events of different entities that overlap within this many steps (and, with a call
+    # graph, are connected in it) form one incident group (ftml.incidents).
+    group_gap: int = 5
+    topology: str | None = None  # call graph CSV (source,target[,weight]) for grouping
+    # Weights of the root-cause ranking terms (ftml.incidents.rank_scores): onset order, size
+    # of the change, detector score and, with a call graph, "its callers alert, its callees
+    # do not".
+    rank_onset: float = 1.0
+    rank_size: float = 1.0
+    rank_score: float = 0.5
+    rank_graph: float = 1.5
 
 
 @dataclass

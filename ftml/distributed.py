@@ -47,6 +47,7 @@ from ftml.diagnose import load_rules
 from ftml.errors import ConfigError, InputError
 from ftml.events import Event
 from ftml.features import Baseline, counter_counts, counters_from_counts
+from ftml.incidents import grouping_for
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -87,6 +88,7 @@ from ftml.pipeline import (
     window_history,
     window_table,
     write_events,
+    write_groups,
 )
 from ftml.playbooks import playbook_matcher
 
@@ -548,7 +550,8 @@ class EventCollector:
 def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: Any,
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
-          task_rows: int = TASK_ROWS, quiet: bool = True) -> ScoreResult:
+          task_rows: int = TASK_ROWS, quiet: bool = True, topology: str | Path | None = None,
+          groups_out: str | Path | None = None) -> ScoreResult:
     """:func:`ftml.api.score` on a Dask cluster (see :func:`connect` for ``scheduler``): the
     same events, sorted the same way. A task holds at most ``min(task_rows, chunk_rows)`` rows.
     Input files must be readable at the same path on every worker."""
@@ -556,6 +559,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
     if not isinstance(model, Model):
         model = load_model(model)
     matcher = playbook_matcher(playbooks)
+    grouping = grouping_for(model, topology)  # a bad call graph fails before the work
     read = model.config.read
     files = [str(p.resolve()) for p in expand_paths(metrics)]
     step_ns = int(model.step.value)
@@ -576,15 +580,17 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     (shared, chunk_rows, windows_out is not None),
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
-    events = publish_events(collector.finish(), matcher)
+    events = collector.finish()
+    groups = publish_events(events, matcher, grouping)
     write_events(events, out)
+    write_groups(groups, groups_out)
     table = None
     if windows_out is not None:
         table = collector.window_table()
         write_table(table, windows_out)
     return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
                        round(time.perf_counter() - started, 3), table, collector.flagged,
-                       sorted(collector.entities))
+                       sorted(collector.entities), groups)
 
 
 # --------------------------------------------------------------------------- training

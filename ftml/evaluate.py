@@ -422,13 +422,14 @@ class Evaluation:
 
 
 def _score_run(name: str, model, paths: list[str], incidents: pd.DataFrame, entity_days: float,
-               tolerance: pd.Timedelta, playbooks, seed: int, quiet: bool) -> Run:
+               tolerance: pd.Timedelta, playbooks, seed: int, quiet: bool,
+               topology: str | Path | None = None) -> Run:
     from ftml import api
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ftml-eval-") as tmp:
         result = api.score(model, paths, windows_out=Path(tmp) / "windows.parquet",
-                           playbooks=playbooks, quiet=quiet)
+                           playbooks=playbooks, quiet=quiet, topology=topology)
     windows = result.window_table
     hit = match_events(result.events, incidents, tolerance)
     first = first_hits(hit, result.events)
@@ -436,10 +437,23 @@ def _score_run(name: str, model, paths: list[str], incidents: pd.DataFrame, enti
     for key in ("diagnosis_accuracy", "diagnosis_abstained"):
         detection.pop(key)
     detection.update(window_metrics(windows, incidents, seed))
+    detection.update(grouping_metrics(result.events, first))
     detection["threshold"] = float(model.threshold)
     return Run(name, float(model.threshold), result.events, windows, first, detection,
                detected_diagnosis(incidents, result.events, first),
                round(time.perf_counter() - started, 3))
+
+
+def grouping_metrics(events: Sequence[Event], first: np.ndarray) -> dict[str, Any]:
+    """Incident groups: how many alerts an operator gets (events) and how many incidents
+    (groups); of the found incidents, the share whose group names the incident's own entity
+    as its top suspect."""
+    found = first[first >= 0]
+    top_right = [events[j].suspects[0][0] == events[j].entity for j in found
+                 if events[j].suspects]
+    return {"groups": len({e.group for e in events if e.group}),
+            "top_suspect_is_incident_entity": (float(np.mean(top_right)) if top_right
+                                               else None)}
 
 
 def recovery_rows(incidents: pd.DataFrame, run: Run, data, playbooks, model
@@ -538,7 +552,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
              calibration_metrics: Iterable[str | Path] | None = None,
              calibration_incidents: str | Path | None = None,
              tolerance: pd.Timedelta = MATCH_TOLERANCE, seed: int = 0,
-             quiet: bool = True) -> Evaluation:
+             quiet: bool = True, topology: str | Path | None = None) -> Evaluation:
     """Score ``metrics`` with ``model`` (a Model or a bundle directory) and judge the result
     against ``incidents``. With ``baselines``, the random and robust z-score baselines go
     through the same pipeline, their thresholds calibrated on ``calibration_metrics`` (default:
@@ -557,7 +571,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
         inc = read_incidents(incidents, data.entities, model.config.read)
     days = entity_days_of(data.frame, data.step)
     runs = {"ftml": _score_run("ftml", model, paths, inc, days, tolerance, playbooks, seed,
-                               quiet)}
+                               quiet, topology)}
     # A model without diagnoser or rules answers 'unknown': counted as abstaining, as for events.
     diagnosed = diagnose_incidents(model, data, inc)
     base_report = None
@@ -574,7 +588,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
             det = baseline_detector(kind, model, seed + 1)  # fresh draws for the evaluated data
             bm = with_detector(model, det, cal["threshold"], kind)
             runs[kind] = _score_run(kind, bm, paths, inc, days, tolerance, playbooks, seed,
-                                    quiet)
+                                    quiet, topology)
             base_report[kind] = {"threshold": cal["threshold"],
                                  "calibration_false_alarms_per_entity_day":
                                      cal["false_alarms_per_entity_day"],

@@ -12,7 +12,8 @@ import pandas as pd
 #: Columns of an event table, in output order.
 EVENT_FIELDS = (
     "id", "entity", "start", "end", "score", "cause", "confidence", "top_causes",
-    "top_metrics", "playbook", "cause_source", "status",
+    "top_metrics", "playbook", "cause_source", "status", "top_z", "group", "suspects",
+    "evidence",
 )
 
 
@@ -42,6 +43,11 @@ class Event:
     cause_source: str = "none"  # "classifier", "rule:<name>" or "none"
     status: str = "resolved"  # "open" while the anomaly lasts (online), else "resolved"
     id: str = ""
+    # z of each top metric against the entity's baseline (largest |z| of the event's windows)
+    top_z: list[float] = field(default_factory=list)
+    group: str = ""  # incident id shared by co-occurring events (ftml.incidents)
+    suspects: list[list] = field(default_factory=list)  # [[entity, score], ...], best first
+    evidence: list[str] = field(default_factory=list)  # why, for the top suspects
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -50,6 +56,8 @@ class Event:
         d["score"] = _round(self.score)
         d["confidence"] = _round(self.confidence)
         d["top_causes"] = [[c, _round(p)] for c, p in self.top_causes]
+        d["top_z"] = [_round(z) for z in self.top_z]
+        d["suspects"] = [[str(e), _round(s)] for e, s in self.suspects]
         return {k: d[k] for k in EVENT_FIELDS}
 
     @classmethod
@@ -67,7 +75,22 @@ class Event:
             cause_source=str(d.get("cause_source", "none")),
             status=str(d.get("status", "resolved")),
             id=str(d.get("id", "")),
+            top_z=[float(z) for z in _listish(d.get("top_z"))],
+            group=str(d.get("group") or ""),
+            suspects=[[str(e), float(s)] for e, s in _listish(d.get("suspects"))],
+            evidence=[str(x) for x in _listish(d.get("evidence"))],
         )
+
+
+def _listish(v: Any) -> list:
+    """A list field as read back: a list, JSON text (CSV output) or nothing."""
+    if isinstance(v, str):
+        import json
+
+        v = json.loads(v) if v.strip() else []
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return []
+    return list(v)
 
 
 def _round(x: float) -> float:

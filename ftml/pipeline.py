@@ -32,6 +32,7 @@ from ftml.diagnose import Diagnoser
 from ftml.errors import InputError
 from ftml.events import Event
 from ftml.features import Featurizer, Windows, detector_view, stats_view, window_stats, window_view
+from ftml.incidents import Grouping, assign_groups, groups_table
 from ftml.io import label_times, to_ns, write_records
 
 # Rows a batch score holds at most per chunk by default.
@@ -278,6 +279,7 @@ class ScoreResult:
     window_table: pd.DataFrame | None = None
     flagged: int | None = None  # windows at or over the threshold (None: not counted)
     entity_names: list[str] | None = None  # the entities scored (None: not kept)
+    groups: list[dict] = field(default_factory=list)  # one record per incident group
 
 
 def write_events(events: list[Event], out: str | Path | None) -> None:
@@ -286,13 +288,22 @@ def write_events(events: list[Event], out: str | Path | None) -> None:
         write_records([e.to_dict() for e in events], out)
 
 
-def publish_events(events: list[Event], matcher) -> list[Event]:
-    """Scored events, in place: each gets its recommended playbook, sorted by entity and start
-    (local and Dask scoring alike)."""
+def publish_events(events: list[Event], matcher, grouping: Grouping | None = None
+                   ) -> list[dict]:
+    """Scored events, in place: each gets its incident group (:mod:`ftml.incidents`) and
+    recommended playbook, sorted by entity and start (local and Dask scoring alike). Returns
+    the group records."""
+    groups = assign_groups(events, grouping)
     for ev in events:
         ev.playbook = matcher(ev)
     events.sort(key=lambda e: (e.entity, e.start))
-    return events
+    return groups
+
+
+def write_groups(groups: list[dict], out: str | Path | None) -> None:
+    """One row per incident group to ``out``, atomically; nothing when ``out`` is None."""
+    if out is not None:
+        write_records(groups_table(groups), out)
 
 
 # --------------------------------------------------------------------------- training

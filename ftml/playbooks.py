@@ -66,6 +66,8 @@ ACTION_KINDS = {k.name: k for k in (
     ActionKind("escalate", "read_escalate", changes=False),
 )}
 #: Built-in action kinds; templates add names that stand for ``exec``.
+#: What a playbook acts on: the alerting entity, or its incident group's top suspect.
+TARGETS = ("entity", "root")
 ACTIONS = tuple(ACTION_KINDS)
 
 #: Event fields that ``{placeholders}`` may name. Nothing else is reachable from a template.
@@ -250,12 +252,16 @@ class Playbook:
     mode: str | None = None  # None: the file's default
     escalate: NotifyAction | None = None  # run when the ladder is exhausted
     line: int = 0
+    # "entity": act on the alerting entity; "root": on its incident group's top suspect
+    target: str = "entity"
 
     @property
     def digest(self) -> str:
         """Fingerprint of what this playbook does, so an approval runs exactly what was approved."""
         data = dataclasses.asdict(self)
         data.pop("line")
+        if data["target"] == "entity":  # the default: digests of older playbooks stay
+            data.pop("target")
         for step in data["steps"]:
             step.pop("line")
         text = json.dumps(data, sort_keys=True, default=repr)
@@ -867,7 +873,7 @@ class _Reader:
 
     def read_playbook(self, value: Any, path: tuple) -> Playbook:
         p = self.mapping(value, path, ("name", "cause", "entity", "min_confidence", "mode",
-                                       "verify", "escalate", "steps"),
+                                       "verify", "escalate", "steps", "target"),
                          required=("name", "cause", "steps"))
         name = self.text(p["name"], path + ("name",), "name")
         cause = self.text(p["cause"], path + ("cause",), "cause")
@@ -876,6 +882,11 @@ class _Reader:
             if "min_confidence" in p else None
         mode = self.mode(p["mode"], path + ("mode",)) if "mode" in p else None
         verify = self.read_verify(p["verify"], path + ("verify",)) if "verify" in p else None
+        target = p.get("target", "entity")
+        if target not in TARGETS:
+            raise self.fail(path + ("target",), f"target must be one of {', '.join(TARGETS)}, "
+                            f"got {target!r}",
+                            hint="'root' acts on the incident group's top suspect")
         escalate = None
         if "escalate" in p:
             escalate = self.read_notify(p["escalate"], path + ("escalate",), escalate=True)
@@ -889,7 +900,7 @@ class _Reader:
                                 hint="escalate ends the ladder; make it the last step")
         return Playbook(name=name, cause=cause, steps=tuple(steps), entity=entity,
                         min_confidence=min_conf, mode=mode, escalate=escalate,
-                        line=self.line(path))
+                        line=self.line(path), target=target)
 
     def read_step(self, value: Any, path: tuple, playbook_verify: Verify | None) -> Step:
         known = list(ACTIONS) + list(self.templates)

@@ -43,7 +43,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from ftml.audit import OUTPUT_LIMIT, AuditLog, db_path, excerpt, format_audit, redact
+from ftml.audit import (
+    OUTPUT_LIMIT,
+    AuditLog,
+    add_column,
+    db_path,
+    excerpt,
+    format_audit,
+    redact,
+)
 from ftml.config import recovery_mode
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
@@ -1161,7 +1169,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 """
 
 _RUN_COLUMNS = ("id", "entity", "playbook", "event_id", "mode", "started", "deadline", "ended",
-                "outcome")
+                "outcome", "group_id")
 _APPROVAL_COLUMNS = ("id", "created", "expires", "entity", "playbook", "digest", "event",
                      "status", "decided", "by")
 
@@ -1170,6 +1178,7 @@ def _open_state(state_dir: str | Path | None) -> AuditLog:
     audit = AuditLog(Path(state_dir) if state_dir is not None else ":memory:")
     with audit.lock:
         audit.conn.executescript(_ENGINE_SCHEMA)
+        add_column(audit.conn, "runs", "group_id", "TEXT")
     return audit
 
 
@@ -1208,7 +1217,9 @@ class RecoveryEngine:
     # -- public --------------------------------------------------------------------
 
     def handle(self, event: Event) -> Decision:
-        """Decide for one event and, if the decision is to act, run the ladder."""
+        """Decide for one event and, if the decision is to act, run the ladder. A playbook with
+        ``target: root`` acts on the event's incident group's top suspect instead."""
+        event = self._aim(event)
         now = self.clock.now()
         self._expire(now)
         run_id = None
@@ -1287,6 +1298,18 @@ class RecoveryEngine:
 
     # -- deciding ------------------------------------------------------------------
 
+    def _aim(self, event: Event) -> Event:
+        """The event as the engine acts on it: for a ``target: root`` playbook, on the top
+        suspect of the event's group (when the same playbook applies there too)."""
+        if not event.group or not event.suspects or event.status == "resolved":
+            return event
+        root = str(event.suspects[0][0])
+        playbook = self.playbooks.match(event)
+        if playbook is None or playbook.target != "root" or root == event.entity:
+            return event
+        aimed = dataclasses.replace(event, entity=root)
+        return aimed if playbook.matches(aimed) else event
+
     def _decide(self, conn: Any, event: Event, now: float,
                 approved: Playbook | None = None) -> Decision:
         """The decision for ``event`` at ``now``; the checks run in a fixed order."""
@@ -1302,6 +1325,10 @@ class RecoveryEngine:
         if approved is None:
             if event.status == "resolved":
                 return skip(Reason.RESOLVED, f"the event ended at {iso(event.end)}")
+            root = self._group_recovery(conn, event, now)
+            if root is not None:
+                return skip(Reason.AFTERMATH, f"a symptom of incident {event.group}: "
+                            f"'{root['playbook']}' recovers its root {root['entity']}")
             candidates = pbs.candidates(event)
             if not candidates:
                 return skip(Reason.NO_PLAYBOOK,
@@ -1476,10 +1503,23 @@ class RecoveryEngine:
         conn.execute("DELETE FROM runs WHERE ended IS NOT NULL AND ended < ?", (now - horizon,))
         budget = sum(s.timeout + (s.verify.timeout if s.verify else 0) for s in playbook.steps)
         cur = conn.execute("INSERT INTO runs (entity, playbook, event_id, mode, started, "
-                           "deadline) VALUES (?, ?, ?, ?, ?, ?)",
+                           "deadline, group_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (event.entity, playbook.name, event.id, mode, now,
-                            now + budget + self.playbooks.defaults.step_timeout))
+                            now + budget + self.playbooks.defaults.step_timeout,
+                            event.group or None))
         return int(cur.lastrowid)
+
+    def _group_recovery(self, conn: Any, event: Event, now: float) -> Any:
+        """A run on another entity of the event's incident group, running or ended within the
+        cooldown: the event is a symptom of what that run recovers."""
+        if not event.group:
+            return None
+        return conn.execute(
+            "SELECT entity, playbook FROM runs WHERE group_id = ? AND entity != ? AND "
+            "started <= ? AND ((ended IS NULL AND deadline > ?) OR ended > ?) "
+            "ORDER BY started DESC LIMIT 1",
+            (event.group, event.entity, now, now,
+             now - self.playbooks.defaults.cooldown)).fetchone()
 
     def _end_run(self, conn: Any, run_id: int, ended: float, outcome: str) -> None:
         conn.execute("UPDATE runs SET ended = ?, outcome = ? WHERE id = ?",

@@ -243,8 +243,12 @@ class AlertmanagerSink:
         at = pd.Timestamp(record["at"])
         labels = {"alertname": ALERTNAME, "entity": str(record["entity"]),
                   "cause": str(record["cause"]), "severity": str(record["severity"]),
-                  "id": str(record["id"])}
+                  "id": str(record["id"]),
+                  # An Alertmanager route with group_by: [group] notifies once per incident;
+                  # an event outside any group is its own incident.
+                  "group": str(ev.get("group") or record["id"])}
         top = ", ".join(ev.get("top_metrics") or [])
+        suspects = ev.get("suspects") or []
         annotations = {
             "summary": f"{record['cause']} on {record['entity']} (score {ev['score']:.3f})",
             "confidence": f"{float(ev.get('confidence') or 0.0):.3f}",
@@ -253,6 +257,9 @@ class AlertmanagerSink:
             "score": f"{float(ev['score']):.4f}",
             "diagnosed_cause": str(ev.get("cause")),
             "model_version": str(record.get("model_version") or ""),
+            "suspect": str(suspects[0][0]) if suspects else str(record["entity"]),
+            "suspects": ", ".join(f"{e} {float(x):.2f}" for e, x in suspects),
+            "evidence": "; ".join(ev.get("evidence") or []),
         }
         if record["status"] == "resolved":
             ends = record["ends_at"]

@@ -51,6 +51,7 @@ from ftml.diagnose import UNKNOWN
 from ftml.errors import ConfigError, FtmlError
 from ftml.events import Event
 from ftml.features import Windows, level_of_sums, level_units, window_features
+from ftml.incidents import LiveGrouper, grouping_for
 from ftml.io import atomic_path, normalise, to_ns, write_text
 from ftml.pipeline import carry_steps, gate_of
 from ftml.playbooks import RECOVERED_PREFIX
@@ -1192,10 +1193,18 @@ class Watcher:
 
     def _diagnose(self, raw: RawEvent, status: str) -> Event:
         ev = self.model.to_event(raw, status=status)
+        self._incidents().assign(ev)
         if self.engine is not None:
             pb = self.engine.playbooks.match(ev)
             ev.playbook = pb.name if pb is not None else None
         return ev
+
+    def _incidents(self) -> LiveGrouper:
+        """The live incident grouper (made on first use, from the model's config)."""
+        grouper = self.__dict__.get("_grouper")
+        if grouper is None:
+            grouper = self.__dict__["_grouper"] = LiveGrouper(grouping_for(self.model))
+        return grouper
 
     def _severity(self, cause: str) -> str:
         return self.config.severity.get(cause, self.config.default_severity)

@@ -211,3 +211,39 @@ def test_real_nezha_and_nab_splits_are_time_ordered_with_incidents_in_range():
     assert set(nezha.test_incidents["cause"]) == {"cpu_contention", "cpu_consumed",
                                                   "network_delay", "code_error"}
     assert nezha.train["timestamp"].max() < pd.Timestamp("2022-08-23", tz="UTC")
+
+
+# --------------------------------------------------------------------------- bench rca
+
+
+@pytest.mark.parametrize("ranks, expected", [
+    ([1, 1], (1.0, 1.0, 1.0)),
+    ([1, None], (0.5, 0.5, 0.5)),  # a miss counts in every AC@k
+    ([2, 6], (0.0, 0.5, 0.4)),  # AC@1..5 = 0, .5, .5, .5, .5
+])
+def test_rca_accuracy_at_k(ranks, expected):
+    from bench import bench_rca
+
+    got = bench_rca._ranks_to_metrics(ranks)
+    assert (got["ac1"], got["ac3"], got["avg5"]) == pytest.approx(expected)
+
+
+def test_rca_baro_ranks_the_entity_that_moved_most_against_its_before_window():
+    from bench import bench_rca
+
+    t = pd.date_range("2026-01-01", periods=40, freq="min", tz="UTC")
+    rng = np.random.default_rng(0)
+    frame = pd.concat([pd.DataFrame({"timestamp": t, "entity": e,
+                                     "cpu": 10 + rng.normal(0, 1, 40) + jump * (np.arange(40)
+                                                                                >= 30)})
+                       for e, jump in (("a", 3.0), ("b", 20.0), ("c", 0.0))])
+    pre, post = frame[frame["timestamp"] < t[30]], frame[frame["timestamp"] >= t[30]]
+    assert bench_rca._baro(pre, post)[:2] == ["b", "a"]
+
+
+def test_rca_skips_cleanly_without_data(tmp_path, monkeypatch):
+    from bench import bench_rca
+
+    monkeypatch.setenv("FTML_DATA", str(tmp_path / "absent"))
+    with pytest.raises(SkipBench, match="not found"):
+        bench_rca.run()

@@ -31,7 +31,9 @@ from ftml.bundle import load_model  # noqa: E402
 from ftml.detect import FlagGate, IsolationDetector  # noqa: E402
 from ftml.diagnose import CLASSIFIERS, Diagnoser  # noqa: E402
 from ftml.features import Featurizer  # noqa: E402
+from ftml.incidents import grouping_for  # noqa: E402
 from ftml.io import MetricData  # noqa: E402
+from ftml.pipeline import publish_events  # noqa: E402
 from ftml.recover import FakeClock  # noqa: E402
 from ftml.watch import Watcher  # noqa: E402
 
@@ -189,7 +191,9 @@ def _dask_partitions(groups, slices):
         collector = fd.EventCollector(model)
         for task in the_plan.tasks:
             collector.add(fd.score_task(model, 5000, False, task))
-        return collector.finish()
+        events = collector.finish()
+        publish_events(events, lambda ev: None, grouping_for(model))  # as fd.score does
+        return events
     return run
 
 

@@ -470,3 +470,33 @@ def test_help_and_version_import_no_heavy_library(args):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_score_groups_out_and_topology(tmp_path, model_dir, good_metrics):
+    topo = tmp_path / "calls.csv"
+    topo.write_text("source,target\nweb-1,db-1\nweb-2,db-1\n")
+    out, groups = tmp_path / "events.jsonl", tmp_path / "groups.csv"
+    result = run(["score", "--model", str(model_dir), "--metrics", str(good_metrics),
+                  "--out", str(out), "--topology", str(topo), "--groups-out", str(groups)])
+    assert result.exit_code == 0, result.output
+    assert "incident groups" in result.output
+    table = pd.read_csv(groups)
+    assert list(table.columns) == ["group", "start", "end", "entities", "events", "suspects",
+                                   "cause", "evidence"]
+    events = pd.read_json(out, lines=True)
+    assert len(table) == events["group"].nunique()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("source,target\nweb-1,\n", "empty source or target"),
+    ("only\n", "two columns"),
+])
+def test_score_rejects_a_bad_topology_before_the_work(tmp_path, model_dir, good_metrics,
+                                                      content, expected):
+    topo = tmp_path / "calls.csv"
+    topo.write_text(content)
+    out, groups = tmp_path / "events.jsonl", tmp_path / "groups.csv"
+    result = run(["score", "--model", str(model_dir), "--metrics", str(good_metrics),
+                  "--out", str(out), "--topology", str(topo), "--groups-out", str(groups)])
+    assert_clean_failure(result, "calls.csv", expected, out=out)
+    assert not groups.exists()

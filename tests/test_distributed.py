@@ -28,7 +28,9 @@ from ftml.cli import main  # noqa: E402
 from ftml.config import load_config  # noqa: E402
 from ftml.errors import ConfigError  # noqa: E402
 from ftml.features import counters_from_counts, detect_counters  # noqa: E402
-from ftml.io import infer_step, read_metrics, write_records  # noqa: E402
+from ftml.incidents import grouping_for  # noqa: E402
+from ftml.io import infer_step, read_metrics  # noqa: E402
+from ftml.pipeline import publish_events, write_events  # noqa: E402
 from ftml.simulate import simulate_fleet  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -244,8 +246,10 @@ def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
     collector = fd.EventCollector(model)
     for task in the_plan.tasks:
         collector.add(fd.score_task(model, 5000, False, task))
-    events = sorted(collector.finish(), key=lambda e: (e.entity, e.start))
-    write_records([e.to_dict() for e in events], tmp_path / "events.jsonl")
+    events = collector.finish()
+    # As ftml score does (local and Dask): incident groups over the whole list, then sorted.
+    publish_events(events, lambda ev: None, grouping_for(model))
+    write_events(events, tmp_path / "events.jsonl")
     assert (tmp_path / "events.jsonl").read_bytes() == (tmp / "local.jsonl").read_bytes()
 
 

@@ -311,3 +311,14 @@ def test_cli_evaluate_bad_input_is_one_line_and_exit_2(fleet, tmp_path, case):
                                     str(metrics), "--incidents", str(incidents)])
     assert res.exit_code == 2, res.output
     assert res.output.count("\n") == 1 and res.output.startswith("ftml: error:")
+
+
+def test_grouping_metrics_count_groups_and_right_top_suspects():
+    from ftml.evaluate import grouping_metrics
+
+    t = pd.Timestamp("2026-01-01T00:00:00Z")
+    evs = [Event(entity=e, start=t, end=t, score=0.9, group=g, suspects=[[top, 0.9]], id=e)
+           for e, g, top in (("a", "g1", "a"), ("b", "g1", "a"), ("c", "g2", "x"))]
+    got = grouping_metrics(evs, np.array([0, 1, 2, -1]))  # incident 4 not found
+    assert got == {"groups": 2, "top_suspect_is_incident_entity": 1 / 3}
+    assert grouping_metrics(evs, np.array([-1]))["top_suspect_is_incident_entity"] is None

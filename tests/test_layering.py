@@ -19,7 +19,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("io", {"io", "sources", "simulate"}),
     ("features", {"features"}),
     ("detect", {"detect", "fast"}),
-    ("diagnose", {"diagnose"}),
+    ("diagnose", {"diagnose", "incidents"}),
     ("model", {"bundle"}),
     ("pipeline core", {"pipeline"}),
     ("recover", {"playbooks", "audit", "recover"}),

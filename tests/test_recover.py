@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from ftml.audit import read_audit
-from ftml.errors import ActionError, ConfigError
+from ftml.errors import ActionError, ConfigError, PlaybookError
 from ftml.events import Event
 from ftml.playbooks import parse_playbooks
 from ftml.recover import (
@@ -1211,3 +1211,92 @@ def test_replay_times_are_never_negative_and_cells_never_nan():
                for r in result.rows())
     text = str(result)
     assert "nan" not in text.lower() and "-36" not in text
+
+
+# --------------------------------------------------------------------------- target: root
+
+ROOT_BOOK = """
+version: 1
+defaults: {mode: auto, min_confidence: 0.5, cooldown: 10m}
+playbooks:
+  - name: restart-root
+    cause: latency
+    target: root
+    steps:
+      - exec: [/usr/local/bin/restart-app, "{entity}"]
+  - name: restart-here
+    cause: cpu
+    steps:
+      - exec: [/usr/local/bin/restart-app, "{entity}"]
+"""
+
+
+def grouped(entity, cause="latency", group="g1", root="cart", at=T0):
+    ev = event(entity=entity, cause=cause, at=at)
+    ev.group, ev.suspects = group, [[root, 0.9], [entity, 0.5]]
+    return ev
+
+
+def test_target_root_acts_on_the_groups_top_suspect_and_symptoms_are_aftermath(tmp_path):
+    runner = FakeRunner()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=runner,
+                            metrics=ScriptedReader(clock, {}), state_dir=tmp_path / "state")
+    first = engine.handle(grouped("frontend"))  # a caller alerts first
+    assert first.decision == "act" and first.entity == "cart"
+    assert runner.calls[0][1]["entity"] == "cart"  # the action ran on the root
+    clock.advance(60)
+    # Another symptom of the same incident: its root is already being recovered.
+    again = engine.handle(grouped("checkout"))
+    assert again.decision == "skip" and again.entity == "cart"
+    # A symptom whose playbook acts where it alerts is the recovery's aftermath.
+    here = engine.handle(grouped("checkout", cause="cpu"))
+    assert (here.decision, here.reason) == ("skip", "aftermath")
+    assert "incident g1" in here.detail and "cart" in here.detail
+    assert len(runner.calls) == 1
+    # Another incident is not held back by this one.
+    other = engine.handle(grouped("payment", cause="cpu", group="g2", root="payment"))
+    assert other.decision == "act"
+    groups = {r["group_id"] for r in engine.audit.read() if r["kind"] == "decision"}
+    assert groups == {"g1", "g2"}
+    engine.close()
+
+
+def test_target_root_without_a_group_acts_where_it_alerts():
+    runner = FakeRunner()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=runner,
+                            metrics=ScriptedReader(clock, {}))
+    d = engine.handle(event(entity="frontend", cause="latency"))
+    assert d.decision == "act" and runner.calls[0][1]["entity"] == "frontend"
+
+
+def test_target_must_be_entity_or_root():
+    with pytest.raises(PlaybookError, match="target must be one of entity, root"):
+        playbooks(ROOT_BOOK.replace("target: root", "target: upstream"))
+    book = playbooks(ROOT_BOOK)
+    assert [p.target for p in book.playbooks] == ["root", "entity"]
+
+
+def test_old_state_database_gains_the_group_columns(tmp_path):
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    conn = sqlite3.connect(state / "state.db")
+    conn.executescript("CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT "
+                       "NULL, ts TEXT NOT NULL, kind TEXT NOT NULL, event_id TEXT, entity TEXT, "
+                       "cause TEXT, confidence REAL, model_version TEXT, playbook TEXT, step "
+                       "INTEGER, mode TEXT, decision TEXT NOT NULL, reason TEXT, detail TEXT, "
+                       "action TEXT, arguments TEXT, exit_code INTEGER, output TEXT, duration_s "
+                       "REAL, verified INTEGER, verification TEXT, approval_id TEXT);"
+                       "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT "
+                       "NULL, playbook TEXT NOT NULL, event_id TEXT, mode TEXT NOT NULL, started "
+                       "REAL NOT NULL, deadline REAL NOT NULL, ended REAL, outcome TEXT);")
+    conn.close()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=FakeRunner(),
+                            metrics=ScriptedReader(clock, {}), state_dir=state)
+    assert engine.handle(grouped("frontend")).decision == "act"
+    assert engine.audit.read()[-1]["group_id"] == "g1"
+    engine.close()

@@ -164,7 +164,8 @@ def test_alertmanager_payload_labels_annotations_and_times(receiver):
     sink.send(record("resolved"))
     firing, resolved = receiver.bodies[0][0], receiver.bodies[1][0]
     assert firing["labels"] == {"alertname": ALERTNAME, "entity": "web-1",
-                                "cause": "cpu_hog", "severity": "critical", "id": "abc123"}
+                                "cause": "cpu_hog", "severity": "critical", "id": "abc123",
+                                "group": "abc123"}  # no group: the event is its own
     assert resolved["labels"] == firing["labels"]
     ann = firing["annotations"]
     assert ann["confidence"] == "0.930" and ann["top_metrics"] == "cpu, latency"
@@ -173,6 +174,23 @@ def test_alertmanager_payload_labels_annotations_and_times(receiver):
     # Firing: endsAt ahead of now (refreshed by re-sends); resolved: when it ended.
     assert pd.Timestamp(firing["endsAt"]) > pd.Timestamp.now(tz="UTC")
     assert resolved["endsAt"] == "2026-02-01T10:21:00Z"
+
+
+def test_alertmanager_alerts_of_one_group_share_its_label_and_name_the_suspect():
+    sink = AlertmanagerSink("http://127.0.0.1:9093")
+    bodies = []
+    for entity, eid in (("frontend", "e1"), ("cart", "e2")):
+        ev = event(entity=entity, id=eid, group="g42", suspects=[["cart", 0.9],
+                                                                  ["frontend", 0.4]],
+                   evidence=["cart: cpu z=8.0, moved first"])
+        bodies += sink.payload(alert_record(ev, "firing", AT, cause="cpu_hog",
+                                            severity="critical", revision=0,
+                                            model_version="m1", step_s=60))
+    assert [b["labels"]["group"] for b in bodies] == ["g42", "g42"]
+    assert [b["labels"]["id"] for b in bodies] == ["e1", "e2"]
+    assert {b["annotations"]["suspect"] for b in bodies} == {"cart"}
+    assert bodies[0]["annotations"]["suspects"] == "cart 0.90, frontend 0.40"
+    assert bodies[0]["annotations"]["evidence"] == "cart: cpu z=8.0, moved first"
 
 
 def test_alertmanager_revision_resolves_the_old_label_set_and_fires_the_new():

@@ -31,6 +31,7 @@ from ftml.features import (
     window_features,
     window_stats,
 )
+from ftml.incidents import assign_groups, grouping_for
 from ftml.io import MetricData, iter_metric_rows, normalise, read_metrics, to_ns
 
 # --------------------------------------------------------------------------- window stats
@@ -300,6 +301,7 @@ def _reference_events(model, metrics):
     builder = model.event_builder()
     raws = builder.push(w.entity, w.end_ns, scores, model.payload(w)) + builder.flush()
     events = sorted((model.to_event(r) for r in raws), key=lambda e: (e.entity, e.start))
+    assign_groups(events, grouping_for(model))  # the incident stage, over the whole list
     return [e.to_dict() for e in events], w, scores, len(data.frame)
 
 

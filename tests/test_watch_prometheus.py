@@ -469,3 +469,64 @@ def test_the_node_exporter_example_config_records_every_metric(node_exporter_bin
     # the rise rule takes it: not asserted here).
     counters = detect_counters(data.values(), codes, data.metrics)
     assert {m for m in queries if m.endswith("_total")} <= set(counters)
+
+
+def test_alertmanager_groups_an_incident_into_one_notification(prometheus_binaries, procs,
+                                                               tmp_path):
+    """A real Alertmanager routing with ``group_by: [group]``: the alerts ftml sends for the
+    events of one incident group arrive at the receiver as one notification, naming the
+    suspect; another incident is another notification."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ftml.events import Event
+    from ftml.sinks import AlertmanagerSink, alert_record
+
+    notifications: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            notifications.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    am_port = _free_port()
+    (tmp_path / "alertmanager.yml").write_text(
+        "route: {receiver: hook, group_by: [group], group_wait: 2s, group_interval: 1m, "
+        "repeat_interval: 1h}\n"
+        f"receivers: [{{name: hook, webhook_configs: [{{url: "
+        f"'http://127.0.0.1:{hook.server_port}/'}}]}}]\n")
+    am = procs.start("alertmanager", [
+        ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}",
+        f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address="])
+    am_url = f"http://127.0.0.1:{am_port}"
+    try:
+        _wait("Alertmanager ready", lambda: _get(f"{am_url}/api/v2/status"), 60, [am])
+        sink = AlertmanagerSink(am_url)
+        now = pd.Timestamp.now(tz="UTC").floor("s")
+        incidents = {"g-one": ["cart", "frontend", "checkout"], "g-two": ["payment"]}
+        for group, entities in incidents.items():
+            for entity in entities:
+                ev = Event(entity=entity, start=now, end=now, score=0.9, cause="latency",
+                           status="open", id=f"{group}-{entity}", group=group,
+                           suspects=[[entities[0], 0.9]])
+                sink.send(alert_record(ev, "firing", now.timestamp(), cause="latency",
+                                       severity="critical", revision=0, model_version="m",
+                                       step_s=1))
+        _wait("two notifications", lambda: len(notifications) >= 2, 60, [am])
+        time.sleep(3)  # nothing more arrives: one notification per incident
+        assert len(notifications) == 2
+        by_group = {n["groupLabels"]["group"]: n for n in notifications}
+        assert set(by_group) == set(incidents)
+        one = by_group["g-one"]["alerts"]
+        assert sorted(a["labels"]["entity"] for a in one) == ["cart", "checkout", "frontend"]
+        assert {a["annotations"]["suspect"] for a in one} == {"cart"}
+    finally:
+        hook.shutdown()

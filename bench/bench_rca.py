@@ -1,0 +1,235 @@
+"""Root cause of an incident across entities: is the injected entity ftml's top suspect?
+
+Nezha Online Boutique (10 services, one entity each; the injected service is known). Each
+direction trains ftml on one day (its labelled faults given as incidents, so calibration and
+diagnosis use them; nothing of the judged day is seen) and scores the other day through
+``api.score`` with the call graph (``dependency.csv``) as ``--topology``. For each injected fault
+of the judged day, ftml's answer is the suspect list of the incident group that starts in
+[inject_time - 1 min, inject_time + 5 min] (the earliest such group); no group = a miss in the
+"all faults" rows, left out of the "detected" rows. AC@k: the injected service is among the first
+k suspects; Avg@5: the mean of AC@1..AC@5.
+
+Protocol, fixed before the held-out figures were looked at: every setting in :data:`CONFIG`
+(detection windows and event rules for faults ~8.5 min apart, the ranking weights
+``diagnose.rank_*``) was chosen on the direction that judges 2022-08-22 (trained on
+2022-08-23), among about a dozen tried; the direction that judges 2022-08-23 (trained on
+2022-08-22) is the held-out one, run once with them. Both are reported, labelled. With ftml's
+default settings the event spans on Nezha last hours (a fault every ~8.5 min, a 30-step
+cooldown, 15-step windows), so most faults start no new incident; the call-graph term of the
+ranking lowered AC@1 on the tuning direction, so it is off here (the graph still splits
+groups). ``ftml, no topology``: the same events grouped and ranked without the call graph.
+
+Baselines on the same faults: ``random`` (expected AC@k = k / entities); ``highest score``
+(entities ranked by their highest window score from ftml's detector within the fault span: no
+grouping, no ranking); ``BARO-style`` (per metric, the robust z of the 5 min after the
+injection against the 30 min before, median / IQR of the before window, max |z| per entity;
+it is given the true injection time, which ftml is not). The baselines rank every entity, so
+they have no "miss". ``notifications per fault``: events (one per alerting entity, what an
+operator was paged for before grouping) and groups starting in the fault span.
+
+PetShop (``bench.datasets.petshop_nodes``): one entity per node of the call graph (42), its
+latency (average, p50-p99), requests and availability; trained on normal operation plus the
+8 training issues of a scenario (each an incident on its root-cause node), judged on its 18
+test issues (5 steps of 5 min each), with ``graph.csv`` as the topology. A fault's group
+starts within the issue; BARO's before-window is the normal operation. low_traffic tunes,
+high_traffic is held out (the two scenarios with normal data). PetShop splits by case, not by
+time: some training issues were recorded after test issues.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import datasets
+from bench.common import SkipBench, require_data, row
+
+TITLE = "Root cause across entities (Nezha Online Boutique, PetShop)"
+BEFORE = pd.Timedelta(minutes=1)  # a group may start this long before the labelled injection
+BARO_PRE = pd.Timedelta(minutes=30)
+KS = (1, 2, 3, 4, 5)
+#: ftml settings for Nezha (chosen on the tuning direction, see the protocol above).
+CONFIG: dict = {
+    "features": {"hour_of_day": False, "window": 5, "level_window": 120},
+    "detect": {"cooldown": 5, "merge_gap": 3, "min_windows": 2, "of_windows": 3},
+    "diagnose": {"rank_graph": 0.0},
+}
+#: ftml settings for PetShop: an issue is 5 steps of 5 min, so windows of 3 steps, an event
+#: from one flagged window, no drift level, and a false-alarm budget of 2 per node-day (at
+#: 0.1, 2 of the 18 tuning issues raised an event); chosen on low_traffic, high_traffic is
+#: held out. The ranking keeps its default weights (the call-graph term raised AC@1 there).
+PETSHOP_CONFIG: dict = {
+    "read": {"step": "300s"},
+    "features": {"hour_of_day": False, "window": 3, "level_window": 0},
+    "detect": {"min_windows": 1, "of_windows": 1, "merge_gap": 1, "cooldown": 1,
+               "alarm_budget": 2.0},
+}
+
+
+def _ranks_to_metrics(ranks: list[int | None]) -> dict[str, float | None]:
+    """Per fault the 1-based rank of the right entity (None: not ranked) -> AC@1, AC@3, Avg@5."""
+    if not ranks:
+        return {"ac1": None, "ac3": None, "avg5": None}
+    r = np.array([np.inf if x is None else x for x in ranks], dtype=float)
+    ac = {k: float(np.mean(r <= k)) for k in KS}
+    return {"ac1": ac[1], "ac3": ac[3], "avg5": float(np.mean([ac[k] for k in KS]))}
+
+
+def _rank_of(entity: str, ranking: list[str]) -> int | None:
+    return ranking.index(entity) + 1 if entity in ranking else None
+
+
+def _baro(pre: pd.DataFrame, post: pd.DataFrame) -> list[str]:
+    """BARO-style ranking: max over metrics of the robust z of the post-injection window
+    against the pre-injection one, per entity, largest first."""
+    metrics = [c for c in pre.columns if c not in ("timestamp", "entity")]
+    med = pre.groupby("entity")[metrics].median()
+    iqr = pre.groupby("entity")[metrics].quantile(0.75) - pre.groupby("entity")[metrics].quantile(
+        0.25)
+    peak = post.groupby("entity")[metrics].max()
+    low = post.groupby("entity")[metrics].min()
+    scale = iqr.where(iqr > 0, np.nan)
+    z = np.maximum((peak - med).abs(), (low - med).abs()) / scale
+    # A metric flat before (IQR 0) that moves after is a change; a tiny floor keeps it finite.
+    z = z.fillna(((peak - low).abs() > 0).astype(float) * 1e3)
+    score = z.max(axis=1).sort_values(ascending=False, kind="stable")
+    return [str(e) for e in score.index]
+
+
+def _group_frame(records: list[dict]) -> pd.DataFrame:
+    groups = pd.DataFrame(records)
+    if len(groups):
+        groups["start_ts"] = pd.to_datetime(groups["start"], utc=True)
+        groups["end_ts"] = pd.to_datetime(groups["end"], utc=True)
+    return groups
+
+
+def _first_group(groups: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp):
+    """The earliest group that starts in [lo, hi], or None."""
+    if not len(groups):
+        return None
+    hit = groups[(groups["start_ts"] >= lo) & (groups["start_ts"] <= hi)]
+    return hit.sort_values("start_ts", kind="stable").iloc[0] if len(hit) else None
+
+
+def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
+           config: dict | None = None, before: pd.Timedelta = BEFORE,
+           baro_normal: pd.DataFrame | None = None) -> list[dict]:
+    """Train on ``train`` (metrics, incidents), score ``test`` (metrics, faults: entity =
+    the root, start, end) and rank each fault's entities. A fault's group starts in
+    [start - before, end]. BARO's before-window: the 30 min before the fault in the test
+    metrics, or ``baro_normal`` (normal operation) when given."""
+    from ftml import api
+    from ftml.bundle import load_model
+    from ftml.config import Config
+    from ftml.incidents import Grouping, assign_groups, grouping_for
+    from ftml.io import write_table
+
+    (tr_frame, tr_inc), (te_frame, te_inc) = train, test
+    d = work / label.replace(" ", "_")
+    d.mkdir(parents=True, exist_ok=True)
+    write_table(tr_frame, d / "train.parquet")
+    write_table(te_frame, d / "test.parquet")
+    write_table(tr_inc, d / "train_incidents.csv")
+    api.train([d / "train.parquet"], d / "model", incidents=d / "train_incidents.csv",
+              config=Config.from_dict(config or CONFIG, source="bench rca"))
+    res = api.score(d / "model", [d / "test.parquet"], windows_out=d / "windows.parquet",
+                    topology=topology, groups_out=d / "groups.jsonl")
+    groups = _group_frame(res.groups)
+    plain = copy.deepcopy(res.events)
+    model = load_model(d / "model")
+    grouping = grouping_for(model)
+    flat = _group_frame(assign_groups(plain, Grouping(grouping.gap, None, model.version,
+                                                      grouping.weights)))
+    windows = res.window_table
+    entities = sorted(te_frame["entity"].unique())
+    ftml_all, ftml_det, top_all, baro_all, top_det, baro_det = [], [], [], [], [], []
+    notopo_all: list[int | None] = []
+    events_per, groups_per = [], []
+    for inc in te_inc.itertuples(index=False):
+        t = pd.Timestamp(inc.start)
+        lo, hi = t - before, pd.Timestamp(inc.end)
+        evs = [e for e in res.events if lo <= e.start <= hi]
+        events_per.append(len(evs))
+        hit = (groups[(groups["start_ts"] >= lo) & (groups["start_ts"] <= hi)]
+               .sort_values("start_ts", kind="stable") if len(groups) else groups)
+        groups_per.append(len(hit))
+        w = windows[(windows["timestamp"] >= t) & (windows["timestamp"] <= hi)]
+        by_score = [str(e) for e in w.groupby("entity")["score"].max()
+                    .sort_values(ascending=False, kind="stable").index]
+        top_rank = _rank_of(inc.entity, by_score)
+        post = te_frame[(te_frame["timestamp"] >= t) & (te_frame["timestamp"] <= hi)]
+        pre = baro_normal if baro_normal is not None else te_frame[
+            (te_frame["timestamp"] >= t - BARO_PRE) & (te_frame["timestamp"] < t)]
+        baro_rank = _rank_of(inc.entity, _baro(pre, post))
+        top_all.append(top_rank)
+        baro_all.append(baro_rank)
+        flat_hit = _first_group(flat, lo, hi)
+        notopo_all.append(_rank_of(inc.entity, [s[0] for s in flat_hit["suspects"]])
+                          if flat_hit is not None else None)
+        if len(hit):
+            rank = _rank_of(inc.entity, [s[0] for s in hit.iloc[0]["suspects"]])
+            ftml_all.append(rank)
+            ftml_det.append(rank)
+            top_det.append(top_rank)
+            baro_det.append(baro_rank)
+        else:
+            ftml_all.append(None)
+    n_ent = len(entities)
+    rand = {"ac1": 1 / n_ent, "ac3": min(3, n_ent) / n_ent,
+            "avg5": float(np.mean([min(k, n_ent) / n_ent for k in KS]))}
+    out = []
+    for scope, f, tp, bo in (("all faults", ftml_all, top_all, baro_all),
+                             ("detected", ftml_det, top_det, baro_det)):
+        fm, tm, bm = _ranks_to_metrics(f), _ranks_to_metrics(tp), _ranks_to_metrics(bo)
+        for key, name in (("ac1", "AC@1"), ("ac3", "AC@3"), ("avg5", "Avg@5")):
+            out.append(row(f"{label}, {scope} (n={len(f)}): {name}", fm[key], bm[key],
+                           vs="BARO-style", random=rand[key], highest_score=tm[key]))
+    nm = _ranks_to_metrics(notopo_all)
+    for key, name in (("ac1", "AC@1"), ("ac3", "AC@3"), ("avg5", "Avg@5")):
+        out.append(row(f"{label}, all faults, ftml, no topology: {name}", nm[key]))
+    out.append(row(f"{label}: notifications per fault, events (before grouping)",
+                   float(np.mean(events_per))))
+    out.append(row(f"{label}: notifications per fault, groups (after grouping)",
+                   float(np.mean(groups_per))))
+    out.append(row(f"{label}: faults with no group (missed)",
+                   int(sum(x == 0 for x in groups_per)), unit=f"of {len(groups_per)}"))
+    return out
+
+
+def _petshop(root: Path, scenario: str, work: Path, label: str) -> list[dict]:
+    tr, tr_inc, te, issues = datasets.petshop_nodes(root, scenario)
+    faults = pd.DataFrame({"entity": [i.root for i in issues],
+                           "start": [i.start for i in issues], "end": [i.end for i in issues]})
+    graph = root / "petshop" / "dataset" / scenario / "graph.csv"
+    normal = tr[tr["timestamp"] < tr_inc["start"].min()] if len(tr_inc) else tr
+    return _judge((tr, tr_inc), (te, faults), graph, work, label, PETSHOP_CONFIG,
+                  before=pd.Timedelta(0), baro_normal=normal)
+
+
+def run(quick: bool = False) -> list[dict]:
+    root = require_data()
+    if not (root / "nezha").is_dir():
+        raise SkipBench(f"{root} has no nezha")
+    days = datasets.nezha_days(root)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ftml-bench-rca-") as tmp:
+        work = Path(tmp)
+        topo = work / "dependency.csv"
+        deps = pd.read_csv(root / "nezha" / "rca_data" / "2022-08-22" / "metric" /
+                           "dependency.csv.gz")
+        deps.to_csv(topo, index=False)
+        a, b = datasets.NEZHA_DATES
+        rows += _judge(days[a][:2], days[b][:2], topo, work, f"Nezha OB judge {b} (held out)")
+        if not quick:
+            rows += _judge(days[b][:2], days[a][:2], topo, work, f"Nezha OB judge {a} (tuning)")
+        if (root / "petshop").is_dir():
+            for scenario, role in (("high_traffic", "held out"), ("low_traffic", "tuning")):
+                if quick and role == "tuning":
+                    continue
+                rows += _petshop(root, scenario, work, f"PetShop {scenario} ({role})")
+    return rows

@@ -1,0 +1,395 @@
+"""Incidents across entities: events whose onsets co-occur (and, when a call graph is known, that
+are connected in it) become one group, and the group's entities are ranked as the likely root.
+
+Sits after diagnosis and before recovery: it reads finished :class:`~ftml.events.Event`s and
+sets their ``group``, ``suspects`` and ``evidence``. The ranking uses what the events already
+hold (onset, peak score, the z of their top metrics against each entity's own baseline) plus
+the call graph when given: a fault in a callee shows in its callers too (they wait on it), so an
+alerting entity whose callees are quiet is preferred to one whose callees alert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, shortest_path
+
+from ftml.config import DiagnoseConfig
+from ftml.errors import InputError
+from ftml.events import Event, iso
+
+#: Suspects listed per group, and those given evidence.
+MAX_SUSPECTS, EVIDENCE_SUSPECTS = 5, 3
+#: Events of entities at most this many call-graph hops apart may join one group.
+MAX_HOPS = 2
+#: Group columns of ``--groups-out``.
+GROUP_FIELDS = ("group", "start", "end", "entities", "events", "suspects", "cause", "evidence")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A call graph: ``source`` calls ``target`` (edges, both arrays of entity names)."""
+
+    source: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(set(self.source.tolist()) | set(self.target.tolist()))
+
+    @classmethod
+    def from_edges(cls, edges: list[tuple[str, str]] | pd.DataFrame) -> Topology:
+        frame = pd.DataFrame(edges).iloc[:, :3] if len(edges) else pd.DataFrame([[], []]).T
+        src = frame.iloc[:, 0].astype(str).to_numpy(dtype=object)
+        dst = frame.iloc[:, 1].astype(str).to_numpy(dtype=object)
+        w = (pd.to_numeric(frame.iloc[:, 2], errors="coerce").fillna(1.0).to_numpy(float)
+             if frame.shape[1] > 2 else np.ones(len(src)))
+        keep = src != dst
+        return cls(src[keep], dst[keep], w[keep])
+
+
+def load_topology(path: str | Path | None) -> Topology | None:
+    """A call graph from CSV: an edge list ``source,target[,weight]`` (a header row is optional)
+    or a square adjacency matrix (first header cell empty, row = caller, column = callee,
+    non-zero = a call), as Nezha's ``dependency.csv`` and PetShop's ``graph.csv`` are."""
+    if path is None:
+        return None
+    source = str(path)
+    try:
+        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise InputError("topology file not found", source=source,
+                         hint="give a CSV of source,target[,weight] call edges") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read topology: {str(exc).splitlines()[0]}",
+                         source=source, hint="a CSV of source,target[,weight] rows") from None
+    if frame.shape[1] < 2 or frame.empty:
+        raise InputError("a topology needs two columns (source, target)", source=source,
+                         hint="rows like 'frontend,cartservice' (caller, callee)")
+    head = [str(c).strip() for c in frame.iloc[0]]
+    if head[0] == "" and frame.shape[1] > 2 and frame.shape[0] == frame.shape[1]:
+        names = head[1:]
+        values = frame.iloc[1:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        if np.isnan(values).any():
+            raise InputError("adjacency matrix holds non-numbers", source=source,
+                             hint="cells are call weights (0: no call)")
+        r, c = np.nonzero(values)
+        rows = frame.iloc[1:, 0].astype(str).str.strip().tolist()
+        return Topology.from_edges([(rows[i], names[j], values[i, j])
+                                    for i, j in zip(r, c, strict=True)])
+    if head[0].lower() in ("source", "src", "caller", "from"):
+        frame = frame.iloc[1:]
+    frame = frame.apply(lambda col: col.str.strip())
+    empty = (frame.iloc[:, 0] == "") | (frame.iloc[:, 1] == "")
+    if empty.any():
+        line = int(np.flatnonzero(empty.to_numpy())[0]) + 1
+        raise InputError("a topology row has an empty source or target", source=source,
+                         where=f"row {line}", hint="each row: caller,callee[,weight]")
+    return Topology.from_edges(frame)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How events are grouped: the time gap that still joins two events, the call graph (or
+    None) and the model version that makes group ids stable."""
+
+    gap: pd.Timedelta
+    topology: Topology | None = None
+    model_version: str = ""
+    # Ranking weights: onset, size, detector score, call graph (diagnose.rank_* in the config).
+    weights: tuple[float, float, float, float] = field(default_factory=lambda: default_weights())
+
+
+def grouping_for(model, topology: str | Path | None = None) -> Grouping:
+    """How a model's (a :class:`ftml.bundle.Model`) events are grouped: its
+    ``diagnose.group_gap`` and ``rank_*`` weights, and the call graph from ``topology`` (else
+    the config's ``diagnose.topology``). A model saved before these keys existed reads them
+    from the class defaults."""
+    gc = model.config.diagnose
+    path = topology if topology is not None else gc.topology
+    return Grouping(gap=model.step * int(gc.group_gap), topology=load_topology(path),
+                    model_version=model.version,
+                    weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph))
+
+
+def default_weights() -> tuple[float, float, float, float]:
+    d = DiagnoseConfig()
+    return (d.rank_onset, d.rank_size, d.rank_score, d.rank_graph)
+
+
+def group_id(entity: str, start: pd.Timestamp, model_version: str) -> str:
+    """Stable id of a group: a hash of its earliest event's entity and start and the model
+    version, so that chunked, Dask and live scoring name the same incident alike."""
+    key = f"group\x1f{entity}\x1f{pd.Timestamp(start).isoformat()}\x1f{model_version}"
+    return "g" + hashlib.sha256(key.encode()).hexdigest()[:15]
+
+
+def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
+    """Set ``group``, ``suspects`` and ``evidence`` on every event, in place; returns one
+    record per group (see :data:`GROUP_FIELDS`), by start. Vectorized over all groups: only
+    the lists written onto the events (top suspects, evidence) are built per group."""
+    if grouping is None or not events:
+        return []
+    start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
+    end = np.array([pd.Timestamp(e.end).value for e in events], dtype=np.int64)
+    entity = np.array([str(e.entity) for e in events], dtype=object)
+    score = np.array([float(e.score) for e in events])
+    size = np.array([max(e.top_z, default=0.0) for e in events], dtype=float)
+    label = _components(start, entity, grouping)
+    names, ent_code = np.unique(entity.astype(str), return_inverse=True)
+    # Events in group order, each group's in time order (ties: by entity).
+    order = np.lexsort((ent_code, start, label))
+    lab_o = label[order]
+    g_first = np.flatnonzero(np.r_[True, lab_o[1:] != lab_o[:-1]])
+    # Pairs (group, entity): an entity's events in one group are one suspect.
+    pair_key = label.astype(np.int64) * len(names) + ent_code
+    keys, pair_of = np.unique(pair_key, return_inverse=True)
+    n_pairs = len(keys)
+    p_group, p_ent = keys // len(names), keys % len(names)
+    onset = np.full(n_pairs, np.iinfo(np.int64).max)
+    np.minimum.at(onset, pair_of, start)
+    peak = np.full(n_pairs, -np.inf)
+    np.maximum.at(peak, pair_of, score)
+    big = np.zeros(n_pairs)
+    np.maximum.at(big, pair_of, size)
+    # The first event of each pair (in time order): its evidence.
+    first_event = np.empty(n_pairs, dtype=np.int64)
+    po = pair_of[order]
+    is_first = np.zeros(len(order), dtype=bool)
+    _, first_pos = np.unique(po, return_index=True)
+    is_first[first_pos] = True
+    first_event[po[is_first]] = order[is_first]
+    total, callers, callees, known = rank_pairs(
+        p_group, p_ent, names, onset, big, peak, grouping, n_groups=int(label.max()) + 1)
+    # Suspects: by score, then earlier onset, then name.
+    rank = np.lexsort((p_ent, onset, -total, p_group))
+    rg = p_group[rank]
+    starts_of = np.flatnonzero(np.r_[True, rg[1:] != rg[:-1]])
+    bounds = np.r_[starts_of, len(rank)]
+    g_end = np.full(int(label.max()) + 1, np.iinfo(np.int64).min)
+    np.maximum.at(g_end, label, end)
+    g_onset = np.full(int(label.max()) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(g_onset, label, start)
+    records = []
+    ev_bounds = np.r_[g_first, len(order)]
+    for gi, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        g = int(rg[a])
+        ranked = rank[a:b]
+        first = events[int(order[ev_bounds[gi]])]
+        gid = group_id(first.entity, first.start, grouping.model_version)
+        suspects = [[str(names[p_ent[p]]), round(float(total[p]), 4)]
+                    for p in ranked[:MAX_SUSPECTS]]
+        evidence = []
+        for p in ranked[:EVIDENCE_SUSPECTS]:
+            ev = events[int(first_event[p])]
+            lag = (int(onset[p]) - int(g_onset[g])) / 1e9
+            what = (f"{ev.top_metrics[0]} z={ev.top_z[0]:.1f}" if ev.top_metrics and ev.top_z
+                    else f"score {ev.score:.2f}")
+            when = "moved first" if lag == 0 else f"moved {lag:g}s after the first"
+            graph = (f"; {callers[p]} alerting caller(s), {callees[p]} alerting callee(s)"
+                     if known[p] else "")
+            evidence.append(f"{names[p_ent[p]]}: {what}, {when}{graph}")
+        members = order[ev_bounds[gi]:ev_bounds[gi + 1]]
+        for i in members:
+            ev = events[int(i)]
+            ev.group, ev.suspects, ev.evidence = gid, [list(x) for x in suspects], list(evidence)
+        records.append({
+            "group": gid, "start": iso(pd.Timestamp(int(g_onset[g]), tz="UTC")),
+            "end": iso(pd.Timestamp(int(g_end[g]), tz="UTC")),
+            "entities": [str(names[p_ent[p]]) for p in ranked],
+            "events": [events[int(i)].id for i in members], "suspects": suspects,
+            "cause": events[int(first_event[ranked[0]])].cause, "evidence": evidence})
+    records.sort(key=lambda r: (r["start"], r["group"]))
+    return records
+
+
+def _components(start: np.ndarray, entity: np.ndarray,
+                grouping: Grouping) -> np.ndarray:
+    """A group label per event. Time first: a group opens with the earliest event not yet
+    grouped and takes every event that starts within ``gap`` of it (of the group's first
+    onset, not of the last member: chained onsets would join the faults of a busy system one
+    after another into one). Onsets, not whole spans: an entity's event can last for hours
+    across several faults, and every later fault would overlap it; the symptoms of one fault
+    start within minutes of its root. With a call graph, a time group splits into the
+    connected components of "linked in the graph" (see :data:`MAX_HOPS`)."""
+    gap = int(grouping.gap.value)
+    order = np.argsort(start, kind="stable")
+    s = start[order]
+    new = np.zeros(len(s), dtype=bool)
+    i = 0
+    while i < len(s):  # one step per group, not per event
+        new[i] = True
+        i = int(np.searchsorted(s, s[i] + gap, side="right"))
+    cluster = np.empty(len(start), dtype=np.int64)
+    cluster[order] = np.cumsum(new) - 1
+    topo = grouping.topology
+    if topo is None:
+        return cluster
+    near = _near_entities(topo, np.unique(entity))
+    label = np.empty(len(start), dtype=np.int64)
+    next_label = 0
+    bounds = np.flatnonzero(np.r_[new, True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[a:b]
+        if len(idx) == 1:
+            label[idx] = next_label
+            next_label += 1
+            continue
+        ent = entity[idx]
+        codes = np.array([near.index.get(x, -1) for x in ent])
+        known = codes >= 0
+        linked = np.ones((len(idx), len(idx)), dtype=bool)
+        both = known[:, None] & known[None, :]
+        if both.any():
+            kc = np.where(known, codes, 0)
+            linked[both] = near.hops[kc[:, None], kc[None, :]][both] <= MAX_HOPS
+        linked |= ent[:, None] == ent[None, :]
+        k, comp = connected_components(coo_matrix(linked).tocsr(), directed=False)
+        label[idx] = comp + next_label
+        next_label += k
+    return label
+
+
+@dataclass
+class _Near:
+    index: dict[str, int]
+    hops: np.ndarray  # undirected call-graph distance between entities (inf: not connected)
+
+
+def _near_entities(topo: Topology, entities: np.ndarray) -> _Near:
+    nodes = topo.nodes
+    index = {n: i for i, n in enumerate(nodes)}
+    src = np.array([index[x] for x in topo.source], dtype=np.int64)
+    dst = np.array([index[x] for x in topo.target], dtype=np.int64)
+    adj = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(nodes), len(nodes))).tocsr()
+    known = [str(e) for e in entities if str(e) in index]
+    cols = np.array([index[e] for e in known], dtype=np.int64)
+    # Distances from the alerting entities only (not all pairs of a large graph).
+    hops = (shortest_path(adj, directed=False, unweighted=True, indices=cols)[:, cols]
+            if len(cols) else np.zeros((0, 0)))
+    return _Near({e: i for i, e in enumerate(known)}, hops)
+
+
+def rank_pairs(group: np.ndarray, entity: np.ndarray, names: np.ndarray, onset: np.ndarray,
+               size: np.ndarray, peak: np.ndarray, grouping: Grouping, n_groups: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Root-cause score (0..1, higher: more likely the root) of every alerting entity of every
+    group at once; ``group``, ``entity`` (codes into ``names``), ``onset``, ``size`` and
+    ``peak`` are one value per (group, entity) pair. Also, per pair, its alerting callers and
+    callees in the group and whether the call graph knows the entity.
+
+    Terms, each in 0..1, weighted by ``grouping.weights``: onset (the first to move scores 1,
+    one that moved a group gap later 1/e), size (the log of the largest z of its top metrics
+    against the group's largest), the detector's peak score and, with a call graph, how much
+    the entity looks like where the fault sits: among its alerting neighbours, the share that
+    are callers (they wait on it) rather than callees (it waits on them); an entity with no
+    alerting neighbour scores 0.5 (nothing to tell). A group of one entity has no graph term."""
+    w_onset, w_size, w_score, w_graph = grouping.weights
+    n = len(group)
+    g_onset = np.full(n_groups, np.iinfo(np.int64).max)
+    np.minimum.at(g_onset, group, onset)
+    lag = (onset - g_onset[group]).astype(float)
+    onset_term = np.exp(-lag / max(int(grouping.gap.value), 1))
+    log_size = np.log1p(np.maximum(size, 0.0))
+    g_size = np.zeros(n_groups)
+    np.maximum.at(g_size, group, log_size)
+    size_term = np.divide(log_size, g_size[group], out=np.zeros(n), where=g_size[group] > 0)
+    total = w_onset * onset_term + w_size * size_term + w_score * np.clip(peak, 0, 1)
+    weight = np.full(n, w_onset + w_size + w_score)
+    callers = np.zeros(n, dtype=np.int64)
+    callees = np.zeros(n, dtype=np.int64)
+    known = np.zeros(n, dtype=bool)
+    topo = grouping.topology
+    if topo is not None:
+        pos = {str(x): i for i, x in enumerate(names)}
+        src = np.array([pos.get(x, -1) for x in topo.source], dtype=np.int64)
+        dst = np.array([pos.get(x, -1) for x in topo.target], dtype=np.int64)
+        ok = (src >= 0) & (dst >= 0)
+        src, dst = src[ok], dst[ok]
+        known = np.isin(names.astype(str), topo.nodes)[entity]
+        # For each pair and each call out of its entity: is the callee alerting in the group?
+        key = group * len(names) + entity  # sorted: pairs come from np.unique
+        by_src = np.argsort(src, kind="stable")
+        src_s, dst_s = src[by_src], dst[by_src]
+        lo = np.searchsorted(src_s, entity, side="left")
+        hi = np.searchsorted(src_s, entity, side="right")
+        deg = hi - lo
+        pair_rep = np.repeat(np.arange(n), deg)
+        offs = np.arange(int(deg.sum())) - np.repeat(np.cumsum(deg) - deg, deg)
+        callee_ent = dst_s[np.repeat(lo, deg) + offs]
+        want = group[pair_rep] * len(names) + callee_ent
+        j = np.searchsorted(key, want)
+        hit = (j < n) & (key[np.minimum(j, n - 1)] == want)
+        np.add.at(callees, pair_rep[hit], 1)
+        np.add.at(callers, j[hit], 1)
+        g_count = np.bincount(group, minlength=n_groups)
+        has_graph = g_count[group] > 1
+        share = np.where(callers + callees > 0,
+                         callers / np.maximum(callers + callees, 1), 0.5)
+        graph_term = np.where(known, share, 0.5)
+        total = total + np.where(has_graph, w_graph * graph_term, 0.0)
+        weight = weight + np.where(has_graph, w_graph, 0.0)
+    return total / np.maximum(weight, 1e-12), callers, callees, known
+
+
+def groups_table(records: list[dict]) -> list[dict]:
+    """Group records as written by ``--groups-out`` (lists kept; the writer encodes them)."""
+    return [{k: r[k] for k in GROUP_FIELDS} for r in records]
+
+
+#: Events a live grouper keeps: those that started at most this long before the newest.
+LIVE_HORIZON = pd.Timedelta(hours=6)
+#: ... and at most this many (the oldest go first).
+LIVE_MAX_EVENTS = 2000
+
+
+class LiveGrouper:
+    """Grouping for ``ftml watch``: events arrive one at a time (each tick re-diagnoses the
+    open ones); :meth:`assign` keeps the latest version of each recent event and groups them
+    all again, so an event gets the group and suspects that ``ftml score`` would give over the
+    same events. A group can still change while its events arrive: an event that starts
+    earlier but opens later becomes the group's first, and the id follows it."""
+
+    def __init__(self, grouping: Grouping, horizon: pd.Timedelta = LIVE_HORIZON,
+                 max_events: int = LIVE_MAX_EVENTS):
+        self.grouping = grouping
+        self.horizon = horizon
+        self.max_events = max_events
+        self.events_: dict[str, Event] = {}
+        self.result_: dict[str, tuple] = {}  # id -> (group, suspects, evidence), while valid
+
+    def assign(self, event: Event) -> Event:
+        """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""
+        known = self.events_.get(event.id)
+        if known is not None and _same_for_grouping(known, event) and event.id in self.result_:
+            # Nothing the grouping reads has changed since the last regrouping (the common
+            # case: an open event seen again on the next tick).
+            event.group, suspects, evidence = self.result_[event.id]
+            event.suspects, event.evidence = [list(x) for x in suspects], list(evidence)
+            return event
+        self.events_[event.id] = dataclasses.replace(event)
+        newest = max(pd.Timestamp(e.start) for e in self.events_.values())
+        kept = sorted((e for e in self.events_.values()
+                       if pd.Timestamp(e.start) >= newest - self.horizon),
+                      key=lambda e: pd.Timestamp(e.start))[-self.max_events:]
+        self.events_ = {e.id: e for e in kept}
+        if event.id not in self.events_:  # older than everything kept: grouped on its own
+            kept = [dataclasses.replace(event)]
+        work = [dataclasses.replace(e) for e in kept]
+        assign_groups(work, self.grouping)
+        self.result_ = {e.id: (e.group, e.suspects, e.evidence) for e in work}
+        mine = next(e for e in work if e.id == event.id)
+        event.group, event.suspects, event.evidence = mine.group, mine.suspects, mine.evidence
+        return event
+
+
+def _same_for_grouping(a: Event, b: Event) -> bool:
+    return (a.entity, a.start, a.end, a.score, a.top_z, a.top_metrics, a.cause) == \
+        (b.entity, b.start, b.end, b.score, b.top_z, b.top_metrics, b.cause)

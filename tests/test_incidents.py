@@ -1,0 +1,211 @@
+"""Incident grouping and root ranking (ftml.incidents), table-driven on hand-made events."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from ftml import api
+from ftml.errors import InputError
+from ftml.events import Event
+from ftml.incidents import Grouping, Topology, assign_groups, group_id, load_topology
+
+T0 = pd.Timestamp("2026-01-05T00:00:00Z")
+GAP = pd.Timedelta(minutes=5)
+# frontend calls checkout and cart; checkout calls cart and payment.
+CALLS = Topology.from_edges([("frontend", "checkout"), ("frontend", "cart"),
+                             ("checkout", "cart"), ("checkout", "payment")])
+
+
+def ev(entity: str, start_min: float, end_min: float, score: float = 0.8,
+       z: float = 5.0, metric: str = "latency") -> Event:
+    start = T0 + pd.Timedelta(minutes=start_min)
+    return Event(entity=entity, start=start, end=T0 + pd.Timedelta(minutes=end_min),
+                 score=score, top_metrics=[metric], top_z=[z], cause="cpu",
+                 id=f"{entity}-{start_min}")
+
+
+def groups_of(events: list[Event]) -> list[set[str]]:
+    by: dict[str, set[str]] = {}
+    for e in events:
+        by.setdefault(e.group, set()).add(e.id)
+    return sorted(by.values(), key=lambda s: sorted(s))
+
+
+GROUPING_CASES = [
+    # (name, events, topology, expected groups as sets of event ids)
+    ("onsets within the gap on two entities join",
+     [ev("a", 0, 10), ev("b", 3, 12)], None, [{"a-0", "b-3"}]),
+    ("onsets exactly the gap apart join",
+     [ev("a", 0, 10), ev("b", 5, 20)], None, [{"a-0", "b-5"}]),
+    ("an onset beyond the gap is a new incident, though the first event still lasts",
+     [ev("a", 0, 60), ev("b", 16, 20)], None, [{"a-0"}, {"b-16"}]),
+    ("onsets count from the group's first: no chaining",
+     [ev("a", 0, 10), ev("b", 4, 30), ev("c", 8, 40), ev("d", 12, 40)], None,
+     [{"a-0", "b-4"}, {"c-8", "d-12"}]),
+    ("topology: unconnected entities stay apart though they overlap",
+     [ev("cart", 0, 10), ev("billing", 2, 10)],
+     Topology.from_edges([("cart", "db"), ("billing", "ledger")]), [{"billing-2"}, {"cart-0"}]),
+    ("topology: callers of the same callee join",
+     [ev("cart", 0, 10), ev("frontend", 2, 10), ev("checkout", 1, 9)], CALLS,
+     [{"cart-0", "checkout-1", "frontend-2"}]),
+    ("topology: an entity it does not know joins on time alone",
+     [ev("cart", 0, 10), ev("host-7", 2, 10)], CALLS, [{"cart-0", "host-7-2"}]),
+    ("one entity's two events in one incident",
+     [ev("a", 0, 2), ev("a", 4, 9), ev("b", 1, 4)], None, [{"a-0", "a-4", "b-1"}]),
+    ("topology: onsets close but too many hops apart",
+     [ev("a", 0, 9), ev("d", 1, 9)], Topology.from_edges([("a", "b"), ("b", "c"), ("c", "d")]),
+     [{"a-0"}, {"d-1"}]),
+]
+
+
+@pytest.mark.parametrize("name,events,topology,expected", GROUPING_CASES,
+                         ids=[c[0] for c in GROUPING_CASES])
+def test_grouping(name, events, topology, expected):
+    records = assign_groups(events, Grouping(GAP, topology, "v1"))
+    assert groups_of(events) == sorted(expected, key=lambda s: sorted(s))
+    assert len(records) == len(expected)
+    assert sorted(i for r in records for i in r["events"]) == sorted(e.id for e in events)
+
+
+RANKING_CASES = [
+    # (name, events, topology, expected top suspect)
+    ("earliest and largest change wins without topology",
+     [ev("a", 0, 10, z=9.0), ev("b", 2, 10, z=3.0), ev("c", 3, 10, z=2.5)], None, "a"),
+    ("a much larger change beats a slightly earlier one",
+     [ev("a", 0, 10, z=1.2, score=0.6), ev("b", 1, 10, z=30.0, score=0.9)], None, "b"),
+    ("topology: the callee whose callers alert wins over its callers",
+     [ev("frontend", 0, 10, z=6.0), ev("checkout", 0, 10, z=6.0), ev("cart", 1, 10, z=5.0)],
+     CALLS, "cart"),
+    ("topology: a caller with quiet callees beats nothing-to-tell",
+     [ev("frontend", 0, 10, z=5.0), ev("payment", 0, 10, z=5.0)], CALLS, "frontend"),
+]
+
+
+@pytest.mark.parametrize("name,events,topology,top", RANKING_CASES,
+                         ids=[c[0] for c in RANKING_CASES])
+def test_ranking(name, events, topology, top):
+    assign_groups(events, Grouping(pd.Timedelta(hours=1), topology, "v1"))
+    assert {e.group for e in events} == {events[0].group}
+    suspects = events[0].suspects
+    assert suspects[0][0] == top
+    assert all(e.suspects == suspects for e in events)  # the same list on every member
+    scores = [s for _, s in suspects]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert sorted(x for x, _ in suspects) == sorted({e.entity for e in events})
+    assert events[0].evidence and events[0].evidence[0].startswith(f"{top}:")
+
+
+def test_evidence_names_the_metric_and_lag():
+    events = [ev("a", 0, 10, z=9.0, metric="cpu"), ev("b", 2, 10, z=3.0)]
+    assign_groups(events, Grouping(GAP, None, "v1"))
+    assert events[0].evidence[0] == "a: cpu z=9.0, moved first"
+    assert events[0].evidence[1] == "b: latency z=3.0, moved 120s after the first"
+
+
+def test_group_id_is_the_earliest_members_and_stable():
+    events = [ev("b", 2, 10), ev("a", 0, 10)]
+    assign_groups(events, Grouping(GAP, None, "v1"))
+    assert events[0].group == events[1].group == group_id("a", T0, "v1")
+    again = [ev("a", 0, 10), ev("b", 2, 10)]
+    assign_groups(again, Grouping(GAP, None, "v1"))
+    assert again[0].group == events[0].group
+    other = [ev("a", 0, 10), ev("b", 2, 10)]
+    assign_groups(other, Grouping(GAP, None, "v2"))
+    assert other[0].group != events[0].group
+
+
+def test_group_fields_round_trip_through_the_event_record():
+    events = [ev("a", 0, 10), ev("b", 2, 10)]
+    assign_groups(events, Grouping(GAP, CALLS, "v1"))
+    back = Event.from_dict(json.loads(json.dumps(events[1].to_dict())))
+    assert (back.group, back.suspects, back.evidence, back.top_z) == (
+        events[1].group, [[e, round(s, 6)] for e, s in events[1].suspects],
+        events[1].evidence, events[1].top_z)
+
+
+TOPOLOGY_FILES = [
+    ("edge list with header", "Source,Target,Weight\nfrontend,cart,1\ncart,redis,2\n",
+     {("frontend", "cart"), ("cart", "redis")}),
+    ("edge list without header or weight", "frontend,cart\ncart,redis\n",
+     {("frontend", "cart"), ("cart", "redis")}),
+    ("adjacency matrix", ",a,b,c\na,0,1,0\nb,0,0,1.0\nc,0,0,0\n", {("a", "b"), ("b", "c")}),
+]
+
+
+@pytest.mark.parametrize("name,text,edges", TOPOLOGY_FILES, ids=[c[0] for c in TOPOLOGY_FILES])
+def test_load_topology(tmp_path, name, text, edges):
+    path = tmp_path / "graph.csv"
+    path.write_text(text)
+    topo = load_topology(path)
+    assert set(zip(topo.source.tolist(), topo.target.tolist(), strict=True)) == edges
+
+
+@pytest.mark.parametrize("text,message", [
+    ("justonecolumn\nx\n", "two columns"),
+    ("source,target\nfrontend,\n", "empty source or target"),
+    (",a,b\na,0,x\nb,0,0\n", "non-numbers"),
+])
+def test_bad_topology_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "graph.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_topology(path)
+    with pytest.raises(InputError, match="not found"):
+        load_topology(tmp_path / "absent.csv")
+
+
+def test_score_groups_are_the_same_however_the_input_is_chunked(tmp_path):
+    """Stable group ids across chunked scoring, and --groups-out one row per group."""
+    from tests.test_api import _fleet
+
+    metrics, incidents = _fleet(tmp_path, days=3, seed=3)
+    api.train([metrics], tmp_path / "model", incidents=incidents)
+    whole = api.score(tmp_path / "model", [metrics], out=tmp_path / "a.jsonl",
+                      groups_out=tmp_path / "ga.jsonl")
+    chunked = api.score(tmp_path / "model", [metrics], out=tmp_path / "b.jsonl",
+                        chunk_rows=1000, groups_out=tmp_path / "gb.jsonl")
+    assert whole.events and all(e.group for e in whole.events)
+    assert whole.groups == chunked.groups
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert (tmp_path / "ga.jsonl").read_text() == (tmp_path / "gb.jsonl").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "ga.jsonl").read_text().splitlines()]
+    assert len(rows) == len({e.group for e in whole.events})
+    for r in rows:
+        members = [e for e in whole.events if e.group == r["group"]]
+        assert sorted(r["events"]) == sorted(e.id for e in members)
+        assert set(r["entities"]) == {e.entity for e in members}
+        assert r["suspects"][0][0] == members[0].suspects[0][0]
+        assert set(r) >= {"start", "end", "entities", "suspects", "cause"}
+
+
+def test_live_grouper_gives_the_batch_groups_as_events_arrive():
+    from ftml.incidents import LiveGrouper
+
+    events = [ev("cart", 0, 10, z=9.0), ev("frontend", 1, 10), ev("checkout", 2, 10),
+              ev("payment", 30, 40), ev("cart", 31, 35)]
+    batch = [dataclasses.replace(e) for e in events]
+    assign_groups(batch, Grouping(GAP, CALLS, "v1"))
+    live = LiveGrouper(Grouping(GAP, CALLS, "v1"))
+    got = []
+    for e in events:  # each event seen while open, then again with its final state
+        live.assign(dataclasses.replace(e))
+    for e in events:
+        got.append(live.assign(dataclasses.replace(e)))
+    assert [(g.group, g.suspects, g.evidence) for g in got] == \
+        [(b.group, b.suspects, b.evidence) for b in batch]
+    assert len({g.group for g in got}) == 2
+
+
+def test_live_grouper_forgets_events_beyond_its_horizon():
+    from ftml.incidents import LiveGrouper
+
+    live = LiveGrouper(Grouping(GAP, None, "v1"), horizon=pd.Timedelta(hours=1))
+    live.assign(ev("a", 0, 5))
+    live.assign(ev("b", 200, 205))
+    assert set(live.events_) == {"b-200"}
+    late = live.assign(ev("c", 1, 4))  # older than the horizon: its own group
+    assert late.group == group_id("c", T0 + pd.Timedelta(minutes=1), "v1")
