@@ -32,6 +32,12 @@ def _clean_errors(fn):
     return wrapper
 
 
+def _warn(line: str | None) -> None:
+    """A warning: one line on stderr (what ftml did about the data, and did not fail on)."""
+    if line:
+        click.echo(f"ftml: warning: {line}", err=True)
+
+
 def _read_options(fn):
     """Options of the metric data contract, shared by every command that reads metrics."""
     for opt in reversed([
@@ -39,13 +45,19 @@ def _read_options(fn):
         click.option("--entity-col", help="Name of the entity column (host, pod, service)."),
         click.option("--step", help="Sampling step, e.g. 60s (default: inferred)."),
         click.option("--exclude", multiple=True, help="Non-numeric column to ignore."),
+        click.option("--entity-map", help="Regex mapping entity names to stable ones (its "
+                     "group 'entity' or its one group), e.g. '^(.+)-[0-9a-f]{8,10}-[0-9a-z]{5}$' "
+                     "for Kubernetes pods; the model keeps it for score and watch."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
+def _apply_read(config: Config, timestamp_col, entity_col, step, exclude,
+                entity_map=None) -> Config:
     r = config.read
+    if entity_map:
+        r.entity_map = entity_map
     if timestamp_col:
         r.timestamp_col = timestamp_col
     if entity_col:
@@ -99,11 +111,12 @@ def simulate(out, entities, days, step, seed, start, fmt):
 @_read_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, scheduler, timestamp_col, entity_col, step, exclude):
+          quiet, scheduler, timestamp_col, entity_col, step, exclude, entity_map):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
 
-    config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude)
+    config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude,
+                         entity_map)
     if classifier:
         config.diagnose.classifier = classifier
     if alarm_budget is not None:
@@ -118,7 +131,10 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
     else:
         result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
                            quiet=quiet)
+    from ftml.pipeline import dropped_warning
+
     m = result.manifest
+    _warn(dropped_warning(m.get("dropped_metrics") or {}))
     cal = m["calibration"]
     click.echo(f"model {m['model_version']} -> {out}")
     click.echo(f"  metrics: {len(m['metrics'])}  entities: {m['training']['entities']}  "
@@ -159,6 +175,9 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     else:
         result = api.score(model_dir, metrics, out=out, windows_out=windows_out,
                            playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet)
+    from ftml.pipeline import unseen_entities_warning
+
+    _warn(unseen_entities_warning(result.unseen))
     by_cause: dict[str, int] = {}
     for ev in result.events:
         by_cause[ev.cause] = by_cause.get(ev.cause, 0) + 1

@@ -284,6 +284,62 @@ def counter_counts(values: np.ndarray, segments: np.ndarray, block_rows: int = 1
     return {"n": finite, "rises": rises, "falls": falls, "min": low}
 
 
+def metric_presence(values: np.ndarray, segments: np.ndarray, names: list[str]
+                    ) -> dict[str, np.ndarray]:
+    """Per metric, what the training screen of metrics (:func:`metrics_to_drop`) needs of
+    some rows (``segments``: each row's entity, an index into ``names``; an entity's rows
+    together): observed rows (rows with any reading), readings, the largest share of one
+    entity's observed rows without a reading (and that entity), lowest and highest value.
+    Counts of separate groups of entities combine (Dask training screens the whole fleet)."""
+    n, m = values.shape
+    present = np.isfinite(values)
+    observed = present.any(axis=1)
+    worst = np.zeros(m)
+    worst_entity = np.full(m, "", dtype=object)
+    if n:
+        starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+        obs = np.add.reduceat(observed.astype(np.int64), starts)
+        have = np.add.reduceat((present & observed[:, None]).astype(np.int64), starts, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(obs[:, None] > 0, 1.0 - have / np.maximum(obs, 1)[:, None], 0.0)
+        at = share.argmax(axis=0)
+        worst = share[at, np.arange(m)]
+        worst_entity = np.asarray(names, dtype=object)[segments[starts[at]]]
+    return {"observed": np.int64(observed.sum()), "present": present.sum(axis=0),
+            "worst_share": worst, "worst_entity": worst_entity,
+            "low": np.fmin.reduce(values, axis=0) if n else np.full(m, np.nan),
+            "high": np.fmax.reduce(values, axis=0) if n else np.full(m, np.nan)}
+
+
+def metrics_to_drop(counts: list[dict[str, np.ndarray]], metrics: list[str],
+                    missing_fraction: float, gappy_fraction: float) -> dict[str, str]:
+    """Metrics that cannot help, over all the given :func:`metric_presence`, and why: no
+    reading at all ("empty"), one value everywhere ("constant"), missing in at least
+    ``missing_fraction`` of the observed rows, or in more than ``gappy_fraction`` of one
+    entity's observed rows (a window needs every metric: such a metric would cost that entity
+    most of its windows, so it costs the fleet its own features instead)."""
+    observed = sum(int(c["observed"]) for c in counts)
+    present = sum(c["present"] for c in counts)
+    low = np.fmin.reduce(np.array([c["low"] for c in counts]), axis=0)
+    high = np.fmax.reduce(np.array([c["high"] for c in counts]), axis=0)
+    shares = np.array([c["worst_share"] for c in counts])
+    worst_part = shares.argmax(axis=0)
+    out: dict[str, str] = {}
+    for j, name in enumerate(metrics):  # a loop over metrics, not rows
+        missing = 1.0 - present[j] / max(observed, 1)
+        share = shares[worst_part[j], j]
+        if present[j] == 0:
+            out[name] = "empty"
+        elif low[j] == high[j]:
+            out[name] = "constant"
+        elif missing >= missing_fraction:
+            out[name] = f"missing in {missing:.1%} of rows"
+        elif share > gappy_fraction:
+            entity = counts[worst_part[j]]["worst_entity"][j]
+            out[name] = f"missing in {share:.0%} of {entity}'s rows"
+    return out
+
+
 def counters_from_counts(counts: list[dict[str, np.ndarray]], metrics: list[str]) -> list[str]:
     """Metrics that behave like monotonic counters (cumulative bytes, packets) over all the
     given :func:`counter_counts`: they rise in most steps, fall only at rare resets (at most
