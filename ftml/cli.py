@@ -284,7 +284,7 @@ def playbook_replay(model_dir, metrics, playbooks, incidents):
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     result = api.score(model, metrics, playbooks=playbooks)
     data = read_metrics(metrics, model.config.read, model.metrics)
-    inc = read_incidents(incidents, data.entities) if incidents else None
+    inc = read_incidents(incidents, data.entities, model.config.read) if incidents else None
     out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version)
     click.echo(out.format())
 

@@ -666,7 +666,11 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
     _, cal_rows, inc_rows = split_windows(fz, frame, row_label, fraction)
     _, _, cal_start = calibration_cuts(fz, frame, fraction)
     cal_scores = calibration_scores(fz, detector, frame, cal_rows, config.detect)
-    X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
+    if len(inc_rows):
+        X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
+    else:  # no incident in this group (or none given): nothing for the diagnoser
+        X = np.empty((0, len(fz.feature_names_)))
+        label = np.empty(0, dtype=np.int64)
     names = list(task.entities)
     entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
     return {"names": names,

@@ -465,6 +465,8 @@ def calibration_cuts(featurizer: Featurizer, frame: pd.DataFrame, fraction: floa
     ts = to_ns(frame["timestamp"])
     # Real time of each entity's cut: the clock's offset at its first row past the cut.
     past = np.flatnonzero(active >= cut_row)
+    if not len(past):  # no entity with a reading
+        return active, cut_row, None
     first_past = past[np.r_[True, block[past][1:] != block[past][:-1]]]
     real = cut[block[first_past]] + (ts[first_past] - active[first_past])
     return active, cut_row, float(real.min())

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from ftml import api
-from ftml.config import Config, ReadConfig
+from ftml.config import Config, ReadConfig, load_config
 from ftml.errors import ConfigError, InputError
 from ftml.features import metric_presence, metrics_to_drop
 from ftml.io import map_entities, read_incidents, read_metrics
@@ -70,13 +70,23 @@ def _warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ftml: warning:")]
 
 
-def test_redis_shaped_data_trains_and_scores_end_to_end(tmp_path):
-    redis_like().to_csv(tmp_path / "train.csv", index=False)
-    later = redis_like(entities=("node-0", "node-1", "node-2", "node-9"),
-                       starts=["2026-02-20T10:00Z"], seed=1)
-    later.to_csv(tmp_path / "later.csv", index=False)
+LATER = dict(entities=("node-0", "node-1", "node-2", "node-9"), starts=["2026-02-20T10:00Z"],
+             seed=1)
 
-    trained = _cli("train", "--metrics", "train.csv", "--out", "model", "--quiet", cwd=tmp_path)
+
+@pytest.fixture(scope="module")
+def redis_model(tmp_path_factory):
+    """A model trained through the CLI on Redis-shaped data, and that run's result."""
+    tmp = tmp_path_factory.mktemp("redis")
+    redis_like().to_csv(tmp / "train.csv", index=False)
+    trained = _cli("train", "--metrics", "train.csv", "--out", "model", "--quiet", cwd=tmp)
+    return tmp, trained
+
+
+def test_redis_shaped_data_trains_and_scores_end_to_end(redis_model):
+    tmp_path, trained = redis_model
+    later = redis_like(**LATER)
+    later.to_csv(tmp_path / "later.csv", index=False)
     assert trained.returncode == 0, trained.stderr
     warned = _warnings(trained.stderr)
     assert len(warned) == 1, trained.stderr
@@ -107,6 +117,26 @@ def test_redis_shaped_data_trains_and_scores_end_to_end(tmp_path):
     lean = _cli("score", "--model", "model", "--metrics", "lean.csv", "--out", "ev2.jsonl",
                 cwd=tmp_path)
     assert lean.returncode == 0, lean.stderr
+
+
+def test_watch_ignores_dropped_columns_and_names_unseen_entities(redis_model, tmp_path):
+    tmp, trained = redis_model
+    assert trained.returncode == 0, trained.stderr
+    later = redis_like(**LATER)
+    later["system.network.name"] = later["system.network.name"].replace("", None)
+    later.loc[3, "system.network.name"] = "eth1"  # text, in a column the model dropped
+    later.to_json(tmp_path / "live.jsonl", orient="records", lines=True)
+    with open(tmp_path / "live.jsonl", "rb") as fh:
+        proc = subprocess.run([sys.executable, "-m", "ftml", "watch", "--model", str(tmp / "model"),
+                               "--source", "stdin", "--sink", f"jsonl:{tmp_path / 'a.jsonl'}",
+                               "--log-level", "warning"], stdin=fh, capture_output=True,
+                              text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if "WARNING" in x]
+    assert len(lines) == 1, proc.stderr[-2000:]  # no bad line skipped: the text is ignored
+    assert lines[0].endswith("1 entity not seen in training, scored against the fleet's "
+                             "baseline: node-9")
 
 
 def test_text_column_is_told_apart_from_a_typo(tmp_path):
@@ -237,6 +267,8 @@ def test_entity_map_merges_pods_and_the_model_keeps_it(tmp_path):
 
 
 def test_entity_map_rules(tmp_path):
+    (tmp_path / "ftml.yaml").write_text("read:\n  entity_map: '^(.+)-[0-9a-f]{9}-[0-9a-z]{5}$'\n")
+    assert load_config(tmp_path / "ftml.yaml").read.entity_map == r"^(.+)-[0-9a-f]{9}-[0-9a-z]{5}$"
     names = pd.Series(["web-5d8f9c7b6-x2x4z", "db-0", "web-5d8f9c7b6-x2x4z"], dtype="string")
     out = map_entities(names, r"^(.+)-[0-9a-f]{9}-[0-9a-z]{5}$")
     assert out.tolist() == ["web", "db-0", "web"]
