@@ -81,7 +81,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     cannot help are left out first (:func:`ftml.pipeline.screen_metrics`)."""
     fc, dc = config.features, config.detect
     digest = data_digest(data)  # of the data as read, as Dask training's
-    data = screen_metrics(data, config.read)
+    data = screen_metrics(data, config.read, fc.window)
     frame = data.frame
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()

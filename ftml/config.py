@@ -33,9 +33,9 @@ class ReadConfig:
     # Training leaves out metrics that cannot help (ftml.pipeline.screen_metrics): a metric
     # missing in at least this share of the fleet's observed rows (rows with any reading) ...
     drop_missing_fraction: float = 0.95
-    # ... or in more than this share of one entity's observed rows, after short gaps are
-    # filled: every window needs every metric, so such a metric would cost that entity most
-    # of its windows.
+    # ... or whose gaps (after short ones are filled) leave more than this share of one
+    # entity's windows incomplete: every window needs every metric, so such a metric would
+    # cost that entity those windows of all its metrics.
     drop_gappy_fraction: float = 0.2
 
 

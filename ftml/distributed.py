@@ -607,7 +607,7 @@ def _group_data(task: Task, read: ReadConfig, metrics: list[str], step: pd.Timed
     return MetricData(frame, step, metrics)
 
 
-def train_stats_task(read, metrics, step, chunk_rows, task: Task) -> dict:
+def train_stats_task(read, metrics, step, chunk_rows, window, task: Task) -> dict:
     """Phase 1 on a worker: counter counts (``features.counter_counts``; the rule runs over
     the whole fleet's), row hashes (for the data digest) and the time span of the group's
     rows."""
@@ -615,7 +615,7 @@ def train_stats_task(read, metrics, step, chunk_rows, task: Task) -> dict:
     codes, ent_names = data.entity_codes()
     ts = to_ns(data.frame["timestamp"])
     return {**counter_counts(data.values(), codes),
-            "presence": metric_presence(data.values(), codes, ent_names),
+            "presence": metric_presence(data.values(), codes, ent_names, window),
             "hashes": pd.util.hash_pandas_object(data.frame, index=False).to_numpy(),
             "t_min": int(ts.min()) if len(ts) else None, "t_max": int(ts.max()) if len(ts)
             else None, "rows": len(ts)}
@@ -716,8 +716,8 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         args = (read, names, step, chunk_rows)
         digest = hashlib.sha256(",".join(names).encode())  # as bundle.data_digest
         stats = []
-        for _, s in _run_in_order(client, train_stats_task, groups, args, ahead, "stats",
-                                  quiet):
+        for _, s in _run_in_order(client, train_stats_task, groups, (*args, fc.window), ahead,
+                                  "stats", quiet):
             digest.update(s.pop("hashes").tobytes())  # groups in entity order, as one frame
             stats.append(s)
         # Metrics that cannot help are left out, decided over the whole fleet as locally.

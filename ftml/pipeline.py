@@ -326,12 +326,13 @@ class TrainInfo:
 # --------------------------------------------------------------------------- metric screen
 
 
-def screen_metrics(data: MetricData, read: ReadConfig) -> MetricData:
+def screen_metrics(data: MetricData, read: ReadConfig, window: int) -> MetricData:
     """``data`` without the metrics that cannot help (:func:`ftml.features.metrics_to_drop`):
-    empty, constant, almost always missing, or missing in much of one entity's rows. They
-    join ``data.dropped`` (text columns the reader left out are there already)."""
+    empty, constant, almost always missing, or with gaps that cost one entity many of its
+    ``window``-step windows. They join ``data.dropped`` (text columns the reader left out are
+    there already)."""
     codes, names = data.entity_codes()
-    drop = metrics_to_drop([metric_presence(data.values(), codes, names)], data.metrics,
+    drop = metrics_to_drop([metric_presence(data.values(), codes, names, window)], data.metrics,
                            read.drop_missing_fraction, read.drop_gappy_fraction)
     return without_metrics(data, drop)
 

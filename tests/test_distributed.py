@@ -333,7 +333,7 @@ def test_fleet_counters_from_group_counts_match_detect_counters(fleet):
     table = fd.index_table([fd.index_file(path, read, None, 10**6)], int(data.step.value))
     tasks = fd.plan(table, [path], 5000, 3, 0, 1, split_time=False).tasks
     assert len(tasks) > 1
-    stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, t) for t in tasks]
+    stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, 15, t) for t in tasks]
     codes, _ = data.entity_codes()
     assert counters_from_counts(stats, data.metrics) == \
         detect_counters(data.values(), codes, data.metrics)

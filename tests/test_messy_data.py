@@ -44,7 +44,7 @@ def redis_like(entities=("node-0", "node-1", "node-2"), starts=RUN_STARTS, minut
         for k, ent in enumerate(entities):
             n = len(times)
             gappy = rng.normal(5, 1, n)
-            if ent == entities[-1]:  # missing in stretches of 10 steps: 44 % of this node's rows
+            if ent == entities[-1]:  # 10 steps missing after each 10: no 15-step window whole
                 gappy[(np.arange(n) // 10) % 2 == 1] = np.nan
             parts.append(pd.DataFrame({
                 "timestamp": times.strftime("%Y-%m-%dT%H:%M:%SZ"), "entity": ent,
@@ -91,13 +91,13 @@ def test_redis_shaped_data_trains_and_scores_end_to_end(redis_model):
     warned = _warnings(trained.stderr)
     assert len(warned) == 1, trained.stderr
     for name in ("system.network.name (text)", "system.cpu.cores (constant)",
-                 "redis.cluster.slots_fail (empty)", "redis.keyspace.gappy (missing in"):
+                 "redis.cluster.slots_fail (empty)", "redis.keyspace.gappy (its gaps cost"):
         assert name in warned[0]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["dropped_metrics"] == {
         "system.network.name": "text", "redis.cluster.slots_fail": "empty",
         "system.cpu.cores": "constant",
-        "redis.keyspace.gappy": "missing in 44% of node-2's rows"}
+        "redis.keyspace.gappy": "its gaps cost 100% of node-2's windows"}
     assert manifest["metrics"] == ["system.cpu.pct", "system.memory.used", "redis.ops"]
     assert manifest["training"]["fit_windows"] > 0
     assert manifest["training"]["calibration_windows"] > 0
@@ -156,15 +156,20 @@ def test_metric_screen_rules_and_their_merge():
     codes = np.array([0, 0, 1, 1])
     names = ["a", "b"]
     metrics = ["ok", "flat", "rare", "holes"]
-    whole = metrics_to_drop([metric_presence(values, codes, names)], metrics, 0.5, 0.4)
+    # Windows of one row: a metric's gaps cost the windows of the rows it misses.
+    whole = metrics_to_drop([metric_presence(values, codes, names, 1)], metrics, 0.5, 0.4)
     assert whole == {"flat": "constant", "rare": "missing in 50.0% of rows",
-                     "holes": "missing in 50% of a's rows"}
+                     "holes": "its gaps cost 50% of a's windows"}
     # Two groups of entities (Dask) decide as one.
-    parts = [metric_presence(values[:2], codes[:2] * 0, ["a"]),
-             metric_presence(values[2:], codes[2:] * 0, ["b"])]
+    parts = [metric_presence(values[:2], codes[:2] * 0, ["a"], 1),
+             metric_presence(values[2:], codes[2:] * 0, ["b"], 1)]
     assert metrics_to_drop(parts, metrics, 0.5, 0.4) == whole
-    assert metrics_to_drop([metric_presence(values, codes, names)], metrics, 0.8, 0.5) == \
-        {"flat": "constant", "rare": "missing in 100% of a's rows"}
+    assert metrics_to_drop([metric_presence(values, codes, names, 1)], metrics, 0.8, 0.5) == \
+        {"flat": "constant", "rare": "its gaps cost 100% of a's windows"}
+    # Windows of two rows: one missing row costs both windows it is in; of b's 1 window
+    # (rows 2-3), 'holes' costs none, of a's 1 window, 1.
+    two = metric_presence(values, codes, names, 2)
+    assert two["worst_share"].tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
 def _featurized(frame: pd.DataFrame):
@@ -222,11 +227,21 @@ def test_too_little_data_names_the_real_cause(tmp_path):
     with pytest.raises(InputError, match=r"83% of the steps of the 10s grid have no reading"):
         api.train([tmp_path / "coarse.csv"], tmp_path / "m2", config=cfg)
 
-    # A metric with a 4-step hole every 25 steps: under the gappy share, yet no 30-step
-    # window is whole.
+    # A metric with a 4-step hole every 25 steps (16 % of rows): no 30-step window is whole.
+    # Training leaves such a metric out (its gaps cost every window); kept (a gappy share of
+    # 1), the error names it.
     holes = redis_like(starts=RUN_STARTS[:2], minutes=200).iloc[:, :5]
     pos = holes.groupby("entity").cumcount().to_numpy()
     holes.loc[pos % 25 >= 21, "redis.ops"] = np.nan
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    cfg = Config()
+    cfg.features.window = 30
+    api.train([tmp_path / "holes.csv"], tmp_path / "m3", config=cfg)
+    manifest = json.loads((tmp_path / "m3" / "manifest.json").read_text())
+    assert manifest["dropped_metrics"] == {"redis.ops": "its gaps cost 100% of node-0's windows"}
+    cfg.read.drop_gappy_fraction = 1.0
+    with pytest.raises(InputError, match="'redis.ops' is missing in 16% of the rows"):
+        api.train([tmp_path / "holes.csv"], tmp_path / "m4", config=cfg)
     fz, frame = _featurized(holes)
     fz.window = 30
     problem, hint = few_windows_cause(fz, frame)
