@@ -30,6 +30,7 @@ from ftml.io import (
     write_table,
 )
 from ftml.pipeline import (
+    MIN_FIT_WINDOWS,
     SCORE_CHUNK_ROWS,
     TRAIN_STAGES,
     ScoreResult,
@@ -37,12 +38,13 @@ from ftml.pipeline import (
     TrainInfo,
     TrainResult,
     WindowScorer,
-    calibration_cut,
+    calibration_cuts,
     calibration_info,
     calibration_scores,
     carry_steps,
     detector_of,
     featurizer_of,
+    few_windows_cause,
     finish_training,
     fit_diagnoser,
     fit_sample,
@@ -51,8 +53,11 @@ from ftml.pipeline import (
     incident_windows,
     progress,
     publish_events,
+    remember_dropped,
     require_fit_windows,
+    screen_metrics,
     split_windows,
+    unseen_entities,
     utc_text,
     write_events,
     write_groups,
@@ -72,9 +77,12 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
 
     Features are computed only for the windows each step needs: the sample the forest is
     fitted on, the calibration windows (only the stats the forest sees) and the incident
-    windows; which windows those are is decided first, from the rows alone."""
+    windows; which windows those are is decided first, from the rows alone. Metrics that
+    cannot help are left out first (:func:`ftml.pipeline.screen_metrics`)."""
     stage = stage or (lambda name: None)  # (name) -> None: the stage that starts
     fc, dc = config.features, config.detect
+    digest = data_digest(data)  # of the data as read, as Dask training's
+    data = screen_metrics(data, config.read, fc.window)
     frame = data.frame
     stage("baselines")
     ts = to_ns(frame["timestamp"])
@@ -82,10 +90,13 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     row_label = incident_of_rows(codes, names, ts, incidents)
     featurizer = featurizer_of(fc).fit(data, exclude_rows=row_label >= 0)
     t_min, t_max = ts.min(), ts.max()
-    t_cut = calibration_cut(t_min, t_max, dc.calibration_fraction)
-    fit_rows, cal_rows, inc_rows = split_windows(featurizer, frame, row_label, t_cut)
+    _, _, t_cut = calibration_cuts(featurizer, frame, dc.calibration_fraction)
+    fit_rows, cal_rows, inc_rows = split_windows(featurizer, frame, row_label,
+                                                 dc.calibration_fraction)
     require_fit_windows(len(fit_rows), data.sources[0] if len(data.sources) == 1 else "metrics",
-                        fc.window)
+                        fc.window, few_windows_cause(featurizer, frame)
+                        if len(fit_rows) < MIN_FIT_WINDOWS else None)
+    config = remember_dropped(config, data.dropped)
     sample = fit_sample(len(fit_rows), dc.random_state)
     if sample is not None:
         fit_rows = fit_rows[sample]
@@ -106,8 +117,9 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
         entities=len(data.entities), rows=len(frame), fit_windows=len(fit_rows),
         calibration_windows=len(cal_rows),
         incidents=0 if incidents is None else len(incidents),
-        data_sha256=data_digest(data), sources=data.sources,
-        calibration=calibration_info(thresholder, dc, cal_scores), diagnosis=diag_info)
+        data_sha256=digest, sources=data.sources,
+        calibration=calibration_info(thresholder, dc, cal_scores), diagnosis=diag_info,
+        dropped_metrics=data.dropped)
     return model, info.to_dict()
 
 
@@ -128,7 +140,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
     stages = Stages(TRAIN_STAGES, quiet)
     try:
         stages("reading metrics")
-        data = read_metrics(metrics, config.read)
+        data = read_metrics(metrics, config.read, drop_text=True)
         inc = read_incidents(incidents, data.entities, config.read) if incidents else None
         model, info = fit_model(data, inc, config, rules, quiet, stage=stages)
         info["training"]["seconds"] = round(time.perf_counter() - started, 2)
@@ -322,4 +334,4 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         write_table(table, windows_out)
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
                        round(time.perf_counter() - started, 3), table, scorer.n_flagged,
-                       sorted(scorer.entities), groups)
+                       unseen_entities(model, scorer.entities), groups)

@@ -571,20 +571,6 @@ def convert_legacy(model_dir: str | Path, key: bytes | None = None,
 # --------------------------------------------------------------------------- fit to the data
 
 
-def unseen_warning(model: Model, entity_names) -> str | None:
-    """One line naming the entities the model never saw in training, and the baseline they
-    are scored against; None if there are none."""
-    known = set(model.featurizer.baseline_.entities)
-    unseen = sorted(str(n) for n in entity_names if str(n) not in known)
-    if not unseen:
-        return None
-    shown = ", ".join(unseen[:10]) + (f" and {len(unseen) - 10} more" if len(unseen) > 10 else "")
-    hours = ", per hour of day" if model.featurizer.baseline_.by_hour else ""
-    return (f"{len(unseen)} of {len(set(map(str, entity_names)))} entities were not in training "
-            f"and are scored against the fleet-wide baseline (all training entities pooled"
-            f"{hours}): {shown}")
-
-
 def misfit_warning(model: Model, flagged: int | None, windows: int) -> str | None:
     """A line saying the model does not fit the data when it flags far more of its windows
     (``MISFIT_RATIO`` times) than it did on its own calibration slice; None if it fits or

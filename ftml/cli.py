@@ -82,6 +82,12 @@ def _clean_errors(fn):
     return wrapper
 
 
+def _warn(line: str | None) -> None:
+    """A warning: one line on stderr (what ftml did about the data, and did not fail on)."""
+    if line:
+        click.echo(f"ftml: warning: {line}", err=True)
+
+
 def _read_options(fn):
     """Options of the metric data contract, shared by every command that reads metrics. A
     model remembers the ones it was trained with; given to a command that loads a model, they
@@ -92,6 +98,9 @@ def _read_options(fn):
         click.option("--step", help="Sampling step, e.g. 60s (default: inferred; a model's "
                                     "own step when scoring)."),
         click.option("--exclude", multiple=True, help="Non-numeric column to ignore."),
+        click.option("--entity-map", help="Regex mapping entity names to stable ones (its "
+                     "group 'entity' or its one group), e.g. '^(.+)-[0-9a-f]{8,10}-[0-9a-z]{5}$' "
+                     "for Kubernetes pods; the model keeps it for score and watch."),
     ]):
         fn = opt(fn)
     return fn
@@ -123,8 +132,11 @@ def _step_with_unit(step: str) -> str:
     return step
 
 
-def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Config:
+def _apply_read(config: Config, timestamp_col, entity_col, step, exclude,
+                entity_map=None) -> Config:
     r = config.read
+    if entity_map:
+        r.entity_map = entity_map
     if timestamp_col:
         r.timestamp_col = timestamp_col
     if entity_col:
@@ -136,7 +148,8 @@ def _apply_read(config: Config, timestamp_col, entity_col, step, exclude) -> Con
     return config
 
 
-def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file=None):
+def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file=None,
+                     entity_map=None):
     """The model of ``model_dir`` (verified with the key of --sign-key-file or FTML_MODEL_KEY
     if given) reading as it was trained to, but for the options given."""
     import dataclasses
@@ -157,9 +170,9 @@ def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_fi
                              f"{model.step.total_seconds():g}s",
                              where="--step", hint="leave --step out: the model reads at its "
                                                   "own step")
-    if timestamp_col or entity_col or exclude:
+    if timestamp_col or entity_col or exclude or entity_map:
         config = dataclasses.replace(model.config, read=dataclasses.replace(model.config.read))
-        _apply_read(config, timestamp_col, entity_col, None, exclude)
+        _apply_read(config, timestamp_col, entity_col, None, exclude, entity_map)
         model = dataclasses.replace(model, config=config)
     return model
 
@@ -167,9 +180,10 @@ def _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_fi
 def _warn_on_fit(model, result) -> None:
     """Entities the model never saw, and a share of windows flagged far above its
     calibration's: one line each on stderr."""
-    from ftml.bundle import misfit_warning, unseen_warning
+    from ftml.bundle import misfit_warning
+    from ftml.pipeline import unseen_entities_warning
 
-    found = [unseen_warning(model, result.entity_names or []),
+    found = [unseen_entities_warning(model, result.unseen, result.entities),
              misfit_warning(model, result.flagged, result.windows)]
     for warning in filter(None, found):
         click.echo(f"ftml: warning: {warning}", err=True)
@@ -240,14 +254,15 @@ def simulate(out, entities, days, step, seed, start, fmt, test_days):
 @_read_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude):
+          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude, entity_map):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
     from ftml.bundle import model_key
 
     key = model_key(key_file)  # before the work: a missing key file fails at once
 
-    config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude)
+    config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude,
+                         entity_map)
     if classifier:
         config.diagnose.classifier = classifier
     if alarm_budget is not None:
@@ -256,7 +271,10 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
         config.features.window = window
     result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
                        quiet=quiet, sign_key=key, scheduler=scheduler or None)
+    from ftml.pipeline import dropped_warning
+
     m = result.manifest
+    _warn(dropped_warning(m.get("dropped_metrics") or {}))
     cal = m["calibration"]
     click.echo(f"model {m['model_version']} -> {out}")
     click.echo(f"  metrics: {len(m['metrics'])}  entities: {m['training']['entities']}  "
@@ -291,11 +309,13 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @_key_option("verifies")
 @_clean_errors
 def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
-          timestamp_col, entity_col, step, exclude, key_file, topology, groups_out):
+          timestamp_col, entity_col, step, exclude, key_file, topology, groups_out,
+          entity_map):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
-    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
+                             entity_map)
     if playbooks:
         from ftml.playbooks import load_playbooks
 
@@ -341,14 +361,15 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
              calibration_metrics, calibration_incidents, quiet, timestamp_col, entity_col, step,
-             exclude, key_file, topology):
+             exclude, key_file, topology, entity_map):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
-    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
+                             entity_map)
     ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet,
@@ -424,7 +445,7 @@ def playbook_check(file, model_dir):
 @_key_option("verifies")
 @_clean_errors
 def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_col, entity_col,
-                    step, exclude, key_file):
+                    step, exclude, key_file, entity_map):
     """Score history and run the engine over it: what it would have decided, and what each
     playbook would have achieved with actions that succeed at once."""
     from ftml import api
@@ -432,13 +453,14 @@ def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_co
     from ftml.playbooks import load_playbooks
     from ftml.recover import replay
 
-    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
+                             entity_map)
     book = load_playbooks(playbooks, known_metrics=model.metrics)
     _warn_on_causes(book, model)
     result = api.score(model, metrics, playbooks=playbooks)
     _warn_on_fit(model, result)
     data = read_metrics(metrics, model.config.read, model.metrics)
-    inc = read_incidents(incidents, data.entities) if incidents else None
+    inc = read_incidents(incidents, data.entities, model.config.read) if incidents else None
     out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version,
                  mode=mode)
     click.echo(out.format())
@@ -573,7 +595,7 @@ def record(source, out, duration, since, until, step, config_path, quiet):
 @_clean_errors
 def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, listen,
           wait_for_source, config_path, log_level, timestamp_col, entity_col, step, exclude,
-          key_file, topology):
+          key_file, topology, entity_map):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
     import signal
@@ -593,7 +615,8 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
         from ftml.incidents import load_topology
 
         load_topology(topology)  # a bad call graph fails now, not at the first alert
-    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file)
+    model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
+                             entity_map)
     if topology:
         model.config.diagnose.topology = topology
     section = config.extra.get("watch") or model.config.extra.get("watch") or {}

@@ -30,6 +30,16 @@ class ReadConfig:
     step: str | None = None  # e.g. "60s"; None: inferred from the median spacing
     max_fill_steps: int = 3  # gaps up to this many steps are forward-filled
     exclude: list[str] = field(default_factory=list)  # non-numeric columns to drop
+    # Regex that maps entity names to stable ones (its group 'entity', or its one group):
+    # Kubernetes pods 'ts-order-service-5d8f9c7b6-x2x4z' -> 'ts-order-service'. None: as read.
+    entity_map: str | None = None
+    # Training leaves out metrics that cannot help (ftml.pipeline.screen_metrics): a metric
+    # missing in at least this share of the fleet's observed rows (rows with any reading) ...
+    drop_missing_fraction: float = 0.95
+    # ... or whose gaps (after short ones are filled) leave more than this share of one
+    # entity's windows incomplete: every window needs every metric, so such a metric would
+    # cost that entity those windows of all its metrics.
+    drop_gappy_fraction: float = 0.2
 
 
 @dataclass
@@ -202,3 +212,9 @@ def parse_duration(text: str | int | float, what: str = "duration") -> pd.Timede
     import pandas as pd
 
     return pd.Timedelta(seconds=seconds)
+
+
+# Training: a stretch of more than this without any reading ends a run (many short runs days
+# apart). Each entity's calibration slice is the last part of its time covered by runs, so
+# such stretches do not count as time (ftml.pipeline.active_time).
+RUN_GAP_NS = 3600 * 10**9  # one hour

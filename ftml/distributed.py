@@ -46,7 +46,13 @@ from ftml.detect import EventBuilder, RawEvent
 from ftml.diagnose import load_rules
 from ftml.errors import ConfigError, InputError
 from ftml.events import Event
-from ftml.features import Baseline, counter_counts, counters_from_counts
+from ftml.features import (
+    Baseline,
+    counter_counts,
+    counters_from_counts,
+    metric_presence,
+    metrics_to_drop,
+)
 from ftml.incidents import grouping_for
 from ftml.io import (
     MetricData,
@@ -69,7 +75,7 @@ from ftml.pipeline import (
     TrainResult,
     WindowRecorder,
     WindowScorer,
-    calibration_cut,
+    calibration_cuts,
     calibration_info,
     calibration_scores,
     detector_of,
@@ -82,8 +88,11 @@ from ftml.pipeline import (
     incident_windows,
     progress,
     publish_events,
+    remember_dropped,
     require_fit_windows,
+    require_metrics,
     split_windows,
+    unseen_entities,
     utc_text,
     window_history,
     window_table,
@@ -210,13 +219,15 @@ class FileIndex:
     entities: pd.DataFrame  # entity, t_lo, t_hi, rows
     columns: list[str]
     spacing: pd.Series | None = None  # spacing (ns) -> count
+    text_columns: tuple[str, ...] = ()  # text columns left out (training)
 
 
 def index_file(path: str, read: ReadConfig, metrics: list[str] | None, chunk_rows: int,
                spacing: bool = False) -> FileIndex:
     """Stream one file once; ``metrics``: columns every chunk must have (scoring)."""
     parts, columns, gaps = [], [], []
-    for rows in iter_metric_rows([path], read, chunk_rows):
+    text: set[str] | None = set() if metrics is None else None  # training: text is dropped
+    for rows in iter_metric_rows([path], read, chunk_rows, text_columns=text):
         names = [c for c in rows.columns if c not in ("entity", "timestamp")]
         if metrics is not None:
             _require(names, metrics, path)
@@ -238,7 +249,9 @@ def index_file(path: str, read: ReadConfig, metrics: list[str] | None, chunk_row
     counts = None
     if spacing:
         counts = pd.concat(gaps).groupby(level=0).sum() if gaps else pd.Series(dtype=np.int64)
-    return FileIndex(path, both, columns, counts)
+    text = text or set()
+    return FileIndex(path, both, [c for c in columns if c not in text], counts,
+                     tuple(sorted(text)))
 
 
 def _require(have: list[str], metrics: list[str], source: str) -> None:
@@ -442,7 +455,9 @@ def read_task_rows(task: Task, read: ReadConfig, metrics: list[str], step_ns: in
     keep = pd.Index(task.entities)
     parts = []
     for path in task.files:
-        for rows in iter_metric_rows([path], read, chunk_rows):
+        # Training leaves text columns out, as the index did.
+        for rows in iter_metric_rows([path], read, chunk_rows,
+                                     text_columns=None if required else set()):
             if required:
                 _require(list(rows.columns), metrics, path)
                 rows = rows[["entity", "timestamp", *metrics]]
@@ -590,7 +605,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         write_table(table, windows_out)
     return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
                        round(time.perf_counter() - started, 3), table, collector.flagged,
-                       sorted(collector.entities), groups)
+                       unseen_entities(model, collector.entities), groups)
 
 
 # --------------------------------------------------------------------------- training
@@ -604,14 +619,15 @@ def _group_data(task: Task, read: ReadConfig, metrics: list[str], step: pd.Timed
     return MetricData(frame, step, metrics)
 
 
-def train_stats_task(read, metrics, step, chunk_rows, task: Task) -> dict:
+def train_stats_task(read, metrics, step, chunk_rows, window, task: Task) -> dict:
     """Phase 1 on a worker: counter counts (``features.counter_counts``; the rule runs over
     the whole fleet's), row hashes (for the data digest) and the time span of the group's
     rows."""
     data = _group_data(task, read, metrics, step, chunk_rows)
-    codes, _ = data.entity_codes()
+    codes, ent_names = data.entity_codes()
     ts = to_ns(data.frame["timestamp"])
     return {**counter_counts(data.values(), codes),
+            "presence": metric_presence(data.values(), codes, ent_names, window),
             "hashes": pd.util.hash_pandas_object(data.frame, index=False).to_numpy(),
             "t_min": int(ts.min()) if len(ts) else None, "t_max": int(ts.max()) if len(ts)
             else None, "rows": len(ts)}
@@ -628,7 +644,7 @@ def _labels(data: MetricData, incidents) -> tuple[np.ndarray, np.ndarray]:
     return ts, incident_of_rows(codes, names, ts, incidents)
 
 
-def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, keep_p,
+def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, fraction, keep_p,
                    config, task: Task) -> dict:
     """Phase 2 on a worker: the group's baselines, its count of fit windows and a sample of
     them (each kept with probability ``keep_p``, decided by a hash of the window, so the sample
@@ -638,7 +654,7 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, 
     ts, row_label = _labels(data, incidents)
     fz = featurizer_of(config.features).fit(data, exclude_rows=row_label >= 0,
                                             counters=counters)
-    fit_rows, _, _ = split_windows(fz, frame, row_label, t_cut)
+    fit_rows, _, _ = split_windows(fz, frame, row_label, fraction)
     n_fit = len(fit_rows)
     if keep_p < 1.0 and n_fit:
         h = pd.util.hash_pandas_object(
@@ -650,7 +666,7 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, t_cut, 
             "X": fit_view(fz, frame, fit_rows, config.detect)}
 
 
-def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, t_cut,
+def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, fraction,
                      config, task: Task) -> dict:
     """Phase 3 on a worker, as ``fit_model`` does it: scores of the calibration windows (only
     the stats the forest sees, block by block), and each incident's highest-scored windows
@@ -659,14 +675,20 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
     data = _group_data(task, read, metrics, step, chunk_rows)
     frame = data.frame
     ts, row_label = _labels(data, incidents)
-    _, cal_rows, inc_rows = split_windows(fz, frame, row_label, t_cut)
+    _, cal_rows, inc_rows = split_windows(fz, frame, row_label, fraction)
+    _, _, cal_start = calibration_cuts(fz, frame, fraction)
     cal_scores = calibration_scores(fz, detector, frame, cal_rows, config.detect)
-    X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
+    if len(inc_rows):
+        X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
+    else:  # no incident in this group (or none given): nothing for the diagnoser
+        X = np.empty((0, len(fz.feature_names_)))
+        label = np.empty(0, dtype=np.int64)
     names = list(task.entities)
     entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
-            "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label}
+            "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label,
+            "cal_start": cal_start}
 
 
 def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
@@ -694,8 +716,9 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                     f"indexing {len(files)} files")
         indexes = _index(client, files, read, None, chunk_rows, step is None, quiet)
         names: list[str] = []
-        for ix in indexes:
-            names.extend(c for c in ix.columns if c not in names)
+        text = sorted({c for ix in indexes for c in ix.text_columns})
+        for ix in indexes:  # a column that is text in one file is left out of all
+            names.extend(c for c in ix.columns if c not in names and c not in text)
         step = step if step is not None else infer_step_from(indexes)
         table = index_table(indexes, int(step.value))
         entities = sorted(str(e) for e in table["entity"].unique())
@@ -706,25 +729,34 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         args = (read, names, step, chunk_rows)
         digest = hashlib.sha256(",".join(names).encode())  # as bundle.data_digest
         stats = []
-        for _, s in _run_in_order(client, train_stats_task, groups, args, ahead, "stats",
-                                  quiet):
+        for _, s in _run_in_order(client, train_stats_task, groups, (*args, fc.window), ahead,
+                                  "stats", quiet):
             digest.update(s.pop("hashes").tobytes())  # groups in entity order, as one frame
             stats.append(s)
-        counters = counters_from_counts(stats, names)
+        # Metrics that cannot help are left out, decided over the whole fleet as locally.
+        dropped = {**dict.fromkeys(text, "text"), **metrics_to_drop(
+            [s["presence"] for s in stats], names, read.drop_missing_fraction,
+            read.drop_gappy_fraction)}
+        usable = [m for m in names if m not in dropped]
+        require_metrics(usable, dropped, str(given[0]) if len(given) == 1 else "metrics")
+        counters = counters_from_counts([{k: s[k][[names.index(m) for m in usable]]
+                                          for k in ("n", "rises", "falls", "min")}
+                                         for s in stats], usable)
+        args = (read, usable, step, chunk_rows)
         t_min = np.int64(min(s["t_min"] for s in stats if s["t_min"] is not None))
         t_max = np.int64(max(s["t_max"] for s in stats if s["t_max"] is not None))
         n_rows = sum(s["rows"] for s in stats)
-        t_cut = calibration_cut(t_min, t_max, dc.calibration_fraction)
         # Each window joins the fit sample with this probability: about the local sample size.
         keep_p = min(1.0, 1.25 * MAX_FIT_WINDOWS
                      / max(1.0, n_rows * (1.0 - dc.calibration_fraction)))
         inc_f = client.scatter(inc, broadcast=True, hash=False) if inc is not None else None
         parts = [r for _, r in _run_in_order(
-            client, train_fit_task, groups, (*args, counters, inc_f, t_cut, keep_p, config),
+            client, train_fit_task, groups,
+            (*args, counters, inc_f, dc.calibration_fraction, keep_p, config),
             ahead, "features", quiet)]
         # One featurizer of the groups' baselines: the fleet fallback over all entities.
         featurizer = featurizer_of(fc).with_baseline(
-            names, step, counters, Baseline.concat([p["baseline"] for p in parts]))
+            usable, step, counters, Baseline.concat([p["baseline"] for p in parts]))
         require_fit_windows(sum(p["n_fit"] for p in parts),
                             str(given[0]) if len(given) == 1 else "metrics", fc.window)
         fit_X = np.vstack([p["X"] for p in parts])
@@ -740,8 +772,11 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
         del fit_X
         shared = client.scatter((featurizer, detector), broadcast=True, hash=False)
         scored = [r for _, r in _run_in_order(
-            client, train_score_task, groups, (*args, shared, inc_f, t_cut, config), ahead,
-            "calibration", quiet)]
+            client, train_score_task, groups,
+            (*args, shared, inc_f, dc.calibration_fraction, config), ahead, "calibration",
+            quiet)]
+    starts = [r["cal_start"] for r in scored if r["cal_start"] is not None]
+    t_cut = min(starts) if starts else float(t_max)
     cal_entity = np.concatenate([np.asarray(r["names"], dtype=object)[r["code"]]
                                  for r in scored])
     cal_end = np.concatenate([r["end_ns"] for r in scored])
@@ -751,14 +786,15 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                                          config)
     model, thresholder = finish_training(featurizer, detector, cal_entity, cal_end, cal_scores,
                                          incident_spans(inc), diagnoser,
-                                         load_rules(rules, featurizer.metrics_), config)
+                                         load_rules(rules, featurizer.metrics_),
+                                         remember_dropped(config, dropped))
     info = TrainInfo(
         start=utc_text(t_min), end=utc_text(t_max), calibration_start=utc_text(t_cut),
         entities=len(entities), rows=n_rows, fit_windows=n_fit_used,
         calibration_windows=len(cal_end), incidents=0 if inc is None else len(inc),
         data_sha256=digest.hexdigest(), sources=[str(p) for p in given],
         calibration=calibration_info(thresholder, dc, cal_scores), diagnosis=diag_info,
-        extra={"dask_threads": threads}).to_dict()
+        extra={"dask_threads": threads}, dropped_metrics=dropped).to_dict()
     info["training"]["seconds"] = round(time.perf_counter() - started, 2)
     manifest = save_model(model, out, info, key=sign_key)
     return TrainResult(model, manifest, info)

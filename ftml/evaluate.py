@@ -646,12 +646,15 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
 def fit_warnings(model, entities, detection: dict[str, Any], windows: int) -> list[str]:
     """What says the model does not fit the evaluated data: entities it never saw, and a
     share of windows flagged far above its calibration's."""
-    from ftml.bundle import misfit_warning, unseen_warning
+    from ftml.bundle import misfit_warning
+    from ftml.pipeline import unseen_entities, unseen_entities_warning
 
     fraction = detection.get("flagged_fraction")
     flagged = None if fraction is None or not math.isfinite(fraction) else \
         round(fraction * windows)
-    found = [unseen_warning(model, entities), misfit_warning(model, flagged, windows)]
+    names = [str(e) for e in entities]
+    found = [unseen_entities_warning(model, unseen_entities(model, names), len(set(names))),
+             misfit_warning(model, flagged, windows)]
     return [w for w in found if w]
 
 

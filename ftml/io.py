@@ -489,6 +489,8 @@ class MetricData:
     step: pd.Timedelta
     metrics: list[str]
     sources: list[str] = field(default_factory=list)
+    # Columns left out, and why (e.g. text columns read with ``drop_text``): metric -> reason.
+    dropped: dict[str, str] = field(default_factory=dict)
 
     @property
     def entities(self) -> list[str]:
@@ -524,12 +526,18 @@ def resolve_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[st
     return None
 
 
-def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0) -> pd.DataFrame:
+def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0,
+            text_columns: set[str] | None = None) -> pd.DataFrame:
     """One raw table (wide or long layout) -> wide rows: entity, timestamp, metric columns (float64).
 
     Not yet on a regular step: that is :func:`normalise`'s job, once all inputs are together.
     Long-layout rows that repeat an (entity, timestamp, metric) stay separate rows, so that
     :func:`normalise` averages every reading equally however the input was split into chunks.
+    Entity names go through ``cfg.entity_map`` (:func:`map_entities`).
+
+    ``text_columns``: a set to which wide-layout columns that hold text (not numbers with a
+    typo: see :func:`is_text_column`) are added, and left out, instead of being an error
+    (training drops them with a warning).
     """
     ts_col = resolve_column(raw, cfg.timestamp_col, TIMESTAMP_NAMES, "timestamp", source,
                             "--timestamp-col", required=True)
@@ -555,6 +563,10 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
     else:
         metric_cols = [c for c in raw.columns
                        if c not in (ts_col, ent_col) and str(c) not in excluded]
+        if text_columns is not None:
+            text = [c for c in metric_cols if is_text_column(raw[c])]
+            text_columns.update(str(c) for c in text)
+            metric_cols = [c for c in metric_cols if c not in text]
         if not metric_cols:
             raise InputError("no metric columns", source=source,
                              hint="add one numeric column per metric (wide layout) or "
@@ -566,6 +578,7 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
         col, source, str(ent_col), offset), row_offset)
                 if ent_col is not None else pd.Series(DEFAULT_ENTITY, index=raw.index,
                                                       dtype="string"))
+    entities = map_entities(entities, cfg.entity_map)
     if not long_layout:
         columns: dict[str, np.ndarray] = {}
         for c in metric_cols:  # a loop over columns, vectorized over rows
@@ -641,6 +654,58 @@ def _entity_names(col: pd.Series, source: str, name: str, row_offset: int) -> pd
                          where=f"row {row_offset + pos + 1}, column '{name}'",
                          hint="name the entity of every row")
     return names
+
+
+def entity_pattern(pattern: str) -> re.Pattern:
+    """The compiled ``--entity-map`` regex: it must have a group named ``entity`` or exactly
+    one capture group, which is the stable name."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"entity map {pattern!r} is not a regular expression ({exc})",
+                          where="--entity-map / read.entity_map",
+                          hint="e.g. '^(.+?)-[0-9a-f]{6,10}-[0-9a-z]{5}$'") from None
+    if "entity" not in rx.groupindex and rx.groups != 1:
+        raise ConfigError(f"entity map {pattern!r} has {rx.groups} capture groups",
+                          where="--entity-map / read.entity_map",
+                          hint="use one group, or name the stable part (?P<entity>...)")
+    return rx
+
+
+def map_entities(names: pd.Series, pattern: str | None) -> pd.Series:
+    """Entity names -> stable names by ``pattern`` (``read.entity_map``): a name the regex
+    matches (``re.search``) becomes its ``entity`` group (or its one group), e.g. the pod
+    'ts-order-service-5d8f9c7b6-x2x4z' -> 'ts-order-service'; other names stay as they are.
+    Rows of entities merged at one time step are averaged by :func:`normalise`. Computed on
+    the distinct names only."""
+    if not pattern or len(names) == 0:
+        return names
+    rx = entity_pattern(pattern)
+    group = "entity" if "entity" in rx.groupindex else 1
+    codes, uniques = pd.factorize(names, use_na_sentinel=True)
+    mapped = []
+    for name in map(str, uniques):  # distinct names: few
+        m = rx.search(name)
+        stable = m.group(group) if m else None
+        mapped.append(stable if stable else name)
+    return pd.Series(pd.array(mapped, dtype="string").take(codes), index=names.index)
+
+
+# A column is text, not a metric with a typo, when at least this share of its filled cells
+# are not numbers.
+TEXT_SHARE = 0.5
+
+
+def is_text_column(col: pd.Series) -> bool:
+    """A column of text (e.g. an interface name), not a number column with a stray word."""
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+        return False
+    text = col.dropna().astype("string").str.strip()
+    text = text[(text != "") & ~text.str.lower().isin(_NAN_WORDS)]
+    if not len(text):
+        return False
+    words = pd.to_numeric(text, errors="coerce").isna()
+    return bool(words.mean() >= TEXT_SHARE)
 
 
 def _numeric(col: pd.Series, source: str, name: str, row_offset: int) -> np.ndarray:
@@ -816,18 +881,28 @@ def _check_grid_size(grid_rows: int, readings: int, step: pd.Timedelta, lo: np.n
                      hint="check for stray timestamps (a wrong year, epoch units) or pass a "
                           "larger --step")
 def read_metrics(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
-                 metrics: list[str] | None = None) -> MetricData:
-    """Read, validate and normalise metric files into one :class:`MetricData`."""
+                 metrics: list[str] | None = None, drop_text: bool = False) -> MetricData:
+    """Read, validate and normalise metric files into one :class:`MetricData`.
+
+    ``drop_text``: text columns are left out (and named in ``MetricData.dropped``) instead of
+    being an error: training's reading of raw exports."""
     cfg = cfg or ReadConfig()
     step_from_config(cfg)  # a bad --step fails before any file is read
+    if cfg.entity_map:
+        entity_pattern(cfg.entity_map)  # a bad regex fails before any file is read
     files = expand_paths(paths)
     parts = []
+    text: set[str] | None = set() if drop_text else None
     for f in files:
         raw = read_table(f)
-        parts.append(to_rows(raw, str(f), cfg))
+        parts.append(to_rows(raw, str(f), cfg, text_columns=text))
         del raw  # freed before the next file is read and before normalising
+    if text:  # a column that is text in one file is dropped from all
+        parts = [p.drop(columns=[c for c in text if c in p.columns]) for p in parts]
     rows = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True, sort=False)
-    return rows_to_data(rows, cfg, [str(f) for f in files], metrics)
+    data = rows_to_data(rows, cfg, [str(f) for f in files], metrics)
+    data.dropped = {c: "text" for c in sorted(text or ())}
+    return data
 
 
 def rows_to_data(rows: pd.DataFrame, cfg: ReadConfig, sources: list[str],
@@ -885,12 +960,13 @@ def step_from_config(cfg: ReadConfig) -> pd.Timedelta | None:
 
 
 def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
-                     chunk_rows: int = 500_000) -> Iterator[pd.DataFrame]:
+                     chunk_rows: int = 500_000, text_columns: set[str] | None = None
+                     ) -> Iterator[pd.DataFrame]:
     """Stream wide rows (not yet normalised) from files, ``chunk_rows`` at a time, in file order.
 
     CSV and JSON Lines are read in chunks; Parquet by row group. Memory stays bounded by the
     chunk size whatever the file size. Errors name the row in the whole file, as
-    :func:`read_metrics` does.
+    :func:`read_metrics` does. ``text_columns``: as :func:`to_rows`.
     """
     cfg = cfg or ReadConfig()
     for f in expand_paths(paths):
@@ -905,7 +981,7 @@ def iter_metric_rows(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
                     break
                 if len(raw) == 0:
                     continue
-                yield to_rows(raw, str(f), cfg, row_offset=offset)
+                yield to_rows(raw, str(f), cfg, row_offset=offset, text_columns=text_columns)
                 offset += len(raw)
         finally:
             chunks.close()  # the file closes now, also when the consumer stops early
@@ -974,7 +1050,8 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
     ent_col = (cfg.entity_col if cfg and cfg.entity_col in raw.columns else
                next((cols[n] for n in ENTITY_NAMES if n in cols), None))
     if ent_col is not None:
-        out.insert(0, "entity", _entity_names(raw[ent_col], source, str(ent_col), 0).to_numpy())
+        names = _entity_names(raw[ent_col], source, str(ent_col), 0)
+        out.insert(0, "entity", map_entities(names, cfg.entity_map if cfg else None).to_numpy())
     elif entities is not None and len(entities) == 1:
         out.insert(0, "entity", str(entities[0]))
     else:

@@ -15,6 +15,7 @@ written once, here:
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,14 +27,23 @@ import pandas as pd
 from tqdm import tqdm
 
 from ftml.bundle import Model
-from ftml.config import Config, DetectConfig, FeatureConfig, ReadConfig
+from ftml.config import RUN_GAP_NS, Config, DetectConfig, FeatureConfig, ReadConfig
 from ftml.detect import AlarmThreshold, EventRules, FlagGate, IsolationDetector
 from ftml.diagnose import Diagnoser
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.features import Featurizer, Windows, detector_view, stats_view, window_stats, window_view
+from ftml.features import (
+    Featurizer,
+    Windows,
+    detector_view,
+    metric_presence,
+    metrics_to_drop,
+    stats_view,
+    window_stats,
+    window_view,
+)
 from ftml.incidents import Grouping, assign_groups, groups_table
-from ftml.io import label_times, to_ns, write_records
+from ftml.io import MetricData, label_times, to_ns, write_records
 
 # Rows a batch score holds at most per chunk by default.
 SCORE_CHUNK_ROWS = 1_000_000
@@ -278,8 +288,32 @@ class ScoreResult:
     seconds: float
     window_table: pd.DataFrame | None = None
     flagged: int | None = None  # windows at or over the threshold (None: not counted)
-    entity_names: list[str] | None = None  # the entities scored (None: not kept)
+    unseen: list[str] = field(default_factory=list)  # entities scored on the fleet baseline
     groups: list[dict] = field(default_factory=list)  # one record per incident group
+
+
+def unseen_entities(model: Model, names: Iterable[str]) -> list[str]:
+    """Of these entities, those the model has no baseline of (sorted): they are scored
+    against the fleet's fallback baseline (:class:`ftml.features.Baseline`)."""
+    names = sorted(map(str, names))
+    known = model.featurizer.baseline_.entity_index(names)
+    return [n for n, k in zip(names, known.tolist(), strict=True) if k < 0]
+
+
+def unseen_entities_warning(model: Model, unseen: list[str], of: int | None = None
+                            ) -> str | None:
+    """The one line for entities not seen in training, and the baseline they get (None:
+    there are none); ``of``: how many entities were scored, when known."""
+    if not unseen:
+        return None
+    shown = ", ".join(unseen[:10]) + (f" and {len(unseen) - 10} more" if len(unseen) > 10
+                                      else "")
+    hours = ", per hour of day" if model.featurizer.baseline_.by_hour else ""
+    one = len(unseen) == 1 and not of
+    count = f"{len(unseen)} of {of} entities were" if of else (
+        f"{len(unseen)} entit{'y was' if one else 'ies were'}")
+    return (f"{count} not in training and {'is' if one else 'are'} scored against the "
+            f"fleet-wide baseline (all training entities pooled{hours}): {shown}")
 
 
 def write_events(events: list[Event], out: str | Path | None) -> None:
@@ -334,15 +368,68 @@ class TrainInfo:
     diagnosis: dict[str, Any]
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. dask_threads
+    dropped_metrics: dict[str, str] = field(default_factory=dict)  # metric -> why
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         calibration, diagnosis, extra = d.pop("calibration"), d.pop("diagnosis"), d.pop("extra")
+        dropped = d.pop("dropped_metrics")
         seconds = d.pop("seconds")
         training = {**d, **extra}
         if seconds is not None:
             training["seconds"] = seconds
-        return {"training": training, "calibration": calibration, "diagnosis": diagnosis}
+        return {"training": training, "calibration": calibration, "diagnosis": diagnosis,
+                "dropped_metrics": dropped}
+
+
+# --------------------------------------------------------------------------- metric screen
+
+
+def screen_metrics(data: MetricData, read: ReadConfig, window: int) -> MetricData:
+    """``data`` without the metrics that cannot help (:func:`ftml.features.metrics_to_drop`):
+    empty, constant, almost always missing, or with gaps that cost one entity many of its
+    ``window``-step windows. They join ``data.dropped`` (text columns the reader left out are
+    there already)."""
+    codes, names = data.entity_codes()
+    drop = metrics_to_drop([metric_presence(data.values(), codes, names, window)], data.metrics,
+                           read.drop_missing_fraction, read.drop_gappy_fraction)
+    return without_metrics(data, drop)
+
+
+def without_metrics(data: MetricData, drop: dict[str, str]) -> MetricData:
+    dropped = {**data.dropped, **drop}
+    keep = [m for m in data.metrics if m not in drop]
+    require_metrics(keep, dropped, data.sources[0] if len(data.sources) == 1 else "metrics")
+    frame = data.frame.drop(columns=list(drop)) if drop else data.frame
+    return MetricData(frame, data.step, keep, data.sources, dropped)
+
+
+def require_metrics(usable: list[str], dropped: dict[str, str], source: str) -> None:
+    if not usable:
+        raise InputError(f"no metric can be used: {dropped_text(dropped)}", source=source,
+                         hint="give metrics that vary and are mostly present")
+
+
+def dropped_text(dropped: dict[str, str]) -> str:
+    return ", ".join(f"{m} ({why})" for m, why in dropped.items())
+
+
+def dropped_warning(dropped: dict[str, str]) -> str | None:
+    """The one stderr line for metrics training left out (None: none)."""
+    if not dropped:
+        return None
+    n = len(dropped)
+    return f"left out {n} metric{'s' if n > 1 else ''} that cannot help: {dropped_text(dropped)}"
+
+
+def remember_dropped(config: Config, dropped: dict[str, str]) -> Config:
+    """The config a model keeps: the user's, with the dropped metrics excluded from reading,
+    so that scoring, evaluation and watch ignore them where present and need them nowhere."""
+    if not dropped:
+        return config
+    out = copy.deepcopy(config)
+    out.read.exclude = list(out.read.exclude) + [m for m in dropped if m not in out.read.exclude]
+    return out
 
 
 def incident_of_rows(codes: np.ndarray, names: list[str], t_ns: np.ndarray,
@@ -374,27 +461,149 @@ def calibration_cut(t_min: int, t_max: int, fraction: float) -> float:
     return t_min + (1.0 - fraction) * (t_max - t_min)
 
 
-def split_windows(featurizer: Featurizer, frame: pd.DataFrame, row_label: np.ndarray,
-                  t_cut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Last rows of the fit windows (normal: before the calibration cut and touching no
-    incident), the calibration windows (from the cut on) and the incident windows (ending in
-    one), decided from the rows alone, before any feature is computed."""
+def observed_rows(frame: pd.DataFrame, metrics: list[str], block_rows: int = 1 << 20
+                  ) -> np.ndarray:
+    """Per row, whether any metric has a reading (the grid's rows between runs have none)."""
+    out = np.zeros(len(frame), dtype=bool)
+    for a in range(0, len(frame), block_rows):
+        part = frame[metrics].iloc[a:a + block_rows].to_numpy(dtype=np.float64)
+        out[a:a + block_rows] = np.isfinite(part).any(axis=1)
+    return out
+
+
+def _entity_rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """First row of each entity's block of rows, and each row's block."""
+    codes = pd.factorize(frame["entity"], sort=False)[0]
+    first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.empty(0, bool)
+    return np.flatnonzero(first), np.cumsum(first) - 1
+
+
+def _runs(flag: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of True in ``flag`` that stay in one block: each row's run (-1: not in one) and
+    each run's length."""
+    start = flag & np.r_[True, ~flag[:-1] | (block[1:] != block[:-1])] if len(flag) else flag
+    run = np.where(flag, np.cumsum(start) - 1, -1)
+    return run, np.bincount(run[flag], minlength=int(start.sum()))
+
+
+def active_time(featurizer: Featurizer, frame: pd.DataFrame
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each entity's clock of covered time: per row, its time with every earlier stretch of
+    more than ``RUN_GAP_NS`` without readings taken out (runs days apart follow each other, as
+    one span); and per entity, its first row and its covered span's end on that clock. For an
+    entity without such stretches the clock is the timestamps themselves."""
     ts = to_ns(frame["timestamp"])
+    step = int(featurizer.step_.value)
+    starts, block = _entity_rows(frame)
+    unobserved = ~observed_rows(frame, featurizer.metrics_)
+    run, length = _runs(unobserved, block)
+    counted = np.ones(len(ts), dtype=bool)
+    counted[unobserved] = length[run[unobserved]] * step <= RUN_GAP_NS
+    cum = np.cumsum(counted)
+    before = np.r_[0, cum][starts]  # counted rows before each entity's first
+    k = cum - before[block]  # counted rows of its entity up to this one
+    t0 = ts[starts]
+    ends = np.r_[starts[1:], len(ts)] - 1
+    t_end = t0 + (cum[ends] - before - 1) * step
+    return t0[block] + (k - 1) * step, starts, t_end
+
+
+def calibration_cuts(featurizer: Featurizer, frame: pd.DataFrame, fraction: float
+                     ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The calibration cut of each entity on its own clock (:func:`active_time`): the last
+    ``fraction`` of its covered time calibrates, so that many short runs days apart give each
+    entity fit and calibration windows, and one continuous span gives the one cut
+    :func:`calibration_cut` of the span. Returns each row's clock time, each row's cut, and
+    the earliest cut in real time (None: no rows)."""
+    active, starts, t_end = active_time(featurizer, frame)
+    if not len(active):
+        return active, np.empty(0), None
+    t0 = active[starts]
+    cut = calibration_cut(t0, t_end, fraction)  # per entity
+    _, block = _entity_rows(frame)
+    cut_row = cut[block]
+    ts = to_ns(frame["timestamp"])
+    # Real time of each entity's cut: the clock's offset at its first row past the cut.
+    past = np.flatnonzero(active >= cut_row)
+    if not len(past):  # no entity with a reading
+        return active, cut_row, None
+    first_past = past[np.r_[True, block[past][1:] != block[past][:-1]]]
+    real = cut[block[first_past]] + (ts[first_past] - active[first_past])
+    return active, cut_row, float(real.min())
+
+
+def split_windows(featurizer: Featurizer, frame: pd.DataFrame, row_label: np.ndarray,
+                  fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Last rows of the fit windows (normal: before their entity's calibration cut and
+    touching no incident), the calibration windows (from the cut on) and the incident
+    windows (ending in one), decided from the rows alone, before any feature is computed.
+    Each entity's cut is its own (:func:`calibration_cuts`): entities are whole in a frame,
+    locally and in each Dask group, so both split alike."""
     rows = featurizer.complete_rows(frame)  # every window, in the order window_blocks gives
-    end_ns = ts[rows]
+    active, cut_row, _ = calibration_cuts(featurizer, frame, fraction)
+    end, cut = active[rows], cut_row[rows]
     # A window touches an incident when any of its rows does.
     in_incident = np.r_[0, np.cumsum(row_label >= 0)]
     touched = in_incident[rows + 1] - in_incident[np.maximum(rows + 1 - featurizer.window, 0)] > 0
-    return (rows[(end_ns < t_cut) & ~touched], rows[end_ns >= t_cut],
-            rows[row_label[rows] >= 0])
+    return (rows[(end < cut) & ~touched], rows[end >= cut], rows[row_label[rows] >= 0])
 
 
-def require_fit_windows(n: int, source: str, window: int) -> None:
+def require_fit_windows(n: int, source: str, window: int,
+                        cause: tuple[str, str] | None = None) -> None:
+    """Enough fit windows, or an error naming why not: ``cause`` (problem, hint) from
+    :func:`few_windows_cause` when known, else too little history."""
     if n < MIN_FIT_WINDOWS:
+        if cause is not None:
+            raise InputError(f"only {n} normal windows to fit on: {cause[0]}", source=source,
+                             hint=cause[1])
         raise InputError(f"only {n} normal windows before the calibration slice",
                          source=source,
                          hint=f"give more history (a window is {window} steps) or lower "
                               "detect.calibration_fraction")
+
+
+def _step_text(step: pd.Timedelta) -> str:
+    seconds = step.total_seconds()
+    return f"{seconds:g}s"
+
+
+# Most steps of the grid without a reading, inside runs: the step is likely wrong.
+_EMPTY_GRID_SHARE = 0.5
+
+
+def few_windows_cause(featurizer: Featurizer, frame: pd.DataFrame) -> tuple[str, str] | None:
+    """Why a frame has few complete windows, as (problem, hint): runs shorter than a window,
+    a step finer than the readings, or a metric missing in most rows; None when it is none of
+    these (then history is short)."""
+    if not len(frame):
+        return None
+    w, step = int(featurizer.window), featurizer.step_
+    _, block = _entity_rows(frame)
+    values = frame[featurizer.metrics_].to_numpy(dtype=np.float64)
+    present = np.isfinite(values)
+    observed = present.any(axis=1)
+    # Inside runs (gaps of up to RUN_GAP_NS), the share of grid steps without any reading.
+    run, length = _runs(~observed, block)
+    short_gap = ~observed
+    short_gap[short_gap] = length[run[short_gap]] * int(step.value) <= RUN_GAP_NS
+    empty = short_gap.sum() / max(1, short_gap.sum() + observed.sum())
+    if empty > _EMPTY_GRID_SHARE:
+        return (f"{empty:.0%} of the steps of the {_step_text(step)} grid have no reading",
+                "is the step right? pass --step with the readings' spacing")
+    _, obs_len = _runs(observed, block)
+    longest = int(obs_len.max()) if len(obs_len) else 0
+    if longest < w:
+        return (f"the longest run of readings is {longest} steps of {_step_text(step)}, a "
+                f"window needs {w}",
+                f"give runs of at least {w} steps, or lower --window")
+    _, full_len = _runs(present.all(axis=1), block)
+    if not len(full_len) or full_len.max() < w:
+        missing = 1.0 - present[observed].mean(axis=0)
+        j = int(np.argmax(missing))
+        name = featurizer.metrics_[j]
+        return (f"every window misses a value: '{name}' is missing in {missing[j]:.0%} of "
+                "the rows with readings", f"pass --exclude {name}, or fill its gaps")
+    return None
 
 
 def fit_sample(n: int, random_state: int) -> np.ndarray | None:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from ftml.config import ReadConfig, parse_duration
 from ftml.errors import ConfigError, FtmlError, InputError
-from ftml.io import to_rows
+from ftml.io import map_entities, to_rows
 
 log = logging.getLogger("ftml.watch")
 
@@ -543,8 +543,10 @@ class PrometheusSource:
     ``query_range`` per metric, and a poll after an outage fills the gap the same way,
     so scoring goes on from where it stopped."""
 
-    def __init__(self, url: str, config: PrometheusConfig, metrics: Iterable[str] = ()):
+    def __init__(self, url: str, config: PrometheusConfig, metrics: Iterable[str] = (),
+                 entity_map: str | None = None):
         self.url = url.rstrip("/")
+        self.entity_map = entity_map  # read.entity_map: pods -> stable names
         self.name = f"prometheus:{self.url}"
         queries = dict(config.queries) or {m: m for m in metrics}
         if not queries:
@@ -610,7 +612,9 @@ class PrometheusSource:
         long = pd.concat(parts, ignore_index=True) if parts else None
         if long is None or long.empty:
             return None
-        # One row per (entity, time); a sample the query returned as NaN stays missing.
+        long["entity"] = map_entities(long["entity"], self.entity_map)
+        # One row per (entity, time): pods merged by the entity map are averaged, as in
+        # batch reading; a sample the query returned as NaN stays missing.
         wide = long.groupby(["entity", "ts", "metric"], sort=False)["value"].mean() \
             .unstack("metric").reset_index()
         wide.columns.name = None
@@ -758,6 +762,6 @@ def make_source(spec: str, cfg: ReadConfig, config: WatchSourceConfig | None = N
     if kind == "prometheus" and arg:
         if not arg.startswith(("http://", "https://")):
             raise ConfigError(f"not an http(s) URL: {arg!r}", where=f"--source {spec}")
-        return PrometheusSource(arg, config.prometheus, metrics)
+        return PrometheusSource(arg, config.prometheus, metrics, cfg.entity_map)
     raise ConfigError(f"unknown source {spec!r}", where="--source",
                       hint="use file:PATH, stdin, local or prometheus:URL")

@@ -53,7 +53,7 @@ from ftml.events import Event
 from ftml.features import Windows, level_of_sums, level_units, window_features
 from ftml.incidents import LiveGrouper, grouping_for
 from ftml.io import atomic_path, normalise, to_ns, write_text
-from ftml.pipeline import carry_steps, gate_of
+from ftml.pipeline import carry_steps, gate_of, unseen_entities, unseen_entities_warning
 from ftml.playbooks import RECOVERED_PREFIX
 from ftml.recover import SystemClock
 from ftml.sinks import Sink, SinkError, alert_record
@@ -721,6 +721,7 @@ class Watcher:
         self._columns = pd.Index(list(model.metrics), dtype=object)
         self._layouts: dict[tuple, list[int]] = {}
         self._known = np.empty(0, dtype=np.int64)  # per entity code: Baseline.entity_index
+        self._checked = 0  # entities (buffer codes) checked for a baseline: warned once
         self._buffers = _Buffers(list(model.metrics), self.step_ns, self.keep_steps,
                                  self.ring_rows, int(model.event_rules.of_windows),
                                  win_rows=self.window)
@@ -1159,9 +1160,17 @@ class Watcher:
         b.lastval[row_code[at_newest]] = frame[b.metrics].to_numpy(dtype=np.float64)[at_newest]
         b.ring_ok[touched] = b.done[touched] == b.newest[touched]
 
+    def _warn_unseen(self, names: list[str]) -> None:
+        line = unseen_entities_warning(self.model, unseen_entities(self.model, names))
+        if line:
+            log.warning(line)
+
     def _score(self, w: Windows, codes: np.ndarray, now: float, out: TickResult) -> None:
         b = self._buffers
         model = self.model
+        if self._checked < len(b.names):
+            self._warn_unseen(b.names[self._checked:])
+            self._checked = len(b.names)
         scores = model.score_windows(w)
         out.windows += len(w)
         self.metrics.windows.inc(len(w))

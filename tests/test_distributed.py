@@ -179,6 +179,33 @@ def test_train_on_the_cluster_writes_a_bundle_like_the_local_one(cluster, fleet,
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) >= 1
 
 
+def test_messy_data_trains_on_the_cluster_as_locally(cluster, tmp_path):
+    # Redis-shaped: runs days apart, a text column, constant, empty and gappy metrics; the
+    # runs in two files (the text only in the first) and four entities in two groups.
+    from tests.test_messy_data import RUN_STARTS, redis_like
+
+    ents = ("node-0", "node-1", "node-2", "node-3")
+    redis_like(entities=ents, starts=RUN_STARTS[:3]).to_csv(tmp_path / "a.csv", index=False)
+    redis_like(entities=ents, starts=RUN_STARTS[3:], seed=1).assign(
+        **{"system.network.name": np.nan}).to_csv(tmp_path / "b.csv", index=False)
+    address, _ = _ready(cluster)
+    run = CliRunner().invoke(main, ["train", "--metrics", str(tmp_path / "*.csv"), "--out",
+                                    str(tmp_path / "remote"), "--scheduler", address, "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert "ftml: warning: left out 4 metrics that cannot help" in run.stderr
+    api.train([tmp_path / "*.csv"], tmp_path / "local")
+    lm = json.loads((tmp_path / "local" / MANIFEST_FILE).read_text())
+    rm = json.loads((tmp_path / "remote" / MANIFEST_FILE).read_text())
+    assert rm["dropped_metrics"] == lm["dropped_metrics"]
+    assert set(rm["dropped_metrics"]) == {"system.network.name", "system.cpu.cores",
+                                          "redis.cluster.slots_fail", "redis.keyspace.gappy"}
+    assert rm["metrics"] == lm["metrics"] and rm["config"] == lm["config"]
+    for key in ("rows", "fit_windows", "calibration_windows", "data_sha256",
+                "calibration_start"):
+        assert rm["training"][key] == lm["training"][key], key
+    assert rm["calibration"]["threshold"] == pytest.approx(lm["calibration"]["threshold"])
+
+
 def test_bad_input_on_the_cluster_is_one_line_and_exit_2(cluster, fleet, tmp_path):
     tmp, glob = fleet
     address, _ = _ready(cluster)
@@ -312,7 +339,7 @@ def test_fleet_counters_from_group_counts_match_detect_counters(fleet):
     table = fd.index_table([fd.index_file(path, read, None, 10**6)], int(data.step.value))
     tasks = fd.plan(table, [path], 5000, 3, 0, 1, split_time=False).tasks
     assert len(tasks) > 1
-    stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, t) for t in tasks]
+    stats = [fd.train_stats_task(read, data.metrics, data.step, 10**6, 15, t) for t in tasks]
     codes, _ = data.entity_codes()
     assert counters_from_counts(stats, data.metrics) == \
         detect_counters(data.values(), codes, data.metrics)

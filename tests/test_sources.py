@@ -27,6 +27,7 @@ from ftml.sources import (
     PrometheusSource,
     SourceError,
     StdinSource,
+    WatchSourceConfig,
     make_source,
     source_config,
 )
@@ -319,6 +320,20 @@ def test_nan_values_are_missing(prom):
     src = _source(prom, {"cpu": "up_nan"})
     frame = src.poll(60.0 * 100)
     assert frame["cpu"].isna().all()
+
+
+def test_the_entity_map_merges_pods_and_averages_their_samples(prom):
+    prom.series = lambda: [{"host": "web-5d8f9c7b6-x2x4z"}, {"host": "web-7c9d8e6f5-q8w7e"},
+                           {"host": "db-0"}]
+    prom.value = lambda query, host, t: {"x2x4z": "1", "q8w7e": "3"}.get(host[-5:], "7")
+    cfg = PrometheusConfig(queries={"cpu": "cpu"}, entity_label="host", timeout=2)
+    src = make_source(f"prometheus:{prom.url}",
+                      ReadConfig(entity_map=r"^(?P<entity>.+?)-[0-9a-f]{9}-[0-9a-z]{5}$"),
+                      WatchSourceConfig(prometheus=cfg))
+    src.bind(pd.Timedelta(seconds=60), 3)
+    frame = src.poll(6000 * 60.0)
+    assert len(frame) == 2 * 3  # two entities, three steps
+    assert frame.groupby("entity")["cpu"].mean().to_dict() == {"web": 2.0, "db-0": 7.0}
 
 
 def test_without_a_query_map_each_model_metric_is_its_own_query(prom):
