@@ -51,6 +51,13 @@ class DetectConfig:
     # the ~0.6 faults per entity-day of the simulated fleets 0.2 false alarms would already
     # put precision under 0.8.
     alarm_budget: float = 0.1
+    # How the budget becomes a threshold (ftml.detect.AlarmThreshold): "empirical" (the
+    # lowest threshold within budget on the calibration slice) or "pot" (no lower than where
+    # a generalised Pareto tail of the calibration's false-alarm peaks puts the budget).
+    threshold_tail: str = "empirical"
+    # What scores a window: "forest" (IsolationForest alone) or "forest+robust" (the larger,
+    # tail for tail, of the forest's score and the largest robust deviation of any metric).
+    ensemble: str = "forest"
     calibration_fraction: float = 0.25  # later slice of training held out for the threshold
     min_windows: int = 5  # k of ...
     of_windows: int = 8  # ... n flagged windows open an event

@@ -384,7 +384,8 @@ def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.Da
     out = {}
     for k in detectors:
         score_a = np.concatenate(scores[k]) if scores[k] else np.empty(0)
-        thr = AlarmThreshold(dc.alarm_budget, model.event_rules).fit(
+        thr = AlarmThreshold(dc.alarm_budget, model.event_rules,
+                             tail=getattr(dc, "threshold_tail", "empirical")).fit(
             ent_a, end_a, score_a, int(model.step.value), incident_spans(incidents))
         out[k] = {"threshold": thr.threshold_, "windows": int(len(end_a)),
                   "false_alarms_per_entity_day": thr.false_alarms_per_entity_day_}

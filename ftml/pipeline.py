@@ -84,7 +84,7 @@ def featurizer_of(fc: FeatureConfig) -> Featurizer:
 
 def detector_of(dc: DetectConfig) -> IsolationDetector:
     return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
-                             random_state=dc.random_state)
+                             random_state=dc.random_state, ensemble=dc.ensemble)
 
 
 def event_rules_of(dc: DetectConfig) -> EventRules:
@@ -419,7 +419,8 @@ def finish_training(featurizer: Featurizer, detector: IsolationDetector,
     """The threshold from the calibration windows' scores, then the model."""
     dc = config.detect
     event_rules = event_rules_of(dc)
-    thresholder = AlarmThreshold(budget=dc.alarm_budget, rules=event_rules).fit(
+    thresholder = AlarmThreshold(budget=dc.alarm_budget, rules=event_rules,
+                                 tail=dc.threshold_tail).fit(
         cal_entity, cal_end_ns, cal_scores, int(featurizer.step_.value), spans)
     model = Model(featurizer, detector, thresholder.threshold_, event_rules, diagnoser, rules,
                   config)
@@ -430,7 +431,10 @@ def calibration_info(thresholder: AlarmThreshold, dc: DetectConfig) -> dict[str,
     return {"alarm_budget": dc.alarm_budget, "threshold": thresholder.threshold_,
             "false_alarms": thresholder.false_alarms_,
             "entity_days": thresholder.entity_days_,
-            "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_}
+            "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_,
+            "threshold_tail": dc.threshold_tail,
+            "empirical_threshold": thresholder.empirical_threshold_,
+            "tail_fit": thresholder.tail_}
 
 
 def utc_text(t_ns: int | float) -> str:
