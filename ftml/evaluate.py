@@ -559,6 +559,9 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
     days = entity_days_of(data.frame, data.step)
     runs = {"ftml": _score_run("ftml", model, paths, inc, days, tolerance, playbooks, seed,
                                quiet)}
+    # Beside the judged false-alarm rate, what calibration promised (the training slice).
+    runs["ftml"].detection["calibration_false_alarms_per_entity_day"] = \
+        model.manifest.get("calibration", {}).get("false_alarms_per_entity_day")
     # A model without diagnoser or rules answers 'unknown': counted as abstaining, as for events.
     diagnosed = diagnose_incidents(model, data, inc)
     base_report = None
@@ -576,6 +579,8 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
             bm = with_detector(model, det, cal["threshold"], kind)
             runs[kind] = _score_run(kind, bm, paths, inc, days, tolerance, playbooks, seed,
                                     quiet)
+            runs[kind].detection["calibration_false_alarms_per_entity_day"] = \
+                cal["false_alarms_per_entity_day"]
             base_report[kind] = {"threshold": cal["threshold"],
                                  "calibration_false_alarms_per_entity_day":
                                      cal["false_alarms_per_entity_day"],
