@@ -36,10 +36,12 @@ from bench.common import SkipBench, require_data, row, run_split
 
 TITLE = "Generalization: every labelled data set, ftml vs baselines, one protocol"
 BASELINES = ("robust_z", "ecod", "iforest")
-#: The parts of ftml's score on their own (the same whatever the default ensemble is).
-ABLATIONS = ("forest", "robust")
+#: ftml's score by parts: the forest alone, the robust statistic alone, and the two
+#: ensembles (ftml.detect.ENSEMBLES), the same whatever the default is.
+ABLATIONS = ("forest", "robust", "forest+robust", "forest|robust")
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
-          "forest": "forest only", "robust": "robust only"}
+          "forest": "forest only", "robust": "robust only", "forest+robust": "both (mean)",
+          "forest|robust": "both (max)"}
 #: PyOD detectors are fitted on at most this many fit windows (a fixed-seed draw).
 PYOD_FIT_WINDOWS = 20_000
 SEED = 0
@@ -183,6 +185,12 @@ class _Event:  # what ftml.evaluate's matching reads of an event
     cause: str = "unknown"
 
 
+def combine_scores(forest, robust, scales, how):
+    from ftml.detect import combine_scores as combine
+
+    return combine(forest, robust, scales, how)
+
+
 def _judge(entity, end_ns, scores, threshold, model, incidents, days) -> tuple[dict, float]:
     from ftml.detect import build_events
     from ftml.evaluate import auc_pr, event_metrics, window_labels
@@ -237,7 +245,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         fit_v.append(V[fit].astype(np.float32))
         cal_v.append(V[cal].astype(np.float32))
         cal_rz.append(_robust_z(w.X[cal], n_met))
-        for k, part in zip(ABLATIONS, model.detector.component_scores(V[cal]), strict=True):
+        for k, part in zip(ABLATIONS[:2], model.detector.component_scores(V[cal]), strict=True):
             cal_parts[k].append(part)
         cal_ent.append(w.entity[cal])
         cal_end.append(w.end_ns[cal])
@@ -249,8 +257,11 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         t0 = time.perf_counter()
         scorers[kind] = PyodScorer(kind).fit(fit_V)
         seconds[kind] = time.perf_counter() - t0
+    scales = ensemble_scales(model, fit_V)
     cal_scores = {"robust_z": np.concatenate(cal_rz),
-                  **{k: np.concatenate(v) for k, v in cal_parts.items()}}
+                  **{k: np.concatenate(v) for k, v in cal_parts.items() if v}}
+    for how in ABLATIONS[2:]:
+        cal_scores[how] = combine_scores(cal_scores["forest"], cal_scores["robust"], scales, how)
     for kind, sc in scorers.items():
         t0 = time.perf_counter()
         cal_scores[kind] = sc.score(cal_V)
@@ -270,7 +281,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         te_ent.append(w.entity)
         te_end.append(w.end_ns)
         te_scores["robust_z"].append(_robust_z(w.X, n_met))
-        for k, part in zip(ABLATIONS, model.detector.component_scores(V), strict=True):
+        for k, part in zip(ABLATIONS[:2], model.detector.component_scores(V), strict=True):
             te_scores[k].append(part)
         for kind, sc in scorers.items():
             t0 = time.perf_counter()
@@ -278,14 +289,29 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             seconds[kind] += time.perf_counter() - t0
     entity, end_ns = np.concatenate(te_ent), np.concatenate(te_end)
     days = entity_days_of(test.frame, test.step)
+    judged = {k: np.concatenate(v) for k, v in te_scores.items() if v}
+    for how in ABLATIONS[2:]:
+        judged[how] = combine_scores(judged["forest"], judged["robust"], scales, how)
     out = {}
     for kind in (*BASELINES, *ABLATIONS):
-        m, auc = _judge(entity, end_ns, np.concatenate(te_scores[kind]), thresholds[kind],
+        m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
                            m["entity_days"], cal_fa[kind][0], cal_fa[kind][1],
                            round(seconds.get(kind, 0.0), 2), [auc])
     return out
+
+
+def ensemble_scales(model, fit_V: np.ndarray) -> np.ndarray:
+    """The ensembles' scales (median and 99.9 % of each part), from the fit windows the
+    forest was fitted on (the same fixed-seed sample of at most MAX_FIT_WINDOWS), as
+    ``IsolationDetector.fit`` computes them."""
+    from ftml.pipeline import fit_sample
+
+    pick = fit_sample(len(fit_V), model.config.detect.random_state)
+    V = fit_V if pick is None else fit_V[pick]
+    forest, robust = model.detector.component_scores(V)
+    return np.array([np.quantile(forest, [0.5, 0.999]), np.quantile(robust, [0.5, 0.999])])
 
 
 def ftml_counts(outcome) -> Counts:

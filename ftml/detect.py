@@ -51,7 +51,7 @@ class IsolationDetector(BaseEstimator):
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples,
                                        random_state=self.random_state, n_jobs=self.n_jobs).fit(X)
         self.scales_ = None
-        if self.ensemble == "forest+robust" and X.shape[0]:
+        if self.ensemble != "forest" and X.shape[0]:
             # Each part's typical value and its 99.9 % on the fit windows: the two become one
             # score by how far into their own tail they are, in the forest's units.
             forest, robust = self.component_scores(X)
@@ -77,7 +77,7 @@ class IsolationDetector(BaseEstimator):
         scales = getattr(self, "scales_", None)
         if scales is None:
             return forest
-        return combine_scores(forest, X[:, -2], scales)
+        return combine_scores(forest, X[:, -2], scales, self.ensemble)
 
     def _scorer(self):
         # The fast scorer is compiled from the fitted forest when first needed, never pickled:
@@ -98,18 +98,23 @@ class IsolationDetector(BaseEstimator):
         return tags
 
 
-#: What scores a window: the forest alone, or the forest and the robust statistic together.
-ENSEMBLES = ("forest", "forest+robust")
+#: What scores a window: the forest alone, or the forest and the robust statistic together,
+#: each as a distance into its own tail: their mean ("forest+robust") or the larger
+#: ("forest|robust", either one alone can flag).
+ENSEMBLES = ("forest", "forest+robust", "forest|robust")
 
 
-def combine_scores(forest: np.ndarray, robust: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def combine_scores(forest: np.ndarray, robust: np.ndarray, scales: np.ndarray,
+                   how: str = "forest+robust") -> np.ndarray:
     """One score from the forest's and the robust statistic's: each as a distance into its
-    own tail on the fit windows ((s - median) / (q99.9 - median)), the larger of the two,
-    put back in the forest's units (so ordinary windows still score about its median)."""
+    own tail on the fit windows ((s - median) / (q99.9 - median)), then their mean
+    (``forest+robust``) or the larger (``forest|robust``), put back in the forest's units (so
+    ordinary windows still score about the forest's median)."""
     (f50, f999), (r50, r999) = scales
     fs = max(f999 - f50, 1e-12)
     rs = max(r999 - r50, 1e-12)
-    return f50 + fs * np.maximum((forest - f50) / fs, (robust - r50) / rs)
+    f, r = (forest - f50) / fs, (robust - r50) / rs
+    return f50 + fs * (np.maximum(f, r) if how == "forest|robust" else 0.5 * (f + r))
 
 
 def _compile(forest):
@@ -678,6 +683,10 @@ def _entity_days(entity: np.ndarray, end_ns: np.ndarray, step_ns: int) -> float:
 MIN_TAIL_PEAKS = 8
 #: Peaks the base level aims at (SPOT's 98 % quantile gives a few dozen on a day of windows).
 TAIL_PEAKS = 30
+#: A tail fitted to a few dozen peaks is trusted to reach this many times fewer false alarms
+#: than it saw, no further: a calibration slice far shorter than the budget's horizon (an hour
+#: of windows, a budget per day) leaves the empirical threshold in charge.
+MAX_TAIL_EXTRAPOLATION = 100.0
 #: The fitted shape is kept within these bounds: a few dozen peaks cannot tell a bounded
 #: tail (shape < 0) from noise, and a promise about the future must not bet on one.
 TAIL_SHAPE = (0.0, 0.5)
@@ -774,7 +783,7 @@ def tail_threshold(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray,
     if rate <= budget:
         return {"threshold": float(level), "base": float(level), "peaks": int(len(peaks)),
                 "shape": None, "scale": None}
-    if np.ptp(excess) <= 0:
+    if np.ptp(excess) <= 0 or rate / budget > MAX_TAIL_EXTRAPOLATION:
         return None
     shape, _, scale = genpareto.fit(excess, floc=0.0)
     shape = float(np.clip(shape, *TAIL_SHAPE))

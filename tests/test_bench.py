@@ -246,7 +246,7 @@ def test_generalization_pools_counts_and_names_the_best_baseline():
     assert pooled.fa_cal == 0.05 and pooled.auc == pytest.approx(0.6)
     weak = Counts(incidents=4, found=1, events=2, false_alarms=1, entity_days=10.0)
     counts = {"ftml": pooled, "robust_z": weak, "ecod": a, "iforest": weak,
-              "forest": a, "robust": weak}
+              "forest": a, "robust": weak, "forest+robust": a, "forest|robust": weak}
     r = part_row("X held-out", counts, 3, budget=0.1)
     assert r["vs"] == "ECOD" and r["anchor"] == pytest.approx(a.f1, abs=1e-3)
     assert r["fa_judged_over_cal"] == pytest.approx(2.0)

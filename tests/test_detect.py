@@ -190,6 +190,11 @@ def test_tail_threshold_needs_peaks():
     ent = np.array(["e"] * 30, dtype=object)
     assert tail_threshold(ent, np.arange(30) * STEP, np.full(30, 0.5), rules, STEP, {}, 0.1,
                           0.1) is None
+    # Plenty of peaks, but a calibration far shorter than the budget's horizon: the fit would
+    # extrapolate by more than MAX_TAIL_EXTRAPOLATION, so there is none.
+    ent2, end2, scores2 = _ar_scores(np.random.default_rng(1), 4, 1440)
+    assert tail_threshold(ent2, end2, scores2, rules, STEP, {}, 0.1, 4.0) is not None
+    assert tail_threshold(ent2, end2, scores2, rules, STEP, {}, 0.1, 0.05) is None
     with pytest.raises(ValueError, match="unknown threshold tail"):
         AlarmThreshold(0.1, rules, tail="bogus").fit(ent, np.arange(30) * STEP,
                                                        np.full(30, 0.5), STEP)
@@ -209,12 +214,13 @@ def test_forest_plus_robust_flags_a_one_metric_fault_the_forest_dilutes():
     odd[0, 3] = 2.0
     x_odd = stats_view(odd, m)
     forest = IsolationDetector(n_estimators=100, random_state=0).fit(X)
-    both = IsolationDetector(n_estimators=100, random_state=0, ensemble="forest+robust").fit(X)
-    f_fit, r_fit = both.component_scores(X)
-    assert np.allclose(forest.score_samples(X), f_fit)
-    assert both.score_samples(x_odd)[0] > both.score_samples(X).max()
     assert forest.score_samples(x_odd)[0] < np.quantile(forest.score_samples(X), 0.9999)
-    # Ordinary windows keep the forest's scale (about its median).
-    assert abs(np.median(both.score_samples(X)) - np.median(f_fit)) < 0.02
+    for how in ("forest+robust", "forest|robust"):
+        both = IsolationDetector(n_estimators=100, random_state=0, ensemble=how).fit(X)
+        f_fit, r_fit = both.component_scores(X)
+        assert np.allclose(forest.score_samples(X), f_fit)
+        assert both.score_samples(x_odd)[0] > both.score_samples(X).max()
+        # Ordinary windows keep the forest's scale (about its median).
+        assert abs(np.median(both.score_samples(X)) - np.median(f_fit)) < 0.02
     with pytest.raises(ValueError, match="unknown ensemble"):
         IsolationDetector(ensemble="nope").fit(X)
