@@ -371,17 +371,17 @@ SIM_START = pd.Timestamp("2026-01-05T00:00:00Z")
 SIM_TRAIN_DAYS, SIM_TEST_DAYS = 14, 7
 
 
-def simulated(work: Path, seed: int, entities: int = 8) -> Split:
+def simulated(work: Path, seed: int, entities: int = 8, world: int = 0) -> Split:
     """``ftml simulate``: 14 days of a fleet train, the next 7 days of the same fleet drawn
     with another seed (faults and noise never seen in training) are judged, as
-    bench/bench_quality.py does."""
+    bench/bench_quality.py does; ``world`` picks one of ``ftml.simulate.WORLDS``."""
     from ftml.simulate import simulate_fleet
 
     train, tr_inc = simulate_fleet(entities=entities, days=SIM_TRAIN_DAYS, seed=seed,
-                                   start=str(SIM_START))
+                                   start=str(SIM_START), world=world)
     test, te_inc = simulate_fleet(entities=entities, days=SIM_TEST_DAYS, seed=seed + 1000,
-                                  fleet_seed=seed,
+                                  fleet_seed=seed, world=world,
                                   start=str(SIM_START + pd.Timedelta(days=SIM_TRAIN_DAYS)))
-    return Split(name=f"sim seed {seed}", train=train, train_incidents=tr_inc[INCIDENT_COLUMNS],
+    return Split(name=f"sim world {world} seed {seed}" if world else f"sim seed {seed}", train=train, train_incidents=tr_inc[INCIDENT_COLUMNS],
                  test=test, test_incidents=te_inc[INCIDENT_COLUMNS], task="detection",
                  notes=[f"{entities} entities, {SIM_TRAIN_DAYS} d -> {SIM_TEST_DAYS} d"])

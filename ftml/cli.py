@@ -72,13 +72,16 @@ def main():
 @click.option("--start", default="2026-01-05T00:00:00Z", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
               show_default=True)
+@click.option("--world", default=0, show_default=True, type=click.IntRange(0, 4),
+              help="0: this simulator; 1: heavy-tailed, heteroscedastic noise; 2: weekly cycle "
+                   "and a nightly batch job; 3: scale in/out and renamed pods; 4: all of them.")
 @_clean_errors
-def simulate(out, entities, days, step, seed, start, fmt):
+def simulate(out, entities, days, step, seed, start, fmt, world):
     """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv."""
     from ftml.simulate import write_simulation
 
     summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
-                               seed=seed, start=start)
+                               seed=seed, start=start, world=world)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
