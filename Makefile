@@ -24,7 +24,9 @@ test: install
 chaos-test: install
 	$(BIN)/python -m pytest -q -m chaos
 
+# The generalization benchmark's baselines (PyOD) are a bench-only extra.
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 # A real service under load, 12 injected faults, ftml watch --mode auto: see docs/chaos.md.

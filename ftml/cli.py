@@ -220,8 +220,11 @@ def main():
 @click.option("--test-days", type=click.FloatRange(0.05, 3650),
               help="Split: also simulate the N days after --days, same fleet, new faults and "
                    "noise; --days go to DIR/train/, these to DIR/test/.")
+@click.option("--world", default=0, show_default=True, type=click.IntRange(0, 4),
+              help="0: this simulator; 1: heavy-tailed, heteroscedastic noise; 2: weekly cycle "
+                   "and a nightly batch job; 3: scale in/out and renamed pods; 4: all of them.")
 @_clean_errors
-def simulate(out, entities, days, step, seed, start, fmt, test_days):
+def simulate(out, entities, days, step, seed, start, fmt, test_days, world):
     """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv (with
     --test-days: DIR/train/ and DIR/test/, a later period of the same fleet to score)."""
     from ftml.simulate import write_simulation, write_split_simulation
@@ -229,10 +232,10 @@ def simulate(out, entities, days, step, seed, start, fmt, test_days):
     if test_days:
         summary = write_split_simulation(out, test_days=test_days, format=fmt,
                                          entities=entities, days=days, step=step, seed=seed,
-                                         start=start)
+                                         start=start, world=world)
     else:
         summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
-                                   seed=seed, start=start)
+                                   seed=seed, start=start, world=world)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -64,6 +64,17 @@ class DetectConfig:
     # the ~0.6 faults per entity-day of the simulated fleets 0.2 false alarms would already
     # put precision under 0.8.
     alarm_budget: float = 0.1
+    # How the budget becomes a threshold (ftml.detect.AlarmThreshold): "empirical" (the
+    # lowest threshold within budget on the calibration slice) or "pot" (no lower than where
+    # a generalised Pareto tail of the calibration's false-alarm peaks puts the budget). "pot"
+    # lost event F1 on the selection data (ASD) without bringing SMD's or NAB's judged false
+    # alarms nearer their calibration figure, so it is not the default.
+    threshold_tail: str = "empirical"
+    # What scores a window: "forest" (IsolationForest alone), or with the robust statistic
+    # (the largest robust deviation of any metric), each as a distance into its own tail:
+    # "forest+robust" their mean, "forest|robust" the larger. Not the default: neither met
+    # every rule of bench/PROTOCOL_generalization.md on the selection data (docs/benchmarks.md).
+    ensemble: str = "forest"
     calibration_fraction: float = 0.25  # later slice of training held out for the threshold
     min_windows: int = 5  # k of ...
     of_windows: int = 8  # ... n flagged windows open an event

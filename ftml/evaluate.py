@@ -384,7 +384,8 @@ def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.Da
     out = {}
     for k in detectors:
         score_a = np.concatenate(scores[k]) if scores[k] else np.empty(0)
-        thr = AlarmThreshold(dc.alarm_budget, model.event_rules).fit(
+        thr = AlarmThreshold(dc.alarm_budget, model.event_rules,
+                             tail=getattr(dc, "threshold_tail", "empirical")).fit(
             ent_a, end_a, score_a, int(model.step.value), incident_spans(incidents))
         out[k] = {"threshold": thr.threshold_, "windows": int(len(end_a)),
                   "false_alarms_per_entity_day": thr.false_alarms_per_entity_day_}
@@ -572,6 +573,9 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
     days = entity_days_of(data.frame, data.step)
     runs = {"ftml": _score_run("ftml", model, paths, inc, days, tolerance, playbooks, seed,
                                quiet, topology)}
+    # Beside the judged false-alarm rate, what calibration promised (the training slice).
+    runs["ftml"].detection["calibration_false_alarms_per_entity_day"] = \
+        model.manifest.get("calibration", {}).get("false_alarms_per_entity_day")
     # A model without diagnoser or rules answers 'unknown': counted as abstaining, as for events.
     diagnosed = diagnose_incidents(model, data, inc)
     base_report = None
@@ -589,6 +593,8 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
             bm = with_detector(model, det, cal["threshold"], kind)
             runs[kind] = _score_run(kind, bm, paths, inc, days, tolerance, playbooks, seed,
                                     quiet, topology)
+            runs[kind].detection["calibration_false_alarms_per_entity_day"] = \
+                cal["false_alarms_per_entity_day"]
             base_report[kind] = {"threshold": cal["threshold"],
                                  "calibration_false_alarms_per_entity_day":
                                      cal["false_alarms_per_entity_day"],

@@ -121,7 +121,7 @@ def featurizer_of(fc: FeatureConfig) -> Featurizer:
 
 def detector_of(dc: DetectConfig) -> IsolationDetector:
     return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
-                             random_state=dc.random_state)
+                             random_state=dc.random_state, ensemble=dc.ensemble)
 
 
 def event_rules_of(dc: DetectConfig) -> EventRules:
@@ -682,7 +682,8 @@ def finish_training(featurizer: Featurizer, detector: IsolationDetector,
     """The threshold from the calibration windows' scores, then the model."""
     dc = config.detect
     event_rules = event_rules_of(dc)
-    thresholder = AlarmThreshold(budget=dc.alarm_budget, rules=event_rules).fit(
+    thresholder = AlarmThreshold(budget=dc.alarm_budget, rules=event_rules,
+                                 tail=dc.threshold_tail).fit(
         cal_entity, cal_end_ns, cal_scores, int(featurizer.step_.value), spans)
     model = Model(featurizer, detector, thresholder.threshold_, event_rules, diagnoser, rules,
                   config)
@@ -698,7 +699,10 @@ def calibration_info(thresholder: AlarmThreshold, dc: DetectConfig,
             "entity_days": thresholder.entity_days_,
             "false_alarms_per_entity_day": thresholder.false_alarms_per_entity_day_,
             "flagged_fraction": float((cal_scores >= thresholder.threshold_).mean())
-            if len(cal_scores) else 0.0}
+            if len(cal_scores) else 0.0,
+            "threshold_tail": dc.threshold_tail,
+            "empirical_threshold": thresholder.empirical_threshold_,
+            "tail_fit": thresholder.tail_}
 
 
 def utc_text(t_ns: int | float) -> str:

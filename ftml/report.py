@@ -42,6 +42,8 @@ _DETECTION_ROWS = (
     ("event_precision", "event precision"),
     ("event_f1", "event F1"),
     ("false_alarms_per_entity_day", "false alarms / entity-day"),
+    # What the threshold promised: the same figure on the training calibration slice.
+    ("calibration_false_alarms_per_entity_day", "  same, on calibration (promised)"),
     ("delay_minutes_median", "delay median (min)"),
     ("delay_minutes_p90", "delay p90 (min)"),
     ("auc_pr", "AUC-PR of window scores"),
@@ -94,8 +96,9 @@ def detection_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     runs = _runs(report)
     header = ["detection", *[n for n, _ in runs]]
     rows = [[label, *[fmt(d.get(key)) for _, d in runs]] for key, label in _DETECTION_ROWS]
-    rows.insert(7, ["AUC-PR of a random score", *[fmt(dd.get("auc_pr_random"))
-                                                  for _, dd in runs]])
+    at = [key for key, _ in _DETECTION_ROWS].index("auc_pr") + 1
+    rows.insert(at, ["AUC-PR of a random score", *[fmt(dd.get("auc_pr_random"))
+                                                   for _, dd in runs]])
     # Point-adjusted F1 rewards one lucky flag per incident: only shown beside random flags.
     rows.append(["point-adjusted F1", *[fmt(dd.get("point_adjusted_f1")) for _, dd in runs]])
     rows.append(["  same, random flags at that rate",
@@ -353,6 +356,8 @@ def render_html(ev: Evaluation) -> str:
                ["event precision", fmt(det["event_precision"])],
                ["event F1", fmt(det["event_f1"])],
                ["false alarms / entity-day", fmt(det["false_alarms_per_entity_day"])],
+               ["  same, on calibration (promised)",
+                fmt(det.get("calibration_false_alarms_per_entity_day"))],
                ["diagnosis accuracy (detected events)",
                 fmt(r["diagnosis"]["detected_events"]["accuracy"])]]
     parts.append(_html_table(["figure", "ftml"], summary))

@@ -247,3 +247,110 @@ def test_rca_skips_cleanly_without_data(tmp_path, monkeypatch):
     monkeypatch.setenv("FTML_DATA", str(tmp_path / "absent"))
     with pytest.raises(SkipBench, match="not found"):
         bench_rca.run()
+
+
+# --------------------------------------------------------------------------- generalization
+
+
+def test_ecod_batch_of_one_is_pyods_score_of_a_single_row():
+    pytest.importorskip("pyod")
+    from pyod.models.ecod import ECOD
+
+    from bench.bench_generalization import ecod_batch_of_one
+
+    rng = np.random.default_rng(0)
+    X = rng.gamma(2.0, size=(300, 5))
+    X[:, 1] = -X[:, 1]  # left-skewed
+    X[:, 2] = np.round(X[:, 2])  # ties
+    T = rng.gamma(2.0, size=(25, 5))
+    T[:, 2] = np.round(T[:, 2])
+    det = ECOD().fit(X)
+    want = np.array([det.decision_function(t[None])[0] for t in T])
+    got = ecod_batch_of_one(X, np.sort(X, axis=0), T)
+    assert np.allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_generalization_pools_counts_and_names_the_best_baseline():
+    from bench.bench_generalization import Counts, part_row
+
+    a = Counts(incidents=4, found=2, events=4, false_alarms=2, entity_days=10.0,
+               cal_false_alarms=1, cal_entity_days=10.0, seconds=1.0, auc_pr=[0.5])
+    b = Counts(incidents=4, found=4, events=4, false_alarms=0, entity_days=10.0,
+               cal_false_alarms=0, cal_entity_days=10.0, seconds=1.0, auc_pr=[0.7])
+    pooled = a.add(b)
+    assert (pooled.recall, pooled.precision, pooled.fa_judged) == (0.75, 0.75, 0.1)
+    assert pooled.fa_cal == 0.05 and pooled.auc == pytest.approx(0.6)
+    weak = Counts(incidents=4, found=1, events=2, false_alarms=1, entity_days=10.0)
+    counts = {"ftml": pooled, "robust_z": weak, "ecod": a, "iforest": weak,
+              "forest": a, "robust": weak, "forest+robust": a, "forest|robust": weak}
+    r = part_row("X held-out", counts, 3, budget=0.1)
+    assert r["vs"] == "ECOD" and r["anchor"] == pytest.approx(a.f1, abs=1e-3)
+    assert r["fa_judged_over_cal"] == pytest.approx(2.0)
+    assert r["fa_judged_over_budget"] == pytest.approx(1.0)
+
+
+def test_candidate_config_is_merged_over_each_split(monkeypatch):
+    from bench.bench_generalization import candidate_config, with_config
+
+    monkeypatch.setenv("FTML_BENCH_CONFIG", '{"detect": {"threshold_tail": "pot"}}')
+    split = datasets.Split("s", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                           config={"read": {"step": "60s"}, "detect": {"alarm_budget": 0.2}})
+    got = with_config(split, candidate_config())
+    assert got.config == {"read": {"step": "60s"},
+                          "detect": {"alarm_budget": 0.2, "threshold_tail": "pot"}}
+    assert split.config["detect"] == {"alarm_budget": 0.2}  # the split itself is unchanged
+
+
+def _tiny_skab(root, n=400):
+    rng = np.random.default_rng(0)
+    base = root / "skab"
+    cols = ["Accelerometer1RMS", "Current", "Pressure"]
+
+    def write(path, start, anomaly):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = pd.date_range(start, periods=n, freq="1s")
+        frame = pd.DataFrame({"datetime": t.strftime("%Y-%m-%d %H:%M:%S"),
+                              **{c: rng.random(n) for c in cols}})
+        if anomaly is not None:
+            frame["anomaly"] = anomaly
+            frame["changepoint"] = 0.0
+        frame.to_csv(path, sep=";", index=False, compression="gzip")
+
+    write(base / "data" / "anomaly-free" / "anomaly-free.csv.gz", "2020-02-08 10:00:00", None)
+    flags = np.zeros(n)
+    flags[100:150] = 1
+    write(base / "data" / "valve1" / "0.csv.gz", "2020-03-09 10:00:00", flags)
+    write(base / "data" / "valve1" / "1.csv.gz", "2020-03-09 10:05:00", flags)  # overlaps 0
+    pd.DataFrame({"file": ["data/valve1/0.csv.gz", "data/valve1/1.csv.gz"],
+                  "fault_class_derived": ["valve_closure_inlet"] * 2}).to_csv(
+        base / "labels_index.csv", index=False)
+
+
+def test_skab_adapter_one_entity_per_file_and_labelled_runs(tmp_path):
+    _tiny_skab(tmp_path)
+    split = datasets.skab(tmp_path, ("valve1",))
+    assert set(split.train["entity"]) == {"skab-anomaly-free"}
+    assert sorted(split.test["entity"].unique()) == ["skab-valve1-0", "skab-valve1-1"]
+    assert "anomaly" not in split.test and "changepoint" not in split.test
+    inc = split.test_incidents
+    assert len(inc) == 2 and set(inc["cause"]) == {"valve_closure_inlet"}
+    assert ((inc["end"] - inc["start"]) == pd.Timedelta(seconds=49)).all()
+    assert split.config == {"read": {"step": "1s"}}
+
+
+def test_asd_adapter_rows_are_five_minute_steps(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 300), ("test", 200)):
+        d = tmp_path / "asd" / part
+        d.mkdir(parents=True)
+        frame = pd.DataFrame(rng.random((n, 3)), columns=["m0", "m1", "m2"])
+        frame["label"] = 0
+        if part == "test":
+            frame.loc[50:59, "label"] = 1
+        frame.to_csv(d / "omi-1.csv.gz", index=False, compression="gzip")
+    split = datasets.asd(tmp_path)
+    assert list(split.train.columns) == ["timestamp", "entity", "m0", "m1", "m2"]
+    assert split.test["timestamp"].iloc[0] - split.train["timestamp"].iloc[-1] == \
+        pd.Timedelta(minutes=5)
+    inc = split.test_incidents
+    assert len(inc) == 1 and inc["end"].iloc[0] - inc["start"].iloc[0] == pd.Timedelta(minutes=45)

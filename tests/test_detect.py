@@ -123,3 +123,104 @@ def test_threshold_meets_the_false_alarm_budget():
     strict = AlarmThreshold(0.0, rules).fit(ent, end_ns, scores, STEP, incidents).threshold_
     loose = AlarmThreshold(2.0, rules).fit(ent, end_ns, scores, STEP, incidents).threshold_
     assert loose <= strict
+
+
+# --------------------------------------------------------------------------- tail threshold
+
+
+def _ar_scores(rng, n_ent: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of ``n_ent`` entities with autocorrelated, heavy-ish tailed scores."""
+    ent = np.repeat([f"e{i}" for i in range(n_ent)], n).astype(object)
+    end_ns = np.tile(np.arange(n) * STEP, n_ent)
+    noise = rng.standard_t(4, size=(n_ent, n))
+    kernel = np.ones(6) / 6  # windows overlap: neighbouring scores move together
+    smooth = np.array([np.convolve(x, kernel, mode="same") for x in noise]).ravel()
+    return ent, end_ns, 0.5 + 0.05 * smooth
+
+
+def test_opening_scores_say_where_k_of_n_holds():
+    from ftml.detect import opening_scores
+
+    rng = np.random.default_rng(0)
+    ent = np.repeat(["a", "b"], 200).astype(object)
+    t = np.r_[np.arange(200), np.arange(200)]
+    t[50:] += 5  # a gap inside entity a
+    end_ns = t * STEP
+    scores = rng.random(400)
+    rules = EventRules()
+    opening = opening_scores(ent, end_ns, scores, rules, STEP)
+    for thr in np.quantile(scores, [0.3, 0.6, 0.8, 0.9]):
+        flags = scores >= thr
+        active = np.zeros(400, dtype=bool)
+        for i in range(400):  # the k-of-n rule, counted by hand
+            look = (ent == ent[i]) & (t > t[i] - rules.of_windows) & (t <= t[i])
+            active[i] = flags[i] and flags[look].sum() >= rules.min_windows
+        assert np.array_equal(opening >= thr, active)
+
+
+def test_tail_threshold_holds_its_budget_on_a_later_period():
+    """Calibrated on 4 entity-days, where the budget allows less than one false alarm, the
+    tail fit's threshold keeps a much longer later period near the budget; the empirical
+    threshold (just above the calibration maximum) raises several times more."""
+    from ftml.detect import tail_threshold
+
+    rng = np.random.default_rng(1)
+    rules = EventRules()
+    ent, end_ns, scores = _ar_scores(rng, 4, 1440)
+    budget = 0.1
+    fit = tail_threshold(ent, end_ns, scores, rules, STEP, {}, budget, 4.0)
+    assert fit is not None and fit["peaks"] >= 8
+    empirical = AlarmThreshold(budget, rules).fit(ent, end_ns, scores, STEP).threshold_
+    pot = AlarmThreshold(budget, rules, tail="pot").fit(ent, end_ns, scores, STEP)
+    assert pot.threshold_ == max(empirical, fit["threshold"])
+    later_ent, later_end, later = _ar_scores(np.random.default_rng(2), 20, 1440 * 10)
+    days = 200.0
+
+    def rate(thr: float) -> float:
+        return len(build_events(later_ent, later_end, later, thr, rules, STEP)) / days
+
+    assert rate(pot.threshold_) <= 2 * budget
+    assert rate(empirical) > 2 * budget
+
+
+def test_tail_threshold_needs_peaks():
+    from ftml.detect import tail_threshold
+
+    rules = EventRules()
+    ent = np.array(["e"] * 30, dtype=object)
+    assert tail_threshold(ent, np.arange(30) * STEP, np.full(30, 0.5), rules, STEP, {}, 0.1,
+                          0.1) is None
+    # Plenty of peaks, but a calibration far shorter than the budget's horizon: the fit would
+    # extrapolate by more than MAX_TAIL_EXTRAPOLATION, so there is none.
+    ent2, end2, scores2 = _ar_scores(np.random.default_rng(1), 4, 1440)
+    assert tail_threshold(ent2, end2, scores2, rules, STEP, {}, 0.1, 4.0) is not None
+    assert tail_threshold(ent2, end2, scores2, rules, STEP, {}, 0.1, 0.05) is None
+    with pytest.raises(ValueError, match="unknown threshold tail"):
+        AlarmThreshold(0.1, rules, tail="bogus").fit(ent, np.arange(30) * STEP,
+                                                       np.full(30, 0.5), STEP)
+
+
+def test_forest_plus_robust_flags_a_one_metric_fault_the_forest_dilutes():
+    """Twenty metrics; a window where one metric alone is far off. The forest alone ranks it
+    among ordinary windows' tails; the ensemble puts it above every fit window."""
+    from ftml.features import stats_view
+
+    rng = np.random.default_rng(0)
+    m = 20
+    S = rng.standard_normal((4000, 2 * m))
+    X = stats_view(S, m)
+    odd = S[:1].copy()
+    odd[0, m + 3] = 12.0  # the "last" stat of metric 3
+    odd[0, 3] = 2.0
+    x_odd = stats_view(odd, m)
+    forest = IsolationDetector(n_estimators=100, random_state=0).fit(X)
+    assert forest.score_samples(x_odd)[0] < np.quantile(forest.score_samples(X), 0.9999)
+    for how in ("forest+robust", "forest|robust"):
+        both = IsolationDetector(n_estimators=100, random_state=0, ensemble=how).fit(X)
+        f_fit, r_fit = both.component_scores(X)
+        assert np.allclose(forest.score_samples(X), f_fit)
+        assert both.score_samples(x_odd)[0] > both.score_samples(X).max()
+        # Ordinary windows keep the forest's scale (about its median).
+        assert abs(np.median(both.score_samples(X)) - np.median(f_fit)) < 0.02
+    with pytest.raises(ValueError, match="unknown ensemble"):
+        IsolationDetector(ensemble="nope").fit(X)

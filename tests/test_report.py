@@ -72,6 +72,22 @@ def test_text_summary_has_all_runs_and_pa_f1_beside_random(evaluation):
     assert "random flags" in lines[i + 1]
 
 
+def test_calibration_false_alarms_stand_beside_the_judged_ones(evaluation):
+    r = evaluation.report
+    promised = r["detection"]["calibration_false_alarms_per_entity_day"]
+    manifest = evaluation.model.manifest["calibration"]["false_alarms_per_entity_day"]
+    assert promised == pytest.approx(manifest)
+    for kind in ("random", "robust_z"):
+        assert r["baselines"][kind]["detection"]["calibration_false_alarms_per_entity_day"] == \
+            pytest.approx(r["baselines"][kind]["calibration_false_alarms_per_entity_day"])
+    lines = report.format_text(r).splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("false alarms / entity-day"))
+    assert lines[i + 1].strip().startswith("same, on calibration (promised)")
+    assert report.fmt(promised) in lines[i + 1]
+    j = next(k for k, line in enumerate(lines) if line.startswith("AUC-PR of window scores"))
+    assert lines[j + 1].startswith("AUC-PR of a random score")
+
+
 def test_json_report_round_trips(evaluation, tmp_path):
     path = tmp_path / "r.json"
     report.write_json(evaluation.report, path)

@@ -353,3 +353,87 @@ def test_simulate_test_days_writes_a_later_period_of_the_same_fleet(tmp_path):
     n = min(len(train), len(test))
     assert not np.allclose(train["cpu_pct"].to_numpy()[:n], test["cpu_pct"].to_numpy()[:n],
                            equal_nan=True)
+
+
+# --------------------------------------------------------------------------- other worlds
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    return {w: simulate_fleet(entities=4, days=8, seed=3, missing=False, world=w)
+            for w in range(5)}
+
+
+def test_world_zero_is_the_simulator_and_worlds_repeat(worlds):
+    base, inc = simulate_fleet(entities=4, days=8, seed=3, missing=False)
+    pd.testing.assert_frame_equal(worlds[0][0], base)
+    again, again_inc = simulate_fleet(entities=4, days=8, seed=3, missing=False, world=4)
+    pd.testing.assert_frame_equal(again, worlds[4][0])
+    pd.testing.assert_frame_equal(again_inc, worlds[4][1])
+    for w in (1, 2):  # noise and cycles change; the faults stay where they were
+        pd.testing.assert_frame_equal(worlds[w][1], inc)
+
+
+def _excess_kurtosis(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)] - np.nanmean(x)
+    return float((x**4).mean() / (x**2).mean() ** 2 - 3)
+
+
+def test_world_one_has_heavier_tails_and_noisier_quiet_hours(worlds):
+    (m0, _), (m1, _) = worlds[0], worlds[1]
+    # The noise world 1 multiplies latency by is heavy-tailed (a Gaussian's excess is 0).
+    added = np.log(m1["latency_p95_ms"] / m0["latency_p95_ms"]).to_numpy()
+    assert _excess_kurtosis(added) > 2
+    # Relative noise added to cpu is larger where traffic is low.
+    ratio = np.log(m1["cpu_pct"] / m0["cpu_pct"]).replace([np.inf, -np.inf], np.nan)
+    quiet = m0["request_rate"] <= m0["request_rate"].quantile(0.1)
+    busy = m0["request_rate"] >= m0["request_rate"].quantile(0.9)
+    assert ratio[quiet].std() > 1.5 * ratio[busy].std()
+
+
+def test_world_two_has_quiet_weekends_and_a_nightly_batch(worlds):
+    (m0, _), (m2, _) = worlds[0], worlds[2]
+    weekend = m0["timestamp"].dt.day_of_week >= 5
+    assert (m2.loc[weekend, "request_rate"].mean() <
+            0.6 * m0.loc[weekend, "request_rate"].mean())
+    batch = (m0["timestamp"].dt.hour == 2) & (m0["timestamp"].dt.minute < 45)
+    assert (m2.loc[batch, "cpu_pct"] - m0.loc[batch, "cpu_pct"]).mean() > 10
+    assert np.allclose(m2.loc[~batch & ~weekend, "cpu_pct"], m0.loc[~batch & ~weekend,
+                                                                      "cpu_pct"])
+
+
+def test_world_three_renames_pods_and_scales_in_and_out(worlds):
+    (m0, i0), (m3, i3) = worlds[0], worlds[3]
+    assert m3["entity"].nunique() > m0["entity"].nunique()
+    stem = m3["entity"].str.rsplit("-", n=1).str[0]
+    assert set(stem) == set(m0["entity"])
+    assert len(m3) < len(m0)  # replicas absent for a while
+    # Each incident moved with its pod: it names a pod that has rows over the incident.
+    assert len(i3) == len(i0)
+    for inc in i3.itertuples():
+        rows = m3[(m3["entity"] == inc.entity) & (m3["timestamp"] >= inc.start) &
+                  (m3["timestamp"] <= inc.end)]
+        assert str(inc.entity).rsplit("-", 1)[0] in set(m0["entity"])
+        assert len(rows) or not len(m0[(m0["timestamp"] >= inc.start) &
+                                       (m0["timestamp"] <= inc.end)]) == 0
+
+
+def test_unknown_world_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown world"):
+        simulate_fleet(entities=2, days=1, world=9)
+
+
+def test_cli_simulate_world(tmp_path):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    out = tmp_path / "w3"
+    res = CliRunner().invoke(main, ["simulate", "--out", str(out), "--entities", "2",
+                                    "--days", "2", "--world", "3"])
+    assert res.exit_code == 0, res.output
+    assert '"world": 3' in res.output
+    metrics = read_table(out / "metrics.csv")
+    assert metrics["entity"].str.count("-").min() == 3  # svc-<role>-<nn>-<pod suffix>
+    bad = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "x"), "--world", "7"])
+    assert bad.exit_code == 2
