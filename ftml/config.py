@@ -69,6 +69,13 @@ class DiagnoseConfig:
     max_depth: int = 6
     target_precision: float = 0.9  # confidence cut: answers above it are this often right
     max_event_windows: int = 32  # windows of an event that the classifier looks at
+    # Knowing when it does not know (issue 19): the calibration windows the detector scores
+    # highest outside any incident teach a `no_fault` class (0: off)...
+    healthy_windows: int = 2000  # at most this many, ...
+    healthy_share: float = 0.02  # ... from the top share of calibration windows by score
+    calibrate: bool = True  # confidences are out-of-fold shares right (isotonic)
+    open_set: bool = True  # too far from every training incident of its cause: unknown
+    open_set_margin: float = 1.0  # x the largest nearest-sibling distance of the cause
 
 
 @dataclass

@@ -63,6 +63,7 @@ from ftml.io import (
 )
 from ftml.pipeline import (
     MAX_FIT_WINDOWS,
+    HealthyCandidates,
     ScoreResult,
     TrainInfo,
     WindowRecorder,
@@ -76,6 +77,8 @@ from ftml.pipeline import (
     fit_diagnoser,
     fit_sample,
     fit_view,
+    healthy_candidates,
+    healthy_windows,
     incident_of_rows,
     incident_windows,
     progress,
@@ -649,11 +652,13 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
     _, cal_rows, inc_rows = split_windows(fz, frame, row_label, t_cut)
     cal_scores = calibration_scores(fz, detector, frame, cal_rows, config.detect)
     X, label = incident_windows(fz, detector, frame, inc_rows, row_label, config)
+    healthy = healthy_candidates(fz, frame, cal_rows, cal_scores, incidents, config)
     names = list(task.entities)
     entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
-            "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label}
+            "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label,
+            "healthy": healthy}
 
 
 def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
@@ -732,9 +737,11 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                                  for r in scored])
     cal_end = np.concatenate([r["end_ns"] for r in scored])
     cal_scores = np.concatenate([r["score"] for r in scored])
+    healthy = healthy_windows(HealthyCandidates.concat([r["healthy"] for r in scored]),
+                              cal_scores, int(step.value), config) if inc is not None else None
     diagnoser, diag_info = fit_diagnoser(np.vstack([r["X"] for r in scored]),
                                          np.concatenate([r["label"] for r in scored]), inc,
-                                         config)
+                                         config, healthy)
     model, thresholder = finish_training(featurizer, detector, cal_entity, cal_end, cal_scores,
                                          incident_spans(inc), diagnoser,
                                          load_rules(rules, featurizer.metrics_), config)

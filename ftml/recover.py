@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ftml.audit import OUTPUT_LIMIT, AuditLog, db_path, excerpt, format_audit, redact
+from ftml.diagnose import NOT_A_CAUSE
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
@@ -197,6 +198,7 @@ class Reason:
 
     RESOLVED = "resolved"  # the event has ended
     NO_PLAYBOOK = "no_playbook"
+    NOT_DIAGNOSED = "not_diagnosed"  # cause unknown or no_fault: nothing to recover from
     LOW_CONFIDENCE = "low_confidence"
     MAINTENANCE = "maintenance"
     SILENCED = "silenced"
@@ -213,7 +215,7 @@ class Reason:
     APPROVAL_REQUIRED = "approval_required"
 
 
-SKIP_REASONS = (Reason.RESOLVED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
+SKIP_REASONS = (Reason.RESOLVED, Reason.NOT_DIAGNOSED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
                 Reason.SILENCED, Reason.PENDING_APPROVAL, Reason.BUSY, Reason.CIRCUIT_OPEN,
                 Reason.COOLDOWN, Reason.AFTERMATH, Reason.RATE_LIMITED,
                 Reason.PLAYBOOK_CHANGED)
@@ -1162,6 +1164,12 @@ class RecoveryEngine:
         if approved is None:
             if event.status == "resolved":
                 return skip(Reason.RESOLVED, f"the event ended at {iso(event.end)}")
+            if event.cause in NOT_A_CAUSE:
+                # Even a catch-all playbook (cause '*') must not act on a false alarm or on a
+                # fault the diagnoser has never seen.
+                return skip(Reason.NOT_DIAGNOSED,
+                            f"cause '{event.cause}' ({event.cause_source}): not a diagnosed "
+                            "fault, so no playbook acts on it")
             candidates = pbs.candidates(event)
             if not candidates:
                 return skip(Reason.NO_PLAYBOOK,
