@@ -140,6 +140,7 @@ def test_cli_train_score_explain(tmp_path, trained):
     assert "events" in r.output and (tmp_path / "ev.csv").exists()
     r = runner.invoke(main, ["explain", str(tmp_path / "m")])
     assert r.exit_code == 0 and "class:" in r.output
+    assert "leave one cause out" in r.output  # the unseen-cause figure from training
 
 
 def test_cli_missing_metric_in_scored_file_is_one_line_error(tmp_path, trained):
