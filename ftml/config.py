@@ -75,7 +75,7 @@ class DiagnoseConfig:
     healthy_share: float = 0.02  # ... from the top share of calibration windows by score
     calibrate: bool = True  # confidences are out-of-fold shares right (isotonic)
     open_set: bool = True  # too far from every training incident of its cause: unknown
-    open_set_margin: float = 1.0  # x the largest nearest-sibling distance of the cause
+    open_set_margin: float = 1.25  # x the largest nearest-sibling distance of the cause
 
 
 @dataclass

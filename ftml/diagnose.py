@@ -71,13 +71,14 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
     def _make(self, y: np.ndarray):
         if self.classifier == "tree":
             return DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=5,
-                                          class_weight="balanced", random_state=self.random_state)
+                                          class_weight=_class_weight(y), random_state=self.random_state)
         if self.classifier == "svm":
             # Probabilities by calibration on held-out folds (SVC(probability=True) is
             # deprecated in scikit-learn 1.9).
             # A rare cause may have fewer examples than folds: stratify with as many folds as
             # its count allows, and below two examples fall back to plain folds (a fold that
             # lacks the cause gives it probability 0 there) rather than refuse to train.
+            # (CalibratedClassifierCV hands SVC encoded labels: weights by name cannot reach it.)
             svc = SVC(kernel="rbf", class_weight="balanced", C=10.0)
             if len(y) < 2:
                 raise ValueError(f"the svm diagnoser needs two examples or more, got "
@@ -90,7 +91,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                                  CalibratedClassifierCV(svc, ensemble=False, cv=cv))
         if self.classifier == "forest":
             return RandomForestClassifier(n_estimators=200, min_samples_leaf=2,
-                                          class_weight="balanced",
+                                          class_weight=_class_weight(y),
                                           random_state=self.random_state)
         raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, "
                          f"got {self.classifier!r}")
@@ -154,7 +155,11 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             fitted[test] &= np.isin(y[test], model.classes_)
         mean = _group_mean(proba, inv, n_groups)
         right = (self.classes_[mean.argmax(axis=1)] == y[first]) & fitted[first]
-        return mean.max(axis=1), right, fitted[first]
+        # Calibration says how often a named fault is the right one, judged on faults: the
+        # flagged-but-healthy runs are many more in training than false alarms are later
+        # (they are the top share of calibration windows, not those past the threshold), and
+        # counted here they would sink every cause that resembles them.
+        return mean.max(axis=1), right, fitted[first] & (y[first] != NO_FAULT)
 
     def _fit_calibration(self, raw: np.ndarray, right: np.ndarray) -> None:
         """The map raw event confidence -> share right, as (x, y) points for ``np.interp``;
@@ -332,6 +337,18 @@ MIN_CALIBRATION_EVENTS = 10
 MIN_SCALE = 0.1
 #: Bins of the expected calibration error.
 ECE_BINS = 10
+
+
+def _class_weight(y: np.ndarray) -> dict:
+    """Fault causes balanced among themselves (as ``class_weight="balanced"``); ``no_fault``
+    windows weigh what a window of the average fault cause does, never more: balanced, its
+    handful of windows would outweigh whole causes and carve regions where faults fall."""
+    classes, counts = np.unique(y, return_counts=True)
+    fault = classes != NO_FAULT
+    weights = np.ones(len(classes))
+    if fault.any():
+        weights[fault] = counts[fault].sum() / (fault.sum() * counts[fault])
+    return {c: float(w) for c, w in zip(classes, weights, strict=True)}
 
 
 def _group_mean(values: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
