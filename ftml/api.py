@@ -49,6 +49,8 @@ from ftml.pipeline import (
     fit_diagnoser,
     fit_sample,
     fit_view,
+    healthy_candidates,
+    healthy_windows,
     incident_of_rows,
     incident_windows,
     progress,
@@ -108,7 +110,10 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     stage("diagnosis")
     X, label = (incident_windows(featurizer, detector, frame, inc_rows, row_label, config)
                 if incidents is not None and len(inc_rows) else (None, np.empty(0, np.int64)))
-    diagnoser, diag_info = fit_diagnoser(X, label, incidents, config)
+    healthy = healthy_windows(
+        healthy_candidates(featurizer, frame, cal_rows, cal_scores, incidents, config),
+        cal_scores, int(featurizer.step_.value), config) if X is not None else None
+    diagnoser, diag_info = fit_diagnoser(X, label, incidents, config, healthy)
     model, thresholder = finish_training(
         featurizer, detector, cal_entity, ts[cal_rows], cal_scores, incident_spans(incidents),
         diagnoser, load_rules(rules_path, featurizer.metrics_), config)

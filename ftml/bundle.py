@@ -33,7 +33,7 @@ import pandas as pd
 from ftml import __version__
 from ftml.config import MISFIT_FLOOR, MISFIT_RATIO, Config
 from ftml.detect import EventBuilder, EventRules, IsolationDetector, RawEvent
-from ftml.diagnose import UNKNOWN, Diagnoser, Rule, apply_rules
+from ftml.diagnose import NO_FAULT, UNKNOWN, Diagnoser, Rule, apply_rules
 from ftml.errors import ConfigError, ModelError
 from ftml.events import Event, event_id
 from ftml.features import Featurizer, Windows, detector_view
@@ -86,8 +86,9 @@ class Model:
 
     @property
     def causes(self) -> list[str]:
-        return [str(c) for c in self.diagnoser.classes_] if self.diagnoser is not None else \
-            sorted({r.cause for r in self.rules})
+        # no_fault (flagged but healthy) is a class the diagnoser learns, not a cause.
+        return [str(c) for c in self.diagnoser.classes_ if c != NO_FAULT] \
+            if self.diagnoser is not None else sorted({r.cause for r in self.rules})
 
     def score_windows(self, windows: Windows) -> np.ndarray:
         return self.detector.score_samples(

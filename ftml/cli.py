@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 import sys
 
@@ -405,8 +406,14 @@ def explain(model_dir, key_file):
     if model.diagnoser is None:
         click.echo("no classifier: detection only (causes from rules or 'unknown')")
         return
-    click.echo(f"diagnosis ({model.diagnoser.classifier}); abstains as 'unknown' below "
-               f"confidence {model.diagnoser.min_confidence_:.2f}:")
+    d = model.diagnoser
+    click.echo(f"diagnosis ({d.classifier}); abstains as 'unknown' below "
+               f"confidence {d.min_confidence_:.2f}" +
+               (" or far from every training incident of the cause"
+                if getattr(d, "open_set", False) else "") + ":")
+    if math.isfinite(getattr(d, "unseen_unknown_rate_", math.nan)):
+        click.echo(f"  a cause never seen in training was answered unknown "
+                   f"{d.unseen_unknown_rate_:.0%} of the time (leave one cause out)")
     click.echo(model.diagnoser.explain(model.featurizer.feature_names_))
 
 

@@ -104,6 +104,13 @@ class DiagnoseConfig:
     rank_size: float = 1.0
     rank_score: float = 0.5
     rank_graph: float = 1.5
+    # Knowing when it does not know (issue 19): the calibration windows the detector scores
+    # highest outside any incident teach a `no_fault` class (0: off)...
+    healthy_windows: int = 2000  # at most this many, ...
+    healthy_share: float = 0.02  # ... from the top share of calibration windows by score
+    calibrate: bool = True  # confidences are out-of-fold shares right (isotonic)
+    open_set: bool = True  # too far from every training incident of its cause: unknown
+    open_set_margin: float = 1.25  # x the largest nearest-sibling distance of the cause
 
 
 @dataclass

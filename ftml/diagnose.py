@@ -13,6 +13,7 @@ import yaml
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -26,6 +27,10 @@ from ftml.errors import ConfigError
 
 _GC = DiagnoseConfig()  # the defaults' one home
 UNKNOWN = "unknown"
+#: The class of windows the detector flags outside any labelled incident: flagged but healthy.
+NO_FAULT = "no_fault"
+#: Causes no playbook may act on: the diagnoser does not know, or it is no fault at all.
+NOT_A_CAUSE = (UNKNOWN, NO_FAULT)
 CLASSIFIERS = ("tree", "svm", "forest")
 # SVC training is quadratic in rows and predicts ~700 rows/s: cap what it sees.
 SVM_MAX_TRAIN = 4000
@@ -37,26 +42,43 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
     ``svm`` (scaled RBF with probabilities) or ``forest``. ``min_confidence_`` is learned with
     grouped cross-validation so that answers above it are right ``target_precision`` of the time,
     an answer being what :meth:`diagnose` gives for one group's windows (``groups``: incidents).
+
+    Knowing when it does not know (three mechanisms, each can be switched off for ablation):
+
+    - a ``no_fault`` class: windows labelled :data:`NO_FAULT` (flagged but healthy) are a class
+      like any other; an event that looks like them comes out ``no_fault``;
+    - ``calibrate``: an event's confidence is the out-of-fold share of events of that raw
+      confidence that were named rightly (isotonic, :attr:`calibration_x_` ->
+      :attr:`calibration_y_`), so a pure tree leaf's 1.00 says how often such answers are right;
+    - ``open_set``: an event farther from every training incident of its named cause than
+      those incidents lie from each other (:attr:`distance_cut_`, in standardized signed-log
+      feature space) is ``unknown``: a fault never seen is not forced into a known one.
     """
 
     def __init__(self, *, classifier: str = _GC.classifier, max_depth: int = _GC.max_depth,
                  target_precision: float = _GC.target_precision,
+                 calibrate: bool = _GC.calibrate, open_set: bool = _GC.open_set,
+                 open_set_margin: float = _GC.open_set_margin,
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
         self.target_precision = target_precision
+        self.calibrate = calibrate
+        self.open_set = open_set
+        self.open_set_margin = open_set_margin
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
         if self.classifier == "tree":
             return DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=5,
-                                          class_weight="balanced", random_state=self.random_state)
+                                          class_weight=_class_weight(y), random_state=self.random_state)
         if self.classifier == "svm":
             # Probabilities by calibration on held-out folds (SVC(probability=True) is
             # deprecated in scikit-learn 1.9).
             # A rare cause may have fewer examples than folds: stratify with as many folds as
             # its count allows, and below two examples fall back to plain folds (a fold that
             # lacks the cause gives it probability 0 there) rather than refuse to train.
+            # (CalibratedClassifierCV hands SVC encoded labels: weights by name cannot reach it.)
             svc = SVC(kernel="rbf", class_weight="balanced", C=10.0)
             if len(y) < 2:
                 raise ValueError(f"the svm diagnoser needs two examples or more, got "
@@ -69,7 +91,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                                  CalibratedClassifierCV(svc, ensemble=False, cv=cv))
         if self.classifier == "forest":
             return RandomForestClassifier(n_estimators=200, min_samples_leaf=2,
-                                          class_weight="balanced",
+                                          class_weight=_class_weight(y),
                                           random_state=self.random_state)
         raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, "
                          f"got {self.classifier!r}")
@@ -80,9 +102,23 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         idx = self._subsample(y)
         X, y = X[idx], y[idx]
-        groups = np.asarray(groups)[idx] if groups is not None else None
-        self.min_confidence_ = self._confidence_cut(X, y, groups)
+        groups = np.asarray(groups)[idx] if groups is not None else np.arange(len(y))
+        raw, right, answered = self._out_of_fold(X, y, groups)
+        self._fit_calibration(raw[answered], right[answered])
+        self.min_confidence_ = self._confidence_cut(self._calibrated(raw), right, answered)
+        conf = self._calibrated(raw[answered])
+        self.ece_ = expected_calibration_error(conf, right[answered]) if answered.any() \
+            else float("nan")
         self.model_ = self._make(y).fit(X, y)
+        self.scale_center_, self.scale_width_ = _scale_of(X)
+        self._fit_references(X, y, groups)
+        self.unseen_unknown_ = self._leave_cause_out(X, y, groups)
+        counts = np.array([len(np.unique(groups[y == c])) for c in self.classes_])
+        fault = self.classes_ != NO_FAULT
+        known = np.isfinite(self.unseen_unknown_) & fault
+        self.unseen_unknown_rate_ = (
+            float(np.average(self.unseen_unknown_[known], weights=counts[known]))
+            if known.any() else float("nan"))
         return self
 
     def _subsample(self, y: np.ndarray) -> np.ndarray:
@@ -92,18 +128,19 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         return np.sort(rng.choice(len(y), size=cap, replace=False))
 
-    def _confidence_cut(self, X, y, groups) -> float:
-        """Lowest confidence at which grouped out-of-fold answers are right often enough.
+    def _out_of_fold(self, X, y, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group (in ``np.unique`` order): the raw confidence of grouped out-of-fold
+        answers, whether they were right, and whether a model could be fitted for it.
 
         Judged on the unit :meth:`diagnose` answers for: a group (one incident: its windows,
         one cause), its confidence the top class of its windows' mean probabilities. Judged per
         window instead (a tree's leaves say 1.0 on windows that are often wrong), the cut sits
         above what an event's mean reaches, and events named rightly are held back as unknown."""
-        if groups is None:
-            groups = np.arange(len(y))
-        n_groups = len(np.unique(groups))
+        _, first, inv = np.unique(groups, return_index=True, return_inverse=True)
+        n_groups = len(first)
         if len(self.classes_) < 2 or n_groups < 3:
-            return 0.0
+            return (np.zeros(n_groups), np.zeros(n_groups, dtype=bool),
+                    np.zeros(n_groups, dtype=bool))
         proba = np.zeros((len(y), len(self.classes_)))
         fitted = np.ones(len(y), dtype=bool)
         for train, test in GroupKFold(n_splits=min(5, n_groups)).split(X, y, groups):
@@ -113,20 +150,116 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             model = self._make(y[train]).fit(X[train], y[train])
             cols = np.searchsorted(self.classes_, model.classes_)
             proba[np.ix_(test, cols)] = model.predict_proba(X[test])
-        _, first, inv = np.unique(groups, return_index=True, return_inverse=True)
-        mean = np.zeros((len(first), len(self.classes_)))
-        np.add.at(mean, inv, proba)
-        mean /= np.bincount(inv)[:, None]
-        conf = mean.max(axis=1)
+            # A held-out incident whose cause the fold never saw measures the open set (see
+            # _leave_cause_out), not how often a known cause is named rightly.
+            fitted[test] &= np.isin(y[test], model.classes_)
+        mean = _group_mean(proba, inv, n_groups)
         right = (self.classes_[mean.argmax(axis=1)] == y[first]) & fitted[first]
-        conf[~fitted[first]] = 0.0
+        # Calibration says how often a named fault is the right one, judged on faults: the
+        # flagged-but-healthy runs are many more in training than false alarms are later
+        # (they are the top share of calibration windows, not those past the threshold), and
+        # counted here they would sink every cause that resembles them.
+        return mean.max(axis=1), right, fitted[first] & (y[first] != NO_FAULT)
+
+    def _fit_calibration(self, raw: np.ndarray, right: np.ndarray) -> None:
+        """The map raw event confidence -> share right, as (x, y) points for ``np.interp``;
+        the identity when switched off or with too few events to learn from."""
+        self.calibration_x_, self.calibration_y_ = np.array([0.0, 1.0]), np.array([0.0, 1.0])
+        if not self.calibrate or len(raw) < MIN_CALIBRATION_EVENTS:
+            return
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            raw, right.astype(float))
+        self.calibration_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.calibration_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+
+    def _calibrated(self, raw) -> np.ndarray:
+        x = getattr(self, "calibration_x_", None)
+        if x is None:  # a diagnoser fitted before calibration existed
+            return np.asarray(raw, dtype=np.float64)
+        return np.interp(raw, x, self.calibration_y_)
+
+    def _confidence_cut(self, conf: np.ndarray, right: np.ndarray, answered: np.ndarray
+                        ) -> float:
+        """Lowest (calibrated) confidence at which grouped out-of-fold answers are right
+        ``target_precision`` of the time."""
+        if not answered.any():
+            return 0.0
+        conf, right = conf[answered], right[answered]
         order = np.argsort(-conf, kind="stable")
         precision = np.cumsum(right[order]) / np.arange(1, len(conf) + 1)
-        ok = np.flatnonzero(precision >= self.target_precision)
+        # A cut answers every event of its confidence: judged only where a run of equal
+        # confidences ends (calibrated confidences come in steps).
+        s = conf[order]
+        block_end = np.r_[s[1:] != s[:-1], True]
+        ok = np.flatnonzero((precision >= self.target_precision) & block_end)
         if ok.size == 0:
             return 1.0
         # Deepest cut that keeps precision: answers with at least this confidence.
         return float(conf[order][ok[-1]])
+
+    # -- open set --------------------------------------------------------------------
+
+    def _embed(self, X: np.ndarray) -> np.ndarray:
+        """Windows -> the space distances are taken in: signed log (a fault's z of 300 and of
+        30 are both far; neither should drown every other feature), then standardized."""
+        return (_signed_log(X) - self.scale_center_) / self.scale_width_
+
+    def _fit_references(self, X, y, groups) -> None:
+        """Each training incident (a group of a fault cause) as its windows' mean embedding,
+        and per cause the distance beyond which an event is not one of its kind."""
+        ref, ref_class = self._references(X, y, groups)
+        self.reference_, self.reference_class_ = ref, ref_class
+        self.distance_cut_ = _distance_cuts(ref, ref_class, len(self.classes_),
+                                            self.open_set_margin)
+
+    def _references(self, X, y, groups) -> tuple[np.ndarray, np.ndarray]:
+        keep = y != NO_FAULT
+        if not keep.any():
+            return np.empty((0, X.shape[1])), np.empty(0, dtype=np.int64)
+        _, first, inv = np.unique(groups[keep], return_index=True, return_inverse=True)
+        ref = _group_mean(self._embed(X[keep]), inv, len(first))
+        return ref, np.searchsorted(self.classes_, y[keep][first]).astype(np.int64)
+
+    def _distance(self, event: np.ndarray, cls: int) -> float:
+        """RMS distance of an event's mean embedding to the nearest training incident of
+        class ``cls`` (inf: none)."""
+        ref = self.reference_[self.reference_class_ == cls]
+        if not len(ref):
+            return float("inf")
+        return float(np.sqrt(((ref - event) ** 2).mean(axis=1)).min())
+
+    def _leave_cause_out(self, X, y, groups) -> np.ndarray:
+        """Per class: the share of its incidents answered unknown (or no_fault) by a diagnoser
+        trained without that cause at all (NaN: not measurable, e.g. no_fault itself or fewer
+        than two other classes). Uses this fit's calibration and cut, a fresh classifier and
+        fresh references."""
+        out = np.full(len(self.classes_), np.nan)
+        for ci, cause in enumerate(self.classes_):
+            rest = y != cause
+            if cause == NO_FAULT or len(np.unique(y[rest])) < 2:
+                continue
+            model = self._make(y[rest]).fit(X[rest], y[rest])
+            ref, ref_class = self._references(X[rest], y[rest], groups[rest])
+            cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin)
+            _, first, inv = np.unique(groups[~rest], return_index=True, return_inverse=True)
+            proba = np.zeros((int((~rest).sum()), len(self.classes_)))
+            proba[:, np.searchsorted(self.classes_, model.classes_)] = model.predict_proba(
+                np.require(X[~rest], requirements="W"))
+            mean = _group_mean(proba, inv, len(first))
+            named = mean.argmax(axis=1)
+            abstain = (self.classes_[named] == NO_FAULT) | \
+                (self._calibrated(mean.max(axis=1)) < self.min_confidence_)
+            if self.open_set:
+                emb = _group_mean(self._embed(X[~rest]), inv, len(first))
+                for j in range(len(first)):  # one per incident of the cause: tens at most
+                    r = ref[ref_class == named[j]]
+                    if len(r):
+                        d = np.sqrt(((r - emb[j]) ** 2).mean(axis=1)).min()
+                        abstain[j] |= d > cuts[named[j]]
+            out[ci] = float(abstain.mean())
+        return out
+
+    # -- answering -------------------------------------------------------------------
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
@@ -143,15 +276,38 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def diagnose(self, X) -> tuple[str, float, list[tuple[str, float]]]:
-        """One event's windows -> (cause or ``unknown``, confidence, top 3 causes)."""
+    def assess(self, X) -> dict:
+        """One event's windows -> the whole answer: ``cause`` (a class, ``unknown`` or
+        ``no_fault``), calibrated ``confidence``, the ``raw`` top probability, ``top`` 3
+        classes by probability, the ``distance`` to the nearest training incident of the
+        named class and its ``distance_cut``, and ``why`` (``named``, ``no_fault``,
+        ``low_confidence`` or ``far_from_training``)."""
+        X = validate_data(self, X, dtype=np.float64, reset=False)
         proba = self.predict_proba(X).mean(axis=0)
         order = np.argsort(-proba, kind="stable")[:3]
         top = [(str(self.classes_[i]), float(proba[i])) for i in order]
-        cause, conf = top[0]
-        if conf < self.min_confidence_:
-            cause = UNKNOWN
-        return cause, conf, top
+        best = int(order[0])
+        cause, raw = top[0]
+        conf = float(self._calibrated(raw))
+        distance, cut = float("nan"), float("inf")
+        if getattr(self, "reference_", None) is not None and cause != NO_FAULT:
+            distance = self._distance(self._embed(X).mean(axis=0), best)
+            cut = float(self.distance_cut_[best])
+        why = "named"
+        if cause == NO_FAULT:
+            why = "no_fault"
+        elif conf < self.min_confidence_:
+            cause, why = UNKNOWN, "low_confidence"
+        elif getattr(self, "open_set", False) and distance > cut:
+            cause, why = UNKNOWN, "far_from_training"
+        return {"cause": cause, "confidence": conf, "raw": raw, "top": top,
+                "distance": distance, "distance_cut": cut, "why": why}
+
+    def diagnose(self, X) -> tuple[str, float, list[tuple[str, float]]]:
+        """One event's windows -> (cause, ``unknown`` or ``no_fault``; calibrated confidence;
+        top 3 causes by probability). See :meth:`assess`."""
+        a = self.assess(X)
+        return a["cause"], a["confidence"], a["top"]
 
     def explain(self, feature_names: list[str]) -> str:
         check_is_fitted(self, "model_")
@@ -170,6 +326,79 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+# --------------------------------------------------------------------------- helpers
+
+#: Fewer out-of-fold events than this: confidences are left as they are (identity map).
+MIN_CALIBRATION_EVENTS = 10
+#: Per-feature spread below this (signed-log units) is taken as this: a feature constant in
+#: training must not make every later wobble infinitely far.
+MIN_SCALE = 0.1
+#: Bins of the expected calibration error.
+ECE_BINS = 10
+
+
+def _class_weight(y: np.ndarray) -> dict:
+    """Fault causes balanced among themselves (as ``class_weight="balanced"``); ``no_fault``
+    windows weigh what a window of the average fault cause does, never more: balanced, its
+    handful of windows would outweigh whole causes and carve regions where faults fall."""
+    classes, counts = np.unique(y, return_counts=True)
+    fault = classes != NO_FAULT
+    weights = np.ones(len(classes))
+    if fault.any():
+        weights[fault] = counts[fault].sum() / (fault.sum() * counts[fault])
+    return {c: float(w) for c, w in zip(classes, weights, strict=True)}
+
+
+def _group_mean(values: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, values.shape[1]))
+    np.add.at(out, inv, values)
+    return out / np.bincount(inv, minlength=n)[:, None]
+
+
+def _signed_log(X: np.ndarray) -> np.ndarray:
+    return np.sign(X) * np.log1p(np.abs(X))
+
+
+def _scale_of(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    L = _signed_log(X)
+    return L.mean(axis=0), np.maximum(L.std(axis=0), MIN_SCALE)
+
+
+def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float
+                   ) -> np.ndarray:
+    """Per class: ``margin`` times the largest distance of one of its training incidents to
+    its nearest sibling (so every training incident is within it); a class with a single
+    incident gets the median of the others' cuts; no incidents (no_fault): inf."""
+    cuts = np.full(n_classes, np.inf)
+    single = []
+    for c in np.unique(ref_class):
+        r = ref[ref_class == c]
+        if len(r) < 2:
+            single.append(c)
+            continue
+        d = np.sqrt(((r[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
+        np.fill_diagonal(d, np.inf)
+        cuts[c] = margin * float(d.min(axis=1).max())
+    finite = cuts[np.isfinite(cuts)]
+    for c in single:
+        cuts[c] = float(np.median(finite)) if finite.size else np.inf
+    return cuts
+
+
+def expected_calibration_error(confidence: np.ndarray, right: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """Expected calibration error: the mean gap between confidence and the share right, over
+    equal-width confidence bins weighted by their counts."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(right, dtype=np.float64)
+    if not len(confidence):
+        return float("nan")
+    b = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, confidence, bins) - np.bincount(b, right, bins))
+    return float(gap.sum() / n.sum())
 
 
 # --------------------------------------------------------------------------- rules

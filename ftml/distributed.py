@@ -70,6 +70,7 @@ from ftml.io import (
 from ftml.pipeline import (
     MAX_FIT_WINDOWS,
     SCORE_CHUNK_ROWS,
+    HealthyCandidates,
     ScoreResult,
     TrainInfo,
     TrainResult,
@@ -84,6 +85,8 @@ from ftml.pipeline import (
     fit_diagnoser,
     fit_sample,
     fit_view,
+    healthy_candidates,
+    healthy_windows,
     incident_of_rows,
     incident_windows,
     progress,
@@ -683,12 +686,13 @@ def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, 
     else:  # no incident in this group (or none given): nothing for the diagnoser
         X = np.empty((0, len(fz.feature_names_)))
         label = np.empty(0, dtype=np.int64)
+    healthy = healthy_candidates(fz, frame, cal_rows, cal_scores, incidents, config)
     names = list(task.entities)
     entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
     return {"names": names,
             "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
             "end_ns": ts[cal_rows], "score": cal_scores, "X": X, "label": label,
-            "cal_start": cal_start}
+            "cal_start": cal_start, "healthy": healthy}
 
 
 def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
@@ -781,9 +785,11 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                                  for r in scored])
     cal_end = np.concatenate([r["end_ns"] for r in scored])
     cal_scores = np.concatenate([r["score"] for r in scored])
+    healthy = healthy_windows(HealthyCandidates.concat([r["healthy"] for r in scored]),
+                              cal_scores, int(step.value), config) if inc is not None else None
     diagnoser, diag_info = fit_diagnoser(np.vstack([r["X"] for r in scored]),
                                          np.concatenate([r["label"] for r in scored]), inc,
-                                         config)
+                                         config, healthy)
     model, thresholder = finish_training(featurizer, detector, cal_entity, cal_end, cal_scores,
                                          incident_spans(inc), diagnoser,
                                          load_rules(rules, featurizer.metrics_),

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ftml import __version__
-from ftml.diagnose import UNKNOWN
+from ftml.diagnose import NO_FAULT, NOT_A_CAUSE, UNKNOWN, expected_calibration_error
 from ftml.events import Event, iso
 from ftml.io import label_times, to_ns
 
@@ -92,6 +93,9 @@ def event_metrics(events: list[Event], incidents: pd.DataFrame, entity_days: flo
     f1 = 2 * precision * recall / (precision + recall) if n_inc and n_ev and \
         precision + recall > 0 else 0.0
     false_alarms = int((~true_event).sum())
+    # A false alarm given a cause would run that cause's playbook on a healthy entity.
+    named = Counter(events[j].cause for j in np.flatnonzero(~true_event)
+                    if events[j].cause not in NOT_A_CAUSE)
     first = first_hits(hit, events)
     delays, right, abstained, per_cause = [], [], [], {}
     for i in np.flatnonzero(found):  # found incidents: hundreds at most
@@ -109,6 +113,10 @@ def event_metrics(events: list[Event], incidents: pd.DataFrame, entity_days: flo
         "event_recall": float(recall), "event_precision": float(precision),
         "event_f1": float(f1), "false_alarms": false_alarms,
         "false_alarms_per_entity_day": false_alarms / entity_days if entity_days else 0.0,
+        "false_alarms_named": int(sum(named.values())),
+        "false_alarms_named_share": sum(named.values()) / false_alarms if false_alarms
+        else float("nan"),
+        "false_alarms_named_by_cause": dict(sorted(named.items())),
         "entity_days": float(entity_days),
         "delay_minutes_median": float(np.median(delays)) if delays else float("nan"),
         "delay_minutes_p90": float(np.percentile(delays, 90)) if delays else float("nan"),
@@ -200,22 +208,28 @@ def window_metrics(windows: pd.DataFrame, incidents: pd.DataFrame, seed: int = 0
 
 
 def diagnosis_metrics(true: Sequence[str], predicted: Sequence[str],
-                      top: Sequence[Sequence[str]]) -> dict[str, Any]:
+                      top: Sequence[Sequence[str]],
+                      confidence: Sequence[float] | None = None) -> dict[str, Any]:
     """Accuracy (abstaining counts as wrong), accuracy of the answers given, macro-F1 over the
-    true causes, top-3 accuracy, share abstained and the confusion matrix (rows: true cause,
-    columns: diagnosed cause, ``unknown`` last)."""
+    true causes, top-3 accuracy, share abstained (``unknown`` or ``no_fault``: no playbook
+    acts), per-cause precision and recall, the expected calibration error of ``confidence``
+    (on the answers given) and the confusion matrix (rows: true cause, columns: diagnosed
+    cause, then ``no_fault`` and ``unknown``, always there)."""
     true = [str(t) for t in true]
     predicted = [str(p) for p in predicted]
     n = len(true)
-    labels = sorted(set(true) | set(predicted) - {UNKNOWN})
-    if UNKNOWN in predicted or UNKNOWN in true:
-        labels = [c for c in labels if c != UNKNOWN] + [UNKNOWN]
+    labels = sorted((set(true) | set(predicted)) - set(NOT_A_CAUSE)) + [NO_FAULT, UNKNOWN] \
+        if n else []
     index = {c: i for i, c in enumerate(labels)}
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for t, p in zip(true, predicted, strict=True):
         confusion[index[t], index[p]] += 1
+    if n and NO_FAULT not in true and NO_FAULT not in predicted:  # a column when it occurs
+        keep = [i for i, c in enumerate(labels) if c != NO_FAULT]
+        labels = [labels[i] for i in keep]
+        confusion = confusion[np.ix_(keep, keep)]
     right = np.array([t == p for t, p in zip(true, predicted, strict=True)], dtype=bool)
-    answered = np.array([p != UNKNOWN for p in predicted], dtype=bool)
+    answered = np.array([p not in NOT_A_CAUSE for p in predicted], dtype=bool)
     in_top = np.array([t in list(k)[:3] for t, k in zip(true, top, strict=True)], dtype=bool)
     if n:
         from sklearn.metrics import f1_score
@@ -224,6 +238,19 @@ def diagnosis_metrics(true: Sequence[str], predicted: Sequence[str],
                                zero_division=0))
     else:
         macro = float("nan")
+    per_cause = {}
+    t_arr, p_arr = np.array(true, dtype=object), np.array(predicted, dtype=object)
+    for c in sorted(set(true) | (set(predicted) - set(NOT_A_CAUSE))):
+        is_t, is_p = t_arr == c, p_arr == c
+        per_cause[c] = {"n": int(is_t.sum()), "named": int(is_p.sum()),
+                        "precision": float((is_t & is_p).sum() / is_p.sum()) if is_p.any()
+                        else float("nan"),
+                        "recall": float((is_t & is_p).sum() / is_t.sum()) if is_t.any()
+                        else float("nan")}
+    ece = float("nan")
+    if confidence is not None and answered.any():
+        conf = np.asarray(confidence, dtype=np.float64)
+        ece = expected_calibration_error(conf[answered], right[answered])
     return {
         "n": n,
         "accuracy": float(right.mean()) if n else float("nan"),
@@ -231,9 +258,24 @@ def diagnosis_metrics(true: Sequence[str], predicted: Sequence[str],
         "macro_f1": macro,
         "top3_accuracy": float(in_top.mean()) if n else float("nan"),
         "abstained": float(1 - answered.mean()) if n else float("nan"),
+        "calibration_error": ece,
+        "per_cause": per_cause,
         "labels": labels,
         "confusion": confusion.tolist(),
     }
+
+
+def unseen_causes(model) -> dict[str, Any]:
+    """The diagnoser's leave-one-cause-out figure from training: for each cause, the share of
+    its training incidents answered unknown (or no_fault) by a diagnoser trained without it."""
+    d = getattr(model, "diagnoser", None)
+    per = getattr(d, "unseen_unknown_", None)
+    if d is None or per is None:
+        return {"unknown_rate": None, "per_cause": {}}
+    return {"unknown_rate": float(d.unseen_unknown_rate_),
+            "per_cause": {str(c): float(v) for c, v in zip(d.classes_, per, strict=True)
+                          if c != NO_FAULT and np.isfinite(v)},
+            "how": "each cause left out of training in turn; its training incidents judged"}
 
 
 def diagnose_incidents(model, data, incidents: pd.DataFrame) -> list[Event | None]:
@@ -281,7 +323,8 @@ def incident_diagnosis(incidents: pd.DataFrame, diagnosed: Sequence[Event | None
     keep = [i for i, ev in enumerate(diagnosed) if ev is not None]
     causes = incidents["cause"].astype(str).to_numpy()
     out = diagnosis_metrics([causes[i] for i in keep], [diagnosed[i].cause for i in keep],
-                            [_top_names(diagnosed[i]) for i in keep])
+                            [_top_names(diagnosed[i]) for i in keep],
+                            [diagnosed[i].confidence for i in keep])
     out["no_windows"] = len(diagnosed) - len(keep)
     return out
 
@@ -292,7 +335,8 @@ def detected_diagnosis(incidents: pd.DataFrame, events: Sequence[Event], first: 
     causes = incidents["cause"].astype(str).to_numpy()
     idx = np.flatnonzero(first >= 0)
     return diagnosis_metrics([causes[i] for i in idx], [events[first[i]].cause for i in idx],
-                             [_top_names(events[first[i]]) for i in idx])
+                             [_top_names(events[first[i]]) for i in idx],
+                             [events[first[i]].confidence for i in idx])
 
 
 # --------------------------------------------------------------------------- baselines
@@ -633,6 +677,12 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
         "diagnosis": {
             "incident_windows": incident_diagnosis(inc, diagnosed),
             "detected_events": ftml_run.diagnosis,
+            "false_alarms": {
+                "events": ftml_run.detection["false_alarms"],
+                "named": ftml_run.detection["false_alarms_named"],
+                "share_named": ftml_run.detection["false_alarms_named_share"],
+                "by_cause": ftml_run.detection["false_alarms_named_by_cause"]},
+            "unseen_causes": unseen_causes(model),
         },
         "recovery": {"playbooks": str(playbooks) if playbooks is not None else None,
                      "incidents": recovery},

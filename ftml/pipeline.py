@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ftml.bundle import Model
 from ftml.config import RUN_GAP_NS, Config, DetectConfig, FeatureConfig, ReadConfig
 from ftml.detect import AlarmThreshold, EventRules, FlagGate, IsolationDetector
-from ftml.diagnose import Diagnoser
+from ftml.diagnose import NO_FAULT, Diagnoser
 from ftml.errors import InputError
 from ftml.events import Event
 from ftml.features import (
@@ -658,21 +658,110 @@ def top_per_group(groups: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[rank < k])
 
 
+@dataclass
+class HealthyCandidates:
+    """Calibration windows outside every incident (and its surroundings) that the detector
+    scores highest: what a false alarm looks like. A Dask task returns its group's."""
+
+    X: np.ndarray
+    score: np.ndarray
+    entity: np.ndarray  # names (object)
+    end_ns: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[HealthyCandidates]) -> HealthyCandidates:
+        parts = [p for p in parts if p is not None and len(p.score)]
+        if not parts:
+            return HealthyCandidates(np.empty((0, 0)), np.empty(0), np.empty(0, object),
+                                     np.empty(0, np.int64))
+        return HealthyCandidates(*(np.concatenate([getattr(p, k) for p in parts])
+                                   for k in ("X", "score", "entity", "end_ns")))
+
+
+def healthy_candidates(featurizer: Featurizer, frame: pd.DataFrame, cal_rows: np.ndarray,
+                       cal_scores: np.ndarray, incidents: pd.DataFrame | None,
+                       config: Config) -> HealthyCandidates | None:
+    """The ``diagnose.healthy_windows`` highest-scored calibration windows that lie clear of
+    every labelled incident: not within a window before one, nor within a window and the
+    cooldown after it (a fault's effects outlast its label), with all their features."""
+    k = config.diagnose.healthy_windows
+    if k <= 0 or not len(cal_rows):
+        return None
+    step = int(featurizer.step_.value)
+    keep = np.ones(len(cal_rows), dtype=bool)
+    if incidents is not None and len(incidents):
+        w = featurizer.window
+        wide = incidents.assign(
+            start=incidents["start"] - pd.Timedelta(w * step, unit="ns"),
+            end=incidents["end"] + pd.Timedelta((w + config.detect.cooldown) * step, unit="ns"))
+        ent = frame["entity"]
+        codes = ent.cat.codes.to_numpy().astype(np.int64)
+        near = incident_of_rows(codes, [str(c) for c in ent.cat.categories],
+                                to_ns(frame["timestamp"]), wide)
+        keep = near[cal_rows] < 0
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(-cal_scores[idx], kind="stable")[:k]]
+    idx = np.sort(idx)
+    win = featurizer.windows_at(frame, cal_rows[idx])
+    return HealthyCandidates(win.X, cal_scores[idx], win.entity, win.end_ns)
+
+
+def healthy_windows(cand: HealthyCandidates | None, cal_scores: np.ndarray, step_ns: int,
+                    config: Config) -> tuple[np.ndarray, np.ndarray] | None:
+    """The flagged-but-healthy windows the diagnoser learns ``no_fault`` from, as (features,
+    group): of the candidates, those in the top ``healthy_share`` of all calibration scores
+    (the detector's threshold is set later, and at its budget too few windows pass it to learn
+    from), at most ``healthy_windows``; grouped per entity into runs (windows closer than
+    ``merge_gap`` steps), each run at most ``max_event_windows`` of its highest-scored, as an
+    event would be."""
+    gc, dc = config.diagnose, config.detect
+    if cand is None or not len(cand.score) or gc.healthy_share <= 0:
+        return None
+    floor = np.quantile(cal_scores, 1.0 - gc.healthy_share)
+    idx = np.flatnonzero(cand.score >= floor)
+    idx = idx[np.argsort(-cand.score[idx], kind="stable")[:gc.healthy_windows]]
+    if not len(idx):
+        return None
+    ent, t = cand.entity[idx].astype(str), cand.end_ns[idx]
+    order = np.lexsort((t, ent))
+    idx, ent, t = idx[order], ent[order], t[order]
+    new_run = np.r_[True, (ent[1:] != ent[:-1]) | (np.diff(t) > dc.merge_gap * step_ns)]
+    group = np.cumsum(new_run) - 1
+    keep = top_per_group(group, cand.score[idx], gc.max_event_windows)
+    return cand.X[idx[keep]], group[keep]
+
+
 def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | None,
-                  config: Config) -> tuple[Diagnoser | None, dict[str, Any]]:
-    """The diagnoser, trained on the incidents' windows (``label``: each window's incident),
-    or None when there is nothing to learn from; and what the manifest says of it."""
+                  config: Config, healthy: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[Diagnoser | None, dict[str, Any]]:
+    """The diagnoser, trained on the incidents' windows (``label``: each window's incident)
+    and the flagged-but-healthy windows (``healthy``: features and run, see
+    :func:`healthy_windows`) as class ``no_fault``, or None when there is nothing to learn
+    from; and what the manifest says of it."""
     if incidents is None or not len(label):
         return None, {}
     y = incidents["cause"].to_numpy(dtype=object)[label].astype(str)
     if len(np.unique(y)) < 2:
         return None, {"skipped": "fewer than two causes in the incidents"}
+    groups = label
+    n_healthy = 0
+    if healthy is not None and len(healthy[1]):
+        Xh, gh = healthy
+        n_healthy = int(len(np.unique(gh)))
+        X = np.vstack([X, Xh])
+        y = np.r_[y, np.full(len(gh), NO_FAULT, dtype=object)].astype(str)
+        groups = np.r_[label, len(incidents) + gh]
     gc = config.diagnose
     diagnoser = Diagnoser(classifier=gc.classifier, max_depth=gc.max_depth,
-                          target_precision=gc.target_precision,
-                          random_state=config.detect.random_state).fit(X, y, groups=label)
-    return diagnoser, {"windows": int(len(y)), "incidents": int(len(np.unique(label))),
-                       "min_confidence": diagnoser.min_confidence_}
+                          target_precision=gc.target_precision, calibrate=gc.calibrate,
+                          open_set=gc.open_set, open_set_margin=gc.open_set_margin,
+                          random_state=config.detect.random_state).fit(X, y, groups=groups)
+    return diagnoser, {"windows": int(len(label)), "incidents": int(len(np.unique(label))),
+                       "no_fault_windows": int(len(y) - len(label)),
+                       "no_fault_runs": n_healthy,
+                       "min_confidence": diagnoser.min_confidence_,
+                       "calibration_error": diagnoser.ece_,
+                       "unseen_cause_unknown": diagnoser.unseen_unknown_rate_}
 
 
 def finish_training(featurizer: Featurizer, detector: IsolationDetector,

@@ -53,6 +53,7 @@ from ftml.audit import (
     redact,
 )
 from ftml.config import recovery_mode
+from ftml.diagnose import NOT_A_CAUSE
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
@@ -207,6 +208,7 @@ class Reason:
 
     RESOLVED = "resolved"  # the event has ended
     NO_PLAYBOOK = "no_playbook"
+    NOT_DIAGNOSED = "not_diagnosed"  # cause unknown or no_fault: nothing to recover from
     LOW_CONFIDENCE = "low_confidence"
     MAINTENANCE = "maintenance"
     SILENCED = "silenced"
@@ -223,7 +225,7 @@ class Reason:
     APPROVAL_REQUIRED = "approval_required"
 
 
-SKIP_REASONS = (Reason.RESOLVED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
+SKIP_REASONS = (Reason.RESOLVED, Reason.NOT_DIAGNOSED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
                 Reason.SILENCED, Reason.PENDING_APPROVAL, Reason.BUSY, Reason.CIRCUIT_OPEN,
                 Reason.COOLDOWN, Reason.AFTERMATH, Reason.RATE_LIMITED,
                 Reason.PLAYBOOK_CHANGED)
@@ -1325,6 +1327,12 @@ class RecoveryEngine:
         if approved is None:
             if event.status == "resolved":
                 return skip(Reason.RESOLVED, f"the event ended at {iso(event.end)}")
+            if event.cause in NOT_A_CAUSE:
+                # Even a catch-all playbook (cause '*') must not act on a false alarm or on a
+                # fault the diagnoser has never seen.
+                return skip(Reason.NOT_DIAGNOSED,
+                            f"cause '{event.cause}' ({event.cause_source}): not a diagnosed "
+                            "fault, so no playbook acts on it")
             root = self._group_recovery(conn, event, now)
             if root is not None:
                 return skip(Reason.AFTERMATH, f"a symptom of incident {event.group}: "

@@ -59,7 +59,8 @@ _DIAGNOSIS_ROWS = (
     ("accuracy_answered", "accuracy of answers given"),
     ("macro_f1", "macro-F1"),
     ("top3_accuracy", "top-3 accuracy"),
-    ("abstained", "share abstained (unknown)"),
+    ("abstained", "share abstained (unknown / no_fault)"),
+    ("calibration_error", "calibration error (ECE)"),
 )
 
 
@@ -111,6 +112,29 @@ def diagnosis_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cols = [("incident_windows", "on incident windows"), ("detected_events", "on detected events")]
     header = ["diagnosis", *[c for _, c in cols]]
     rows = [[label, *[fmt(diag[k].get(key)) for k, _ in cols]] for key, label in _DIAGNOSIS_ROWS]
+    fa = diag.get("false_alarms")
+    if fa is not None:  # reports from before issue 19 lack these
+        rows.append(["false alarms named a cause", "-",
+                     f"{fmt(fa['share_named'])} ({fa['named']}/{fa['events']})"])
+    unseen = diag.get("unseen_causes")
+    if unseen is not None:
+        rows.append(["unseen cause answered unknown (training, leave one cause out)",
+                     fmt(unseen.get("unknown_rate")), "-"])
+    return header, rows
+
+
+def per_cause_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per cause: precision and recall of the diagnosis, on incident windows and on detected
+    events."""
+    diag = report["diagnosis"]
+    iw, de = (diag[k].get("per_cause", {}) for k in ("incident_windows", "detected_events"))
+    header = ["cause", "n (windows)", "precision", "recall", "n (events)", "precision",
+              "recall"]
+    rows = []
+    for c in sorted(set(iw) | set(de)):
+        a, b = iw.get(c, {}), de.get(c, {})
+        rows.append([c, fmt(a.get("n")), fmt(a.get("precision")), fmt(a.get("recall")),
+                     fmt(b.get("n")), fmt(b.get("precision")), fmt(b.get("recall"))])
     return header, rows
 
 
@@ -125,6 +149,15 @@ def format_text(report: dict[str, Any]) -> str:
     out += [f"warning: {w}" for w in warnings] + ([""] if warnings else [])
     out += [_text_table(*detection_rows(report)), ""]
     out += [_text_table(*diagnosis_rows(report)), ""]
+    if per_cause_rows(report)[1]:
+        out += [_text_table(*per_cause_rows(report)), ""]
+    for key, what in (("detected_events", "detected events"),):
+        block = report["diagnosis"][key]
+        if block.get("labels"):
+            out += [f"confusion on {what} (rows: true cause, columns: diagnosed)",
+                    _text_table(["", *block["labels"]],
+                                [[lab, *map(str, r)] for lab, r in
+                                 zip(block["labels"], block["confusion"], strict=True)]), ""]
     rec = report["recovery"]["incidents"]
     ran = [r for r in rec if r["playbook"]]
     out.append(f"recovery: {det['found']}/{det['incidents']} incidents found; a playbook would "
@@ -382,6 +415,8 @@ def render_html(ev: Evaluation) -> str:
     # diagnosis
     parts.append('<section id="diagnosis"><h2>Diagnosis</h2>')
     parts.append(_html_table(*diagnosis_rows(r)))
+    if per_cause_rows(r)[1]:
+        parts.append(_html_table(*per_cause_rows(r)))
     parts.append("<div class='row'>")
     parts.append(_img(confusion_figure(r["diagnosis"]["incident_windows"],
                                        "on incident windows"), "confusion matrix"))

@@ -11,6 +11,7 @@ from ftml import api
 from ftml.bundle import ARRAYS_FILE, BUNDLE_FILES, MANIFEST_FILE, load_model
 from ftml.cli import main
 from ftml.config import Config
+from ftml.diagnose import NO_FAULT
 from ftml.errors import ModelError
 
 
@@ -141,6 +142,7 @@ def test_cli_train_score_explain(tmp_path, trained):
     assert "events" in r.output and (tmp_path / "ev.csv").exists()
     r = runner.invoke(main, ["explain", str(tmp_path / "m")])
     assert r.exit_code == 0 and "class:" in r.output
+    assert "leave one cause out" in r.output  # the unseen-cause figure from training
 
 
 def test_cli_missing_metric_in_scored_file_is_one_line_error(tmp_path, trained):
@@ -184,3 +186,49 @@ def test_detection_only_model_without_incidents(tmp_path, trained):
     api.train([metrics], tmp_path / "m", config=config)
     res = api.score(tmp_path / "m", [metrics])
     assert res.events and {e.cause for e in res.events} == {"unknown"}
+
+
+def test_no_fault_windows_are_flagged_calibration_windows_clear_of_incidents(tmp_path):
+    """The diagnoser's no_fault class learns from the calibration windows the detector scores
+    highest that lie clear of every incident (and its aftermath), grouped into runs."""
+    from ftml.io import read_incidents, read_metrics, to_ns
+    from ftml.pipeline import (
+        calibration_cut,
+        calibration_scores,
+        healthy_candidates,
+        healthy_windows,
+        incident_of_rows,
+        split_windows,
+    )
+
+    metrics, incidents = _fleet(tmp_path)
+    config = Config()
+    data = read_metrics([metrics], config.read)
+    inc = read_incidents(incidents, data.entities, config.read)
+    model, info = api.fit_model(data, inc, config)
+    assert NO_FAULT in model.diagnoser.classes_ and NO_FAULT not in model.causes
+    assert info["diagnosis"]["no_fault_runs"] > 0
+    frame, fz = data.frame, model.featurizer
+    ts = to_ns(frame["timestamp"])
+    codes, names = data.entity_codes()
+    row_label = incident_of_rows(codes, names, ts, inc)
+    t_cut = calibration_cut(ts.min(), ts.max(), config.detect.calibration_fraction)
+    _, cal_rows, _ = split_windows(fz, frame, row_label, t_cut)
+    scores = calibration_scores(fz, model.detector, frame, cal_rows, config.detect)
+    cand = healthy_candidates(fz, frame, cal_rows, scores, inc, config)
+    # clear of incidents: no candidate ends within a window before or window + cooldown after
+    step = int(fz.step_.value)
+    for e, t in zip(cand.entity, cand.end_ns, strict=True):
+        own = inc[inc["entity"] == e]
+        lo = to_ns(own["start"]) - fz.window * step
+        hi = to_ns(own["end"]) + (fz.window + config.detect.cooldown) * step
+        assert not ((t >= lo) & (t <= hi)).any()
+    X, group = healthy_windows(cand, scores, step, config)
+    assert len(X) == len(group) > 0
+    floor = np.quantile(scores, 1 - config.diagnose.healthy_share)
+    assert (cand.score[np.isin(cand.X, X).all(axis=1)] >= floor).all()
+    assert np.bincount(group).max() <= config.diagnose.max_event_windows
+    # switched off: no no_fault class
+    off = Config()
+    off.diagnose.healthy_windows = 0
+    assert NO_FAULT not in api.fit_model(data, inc, off)[0].diagnoser.classes_

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from ftml.diagnose import UNKNOWN, Diagnoser, apply_rules, load_rules, parse_rule
+from ftml.diagnose import NO_FAULT, UNKNOWN, Diagnoser, apply_rules, load_rules, parse_rule
 from ftml.errors import ConfigError
 from tests.invariants import check_persistence_round_trip, check_same_seed_same_result
 
@@ -122,3 +122,98 @@ def test_confidence_cut_is_judged_per_incident_as_diagnose_answers(classifier, s
     answered = [(p, t) for p, t in answers if p != UNKNOWN]
     assert len(answered) >= min_answered * len(answers)
     assert sum(p == t for p, t in answered) >= min_precision * len(answered)
+
+
+# --------------------------------------------------------------------------- knowing when not
+
+
+def _clusters(seed, centres, per_cause=8, per_group=12, spread=0.5):
+    """Incidents of one cause each around its centre (2 features)."""
+    rng = np.random.default_rng(seed)
+    X, y, g = [], [], []
+    for c, (name, centre) in enumerate(centres.items()):
+        for k in range(per_cause):
+            X.append(rng.normal(centre, spread, size=(per_group, 2)))
+            y += [name] * per_group
+            g += [c * 1000 + k] * per_group
+    return np.vstack(X), np.array(y), np.array(g)
+
+
+CENTRES = {"cpu": (8.0, 0.0), "mem": (0.0, 8.0), NO_FAULT: (2.0, 2.0)}
+
+
+def test_windows_like_the_flagged_but_healthy_ones_come_out_no_fault():
+    X, y, g = _clusters(0, CENTRES)
+    d = Diagnoser().fit(X, y, groups=g)
+    rng = np.random.default_rng(1)
+    assert d.diagnose(rng.normal((2, 2), 0.5, size=(10, 2)))[0] == NO_FAULT
+    assert d.diagnose(rng.normal((8, 0), 0.5, size=(10, 2)))[0] == "cpu"
+    # Without the no_fault class the same false alarm is named a fault.
+    keep = y != NO_FAULT
+    plain = Diagnoser(open_set=False).fit(X[keep], y[keep], groups=g[keep])
+    assert plain.diagnose(rng.normal((2, 2), 0.5, size=(10, 2)))[0] in ("cpu", "mem")
+
+
+def test_a_fault_far_from_every_training_incident_is_unknown():
+    X, y, g = _clusters(0, CENTRES)
+    d = Diagnoser().fit(X, y, groups=g)
+    unseen = np.random.default_rng(2).normal((30.0, -20.0), 0.5, size=(10, 2))
+    a = d.assess(unseen)
+    assert a["cause"] == UNKNOWN and a["why"] == "far_from_training"
+    assert a["distance"] > a["distance_cut"]
+    assert Diagnoser(open_set=False).fit(X, y, groups=g).diagnose(unseen)[0] in ("cpu", "mem")
+    # Every training incident lies within its cause's cut; a held-out one of a known cause too.
+    Xt, yt, gt = _clusters(3, CENTRES)
+    answers = [d.diagnose(Xt[gt == k])[0] for k in np.unique(gt) if yt[gt == k][0] != NO_FAULT]
+    assert answers.count(UNKNOWN) <= len(answers) // 8  # the price: a few held back
+
+
+def test_leave_one_cause_out_figure_is_learned_in_training():
+    centres = {"cpu": (8.0, 0.0), "mem": (0.0, 8.0), "disk": (-8.0, 0.0), NO_FAULT: (2.0, 2.0)}
+    X, y, g = _clusters(0, centres)
+    d = Diagnoser().fit(X, y, groups=g)
+    assert np.isnan(d.unseen_unknown_[list(d.classes_).index(NO_FAULT)])
+    assert d.unseen_unknown_rate_ >= 0.8  # distinct causes: one never seen is not forced in
+    keep = y != NO_FAULT
+    blind = Diagnoser(open_set=False).fit(X[keep], y[keep], groups=g[keep])
+    assert blind.unseen_unknown_rate_ < 0.5  # without the distance, it is forced in
+
+
+def test_pure_leaves_are_not_taken_at_face_value():
+    # Noisy incidents: a tree's leaves say 1.00 on windows that are often wrong; the event's
+    # calibrated confidence says how often answers like it were right out of fold.
+    X, y, g = _noisy_incidents(0, same=True)
+    raw = Diagnoser(calibrate=False, open_set=False).fit(X, y, groups=g)
+    cal = Diagnoser(open_set=False).fit(X, y, groups=g)
+    Xt, yt, gt = _noisy_incidents(1, same=True)
+    conf_raw, conf_cal, right = [], [], []
+    for k in np.unique(gt):
+        a, b = raw.assess(Xt[gt == k]), cal.assess(Xt[gt == k])
+        conf_raw.append(a["confidence"])
+        conf_cal.append(b["confidence"])
+        right.append(b["top"][0][0] == yt[gt == k][0])
+    from ftml.diagnose import expected_calibration_error
+    assert expected_calibration_error(np.array(conf_cal), np.array(right)) < \
+        expected_calibration_error(np.array(conf_raw), np.array(right))
+    assert np.isfinite(cal.ece_) and 0 <= cal.ece_ <= 1
+
+
+def test_new_fitted_state_is_plain_arrays_and_floats():
+    X, y, g = _clusters(0, CENTRES)
+    d = Diagnoser().fit(X, y, groups=g)
+    for name in ("calibration_x_", "calibration_y_", "scale_center_", "scale_width_",
+                 "reference_", "reference_class_", "distance_cut_", "unseen_unknown_"):
+        assert type(getattr(d, name)) is np.ndarray, name
+    for name in ("min_confidence_", "ece_", "unseen_unknown_rate_"):
+        assert type(getattr(d, name)) is float, name
+
+
+def test_a_diagnoser_fitted_before_these_attributes_still_answers():
+    # A bundle pickled by an older ftml has none of the new fitted state.
+    X, y, g = _clusters(0, {"cpu": (8.0, 0.0), "mem": (0.0, 8.0)})
+    d = Diagnoser().fit(X, y, groups=g)
+    for name in ("calibration_x_", "calibration_y_", "reference_", "reference_class_",
+                 "distance_cut_", "scale_center_", "scale_width_", "open_set", "calibrate"):
+        delattr(d, name)
+    cause, conf, _ = d.diagnose(np.random.default_rng(1).normal((8, 0), 0.5, size=(5, 2)))
+    assert cause == "cpu" and conf > 0.9

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ftml import api
 from ftml.cli import main
-from ftml.diagnose import UNKNOWN
+from ftml.diagnose import NO_FAULT, UNKNOWN
 from ftml.evaluate import (
     BASELINES,
     RobustZScore,
@@ -158,6 +158,32 @@ def test_diagnosis_metrics_confusion_abstained_top3_macro():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
 
 
+def test_diagnosis_metrics_unknown_column_always_no_fault_per_cause_and_ece():
+    m = diagnosis_metrics(["a", "b"], ["a", "a"], [["a"], ["a"]], [0.9, 0.5])
+    assert m["labels"] == ["a", "b", UNKNOWN]  # unknown is a column even when never answered
+    assert m["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
+    assert m["per_cause"]["a"] == {"n": 1, "named": 2, "precision": 0.5, "recall": 1.0}
+    assert m["per_cause"]["b"]["recall"] == 0.0 and math.isnan(m["per_cause"]["b"]["precision"])
+    # bins: 0.9 right (gap 0.1), 0.5 wrong (gap 0.5) -> mean 0.3
+    assert m["calibration_error"] == pytest.approx(0.3)
+    m = diagnosis_metrics(["a", "a", "b"], ["a", NO_FAULT, UNKNOWN], [["a"]] * 3)
+    assert m["labels"] == ["a", "b", NO_FAULT, UNKNOWN]
+    assert m["confusion"][0] == [1, 0, 1, 0] and m["confusion"][1] == [0, 0, 0, 1]
+    assert m["abstained"] == pytest.approx(2 / 3)  # no_fault is not an answer either
+
+
+def test_event_metrics_count_false_alarms_named_a_cause():
+    inc = _incidents([("a", 10, 19, "x")])
+    events = [Event(entity="a", start=_t(12), end=_t(15), score=1.0, cause="x"),
+              Event(entity="a", start=_t(40), end=_t(45), score=1.0, cause="x"),
+              Event(entity="a", start=_t(60), end=_t(65), score=1.0, cause=NO_FAULT),
+              Event(entity="b", start=_t(60), end=_t(65), score=1.0, cause=UNKNOWN)]
+    m = event_metrics(events, inc, entity_days=1.0, tolerance=pd.Timedelta(0))
+    assert m["false_alarms"] == 3
+    assert (m["false_alarms_named"], m["false_alarms_named_by_cause"]) == (1, {"x": 1})
+    assert m["false_alarms_named_share"] == pytest.approx(1 / 3)
+
+
 def test_diagnosis_metrics_empty():
     m = diagnosis_metrics([], [], [])
     assert m["n"] == 0 and math.isnan(m["accuracy"]) and m["confusion"] == []
@@ -210,7 +236,7 @@ def test_report_has_exactly_the_documented_keys(evaluation):
             present.add(k)
     assert present == _documented_keys()
     block = {"n", "accuracy", "accuracy_answered", "macro_f1", "top3_accuracy", "abstained",
-             "labels", "confusion"}
+             "calibration_error", "per_cause", "labels", "confusion"}
     assert set(r["diagnosis"]["detected_events"]) == block
     assert set(r["diagnosis"]["incident_windows"]) == block | {"no_windows"}
     for name in BASELINES:

@@ -192,6 +192,35 @@ SCENARIOS = {
 }
 
 
+CATCH_ALL = """
+version: 1
+defaults: {mode: auto, min_confidence: 0.0, cooldown: 1m}
+playbooks:
+  - name: restart-anything
+    cause: "*"
+    steps:
+      - exec: [/usr/local/bin/restart-app, "{entity}"]
+"""
+
+
+@pytest.mark.parametrize("cause", ["unknown", "no_fault"])
+def test_no_playbook_acts_on_an_undiagnosed_event(cause):
+    # A catch-all playbook at confidence 0 acts on any named cause, but never on 'unknown' (the
+    # diagnoser does not know) or 'no_fault' (flagged but healthy): the audit says why.
+    clock = FakeClock(T0)
+    runner = FakeRunner()
+    engine = RecoveryEngine(playbooks(CATCH_ALL), clock=clock, actions=runner)
+    assert engine.handle(event(cause="memory_leak", entity="web-2")).decision == "act"
+    runner.calls.clear()
+    decision = engine.handle(event(cause=cause, confidence=1.0))
+    assert (decision.decision, decision.reason) == ("skip", "not_diagnosed")
+    assert runner.calls == []
+    last = [r for r in engine.audit.read() if r["kind"] == "decision"][-1]
+    assert (last["reason"], last["cause"]) == ("not_diagnosed", cause)
+    assert cause in last["detail"]
+    engine.close()
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS), ids=list(SCENARIOS))
 def test_decision_table(scenario):
     mode, overrides, setup, expected, reason = SCENARIOS[scenario]

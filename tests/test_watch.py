@@ -29,6 +29,7 @@ import watch_data  # noqa: E402
 from ftml import api  # noqa: E402
 from ftml.bundle import load_model  # noqa: E402
 from ftml.detect import EventBuilder, EventRules  # noqa: E402
+from ftml.diagnose import NOT_A_CAUSE  # noqa: E402
 from ftml.playbooks import parse_playbooks  # noqa: E402
 from ftml.recover import FakeClock, RecoveryEngine  # noqa: E402
 from ftml.sinks import JsonlSink, SinkError  # noqa: E402
@@ -997,3 +998,49 @@ def test_a_checkpoint_that_cannot_be_written_is_logged_and_leaves_no_temp_file(f
     w.checkpoint()  # must not raise: the loop goes on and retries later
     assert w.metrics.errors.labels("loop", "checkpoint")._value.get() == 1
     assert {p.name for p in state.iterdir()} <= {CHECKPOINT_FILE, ALERTS_FILE}
+
+
+def test_false_alarm_in_auto_mode_runs_nothing_and_the_audit_says_why(fleet, tmp_path):
+    """A traffic burst (web-2's counter rate x6 for 30 minutes, no labelled fault) is flagged;
+    the diagnoser, which learned what flagged-but-healthy windows look like, does not name it a
+    fault, so even a catch-all playbook in auto mode at confidence 0 runs nothing for it, and
+    the audit says why. A real fault in the same feed is still acted on."""
+    _, model, _ = fleet
+    live, _ = watch_data.fleet(800, 5, (("db-1", 600, 60, "cpu_hog"),), start="2026-02-01")
+    web2 = live.index[live["entity"] == "web-2"]
+    rate = np.diff(np.r_[0.0, live.loc[web2, "bytes_total"].to_numpy()])
+    rate[400:430] *= 6
+    live.loc[web2, "bytes_total"] = np.cumsum(rate)
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    book = parse_playbooks(textwrap.dedent(f"""
+        version: 1
+        defaults: {{mode: auto, min_confidence: 0.0, cooldown: 1m}}
+        playbooks:
+          - name: restart-anything
+            cause: "*"
+            steps:
+              - exec: [/usr/bin/touch, "{ran}/{{entity}}"]
+        """), source="pb.yaml")
+    clock = FakeClock(START)
+    engine = RecoveryEngine(book, state_dir=tmp_path / "state", clock=clock)
+    w = Watcher(model, [Feed(live, 1)], engine=engine, clock=clock,
+                registry=CollectorRegistry())
+    opened = []
+    while not w.exhausted:
+        opened += w.tick().opened
+        clock.advance(60)
+    w.finish()
+    w.wait_engine()
+    burst = [e for e in opened if e.entity == "web-2"]
+    assert burst and all(e.cause in NOT_A_CAUSE for e in burst)
+    decisions = _decisions(engine)
+    on_burst = [d for d in decisions if d["entity"] == "web-2"]
+    assert on_burst and all((d["decision"], d["reason"]) == ("skip", "not_diagnosed")
+                            for d in on_burst)
+    assert all("not a diagnosed fault" in d["detail"] for d in on_burst)
+    assert not (ran / "web-2").exists()  # nothing ran for the false alarm
+    # The engine was live: the real cpu_hog on db-1 got its action.
+    assert any(d["entity"] == "db-1" and d["decision"] == "act" for d in decisions)
+    assert (ran / "db-1").exists()
+    engine.close()

@@ -1,0 +1,306 @@
+"""Diagnosis that knows when it does not know (issue 19): on detected incidents, accuracy and
+macro-F1 against always-the-majority and a plain ``DecisionTreeClassifier`` on the same
+windows; the share of false alarms named a cause; the share of unseen causes (each left out of
+training in turn) answered unknown; the calibration error; and the ablation of each mechanism
+(no_fault class, open-set distance, calibration). Sets: simulator held-out seeds, Nezha OB
+split by day (both directions), PetShop split by case. The protocol, written before any
+result: ``bench/PROTOCOL_diagnosis.md``. One detector per split; every diagnoser is applied to
+the same scored events."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.common import data_dir, row
+
+TITLE = "Diagnosis: false alarms, unseen faults, calibration"
+START = pd.Timestamp("2026-01-05T00:00:00Z")
+TRAIN_DAYS, TEST_DAYS = 14, 7
+SEEDS, QUICK_SEEDS = (10, 11, 12, 13, 14), (10, 11)
+#: name -> (no_fault class, open set, calibration); see the protocol.
+VARIANTS = {"full": (True, True, True), "-no_fault": (False, True, True),
+            "-open_set": (True, False, True), "-calibration": (True, True, False),
+            "none": (False, False, False)}
+QUICK_VARIANTS = ("full", "none")
+
+
+@dataclass
+class Training:
+    """What every diagnoser of one split learns from: the pipeline's own windows."""
+
+    X: np.ndarray  # incident windows
+    label: np.ndarray  # their incident
+    incidents: pd.DataFrame
+    healthy: tuple[np.ndarray, np.ndarray] | None
+
+
+class Fixed:
+    """A stand-in diagnoser with Diagnoser's ``diagnose`` and ``classes_``: a plain tree
+    (never abstains) or always one cause."""
+
+    def __init__(self, classes, proba_of):
+        self.classes_ = np.asarray(classes)
+        self.proba_of = proba_of
+
+    def diagnose(self, X):
+        p = self.proba_of(X).mean(axis=0)
+        order = np.argsort(-p, kind="stable")[:3]
+        top = [(str(self.classes_[i]), float(p[i])) for i in order]
+        return top[0][0], top[0][1], top
+
+
+def plain_tree(tr: Training) -> Fixed:
+    from sklearn.tree import DecisionTreeClassifier
+
+    y = tr.incidents["cause"].astype(str).to_numpy()[tr.label]
+    tree = DecisionTreeClassifier(random_state=0).fit(tr.X, y)
+    return Fixed(tree.classes_, tree.predict_proba)
+
+
+def majority(tr: Training) -> Fixed:
+    causes = tr.incidents["cause"].astype(str)
+    top = sorted(causes.value_counts().items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return Fixed([top], lambda X: np.ones((len(X), 1)))
+
+
+def fit_variant(tr: Training, config, name: str, drop: str | None = None):
+    from ftml.pipeline import fit_diagnoser
+
+    no_fault, open_set, calibrate = VARIANTS[name]
+    cfg = copy.deepcopy(config)
+    cfg.diagnose.open_set, cfg.diagnose.calibrate = open_set, calibrate
+    X, label, inc = tr.X, tr.label, tr.incidents
+    if drop is not None:  # the cause is never seen: its incidents' windows go
+        keep = inc["cause"].astype(str).to_numpy()[label] != drop
+        X, label = X[keep], label[keep]
+    d, _ = fit_diagnoser(X, label, inc, cfg, tr.healthy if no_fault else None)
+    return d
+
+
+def training_of(model, data, incidents, config) -> Training:
+    """The incident and flagged-but-healthy windows, recomputed as fit_model computes them."""
+    from ftml import pipeline as pl
+    from ftml.io import to_ns
+
+    frame = data.frame
+    ts = to_ns(frame["timestamp"])
+    codes, names = data.entity_codes()
+    row_label = pl.incident_of_rows(codes, names, ts, incidents)
+    fz, det, dc = model.featurizer, model.detector, config.detect
+    t_cut = pl.calibration_cut(ts.min(), ts.max(), dc.calibration_fraction)
+    _, cal_rows, inc_rows = pl.split_windows(fz, frame, row_label, t_cut)
+    cal_scores = pl.calibration_scores(fz, det, frame, cal_rows, dc)
+    X, label = pl.incident_windows(fz, det, frame, inc_rows, row_label, config)
+    healthy = pl.healthy_windows(
+        pl.healthy_candidates(fz, frame, cal_rows, cal_scores, incidents, config),
+        cal_scores, int(fz.step_.value), config)
+    return Training(X, label, incidents, healthy)
+
+
+def raw_events(model, path: Path) -> list:
+    """The test data scored once: the events before diagnosis (as ``api.score`` builds them)."""
+    from ftml.api import SCORE_READ_ROWS, stream_frames
+    from ftml.pipeline import WindowScorer, carry_steps
+
+    builder = model.event_builder()
+    scorer = WindowScorer(model, builder)
+    out = []
+    for frame, since, until in stream_frames([path], model.config.read, model.step,
+                                             model.metrics,
+                                             carry_steps(model.featurizer, model.config.read),
+                                             SCORE_READ_ROWS):
+        out.extend(scorer.frame(frame, since, until))
+    return out + builder.flush()
+
+
+@dataclass
+class Split:
+    name: str
+    model: object
+    training: Training
+    raws: list  # test events before diagnosis
+    test_data: object  # MetricData
+    test_incidents: pd.DataFrame
+    per_issue: bool  # judge each test incident's own windows (PetShop) instead of events
+
+
+def prepare(name, train: pd.DataFrame, train_inc, test: pd.DataFrame, test_inc, config,
+            work: Path, per_issue: bool = False) -> Split:
+    from ftml.api import fit_model
+    from ftml.io import read_incidents, read_metrics, write_table
+
+    d = work / "".join(c if c.isalnum() else "_" for c in name)
+    d.mkdir(parents=True, exist_ok=True)
+    write_table(train, d / "train.parquet")
+    write_table(test, d / "test.parquet")
+    data = read_metrics([d / "train.parquet"], config.read)
+    write_table(train_inc, d / "train_incidents.csv")
+    write_table(test_inc, d / "test_incidents.csv")
+    inc = read_incidents(d / "train_incidents.csv", data.entities, config.read)
+    model, _ = fit_model(data, inc, config)
+    tdata = read_metrics([d / "test.parquet"], config.read, model.metrics)
+    tinc = read_incidents(d / "test_incidents.csv", tdata.entities, config.read)
+    raws = [] if per_issue else raw_events(model, d / "test.parquet")
+    return Split(name, model, training_of(model, data, inc, config), raws, tdata, tinc,
+                 per_issue)
+
+
+def judge(split: Split, diagnoser) -> dict:
+    """Events (or per-issue diagnoses) of one diagnoser on the split's test data."""
+    from ftml.evaluate import (
+        detected_diagnosis,
+        diagnose_incidents,
+        event_metrics,
+        first_hits,
+        incident_diagnosis,
+        match_events,
+    )
+
+    model = copy.copy(split.model)
+    model.diagnoser = diagnoser
+    if split.per_issue:
+        diagnosed = diagnose_incidents(model, split.test_data, split.test_incidents)
+        return {"diag": incident_diagnosis(split.test_incidents, diagnosed), "fa_named": None,
+                "events": diagnosed}
+    events = [model.to_event(r) for r in split.raws]
+    events.sort(key=lambda e: (e.entity, e.start))
+    first = first_hits(match_events(events, split.test_incidents), events)
+    m = event_metrics(events, split.test_incidents, 1.0)
+    return {"diag": detected_diagnosis(split.test_incidents, events, first),
+            "fa_named": m["false_alarms_named_share"], "false_alarms": m["false_alarms"],
+            "events": events, "first": first}
+
+
+def unseen_rate(split: Split, name: str) -> tuple[float | None, int]:
+    """Leave one cause out: pooled share of the test incidents of the left-out cause (found
+    by an event, or every issue on PetShop) answered unknown / no_fault."""
+    from ftml.diagnose import NOT_A_CAUSE
+
+    config = split.model.config
+    train_causes = set(split.training.incidents["cause"].astype(str))
+    test_causes = split.test_incidents["cause"].astype(str).to_numpy()
+    abstained = judged = 0
+    for cause in sorted(train_causes & set(test_causes)):
+        d = fit_variant(split.training, config, name, drop=cause)
+        if d is None:
+            continue
+        r = judge(split, d)
+        idx = np.flatnonzero(test_causes == cause)
+        if split.per_issue:
+            answers = [r["events"][i].cause for i in idx if r["events"][i] is not None]
+        else:
+            answers = [r["events"][r["first"][i]].cause for i in idx if r["first"][i] >= 0]
+        abstained += sum(a in NOT_A_CAUSE for a in answers)
+        judged += len(answers)
+    return (abstained / judged if judged else None), judged
+
+
+def rows_of(split: Split, variants) -> list[dict]:
+    config = split.model.config
+    results = {}
+    for name in variants:
+        d = fit_variant(split.training, config, name)
+        results[name] = (judge(split, d), *unseen_rate(split, name))
+    results["plain tree"] = (judge(split, plain_tree(split.training)), 0.0, 0)
+    results["majority"] = (judge(split, majority(split.training)), 0.0, 0)
+    return results
+
+
+def table_rows(label: str, results: dict) -> list[dict]:
+    out = []
+    full, _, _ = results.get("full")
+    base_acc = {k: results[k][0]["diag"]["accuracy"] for k in ("majority", "plain tree")}
+    what = "issues" if full["fa_named"] is None else "detected incidents"
+    n = full["diag"]["n"]
+    for name, (r, unseen, n_unseen) in results.items():
+        dg = r["diag"]
+        out.append(row(f"{label}: {name}: accuracy ({what}, n={n})", dg["accuracy"],
+                       base_acc["majority"], vs="majority",
+                       plain_tree=base_acc["plain tree"], macro_f1=dg["macro_f1"],
+                       false_alarms_named=r["fa_named"],
+                       unseen_unknown=unseen if name not in ("plain tree", "majority") else 0.0,
+                       unseen_n=n_unseen, ece=dg.get("calibration_error"),
+                       abstained=dg["abstained"]))
+    return out
+
+
+def sim_splits(work: Path, seeds) -> list[Split]:
+    from ftml.config import Config
+    from ftml.simulate import simulate_fleet
+
+    out = []
+    for seed in seeds:
+        tr, tr_inc = simulate_fleet(entities=8, days=TRAIN_DAYS, seed=seed, start=str(START))
+        te, te_inc = simulate_fleet(entities=8, days=TEST_DAYS, seed=seed + 1000,
+                                    fleet_seed=seed,
+                                    start=str(START + pd.Timedelta(days=TRAIN_DAYS)))
+        out.append(prepare(f"sim seed {seed}", tr, tr_inc, te, te_inc, Config(), work))
+    return out
+
+
+def pooled(results_list: list[dict]) -> dict:
+    """Per diagnoser: figures pooled over several splits (counts added up)."""
+    out = {}
+    for name in results_list[0]:
+        n = sum(r[name][0]["diag"]["n"] for r in results_list)
+        right = sum(r[name][0]["diag"]["accuracy"] * r[name][0]["diag"]["n"]
+                    for r in results_list if r[name][0]["diag"]["n"])
+        fa = sum(r[name][0].get("false_alarms", 0) for r in results_list)
+        named = sum((r[name][0]["fa_named"] or 0) * r[name][0].get("false_alarms", 0)
+                    for r in results_list)
+        un_n = sum(r[name][2] for r in results_list)
+        un = sum((r[name][1] or 0) * r[name][2] for r in results_list)
+        f1 = float(np.mean([r[name][0]["diag"]["macro_f1"] for r in results_list]))
+        ece = [r[name][0]["diag"].get("calibration_error") for r in results_list]
+        ece = [e for e in ece if e is not None and np.isfinite(e)]
+        out[name] = ({"diag": {"n": n, "accuracy": right / n if n else None, "macro_f1": f1,
+                               "calibration_error": float(np.mean(ece)) if ece else None,
+                               "abstained": None},
+                      "fa_named": named / fa if fa else None, "false_alarms": fa},
+                     un / un_n if un_n else None, un_n)
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    from bench import datasets
+    from ftml.config import Config
+
+    variants = QUICK_VARIANTS if quick else tuple(VARIANTS)
+    rows: list[dict] = []
+    timing = []
+    with tempfile.TemporaryDirectory(prefix="ftml-bench-diag-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        sims = [rows_of(s, variants) for s in sim_splits(work, QUICK_SEEDS if quick else SEEDS)]
+        seeds = QUICK_SEEDS if quick else SEEDS
+        rows += table_rows(f"sim 8 entities, seeds {seeds[0]}-{seeds[-1]} pooled",
+                           pooled(sims))
+        timing.append(f"sim {time.perf_counter() - t:.0f} s")
+        root = data_dir()
+        if (root / "nezha").is_dir():
+            t = time.perf_counter()
+            sp = datasets.nezha(root)
+            for label, a, b in (("22->23", (sp.train, sp.train_incidents),
+                                 (sp.test, sp.test_incidents)),
+                                ("23->22", (sp.test, sp.test_incidents),
+                                 (sp.train, sp.train_incidents))):
+                s = prepare(f"Nezha OB {label}", *a, *b, Config(), work)
+                rows += table_rows(f"Nezha OB {label}", rows_of(s, variants))
+            timing.append(f"nezha {time.perf_counter() - t:.0f} s")
+        if (root / "petshop").is_dir():
+            t = time.perf_counter()
+            for sp in datasets.petshop(root):
+                cfg = Config.from_dict(sp.config, source=sp.name)
+                s = prepare(sp.name, sp.train, sp.train_incidents, sp.test, sp.test_incidents,
+                            cfg, work, per_issue=True)
+                rows += table_rows(sp.name, rows_of(s, variants))
+            timing.append(f"petshop {time.perf_counter() - t:.0f} s")
+    print("  diagnosis: " + ", ".join(timing), flush=True)
+    return rows
