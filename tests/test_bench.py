@@ -46,7 +46,7 @@ def fake_benches(monkeypatch):
 
 def test_discover_finds_the_bench_modules():
     names = harness.discover()
-    assert {"quality", "realdata"} <= set(names)
+    assert {"quality", "realdata", "diagnosis"} <= set(names)
     assert all((harness.BENCH_DIR / f"bench_{n}.py").exists() for n in names)
 
 
