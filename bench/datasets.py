@@ -59,6 +59,31 @@ def runs_of(flags: np.ndarray) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- SMD
 
 
+def _machine_files(base: Path, names: list[str], start: pd.Timestamp, step: pd.Timedelta,
+                   cause_of) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[tuple]]:
+    """The SMD / ASD layout: per machine a train and a test file without timestamps (row i =
+    step i; test right after train), the test file's ``label`` marking anomalies. Returns the
+    train and test frames with timestamp and entity, and the test incidents (the contiguous
+    labelled segments; ``cause_of(name, first_row)`` names each)."""
+    train_parts, test_parts, incidents = [], [], []
+    for name in names:
+        tr = pd.read_csv(base / "train" / f"{name}.csv.gz")
+        te = pd.read_csv(base / "test" / f"{name}.csv.gz")
+        tr.pop("label") if "label" in tr else None
+        label = te.pop("label").to_numpy()
+        t_train = start + step * np.arange(len(tr))
+        t_test = t_train[-1] + step * np.arange(1, len(te) + 1)
+        tr.insert(0, "entity", name)
+        tr.insert(0, "timestamp", t_train)
+        te.insert(0, "entity", name)
+        te.insert(0, "timestamp", t_test)
+        train_parts.append(tr)
+        test_parts.append(te)
+        for a, b in runs_of(label == 1):
+            incidents.append((name, t_test[a], t_test[b - 1], cause_of(name, a)))
+    return train_parts, test_parts, incidents
+
+
 def smd(root: Path, machines: list[str] | None = None) -> Split:
     """Server Machine Dataset: train on each machine's train file, judge its test file.
 
@@ -71,22 +96,9 @@ def smd(root: Path, machines: list[str] | None = None) -> Split:
     groups = pd.read_csv(base / "interpretation_segments_index.csv")
     group_of = {(r.machine, int(r.start)): r.dominant_group_by_fraction
                 for r in groups.itertuples(index=False)}
-    train_parts, test_parts, incidents = [], [], []
-    step = pd.Timedelta(minutes=1)
-    for name in names:
-        tr = pd.read_csv(base / "train" / f"{name}.csv.gz")
-        te = pd.read_csv(base / "test" / f"{name}.csv.gz")
-        label = te.pop("label").to_numpy()
-        t_train = SMD_START + step * np.arange(len(tr))
-        t_test = t_train[-1] + step * np.arange(1, len(te) + 1)
-        tr.insert(0, "entity", name)
-        tr.insert(0, "timestamp", t_train)
-        te.insert(0, "entity", name)
-        te.insert(0, "timestamp", t_test)
-        train_parts.append(tr)
-        test_parts.append(te)
-        for a, b in runs_of(label == 1):
-            incidents.append((name, t_test[a], t_test[b - 1], group_of.get((name, a), "unknown")))
+    train_parts, test_parts, incidents = _machine_files(
+        base, names, SMD_START, pd.Timedelta(minutes=1),
+        lambda name, a: group_of.get((name, a), "unknown"))
     return Split(
         name="SMD", train=pd.concat(train_parts, ignore_index=True),
         train_incidents=_no_incidents(), test=pd.concat(test_parts, ignore_index=True),
@@ -379,22 +391,8 @@ def asd(root: Path, servers: list[str] | None = None) -> Split:
     names = servers or sorted((p.name.removesuffix(".csv.gz")
                                for p in (base / "train").glob("omi-*.csv.gz")),
                               key=lambda n: int(n.split("-")[1]))
-    train_parts, test_parts, incidents = [], [], []
-    for name in names:
-        tr = pd.read_csv(base / "train" / f"{name}.csv.gz")
-        te = pd.read_csv(base / "test" / f"{name}.csv.gz")
-        tr.pop("label") if "label" in tr else None
-        label = te.pop("label").to_numpy()
-        t_train = ASD_START + ASD_STEP * np.arange(len(tr))
-        t_test = t_train[-1] + ASD_STEP * np.arange(1, len(te) + 1)
-        tr.insert(0, "entity", name)
-        tr.insert(0, "timestamp", t_train)
-        te.insert(0, "entity", name)
-        te.insert(0, "timestamp", t_test)
-        train_parts.append(tr)
-        test_parts.append(te)
-        for a, b in runs_of(label == 1):
-            incidents.append((name, t_test[a], t_test[b - 1], "anomaly"))
+    train_parts, test_parts, incidents = _machine_files(base, names, ASD_START, ASD_STEP,
+                                                        lambda name, a: "anomaly")
     return Split(
         name="ASD", train=pd.concat(train_parts, ignore_index=True),
         train_incidents=_no_incidents(), test=pd.concat(test_parts, ignore_index=True),
