@@ -57,6 +57,7 @@ from ftml.diagnose import NOT_A_CAUSE
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
+    RECOVERED_PREFIX,
     Action,
     CheckpointAction,
     ExecAction,
@@ -1766,6 +1767,30 @@ class ReplayResult:
         return self.format()
 
 
+class EventsRecoveredReader:
+    """A :class:`MetricReader` for replay that also answers the verify condition that names no
+    metric, ``recovered [for N windows]`` (read as ``ftml:recovered:N``): 1.0 once no replayed
+    event of the entity is open at clock time, i.e. its last active window has passed, as
+    ``watch`` answers it once the entity's alert has resolved; other metrics from ``inner``."""
+
+    def __init__(self, inner: MetricReader, events: Sequence[Event], clock: Clock):
+        self.inner = inner
+        self.clock = clock
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for ev in events:
+            spans.setdefault(ev.entity, []).append((epoch_seconds(ev.start),
+                                                    epoch_seconds(ev.end)))
+        self._spans = {e: np.array(v, dtype=np.float64) for e, v in spans.items()}
+
+    def latest(self, entity: str, metric: str) -> float | None:
+        if not metric.startswith(RECOVERED_PREFIX):
+            return self.inner.latest(entity, metric)
+        spans = self._spans.get(entity)
+        now = self.clock.now()
+        open_now = spans is not None and bool(((spans[:, 0] <= now) & (now <= spans[:, 1])).any())
+        return 0.0 if open_now else 1.0
+
+
 def replay(events: Sequence[Event], metric_reader: MetricReader | pd.DataFrame,
            playbooks: PlaybookSet, incidents: pd.DataFrame | Iterable[Mapping[str, Any]] | None
            = None, clock: FakeClock | None = None, model_version: str = "",
@@ -1785,6 +1810,7 @@ def replay(events: Sequence[Event], metric_reader: MetricReader | pd.DataFrame,
     clock = clock or FakeClock()
     if isinstance(metric_reader, pd.DataFrame):
         metric_reader = FrameMetricReader(metric_reader, clock)
+    metric_reader = EventsRecoveredReader(metric_reader, events, clock)
     engine = RecoveryEngine(playbooks, clock=clock, metrics=metric_reader,
                             actions=SimulatedActions(), notifier=_SilentNotifier(), mode=mode,
                             model_version=model_version)

@@ -1329,3 +1329,31 @@ def test_old_state_database_gains_the_group_columns(tmp_path):
     assert engine.handle(grouped("frontend")).decision == "act"
     assert engine.audit.read()[-1]["group_id"] == "g1"
     engine.close()
+
+
+RECOVERED_BOOK = """
+version: 1
+defaults: {mode: auto, min_confidence: 0.5, cooldown: 1m, verify: {interval: 1m, timeout: 30m}}
+playbooks:
+  - name: leak
+    cause: memory_leak
+    steps:
+      - exec: [/bin/restart, "{entity}"]
+        verify: [recovered for 3 windows]
+"""
+
+
+def test_replay_reads_the_recovered_verify_from_the_events_it_replays():
+    # A verify that names no metric: a model trained on other metrics can still be replayed.
+    # It holds once the entity's event has ended (its last active window passed), as watch
+    # answers it once the alert resolved: never before the event's end.
+    frames = metric_frame("web-1", high_until_min=0)
+    events = [event("web-1", cause="memory_leak", minutes=10)]
+    incidents = pd.DataFrame({"entity": ["web-1"], "cause": ["memory_leak"],
+                              "start": pd.to_datetime([T0], unit="s", utc=True),
+                              "end": pd.to_datetime([T0 + 600], unit="s", utc=True)})
+    result = replay(events, frames, playbooks(RECOVERED_BOOK), incidents=incidents)
+    (d,) = result.decisions
+    assert d.decision == "act" and d.run.outcome == "recovered"
+    (row,) = result.incidents
+    assert row["outcome"] == "recovered" and row["time_to_recovery_s"] >= 600
