@@ -54,9 +54,11 @@ class Sink(Protocol):
 
 def alert_record(event: Event, status: str, at: float, *, cause: str, severity: str,
                  revision: int, model_version: str, step_s: float,
-                 previous_cause: str | None = None) -> dict[str, Any]:
-    """The one alert format every sink receives. ``cause`` and ``severity`` are the alert's
-    identity (fixed at open, changed only by a revision); ``event`` is the current event."""
+                 previous_cause: str | None = None, previous_severity: str | None = None,
+                 group: str | None = None) -> dict[str, Any]:
+    """The one alert format every sink receives. ``cause``, ``severity`` and ``group`` are the
+    alert's identity (fixed at open, cause and severity changed only by a revision, whose
+    ``previous_*`` name the label set it replaces); ``event`` is the current event."""
     end = None
     if status == "resolved":
         # The incident ended after its last active window; never later than now.
@@ -71,6 +73,8 @@ def alert_record(event: Event, status: str, at: float, *, cause: str, severity: 
         "cause": cause,
         "severity": severity,
         "previous_cause": previous_cause,
+        "previous_severity": previous_severity,
+        "group": group if group is not None else (event.group or event.id),
         "starts_at": iso(event.start),
         "ends_at": end,
         "at": iso(pd.Timestamp(at, unit="s", tz="UTC")),
@@ -246,7 +250,7 @@ class AlertmanagerSink:
                   "id": str(record["id"]),
                   # An Alertmanager route with group_by: [group] notifies once per incident;
                   # an event outside any group is its own incident.
-                  "group": str(ev.get("group") or record["id"])}
+                  "group": str(record.get("group") or ev.get("group") or record["id"])}
         top = ", ".join(ev.get("top_metrics") or [])
         suspects = ev.get("suspects") or []
         annotations = {
@@ -269,7 +273,9 @@ class AlertmanagerSink:
                    "startsAt": record["starts_at"], "endsAt": ends}]
         prev = record.get("previous_cause")
         if prev and prev != record["cause"]:
-            old = dict(labels, cause=str(prev))
+            # The label set it replaces, exactly: else Alertmanager keeps that one firing.
+            old = dict(labels, cause=str(prev),
+                       severity=str(record.get("previous_severity") or labels["severity"]))
             alerts.insert(0, {"labels": old, "annotations": annotations,
                               "startsAt": record["starts_at"], "endsAt": iso(at)})
         return alerts

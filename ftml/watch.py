@@ -1219,10 +1219,13 @@ class Watcher:
         return self.config.severity.get(cause, self.config.default_severity)
 
     def _record(self, ev: Event, status: str, now: float, cause: str, severity: str,
-                revision: int, previous: str | None = None) -> dict[str, Any]:
+                revision: int, previous: str | None = None,
+                previous_severity: str | None = None, group: str | None = None
+                ) -> dict[str, Any]:
         return alert_record(ev, status, now, cause=cause, severity=severity, revision=revision,
                             model_version=self.model.version,
-                            step_s=self.step_ns / 1e9, previous_cause=previous)
+                            step_s=self.step_ns / 1e9, previous_cause=previous,
+                            previous_severity=previous_severity, group=group)
 
     def _closed(self, closed: list[RawEvent], now: float, out: TickResult) -> None:
         book = self.book
@@ -1239,7 +1242,7 @@ class Watcher:
                     continue
                 if entry is not None:
                     rec = self._record(ev, "resolved", now, entry["cause"], entry["severity"],
-                                       entry["revision"])
+                                       entry["revision"], group=entry.get("group"))
                     book.emit(rec)
                 else:
                     self._caught_up(ev, now)
@@ -1288,6 +1291,7 @@ class Watcher:
                     rec = self._record(ev, "firing", now, cause, self._severity(cause), 0)
                     book.firing[ev_id] = {"entity": ev.entity, "cause": cause,
                                           "severity": self._severity(cause), "revision": 0,
+                                          "group": rec["group"],
                                           "end_slot": int(raw.end_ns // self.step_ns),
                                           "record": rec, "actionable": self._actionable(ev)}
                     book.emit(rec)
@@ -1306,12 +1310,14 @@ class Watcher:
                     # A firing alert changes identity only for a real diagnosis (never back to
                     # 'unknown'): the old label set is resolved, the new one fires, same id.
                     if ev.cause != entry["cause"] and ev.cause != UNKNOWN:
-                        prev = entry["cause"]
+                        prev, prev_severity = entry["cause"], entry["severity"]
                         entry["revision"] += 1
                         entry["cause"] = ev.cause
                         entry["severity"] = self._severity(ev.cause)
                         rec = self._record(ev, "firing", now, ev.cause, entry["severity"],
-                                           entry["revision"], previous=prev)
+                                           entry["revision"], previous=prev,
+                                           previous_severity=prev_severity,
+                                           group=entry.get("group"))
                         entry["record"] = rec
                         entry["actionable"] = self._actionable(ev)
                         book.emit(rec)
@@ -1338,7 +1344,8 @@ class Watcher:
                     prev = Event.from_dict(entry["record"]["event"])
                     prev.status = "resolved"
                     rec = self._record(prev, "resolved", now, entry["cause"],
-                                       entry["severity"], entry["revision"])
+                                       entry["severity"], entry["revision"],
+                                       group=entry.get("group"))
                     book.remember_resolved(ev_id)
                     book.emit(rec)
                 out.resolved.append(prev)

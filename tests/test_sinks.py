@@ -45,7 +45,9 @@ def record(status="firing", **kw):
                         AT, cause=kw.pop("cause", "cpu_hog"),
                         severity=kw.pop("severity", "critical"),
                         revision=kw.pop("revision", 0), model_version="m1", step_s=60,
-                        previous_cause=kw.pop("previous_cause", None))
+                        previous_cause=kw.pop("previous_cause", None),
+                        previous_severity=kw.pop("previous_severity", None),
+                        group=kw.pop("group", None))
 
 
 class Receiver:
@@ -199,6 +201,19 @@ def test_alertmanager_revision_resolves_the_old_label_set_and_fires_the_new():
     assert [a["labels"]["cause"] for a in body] == ["unknown", "mem_leak"]
     assert body[0]["endsAt"] == "2026-02-01T10:30:00Z"
     assert {a["labels"]["id"] for a in body} == {"abc123"}
+
+
+def test_alertmanager_revision_resolves_exactly_the_label_set_that_fired():
+    # Opened as unknown (severity warning) in group g1; revised to a critical cause while the
+    # event's live group id moved on: the resolve names the labels Alertmanager holds, else
+    # the first alert stays active for ever (seen with a real Alertmanager).
+    sink = AlertmanagerSink("http://127.0.0.1:9093/api/v2/alerts")
+    first = sink.payload(record(cause="unknown", severity="warning", group="g1"))[0]["labels"]
+    body = sink.payload(record(cause="mem_leak", severity="critical", revision=1,
+                               previous_cause="unknown", previous_severity="warning",
+                               group="g1"))
+    assert body[0]["labels"] == first
+    assert body[1]["labels"] == dict(first, cause="mem_leak", severity="critical")
 
 
 @pytest.mark.parametrize("spec, kind", [
