@@ -91,7 +91,7 @@ def record(spec: str, out: str | Path, *, step: str | float = "60s",
            config_source: str = "config", read: ReadConfig | None = None,
            clock: Any = None) -> RecordSummary:
     """Record ``spec``'s rows to the CSV ``out``; see the module docstring."""
-    from ftml.recover import SystemClock
+    from ftml.clock import SystemClock
 
     clock = clock or SystemClock()
     out = Path(out)

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftml"
 
 # In data-flow order. A module may import from its own stage and those above it.
 STAGES: list[tuple[str, set[str]]] = [
-    ("base", {"ftml", "errors", "events", "config", "codec", "_forest_kernel", "_window_kernel"}),
+    ("base", {"ftml", "errors", "events", "config", "clock", "codec", "_forest_kernel",
+              "_window_kernel"}),
     ("io", {"io", "sources", "simulate"}),
     ("features", {"features"}),
     ("detect", {"detect", "fast"}),

@@ -30,12 +30,12 @@ from ftml.recover import (
     RecoveryEngine,
     RecoveryPoints,
     SystemClock,
-    _digest,
     approve,
     pending_approvals,
     reject,
     replay,
 )
+from ftml.recover.points import _digest
 
 HELPERS = Path(__file__).parent / "helpers"
 T0 = pd.Timestamp("2024-05-01T10:00:00Z").timestamp()
@@ -849,14 +849,14 @@ def test_rollback_killed_half_way_in_another_process(tmp_path, app):
 
 def test_rollback_without_atomic_exchange_recovers_from_a_crash_between_renames(
         tmp_path, app, monkeypatch):
-    import ftml.recover as recover
+    from ftml.recover import points as store
 
     conf, main = app
     old = _digest(conf)
     points = RecoveryPoints(tmp_path / "store")
     points.create("app", [conf], good=True)
     damage(conf, main)
-    monkeypatch.setattr(recover, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(store, "_exchange", lambda a, b: False)
     real_rename = os.rename
 
     def crash_on_second_rename(src, dst):
@@ -864,11 +864,11 @@ def test_rollback_without_atomic_exchange_recovers_from_a_crash_between_renames(
             raise Interrupt("power cut")
         real_rename(src, dst)
 
-    monkeypatch.setattr(recover.os, "rename", crash_on_second_rename)
+    monkeypatch.setattr(store.os, "rename", crash_on_second_rename)
     with pytest.raises(Interrupt):
         points.rollback("app")
     assert not conf.exists()  # the one moment the fallback cannot avoid; resume repairs it
-    monkeypatch.setattr(recover.os, "rename", real_rename)
+    monkeypatch.setattr(store.os, "rename", real_rename)
     points.resume("app")
     assert _digest(conf) == old and leftovers(tmp_path) == []
 
@@ -1357,3 +1357,42 @@ def test_replay_reads_the_recovered_verify_from_the_events_it_replays():
     assert d.decision == "act" and d.run.outcome == "recovered"
     (row,) = result.incidents
     assert row["outcome"] == "recovered" and row["time_to_recovery_s"] >= 600
+
+
+# --------------------------------------------------------------------------- package layout
+
+
+#: ftml.recover's modules in flow order: each imports only from those before it, so the
+#: runners and the file store never reach the engine, and the engine reaches the guards.
+RECOVER_FLOW = ["results", "metrics", "templates", "points", "actions", "guards", "state",
+                "approvals", "engine", "replays"]
+
+
+def _recover_imports(path: Path) -> set[str]:
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+            else [])
+        out.update(n.split(".")[2] for n in names if n.startswith("ftml.recover."))
+    return out
+
+
+def test_recover_modules_import_only_the_ones_before_them():
+    package = Path(__file__).resolve().parents[1] / "ftml" / "recover"
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    assert sorted(RECOVER_FLOW) == modules, "give each new module its place in RECOVER_FLOW"
+    bad = {m: sorted(imp for imp in _recover_imports(package / f"{m}.py")
+                     if RECOVER_FLOW.index(imp) >= RECOVER_FLOW.index(m))
+           for m in RECOVER_FLOW}
+    assert not any(bad.values()), f"imports against the flow: {bad}"
+    assert _recover_imports(package / "engine.py") >= {"guards", "actions"}
+
+
+def test_the_recover_flow_check_sees_a_backward_import(tmp_path):
+    f = tmp_path / "points.py"
+    f.write_text("def f():\n    from ftml.recover.engine import RecoveryEngine\n"
+                 "import ftml.recover.results\n")
+    assert _recover_imports(f) == {"engine", "results"}
