@@ -7,7 +7,9 @@ what it is made of, one module per seam; each imports only the ones above it:
 * ``guards``: the checks between a matched playbook and its action, in order (``GUARDS``);
 * ``templates``: an action's placeholders filled from the event;
 * ``points``: recovery points, the transactional file store behind checkpoint and rollback;
-* ``actions``: the runners that carry out a step's action (real or simulated);
+* ``actions``: the runners that carry out a step's action (real or simulated), and
+  how an action reads once filled in (``describe_action``): a new action kind is a
+  branch of each;
 * ``metrics``: where verification reads metrics;
 * ``state``: the engine's memory (runs, approvals) in the SQLite state database;
 * ``approvals``: pending actions that wait for a human;
@@ -27,6 +29,7 @@ from ftml.recover.actions import (
     LogNotifier,
     Notifier,
     SimulatedActions,
+    describe_action,
 )
 from ftml.recover.approvals import (
     Approval,
@@ -60,7 +63,7 @@ from ftml.recover.results import (
     RunResult,
     StepResult,
 )
-from ftml.recover.templates import describe_action, render_argv, render_body, render_url
+from ftml.recover.templates import render_argv, render_body, render_url
 
 __all__ = [
     "GUARDS", "SKIP_REASONS", "ActionResult", "ActionRunner", "Approval", "Checkpoint", "Clock",

@@ -1,4 +1,5 @@
-"""Action runners: what carries out a step's action (for real, or simulated), and where notify steps speak."""
+"""Action runners: what carries out a step's action (for real, or simulated), where notify
+steps speak, and how an action reads once its placeholders are filled."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ftml.audit import OUTPUT_LIMIT, excerpt, redact
@@ -31,7 +32,7 @@ from ftml.playbooks import (
 )
 from ftml.recover.points import RecoveryPoints
 from ftml.recover.results import ActionResult
-from ftml.recover.templates import describe_action, render_argv, render_body, render_url
+from ftml.recover.templates import render_argv, render_body, render_url
 
 log = logging.getLogger("ftml.recover")
 
@@ -204,6 +205,50 @@ class SimulatedActions:
             event: Event) -> ActionResult:
         return ActionResult(ok=True, exit_code=0, output="(simulated)",
                             arguments=describe_action(action, fields))
+
+
+def describe_action(action: Action, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The action as it would run for these fields; secrets appear as ``<env:NAME>``."""
+
+    def shown(pairs: Iterable[tuple[str, str | SecretRef]]) -> dict[str, str]:
+        return {k: f"<env:{v.env}>" if isinstance(v, SecretRef) else _try_render(v, fields)
+                for k, v in pairs}
+
+    if isinstance(action, ExecAction):
+        try:
+            argv = render_argv(action.argv, fields)
+        except ActionError:
+            argv = [_try_render(a, fields) for a in action.argv]
+        d: dict[str, Any] = {"argv": argv}
+        if action.template:
+            d["template"] = action.template
+        if action.env:
+            d["env"] = shown(action.env)
+        return d
+    if isinstance(action, HttpAction):
+        d = {"url": render_url(action.url, fields)}
+        if action.headers:
+            d["headers"] = shown(action.headers)
+        if action.body is not None:
+            d["json"] = render_body(action.body, fields)
+        return d
+    if isinstance(action, CheckpointAction):
+        return {"name": action.name, "paths": list(action.paths), "good": action.good}
+    if isinstance(action, RollbackAction):
+        return {"name": action.name, "version": action.version or "latest good"}
+    d = {"message": _try_render(action.message, fields)}
+    if action.url:
+        d["url"] = render_url(action.url, fields)
+    if action.headers:
+        d["headers"] = shown(action.headers)
+    return d
+
+
+def _try_render(template: str, fields: Mapping[str, Any]) -> str:
+    try:
+        return render(template, fields)
+    except (KeyError, ValueError, IndexError):
+        return template
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

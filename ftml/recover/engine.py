@@ -38,14 +38,13 @@ from ftml.playbooks import (
     format_seconds,
     template_fields,
 )
-from ftml.recover.actions import ActionRunner, LocalActions, Notifier
+from ftml.recover.actions import ActionRunner, LocalActions, Notifier, describe_action
 from ftml.recover.approvals import Approval, list_approvals, settle_approval
 from ftml.recover.guards import GUARDS, GuardContext
 from ftml.recover.metrics import MetricReader
 from ftml.recover.points import RecoveryPoints
 from ftml.recover.results import Decision, DecisionKind, Reason, RunResult, StepResult
 from ftml.recover.state import _APPROVAL_COLUMNS, _RUN_COLUMNS, _open_state
-from ftml.recover.templates import describe_action
 
 
 class RecoveryEngine:

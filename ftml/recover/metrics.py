@@ -1,4 +1,5 @@
-"""Where verification reads metrics: the ``MetricReader`` protocol and a reader over a metric frame."""
+"""Where verification reads metrics: the ``MetricReader`` protocol and a reader over a metric
+frame."""
 
 from __future__ import annotations
 

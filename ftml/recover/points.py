@@ -1,4 +1,5 @@
-"""Recovery points: a versioned store of copies of files and folders, and atomic restores from it."""
+"""Recovery points: a versioned store of copies of files and folders, and atomic restores from
+it (checkpoint and rollback steps)."""
 
 from __future__ import annotations
 

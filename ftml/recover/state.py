@@ -1,4 +1,7 @@
-"""The engine's memory in the SQLite state database beside the audit log: runs and approvals. The schema is persisted: change it only with a migration."""
+"""The engine's memory in the SQLite state database beside the audit log: runs and approvals.
+
+The schema is persisted: a change to it needs a migration (as ``add_column`` for ``group_id``).
+"""
 
 from __future__ import annotations
 

@@ -1,22 +1,15 @@
-"""Filling an action's placeholders from an event's fields, safely per argument, url segment and body."""
+"""Filling an action's placeholders from an event's fields, safely per argument, url segment
+and body."""
 
 from __future__ import annotations
 
 import string
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftml.errors import ActionError
-from ftml.playbooks import (
-    Action,
-    CheckpointAction,
-    ExecAction,
-    HttpAction,
-    RollbackAction,
-    SecretRef,
-    render,
-)
+from ftml.playbooks import render
 
 #: Fields whose text comes from outside (metric labels, model output); numbers are ours.
 _TEXT_FIELDS = ("id", "entity", "cause", "playbook", "cause_source", "status")
@@ -60,47 +53,3 @@ def render_body(body: Any, fields: Mapping[str, Any]) -> Any:
     if isinstance(body, str):
         return render(body, fields)
     return body
-
-
-def describe_action(action: Action, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The action as it would run for these fields; secrets appear as ``<env:NAME>``."""
-
-    def shown(pairs: Iterable[tuple[str, str | SecretRef]]) -> dict[str, str]:
-        return {k: f"<env:{v.env}>" if isinstance(v, SecretRef) else _try_render(v, fields)
-                for k, v in pairs}
-
-    if isinstance(action, ExecAction):
-        try:
-            argv = render_argv(action.argv, fields)
-        except ActionError:
-            argv = [_try_render(a, fields) for a in action.argv]
-        d: dict[str, Any] = {"argv": argv}
-        if action.template:
-            d["template"] = action.template
-        if action.env:
-            d["env"] = shown(action.env)
-        return d
-    if isinstance(action, HttpAction):
-        d = {"url": render_url(action.url, fields)}
-        if action.headers:
-            d["headers"] = shown(action.headers)
-        if action.body is not None:
-            d["json"] = render_body(action.body, fields)
-        return d
-    if isinstance(action, CheckpointAction):
-        return {"name": action.name, "paths": list(action.paths), "good": action.good}
-    if isinstance(action, RollbackAction):
-        return {"name": action.name, "version": action.version or "latest good"}
-    d = {"message": _try_render(action.message, fields)}
-    if action.url:
-        d["url"] = render_url(action.url, fields)
-    if action.headers:
-        d["headers"] = shown(action.headers)
-    return d
-
-
-def _try_render(template: str, fields: Mapping[str, Any]) -> str:
-    try:
-        return render(template, fields)
-    except (KeyError, ValueError, IndexError):
-        return template
