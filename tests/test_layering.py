@@ -80,3 +80,47 @@ def test_the_check_sees_a_backward_import(tmp_path):
     f = tmp_path / "io.py"
     f.write_text("def f():\n    from ftml.watch import Watcher\n    from ftml import api\n")
     assert _ftml_imports(f) == {"watch", "api"}
+
+
+# --------------------------------------------------------------------------- inside a package
+
+#: A stage that is a package keeps a one-way flow inside it too: its modules in order, each
+#: importing only from those before it (ftml.recover's order is kept in tests/test_recover.py).
+PACKAGE_FLOWS: dict[str, list[str]] = {
+    "io": ["contract", "files", "tables", "timestamps", "entities", "rows", "grid", "metrics",
+           "incidents", "writers"],
+}
+
+
+def _package_imports(path: Path, package: str) -> set[str]:
+    """The modules of ``ftml.<package>`` a file imports (second component under it)."""
+    prefix = f"ftml.{package}."
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        out.update(n[len(prefix):].split(".")[0] for n in names if n.startswith(prefix))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGE_FLOWS))
+def test_package_modules_import_only_the_ones_before_them(package):
+    flow = PACKAGE_FLOWS[package]
+    folder = PACKAGE / package
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    assert sorted(flow) == modules, f"give each module of ftml/{package}/ its place in the flow"
+    bad = {m: sorted(imp for imp in _package_imports(folder / f"{m}.py", package)
+                     if imp not in flow or flow.index(imp) >= flow.index(m))
+           for m in flow}
+    assert not any(bad.values()), f"ftml.{package}: imports against the flow: {bad}"
+
+
+def test_the_package_flow_check_sees_a_backward_import(tmp_path):
+    f = tmp_path / "files.py"
+    f.write_text("def f():\n    from ftml.io.writers import write_text\nimport ftml.io.contract\n"
+                 "from ftml.iox import y\n")
+    assert _package_imports(f, "io") == {"writers", "contract"}
