@@ -89,6 +89,7 @@ def test_the_check_sees_a_backward_import(tmp_path):
 PACKAGE_FLOWS: dict[str, list[str]] = {
     "io": ["contract", "files", "tables", "timestamps", "entities", "rows", "grid", "metrics",
            "incidents", "writers"],
+    "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
 }
 
 
