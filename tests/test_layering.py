@@ -90,6 +90,7 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
     "io": ["contract", "files", "tables", "timestamps", "entities", "rows", "grid", "metrics",
            "incidents", "writers"],
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
+    "distributed": ["cluster", "index", "slices", "scoring", "training"],
 }
 
 

@@ -1,0 +1,156 @@
+"""``score`` on the cluster: the local scoring core over each task's slice on a worker, and one
+EventBuilder on the driver fed in time order (:class:`EventCollector`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ftml.bundle import Model, load_model
+from ftml.detect import EventBuilder, RawEvent
+from ftml.distributed.cluster import AHEAD_PER_THREAD, _run_in_order, _say, _threads, connect
+from ftml.distributed.index import _index
+from ftml.distributed.slices import TASK_ROWS, Task, index_table, margins, plan, read_task_rows
+from ftml.events import Event
+from ftml.incidents import grouping_for
+from ftml.io import expand_paths, normalise, to_ns, write_table
+from ftml.pipeline import (
+    SCORE_CHUNK_ROWS,
+    ScoreResult,
+    WindowRecorder,
+    WindowScorer,
+    publish_events,
+    unseen_entities,
+    window_table,
+    write_events,
+    write_groups,
+)
+from ftml.playbooks import playbook_matcher
+
+
+def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task) -> dict:
+    """One task on a worker: the scoring core (:class:`ftml.pipeline.WindowScorer`) over the
+    task's slice, recording what it hands to the event builder: the windows the gate lets
+    through, with their features. Which windows before the slice were flagged (what the gate
+    needs) comes from scoring the last of them first, as the local path knows it from the
+    chunk before."""
+    read = model.config.read
+    step_ns = int(model.step.value)
+    before, after = margins(model.featurizer, read)
+    reach = model.event_rules.reach
+    rows = read_task_rows(task, read, model.metrics, step_ns, task.start - reach - before,
+                          task.stop + after, chunk_rows, required=True)
+    frame, _ = normalise(rows, model.step, read.max_fill_steps, model.metrics)
+    del rows
+    ts = to_ns(frame["timestamp"])
+    t0, t1 = task.start * step_ns, task.stop * step_ns
+    recorder = WindowRecorder()
+    scorer = WindowScorer(model, recorder, keep_blocks=with_windows)
+    head = frame[(ts >= t0 - (reach + before) * step_ns) & (ts < t0)]
+    if len(head):  # the slice before's windows: only their flags, for the gate
+        scorer.frame(head, _per_entity(task, t0 - reach * step_ns - 1),
+                     _per_entity(task, t0 - 1), emit=False)
+    scorer.frame(frame, _per_entity(task, t0 - 1), _per_entity(task, t1 - 1))
+    entity, end_ns, scores, payload = recorder.arrays(
+        len(model.featurizer.feature_names_) + len(model.metrics))
+    names = list(task.entities)
+    return {"names": names,
+            "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
+            "end_ns": end_ns, "score": scores, "payload": payload,
+            "windows": scorer.n_windows, "flagged": scorer.n_flagged,
+            "entities": sorted(scorer.entities),
+            "rows": int(((ts >= t0) & (ts < t1)).sum()),
+            "table": scorer.blocks if with_windows else None}
+
+
+def _per_entity(task: Task, t_ns: int) -> dict[str, int]:
+    return dict.fromkeys(task.entities, int(t_ns))
+
+
+class EventCollector:
+    """The driver side of scoring: takes task results in time order (per entity) and pushes
+    them into one EventBuilder, which gives the same events however the windows are chunked;
+    closed events become :class:`Event` s. The builder holds only what an event may still
+    use, as in the local path."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.builder: EventBuilder = model.event_builder()
+        self.events: list[Event] = []
+        self.windows = 0
+        self.flagged = 0
+        self.rows = 0
+        self.entities: set[str] = set()
+        self.blocks: list = []
+
+    def add(self, res: dict) -> None:
+        self.windows += res["windows"]
+        self.flagged += res["flagged"]
+        self.rows += res["rows"]
+        self.entities.update(res["entities"])
+        if res["table"] is not None:
+            self.blocks.extend(res["table"])
+        if len(res["code"]):
+            entity = np.asarray(res["names"], dtype=object)[res["code"]]
+            self._emit(self.builder.push(entity, res["end_ns"], res["score"], res["payload"]))
+
+    def finish(self) -> list[Event]:
+        self._emit(self.builder.flush())
+        return self.events
+
+    def _emit(self, raws: list[RawEvent]) -> None:
+        self.events.extend(self.model.to_event(raw) for raw in raws)
+
+    def window_table(self) -> pd.DataFrame:
+        return window_table(self.blocks)
+
+
+def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: Any,
+          out: str | Path | None = None, windows_out: str | Path | None = None,
+          playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
+          task_rows: int = TASK_ROWS, quiet: bool = True, topology: str | Path | None = None,
+          groups_out: str | Path | None = None) -> ScoreResult:
+    """:func:`ftml.api.score` on a Dask cluster (see :func:`connect` for ``scheduler``): the
+    same events, sorted the same way. A task holds at most ``min(task_rows, chunk_rows)`` rows.
+    Input files must be readable at the same path on every worker."""
+    started = time.perf_counter()
+    if not isinstance(model, Model):
+        model = load_model(model)
+    matcher = playbook_matcher(playbooks)
+    grouping = grouping_for(model, topology)  # a bad call graph fails before the work
+    read = model.config.read
+    files = [str(p.resolve()) for p in expand_paths(metrics)]
+    step_ns = int(model.step.value)
+    limit = max(1000, min(task_rows, chunk_rows))
+    with connect(scheduler) as client:
+        threads = _threads(client)
+        _say(quiet, f"dask: {len(client.nthreads())} workers ({threads} threads); "
+                    f"indexing {len(files)} files")
+        indexes = _index(client, files, read, model.metrics, chunk_rows, False, quiet)
+        before, after = margins(model.featurizer, read)
+        the_plan = plan(index_table(indexes, step_ns), files, limit, threads, before, after)
+        tasks = the_plan.tasks
+        _say(quiet, f"dask: scoring in {len(tasks)} tasks ({the_plan.groups} entity groups x "
+                    f"{len(the_plan.slices)} time slices)")
+        collector = EventCollector(model)
+        shared = client.scatter(model, broadcast=True, hash=False)  # the model, sent once
+        for _, res in _run_in_order(client, score_task, tasks,
+                                    (shared, chunk_rows, windows_out is not None),
+                                    AHEAD_PER_THREAD * threads, "scoring", quiet):
+            collector.add(res)
+    events = collector.finish()
+    groups = publish_events(events, matcher, grouping)
+    write_events(events, out)
+    write_groups(groups, groups_out)
+    table = None
+    if windows_out is not None:
+        table = collector.window_table()
+        write_table(table, windows_out)
+    return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
+                       round(time.perf_counter() - started, 3), table, collector.flagged,
+                       unseen_entities(model, collector.entities), groups)
