@@ -19,7 +19,7 @@ demo: install
 
 # Everything, the short live chaos run included (about 3 minutes; `make chaos-test` runs it alone).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 chaos-test: install
 	$(BIN)/python -m pytest -q -m chaos
