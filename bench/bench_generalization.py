@@ -13,6 +13,10 @@ slice (what the threshold promised) and on the judged period; each baseline's ce
 F1, false alarms calibration -> judged, and AUC-PR. Rows: worst data set first (lowest held-out
 ratio). Nezha has two days only: both directions are held-out, nothing selects on them.
 ``forest only`` / ``robust only``: the two parts of ftml's score alone (the ablation).
+``R1``-``R4``: the second round's candidates (protocol amendment of 2026-12-04; none became
+the default, see bench/SELECTION_generalization.md): the two parts as tail ranks against the
+calibration slice, their max (R1) or mean (R2); R1 and the forest with per-entity thresholds
+shrunk toward the fleet's (R3, R4). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
