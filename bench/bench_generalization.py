@@ -13,6 +13,10 @@ slice (what the threshold promised) and on the judged period; each baseline's ce
 F1, false alarms calibration -> judged, and AUC-PR. Rows: worst data set first (lowest held-out
 ratio). Nezha has two days only: both directions are held-out, nothing selects on them.
 ``forest only`` / ``robust only``: the two parts of ftml's score alone (the ablation).
+``R1``-``R4``: the second round's candidates (protocol amendment of 2026-12-04; none became
+the default, see bench/SELECTION_generalization.md): the two parts as tail ranks against the
+calibration slice, their max (R1) or mean (R2); R1 and the forest with per-entity thresholds
+shrunk toward the fleet's (R3, R4). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -39,9 +43,18 @@ BASELINES = ("robust_z", "ecod", "iforest")
 #: ftml's score by parts: the forest alone, the robust statistic alone, and the two
 #: ensembles (ftml.detect.ENSEMBLES), the same whatever the default is.
 ABLATIONS = ("forest", "robust", "forest+robust", "forest|robust")
+#: The second round of candidates (bench/PROTOCOL_generalization.md, amendment 2026-12-04):
+#: the forest and the robust statistic as tail scores against the calibration slice, their
+#: max (R1) or mean (R2); R1 and the forest with per-entity thresholds shrunk to the fleet's.
+CANDIDATES = ("rank|", "rank+", "rank|/entity", "forest/entity")
+PER_ENTITY = {"rank|/entity": "rank|", "forest/entity": "forest"}
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
           "forest": "forest only", "robust": "robust only", "forest+robust": "both (mean)",
-          "forest|robust": "both (max)"}
+          "forest|robust": "both (max)", "rank|": "R1 rank max", "rank+": "R2 rank mean",
+          "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr"}
+#: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
+#: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
+PRIOR_DAYS = 1.0
 #: PyOD detectors are fitted on at most this many fit windows (a fixed-seed draw).
 PYOD_FIT_WINDOWS = 20_000
 SEED = 0
@@ -195,6 +208,71 @@ def combine_scores(forest, robust, scales, how):
     return combine(forest, robust, scales, how)
 
 
+class TailRank:
+    """A score's tail position against reference windows: ``-log10`` of the share of them
+    scoring at least as high; past their 99 % quantile, one decade more per (q99.9 - q99) of
+    score (an exponential tail), so scores beyond the reference's maximum still order."""
+
+    def __init__(self, ref: np.ndarray):
+        self.sorted_ = np.sort(np.asarray(ref, dtype=np.float64))
+        q99, q999 = np.quantile(self.sorted_, [0.99, 0.999]) if len(ref) else (0.0, 1.0)
+        self.q99_, self.step_ = q99, max(q999 - q99, 1e-12)
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        n = len(self.sorted_)
+        if not n:
+            return np.asarray(s, dtype=np.float64)
+        above = n - np.searchsorted(self.sorted_, s, side="left")
+        t = -np.log10(np.maximum(above, 1) / (n + 1))
+        return np.where(s > self.q99_, 2.0 + (s - self.q99_) / self.step_, np.minimum(t, 2.0))
+
+
+def rank_scores(forest: np.ndarray, robust: np.ndarray, ranks: tuple[TailRank, TailRank],
+                how: str) -> np.ndarray:
+    f, r = ranks[0](forest), ranks[1](robust)
+    return np.maximum(f, r) if how == "rank|" else 0.5 * (f + r)
+
+
+def count_false_alarms(entity, end_ns, scores, threshold, rules, step_ns, spans) -> int:
+    """False alarms (events overlapping no labelled incident) at ``threshold``, as
+    ``AlarmThreshold`` counts them."""
+    from ftml.detect import build_events, overlaps
+
+    tol = rules.of_windows * step_ns
+    evs = build_events(entity, end_ns, scores, threshold, rules, step_ns)
+    return sum(not overlaps(e.entity, e.start_ns, e.end_ns, spans, tol) for e in evs)
+
+
+def entity_offsets(entity, end_ns, scores, fleet_threshold, model, spans) -> dict[str, float]:
+    """Per entity, how far its own threshold (AlarmThreshold on its calibration windows
+    alone, the same budget) lies from the fleet's, shrunk toward 0 by d / (d + PRIOR_DAYS):
+    subtracted from its scores, one threshold (the fleet's) serves all."""
+    from ftml.detect import AlarmThreshold
+
+    out = {}
+    step_ns = int(model.step.value)
+    for ent in np.unique(entity):
+        mine = entity == ent
+        thr = AlarmThreshold(budget=model.config.detect.alarm_budget, rules=model.event_rules,
+                             tail=model.config.detect.threshold_tail).fit(
+            entity[mine], end_ns[mine], scores[mine], step_ns, spans)
+        w = thr.entity_days_ / (thr.entity_days_ + PRIOR_DAYS)
+        out[str(ent)] = w * (thr.threshold_ - fleet_threshold)
+    return out
+
+
+def shifted(entity: np.ndarray, scores: np.ndarray, offsets: dict[str, float]) -> np.ndarray:
+    if not offsets:
+        return scores
+    names = np.array(list(offsets), dtype=object)
+    vals = np.array([offsets[n] for n in names])
+    order = np.argsort(names)
+    names, vals = names[order], vals[order]
+    idx = np.clip(np.searchsorted(names, entity.astype(object)), 0, len(names) - 1)
+    hit = names[idx] == entity
+    return scores - np.where(hit, vals[idx], 0.0)
+
+
 def _judge(entity, end_ns, scores, threshold, model, incidents, days) -> tuple[dict, float]:
     from ftml.detect import build_events
     from ftml.evaluate import auc_pr, event_metrics, window_labels
@@ -266,6 +344,10 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                   **{k: np.concatenate(v) for k, v in cal_parts.items() if v}}
     for how in ABLATIONS[2:]:
         cal_scores[how] = combine_scores(cal_scores["forest"], cal_scores["robust"], scales, how)
+    clean = ~_touches(cal_entity, cal_end_ns, span_ns, spans)
+    ranks = (TailRank(cal_scores["forest"][clean]), TailRank(cal_scores["robust"][clean]))
+    for how in CANDIDATES[:2]:
+        cal_scores[how] = rank_scores(cal_scores["forest"], cal_scores["robust"], ranks, how)
     for kind, sc in scorers.items():
         t0 = time.perf_counter()
         cal_scores[kind] = sc.score(cal_V)
@@ -277,6 +359,15 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                              tail=model.config.detect.threshold_tail).fit(cal_entity, cal_end_ns, s,
                                                           int(model.step.value), spans)
         thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_, thr.entity_days_)
+    offsets = {}
+    for kind, base in PER_ENTITY.items():
+        offsets[kind] = entity_offsets(cal_entity, cal_end_ns, cal_scores[base],
+                                       thresholds[base], model, spans)
+        thresholds[kind] = thresholds[base]
+        s = shifted(cal_entity, cal_scores[base], offsets[kind])
+        cal_fa[kind] = (count_false_alarms(cal_entity, cal_end_ns, s, thresholds[kind],
+                                           model.event_rules, int(model.step.value), spans),
+                        cal_fa[base][1])
     # The judged period.
     test = read_metrics([split_dir / "test.parquet"], read, model.metrics)
     te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS)}
@@ -296,8 +387,12 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     judged = {k: np.concatenate(v) for k, v in te_scores.items() if v}
     for how in ABLATIONS[2:]:
         judged[how] = combine_scores(judged["forest"], judged["robust"], scales, how)
+    for how in CANDIDATES[:2]:
+        judged[how] = rank_scores(judged["forest"], judged["robust"], ranks, how)
+    for kind, base in PER_ENTITY.items():
+        judged[kind] = shifted(entity, judged[base], offsets[kind])
     out = {}
-    for kind in (*BASELINES, *ABLATIONS):
+    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
@@ -371,7 +466,8 @@ def _cell(c: Counts) -> str:
     fa_c = "-" if c.fa_cal is None else f"{c.fa_cal:.2f}"
     fa_j = "-" if c.fa_judged is None else f"{c.fa_judged:.2f}"
     auc = "-" if c.auc is None else f"{c.auc:.2f}"
-    return f"F1 {c.f1:.3f}, FA {fa_c}->{fa_j}, AUC {auc}"
+    rp = "/".join("-" if v is None else f"{v:.2f}" for v in (c.recall, c.precision))
+    return f"F1 {c.f1:.3f} (R/P {rp}), FA {fa_c}->{fa_j}, AUC {auc}"
 
 
 def part_row(label: str, counts: dict[str, Counts], entities: int,
@@ -384,7 +480,8 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                vs=LABELS[best], recall=f.recall, precision=f.precision, fa_cal=f.fa_cal,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
-               **{LABELS[k]: _cell(counts[k]) for k in (*BASELINES, *ABLATIONS)},
+               **{LABELS[k]: _cell(counts[k]) for k in (*BASELINES, *ABLATIONS, *CANDIDATES)
+                  if k in counts},
                seconds=round(f.seconds, 1))
 
 

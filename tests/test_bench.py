@@ -354,3 +354,63 @@ def test_asd_adapter_rows_are_five_minute_steps(tmp_path):
         pd.Timedelta(minutes=5)
     inc = split.test_incidents
     assert len(inc) == 1 and inc["end"].iloc[0] - inc["start"].iloc[0] == pd.Timedelta(minutes=45)
+
+
+@pytest.mark.parametrize(("score", "want"), [
+    (-1.0, -np.log10(1000 / 1001)),  # below every reference window: share 1
+    (499.5, -np.log10(500 / 1001)),  # half of the reference at least as high
+    (989.0, -np.log10(11 / 1001)),  # just under the 99 % quantile: the empirical share
+    (989.01 + 8.991, 3.0),  # one (q99.9 - q99) past q99: one decade more
+    (989.01 + 89.91, 12.0),  # far past the reference's maximum: still ordered, linearly
+])
+def test_tail_rank_is_the_share_above_then_an_exponential_tail(score, want):
+    from bench.bench_generalization import TailRank
+
+    rank = TailRank(np.arange(1000.0))  # q99 = 989.01, q99.9 = 998.001
+    assert rank(np.array([score]))[0] == pytest.approx(want, abs=0.01)
+
+
+@pytest.mark.parametrize(("how", "want"), [("rank|", [3.0, 2.0]), ("rank+", [1.5, 2.0])])
+def test_rank_scores_max_or_mean_of_the_two_tails(how, want):
+    from bench.bench_generalization import TailRank, rank_scores
+
+    ref = np.arange(1000.0)
+    ranks = (TailRank(ref), TailRank(ref))
+    got = rank_scores(np.array([998.01, 998.01 - 9.0]), np.array([-1.0, 998.01 - 9.0]),
+                      ranks, how)
+    assert got == pytest.approx(want, abs=0.02)
+
+
+def _calm_then_spiky(days=2.0, spikes=3):
+    """Two entities of one-minute windows: ``calm`` at 0, ``spiky`` at 0 with ``spikes``
+    isolated runs of 10 windows at 5 (each one false alarm at any threshold below 5)."""
+    n = int(days * 1440)
+    t = np.arange(n, dtype=np.int64) * 60 * 10**9
+    spiky = np.zeros(n)
+    for k in range(spikes):
+        spiky[200 + k * 400:210 + k * 400] = 5.0
+    ent = np.array(["calm"] * n + ["spiky"] * n, dtype=object)
+    return ent, np.r_[t, t], np.r_[np.zeros(n), spiky]
+
+
+@pytest.mark.parametrize(("days", "weight"), [(1.0, 0.5), (3.0, 0.75)])
+def test_entity_offsets_shrink_each_own_threshold_toward_the_fleets(days, weight):
+    from bench.bench_generalization import count_false_alarms, entity_offsets, shifted
+    from ftml.detect import AlarmThreshold, EventRules
+
+    ent, end, s = _calm_then_spiky(days)
+    model = types.SimpleNamespace(step=pd.Timedelta("60s"), event_rules=EventRules(),
+                                  config=types.SimpleNamespace(detect=types.SimpleNamespace(
+                                      alarm_budget=0.1, threshold_tail="empirical")))
+    fleet = AlarmThreshold(budget=0.1, rules=EventRules()).fit(ent, end, s, 60 * 10**9)
+    own = AlarmThreshold(budget=0.1, rules=EventRules()).fit(ent[ent == "spiky"],
+                                                             end[ent == "spiky"],
+                                                             s[ent == "spiky"], 60 * 10**9)
+    off = entity_offsets(ent, end, s, fleet.threshold_, model, {})
+    assert off["spiky"] == pytest.approx(weight * (own.threshold_ - fleet.threshold_))
+    assert off["calm"] <= 0.0  # a calm entity's own threshold is lower than the fleet's
+    moved = shifted(ent, s, off)
+    assert np.array_equal(moved[ent == "spiky"], s[ent == "spiky"] - off["spiky"])
+    unseen = shifted(np.array(["other"], dtype=object), np.array([1.0]), off)
+    assert unseen[0] == 1.0  # an entity with no calibration keeps the fleet threshold
+    assert count_false_alarms(ent, end, s, 4.0, EventRules(), 60 * 10**9, {}) == 3
