@@ -54,24 +54,25 @@ class Format:
 
 FORMATS: dict[str, Format] = {f.name: f for f in [
     # Python logging's "%(asctime)s %(levelname)s %(name)s: %(message)s" (ftml simulate --logs)
+    # (No lazy quantifiers nor trailing $: RE2 then extracts in one pass, 2x faster.)
     Format("python", r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) +(?P<level>[A-Z]+) +"
-                     r"(?P<logger>[^ ]+?): (?P<msg>.*)$", "iso"),
+                     r"(?P<logger>[^ :]*): (?P<msg>.*)", "iso"),
     # kubectl logs --timestamps: an RFC 3339 time with nanoseconds, then the container's line
     Format("kubectl", r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (?P<msg>(?:\[?"
-                      r"(?P<level>" + _LEVEL_WORD + r")\]?:?\s)?.*)$", "iso"),
+                      r"(?P<level>" + _LEVEL_WORD + r")\]?:?\s)?.*)", "iso"),
     # Any line that starts with an ISO 8601 time, then maybe a level
     Format("iso", r"^\[?(?P<ts>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
-                  r"\]?\s+(?:\[?(?P<level>" + _LEVEL_WORD + r")\]?:?\s+)?(?P<msg>.*)$", "iso"),
-    # BSD syslog (RFC 3164): "Dec  4 04:47:44 host app[123]: message" (no year: see _year)
+                  r"\]?\s+(?:\[?(?P<level>" + _LEVEL_WORD + r")\]?:?\s+)?(?P<msg>.*)", "iso"),
+    # BSD syslog (RFC 3164): "Dec  4 04:47:44 host app[123]: message" (no year: see _parse_ts)
     Format("syslog", r"^(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<entity>\S+) "
-                     r"(?P<app>[^:\[\s]+)(?:\[\d+\])?: (?P<msg>.*)$", "syslog"),
+                     r"(?P<app>[^:\[\s]+)(?:\[\d+\])?: (?P<msg>.*)", "syslog"),
     # nginx / Apache access logs (common and combined)
     Format("access", r"^(?P<client>\S+) \S+ \S+ \[(?P<ts>\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d "
-                     r"[+-]\d{4})\] \"(?P<msg>[^\"]*)\" (?P<status>\d{3}) \S+.*$",
+                     r"[+-]\d{4})\] \"(?P<msg>[^\"]*)\" (?P<status>\d{3}) ",
            "%d/%b/%Y:%H:%M:%S %z"),
     # Apache error log: "[Sun Dec 04 04:47:44 2005] [error] message"
     Format("apache-error", r"^\[(?P<ts>[A-Z][a-z]{2} [A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d \d{4})\] "
-                           r"\[(?:[a-z_]+:)?(?P<level>[a-z]+)\] (?P<msg>.*)$",
+                           r"\[(?:[a-z_]+:)?(?P<level>[a-z]+)\] (?P<msg>.*)",
            "%a %b %d %H:%M:%S %Y"),
 ]}
 JSON_FORMATS = ("jsonl", "journald")
@@ -302,6 +303,8 @@ def _read_file(path: Path, cfg: LogConfig, fixed, entity_map, stats: ReadStats
                                  where="line 1", hint="give a text log; export journald with "
                                                       "journalctl -o json")
             text, line_no = _decode(block, first_line, cfg, bad)
+            last_line = max(last_line, first_line + n_lines - 1, *long_lines.tolist())
+            bad.check(last_line)  # lines that are not text: said before guessing a format
             if fmt is None and len(text):
                 fmt = _detect(text, source)
             if not len(text):
@@ -310,7 +313,6 @@ def _read_file(path: Path, cfg: LogConfig, fixed, entity_map, stats: ReadStats
                 lines = _parse_json(block, text, line_no, fmt, source, bad)
             else:
                 lines = _parse_text(text, line_no, fmt, stats)
-            last_line = max(last_line, first_line + n_lines - 1, *long_lines.tolist())
             if len(lines) or hasattr(lines, "bad_ts"):
                 lines, latest = _drop_late(lines, latest, cfg, bad)
                 lines.entity = _entities(lines.entity, entity, fallback, entity_map)
@@ -422,12 +424,16 @@ def _detect(text: pa.Array, source: str) -> Format | str:
     first = head[0].as_py().lstrip()
     if first.startswith("{"):
         return "journald" if '"__REALTIME_TIMESTAMP"' in first else "jsonl"
-    best, hits = None, 0
+    # A log starts with a record: among the formats its first line reads as, the one most
+    # lines read as (continuation lines, a traceback, match none); else one most lines read as.
+    best, hits, best_first = None, 0, False
     for fmt in FORMATS.values():
-        n = int(pc.sum(pc.match_substring_regex(head, fmt.regex)).as_py() or 0)
-        if n > hits:
-            best, hits = fmt, n
-    if best is None or hits < 0.5 * len(head):
+        matches = pc.match_substring_regex(head, fmt.regex)
+        n = int(pc.sum(matches).as_py() or 0)
+        first_ok = bool(matches[0].as_py())
+        if (first_ok, n) > (best_first, hits):
+            best, hits, best_first = fmt, n, first_ok
+    if best is None or not (best_first or hits >= 0.5 * len(head)):
         raise InputError("the log lines are in no format ftml knows", source=source,
                          where="line 1", hint=FORMAT_HINT)
     return best
@@ -653,11 +659,15 @@ def _is_object(line: str) -> bool:
 
 
 def _epoch_ns(x: np.ndarray) -> np.ndarray:
-    """Epoch seconds / ms / us / ns by magnitude (as the metric reader does)."""
+    """Epoch seconds / ms / us / ns by magnitude (as the metric reader does); the whole and
+    the fractional part apart, so that 1767607200.25 s is exactly ...250000000 ns."""
     a = np.abs(x)
-    scale = np.where(a < 1e11, 1e9, np.where(a < 1e14, 1e6, np.where(a < 1e17, 1e3, 1.0)))
-    out = np.where(np.isfinite(x), x * scale, np.nan)
-    return np.where(np.isfinite(out), out, _NAT).astype(np.int64)
+    scale = np.where(a < 1e11, 10**9, np.where(a < 1e14, 10**6, np.where(a < 1e17, 10**3, 1)))
+    ok = np.isfinite(x)
+    whole = np.floor(np.where(ok, x, 0.0))
+    frac = np.round((np.where(ok, x, 0.0) - whole) * scale)
+    out = whole.astype(np.int64) * scale + frac.astype(np.int64)
+    return np.where(ok, out, _NAT).astype(np.int64)
 
 
 def _empty() -> Lines:

@@ -1,7 +1,7 @@
 """Log messages -> template ids: masking (vectorised), then drain3's Drain parse tree.
 
 Variable parts are masked first, over a whole block at once with one RE2 pass (Arrow):
-IPv4 addresses (with a port), UUIDs, hex numbers and ids, paths of two or more parts, and
+host:port addresses, IPv4 addresses (with a port), UUIDs, hex numbers and ids, paths of two or more parts, and
 numbers all become ``<*>``. Most masked messages repeat, so Drain sees each distinct masked
 message once per miner (a cache maps it to its cluster id): mining costs per distinct
 message, not per line. (Drain3's own ``TemplateMiner`` masks one message at a time in Python,
@@ -27,10 +27,11 @@ from ftml.config import LogConfig
 PARAM = "<*>"
 # One RE2 alternation, leftmost first: the longer kinds before the numbers inside them.
 MASK = "|".join([
-    r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b",  # IPv4[:port]
-    r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b",  # UUID
-    r"\b0[xX][0-9a-fA-F]+\b",  # hex number
-    r"\b[0-9a-fA-F]{8,}\b",  # hex id, hash
+    r"\b[\w\-]+(?:\.[\w\-]+)+:\d{1,5}\b",  # host:port
+    r"\b(?:\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?"  # IPv4[:port]
+    r"|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"  # UUID
+    r"|0[xX][0-9a-fA-F]+"  # hex number
+    r"|[0-9a-fA-F]{8,})\b",  # hex id, hash
     r"(?:/[\w.\-]+){2,}/?",  # path of two or more parts
     r"[-+]?\b\d+(?:\.\d+)?\b",  # number
 ])
