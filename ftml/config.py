@@ -133,7 +133,7 @@ class LogConfig:
     # counted up to this share of a file's lines (or 10 lines); beyond it the file is refused.
     max_bad_fraction: float = 0.01
     max_late_seconds: float = 3600.0  # a line this far before its file's latest: out of order
-    chunk_bytes: int = 16 << 20  # bytes read at a time: bounds memory whatever the file size
+    chunk_bytes: int = 4 << 20  # bytes read at a time: bounds memory whatever the file size
     drain_depth: int = 4  # drain3's parse tree depth and similarity threshold
     drain_sim_th: float = 0.4
     drain_max_children: int = 100

@@ -629,8 +629,11 @@ def _parse_json(block: bytes, text: pa.Array, line_no: np.ndarray, fmt: str, sou
         return table.column(cols[name]).combine_chunks() if name in cols else None
 
     if fmt == "journald":  # microseconds since the epoch, as text
-        ts = np.asarray(pc.fill_null(pc.cast(pc.cast(ts_arr, pa.string()), pa.int64(),
-                                             safe=False), _NAT // 1000)) * 1000
+        us = pc.cast(pc.if_else(pc.match_substring_regex(pc.cast(ts_arr, pa.string()),
+                                                         r"^\d{1,18}$"),
+                                pc.cast(ts_arr, pa.string()), None), pa.int64())
+        ts = np.where(np.asarray(us.is_null()), _NAT,
+                      np.asarray(pc.fill_null(us, 0), dtype=np.int64) * 1000)
     elif pa.types.is_integer(ts_arr.type) or pa.types.is_floating(ts_arr.type):
         ts = _epoch_ns(np.asarray(pc.fill_null(pc.cast(ts_arr, pa.float64()), np.nan)))
     elif pa.types.is_timestamp(ts_arr.type):

@@ -31,7 +31,8 @@ UNSEEN = "log:unseen"
 TEMPLATE = "log:tpl:"
 CELL_COLUMNS = ("entity", "slot", "tpl", "level", "sc", "n")
 # Status class of a cell: 0 no status, 1 a status below 500, 2 a 5xx.
-_MERGE_ROWS = 2_000_000
+_MERGE_ROWS = 500_000
+_MERGE_PARTS = 64  # many small frames cost more than their rows: merged as they come
 
 
 def is_log_metric(name: str) -> bool:
@@ -85,7 +86,7 @@ class CellCounter:
     def add(self, part: pd.DataFrame) -> None:
         self.parts.append(part)
         self.rows += len(part)
-        if self.rows > _MERGE_ROWS and len(self.parts) > 1:
+        if len(self.parts) > 1 and (self.rows > _MERGE_ROWS or len(self.parts) > _MERGE_PARTS):
             self.parts = [self.result()]
             self.rows = len(self.parts[0])
 
