@@ -324,3 +324,13 @@ def test_log_options_without_logs_and_bad_regex(fleet, tmp_path):
     assert r.exit_code == 2 and "log options without --logs" in r.stderr
     with pytest.raises(InputError, match="no named group msg"):
         list(read_log_lines([fleet / "logs"], LogConfig(format=r"^(?P<ts>\S+)")))
+
+
+def test_grouping_accuracy_as_loghub_defines_it():
+    from bench.bench_logs import grouping_accuracy
+
+    truth = np.array(["A", "A", "B", "B", "C"])
+    assert grouping_accuracy(truth, np.array([1, 1, 2, 2, 3])) == 1.0
+    # B split in two: both its lines wrong; A and C merged: all three wrong.
+    assert grouping_accuracy(truth, np.array([1, 1, 2, 4, 1])) == 0.0
+    assert grouping_accuracy(truth, np.array([1, 1, 2, 4, 3])) == pytest.approx(0.6)
