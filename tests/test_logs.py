@@ -34,6 +34,8 @@ FORMATS = [
      "error", "boom", -1),
     ("iso naive", None, "2026-01-05 10:00:00 started worker", NS, "svc", "info",
      "started worker", -1),
+    ("iso dashes", None, "2026-01-05 10:00:00,000 - WARN  [main:Q@1] - Cannot open channel",
+     NS, "svc", "warning", "[main:Q@1] - Cannot open channel", -1),
     ("kubectl", "kubectl", "2026-01-05T10:00:00.000000001Z ERROR failed to reach db", NS + 1,
      "svc", "error", "ERROR failed to reach db", -1),
     ("access", None, '10.1.2.3 - - [05/Jan/2026:11:00:00 +0100] "GET /api/x?id=7 HTTP/1.1" '

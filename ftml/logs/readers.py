@@ -60,9 +60,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     # kubectl logs --timestamps: an RFC 3339 time with nanoseconds, then the container's line
     Format("kubectl", r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (?P<msg>(?:\[?"
                       r"(?P<level>" + _LEVEL_WORD + r")\]?:?\s)?.*)", "iso"),
-    # Any line that starts with an ISO 8601 time, then maybe a level
+    # Any line that starts with an ISO 8601 time, then maybe a level ("- INFO -", ", Info")
     Format("iso", r"^\[?(?P<ts>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
-                  r"\]?\s+(?:\[?(?P<level>" + _LEVEL_WORD + r")\]?:?\s+)?(?P<msg>.*)", "iso"),
+                  r"\]?,?\s+(?:-\s+)?(?:\[?(?P<level>" + _LEVEL_WORD + r")\]?:?\s+(?:-\s+)?)?"
+                  r"(?P<msg>.*)", "iso"),
     # BSD syslog (RFC 3164): "Dec  4 04:47:44 host app[123]: message" (no year: see _parse_ts)
     Format("syslog", r"^(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<entity>\S+) "
                      r"(?P<app>[^:\[\s]+)(?:\[\d+\])?: (?P<msg>.*)", "syslog"),
