@@ -336,3 +336,15 @@ def test_grouping_accuracy_as_loghub_defines_it():
     # B split in two: both its lines wrong; A and C merged: all three wrong.
     assert grouping_accuracy(truth, np.array([1, 1, 2, 4, 1])) == 0.0
     assert grouping_accuracy(truth, np.array([1, 1, 2, 4, 3])) == pytest.approx(0.6)
+
+
+def test_logs_of_another_period_are_one_line(fleet, tmp_path):
+    other = tmp_path / "svc-api-02.log"
+    other.write_text("2025-03-01 10:00:00,000 INFO app: ok\n2025-03-01 10:05:00,000 INFO app: ok\n")
+    r = CliRunner().invoke(main, ["train", "--metrics", str(fleet / "metrics.csv"), "--logs",
+                                  str(other), "--out", str(tmp_path / "m"), "--quiet"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [
+        "ftml: error: --logs: the logs (2025-03-01 10:00:00+00:00 to 2025-03-01 10:05:00+00:00) "
+        "cover none of the metrics' time (give the log files of the same period as the "
+        "metrics)"]

@@ -159,6 +159,12 @@ def frame_joiner(model: LogModel, series: Series):
 
 def _joined(data: MetricData, model: LogModel, series: Series) -> MetricData:
     frame, outside = join(data.frame, series, model.step_ns)
+    if len(frame) and outside >= 1.0:
+        lo, hi = (pd.Timestamp(x * model.step_ns, unit="ns", tz="UTC") for x in (series.lo,
+                                                                                series.hi))
+        raise InputError(f"the logs ({lo} to {hi}) cover none of the metrics' time",
+                         where="--logs",
+                         hint="give the log files of the same period as the metrics")
     if outside > OUTSIDE_WARN_SHARE:
         log.warning("ftml: warning: %.0f%% of metric rows lie outside the time the logs "
                     "cover: their log series are missing, and their windows are not scored",
