@@ -130,11 +130,14 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
 
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
           config: Config | None = None, rules: str | Path | None = None,
-          quiet: bool = True, sign_key: bytes | None = None, scheduler: Any = None
-          ) -> TrainResult:
+          quiet: bool = True, sign_key: bytes | None = None, scheduler: Any = None,
+          logs: Any = None) -> TrainResult:
     """Read history, fit a model and write its bundle to ``out`` (signed with ``sign_key``,
     default the environment's ``FTML_MODEL_KEY``, if any); with ``scheduler`` (see
-    :func:`ftml.distributed.connect`), on a Dask cluster."""
+    :func:`ftml.distributed.connect`), on a Dask cluster. ``logs`` (paths or a
+    :class:`ftml.logs.LogInput`): log files whose series join the metrics."""
+    if logs:
+        _local_only(scheduler)
     if scheduler is not None:
         from ftml import distributed
 
@@ -146,8 +149,16 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
     try:
         stages("reading metrics")
         data = read_metrics(metrics, config.read, drop_text=True)
+        log_model = None
+        if logs:
+            from ftml.logs import fit_logs
+
+            data, log_model = fit_logs(data, logs, config.read)
         inc = read_incidents(incidents, data.entities, config.read) if incidents else None
         model, info = fit_model(data, inc, config, rules, quiet, stage=stages)
+        if log_model is not None:
+            model.logs = log_model
+            info["training"]["log_sources"] = log_model.sources
         info["training"]["seconds"] = round(time.perf_counter() - started, 2)
         stages("writing the bundle")
         manifest = save_model(model, out, info, key=sign_key)
@@ -298,12 +309,15 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
           quiet: bool = True, scheduler: Any = None, topology: str | Path | None = None,
-          groups_out: str | Path | None = None) -> ScoreResult:
+          groups_out: str | Path | None = None, logs: Any = None) -> ScoreResult:
     """Score metric files with a model; write events (and per-window scores) atomically.
 
     Files are read ``chunk_rows`` rows at a time at most (fewer when that is faster); the
     events are the same however the input is chunked, and with ``scheduler`` on a Dask
-    cluster (:func:`ftml.distributed.score`)."""
+    cluster (:func:`ftml.distributed.score`). A model trained with logs needs ``logs``, the
+    log files of the scored period (:mod:`ftml.logs`)."""
+    if logs:
+        _local_only(scheduler)
     if scheduler is not None:
         from ftml import distributed
 
@@ -316,6 +330,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     matcher = playbook_matcher(playbooks)
     grouping = grouping_for(model, topology)  # a bad call graph fails before the work
     read = model.config.read
+    join_logs = _log_joiner(model, logs)
     builder = model.event_builder()
     scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None)
     events: list[Event] = []  # closed events become Events at once: their features can go
@@ -323,10 +338,12 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     with bar:
         # Read in pieces of at most SCORE_READ_ROWS rows whatever chunk_rows allows: memory
         # stays small and reading the next piece overlaps scoring this one.
-        for frame, since, until in stream_frames(metrics, read, model.step, model.metrics,
+        for frame, since, until in stream_frames(metrics, read, model.step,
+                                                 _file_metrics(model),
                                                  carry_steps(model.featurizer, read),
                                                  min(chunk_rows, SCORE_READ_ROWS),
                                                  read_ahead=True):
+            frame = join_logs(frame)
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
@@ -340,3 +357,30 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
                        round(time.perf_counter() - started, 3), table, scorer.n_flagged,
                        unseen_entities(model, scorer.entities), groups)
+
+
+def _local_only(scheduler: Any) -> None:
+    if scheduler is not None:
+        raise InputError("logs are not read on a Dask cluster yet", where="--logs",
+                         hint="leave out --scheduler to train or score with --logs")
+
+
+def _file_metrics(model: Model) -> list[str]:
+    """The model's metrics that metric files hold (its log series are joined after)."""
+    from ftml.logs import file_metrics
+
+    return file_metrics(model.metrics, getattr(model, "logs", None))
+
+
+def _log_joiner(model: Model, logs: Any):
+    """frame -> frame with the model's log series of ``logs`` joined (identity for a model
+    without logs)."""
+    log_model = getattr(model, "logs", None)
+    if log_model is None:
+        if logs:
+            raise InputError("the model was trained without logs", where="--logs",
+                             hint="leave out --logs, or train with --logs")
+        return lambda frame: frame
+    from ftml.logs import frame_joiner, read_series
+
+    return frame_joiner(log_model, read_series(log_model, logs, model.config.read))

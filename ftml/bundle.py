@@ -71,6 +71,8 @@ class Model:
     config: Config
     version: str = "unsaved"
     manifest: dict[str, Any] = field(default_factory=dict)
+    # The templates and series of the logs it was trained with (ftml.logs.LogModel), or None.
+    logs: Any = None
     # Its scores are the forest's on the configured stats and its payload all features then
     # last values, so a scorer may compute both from the stats alone (window_view), without
     # whole Windows. A model that scores windows its own way says False.
@@ -236,10 +238,10 @@ def save_model(model: Model, out_dir: str | Path, info: dict[str, Any],
 
 def _model_state(model: Model) -> Model:
     """The model without what a bundle does not hold (its version and manifest: the bundle's
-    own manifest is that)."""
+    own manifest is that; a model without logs is stored as before logs existed)."""
     copy = Model.__new__(Model)
-    copy.__dict__.update({k: v for k, v in vars(model).items() if k not in ("version",
-                                                                             "manifest")})
+    copy.__dict__.update({k: v for k, v in vars(model).items()
+                          if k not in ("version", "manifest") and not (k == "logs" and v is None)})
     return copy
 
 
@@ -443,6 +445,20 @@ def _model_problem(model: Any) -> str | None:
         return "diagnoser is not a Diagnoser"
     if not isinstance(model.rules, list) or not all(isinstance(r, Rule) for r in model.rules):
         return "rules are not a list of rules"
+    return _logs_problem(getattr(model, "logs", None))
+
+
+def _logs_problem(logs: Any) -> str | None:
+    from ftml.logs import LogModel, Templates
+
+    if logs is None:
+        return None
+    if not isinstance(logs, LogModel) or not isinstance(logs.templates, Templates):
+        return "logs are not a log model"
+    try:
+        _ = logs.templates.drain  # the tree rebuilds from its JSON, or the bundle is bad
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        return f"its log templates do not rebuild: {exc}"
     return None
 
 
@@ -468,10 +484,11 @@ def _codec():
     from ftml.codec import Codec
     from ftml.fast import FastForest
     from ftml.features import Baseline
+    from ftml.logs import LogModel, Templates
 
     classes = [Model, Featurizer, Baseline, IsolationDetector, FastForest, EventRules,
                Diagnoser, Rule, cfg.Config, cfg.ReadConfig, cfg.FeatureConfig,
-               cfg.DetectConfig, cfg.DiagnoseConfig,
+               cfg.DetectConfig, cfg.DiagnoseConfig, cfg.LogConfig, LogModel, Templates,
                DecisionTreeClassifier, RandomForestClassifier, Pipeline, StandardScaler,
                CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration, SVC, KFold,
                StratifiedKFold]

@@ -107,6 +107,38 @@ def _read_options(fn):
     return fn
 
 
+def _log_options(fn):
+    """Log files beside the metrics (ftml.logs): their per-entity series join the metrics. A
+    model trained with logs remembers how it read them; given here, they override that."""
+    for opt in reversed([
+        click.option("--logs", "log_paths", multiple=True,
+                     help="Log file, directory or glob (repeatable): its lines become "
+                          "series per entity and step (lines, errors, templates)."),
+        click.option("--log-format", help="Log format: python, iso, kubectl, syslog, access, "
+                     "apache-error, jsonl, journald, or a regex with named groups ts and msg "
+                     "(and level, entity, status); default: detected per file."),
+        click.option("--log-entity-from", help="Entity from the log file's path, e.g. "
+                     "'pods/{entity}/*.log' (default: the format's field, else the file name)."),
+        click.option("--log-entity", help="The entity of every log line."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _log_input(log_paths, log_format, log_entity_from, log_entity):
+    """The --logs options as the API takes them (None: no logs)."""
+    if not log_paths:
+        if log_format or log_entity_from or log_entity:
+            from ftml.errors import InputError
+
+            raise InputError("log options without --logs", where="--log-format",
+                             hint="pass --logs PATH with them")
+        return None
+    from ftml.logs import LogInput
+
+    return LogInput(list(log_paths), log_format, log_entity_from, log_entity)
+
+
 def _key_option(verb: str):
     return click.option("--sign-key-file", "key_file", type=click.Path(dir_okay=False),
                         help=f"File holding the key that {verb} the bundle with an HMAC "
@@ -256,14 +288,17 @@ def simulate(out, entities, days, step, seed, start, fmt, test_days, world):
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
 @_key_option("signs")
 @_read_options
+@_log_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude, entity_map):
+          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude, entity_map,
+          log_paths, log_format, log_entity_from, log_entity):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
     from ftml.bundle import model_key
 
     key = model_key(key_file)  # before the work: a missing key file fails at once
+    logs = _log_input(log_paths, log_format, log_entity_from, log_entity)
 
     config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude,
                          entity_map)
@@ -274,7 +309,7 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
     if window:
         config.features.window = window
     result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
-                       quiet=quiet, sign_key=key, scheduler=scheduler or None)
+                       quiet=quiet, sign_key=key, scheduler=scheduler or None, logs=logs)
     from ftml.pipeline import dropped_warning
 
     m = result.manifest
@@ -289,6 +324,10 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
         conf = m["min_confidence"]
         click.echo(f"  causes: {', '.join(m['causes'])}" +
                    (f"  (abstains below confidence {conf:.2f})" if conf is not None else ""))
+    if result.model.logs is not None:
+        lm = result.model.logs
+        click.echo(f"  logs: {len(lm.templates)} templates, {len(lm.known_ids)} known, "
+                   f"series {', '.join(lm.metrics)}")
     click.echo(f"  took {m['training']['seconds']} s")
 
 
@@ -310,14 +349,16 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
 @click.option("--groups-out", type=click.Path(dir_okay=False),
               help="Incident groups file (.jsonl, .csv, .parquet): one row per group.")
 @_read_options
+@_log_options
 @_key_option("verifies")
 @_clean_errors
 def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, scheduler,
           timestamp_col, entity_col, step, exclude, key_file, topology, groups_out,
-          entity_map):
+          entity_map, log_paths, log_format, log_entity_from, log_entity):
     """Score metric files with a trained model; write one row per event to --out."""
     from ftml import api
 
+    logs = _log_input(log_paths, log_format, log_entity_from, log_entity)
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
                              entity_map)
     if playbooks:
@@ -327,7 +368,7 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     result = api.score(model, metrics, out=out, windows_out=windows_out,
                        playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
                        scheduler=scheduler or None, topology=topology,
-                       groups_out=groups_out)
+                       groups_out=groups_out, logs=logs)
     _warn_on_fit(model, result)
     by_cause: dict[str, int] = {}
     for ev in result.events:
@@ -336,6 +377,16 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
     click.echo(f"{len(result.events)} events ({causes}) in {len(result.groups)} incident "
                f"groups, {result.windows} windows of {result.entities} entities, "
                f"{result.seconds} s -> {out}")
+    _say_log_templates(model, result.events)
+
+
+def _say_log_templates(model, events) -> None:
+    """The log templates events name among their top metrics, as text: one line each."""
+    if getattr(model, "logs", None) is None:
+        return
+    named = sorted({m for ev in events for m in ev.top_metrics if m.startswith("log:tpl:")})
+    for m in named:
+        click.echo(f"  {m} = {model.logs.describe(m)}")
 
 
 @main.command()
@@ -361,23 +412,26 @@ def score(model_dir, metrics, out, windows_out, playbooks, chunk_rows, quiet, sc
 @click.option("--topology", type=click.Path(dir_okay=False),
               help="Call graph CSV (source,target[,weight]) to group and rank incidents by.")
 @_read_options
+@_log_options
 @_key_option("verifies")
 @_clean_errors
 def evaluate(model_dir, metrics, incidents, out, html_out, baselines, playbooks,
              calibration_metrics, calibration_incidents, quiet, timestamp_col, entity_col, step,
-             exclude, key_file, topology, entity_map):
+             exclude, key_file, topology, entity_map, log_paths, log_format, log_entity_from,
+             log_entity):
     """Judge a model on labelled data: detection, diagnosis, recovery (and baselines)."""
     from ftml import report
     from ftml.evaluate import evaluate as run_evaluation
 
     if html_out:
         report._require_matplotlib()  # fail before the work, not after
+    logs = _log_input(log_paths, log_format, log_entity_from, log_entity)
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
                              entity_map)
     ev = run_evaluation(model, metrics, incidents, playbooks=playbooks, baselines=baselines,
                         calibration_metrics=calibration_metrics or None,
                         calibration_incidents=calibration_incidents, quiet=quiet,
-                        topology=topology)
+                        topology=topology, logs=logs)
     for warning in ev.report.get("warnings") or []:
         click.echo(f"ftml: warning: {warning}", err=True)
     click.echo(report.format_text(ev.report))
@@ -474,6 +528,40 @@ def playbook_replay(model_dir, metrics, playbooks, incidents, mode, timestamp_co
     out = replay(result.events, data.frame, book, incidents=inc, model_version=model.version,
                  mode=mode)
     click.echo(out.format())
+
+
+@main.group("logs")
+def logs_group():
+    """What a model learned from logs."""
+
+
+@logs_group.command("templates")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--all", "show_all", is_flag=True,
+              help="Every template mined, not only the known ones.")
+@_key_option("verifies")
+@_clean_errors
+def logs_templates(model_dir, show_all, key_file):
+    """List the log templates a model knows: id, lines in training, series, text."""
+    model = _load_model(model_dir, key_file)
+    lm = getattr(model, "logs", None)
+    if lm is None:
+        from ftml.errors import ModelError
+
+        raise ModelError("the model was trained without logs", source=str(model_dir),
+                         hint="train with --logs to mine log templates")
+    known = {int(t) for t in lm.known_ids}
+    series = {m for m in model.metrics if m.startswith("log:")}
+    click.echo(f"{len(lm.templates)} templates mined, {len(known)} known (seen on at least "
+               f"{lm.config.known_min_steps} steps); series: {', '.join(sorted(series))}")
+    click.echo(f"{'id':>6} {'lines':>10}  {'series':<14} template")
+    rows = sorted(((int(t), n) for t, n in lm.counts.items()), key=lambda r: (-r[1], r[0]))
+    for cid, n in rows:
+        if cid not in known and not show_all:
+            continue
+        name = f"log:tpl:{cid}"
+        tag = name if name in series else ("-" if cid in known else "(rare)")
+        click.echo(f"{cid:>6} {n:>10}  {tag:<14} {lm.templates.text(cid)}")
 
 
 @main.group("model")

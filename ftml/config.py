@@ -114,6 +114,32 @@ class DiagnoseConfig:
 
 
 @dataclass
+class LogConfig:
+    """How log files become per-entity series (ftml.logs); a model with logs keeps its own."""
+
+    # None: detected per file (python, iso, kubectl, syslog, access, apache-error, jsonl,
+    # journald); else one of those names or a regex with named groups ts, msg (and level,
+    # entity, status).
+    format: str | None = None
+    entity_from: str | None = None  # path pattern with {entity}, e.g. 'pods/{entity}/*.log'
+    entity: str | None = None  # every line's entity (else the format's field, else file stem)
+    top_templates: int = 20  # templates of training with a series of their own (log:tpl:<id>)
+    # A template seen on fewer (entity, step) cells of training counts as unseen (log:unseen):
+    # a one-off of training is as new as one never seen, so the series means the same in
+    # training and scoring.
+    known_min_steps: int = 3
+    max_line_bytes: int = 64 * 1024  # longer lines are bad lines
+    # Bad lines (undecodable, too long, unparseable JSON, far out of order) are skipped and
+    # counted up to this share of a file's lines (or 10 lines); beyond it the file is refused.
+    max_bad_fraction: float = 0.01
+    max_late_seconds: float = 3600.0  # a line this far before its file's latest: out of order
+    chunk_bytes: int = 4 << 20  # bytes read at a time: bounds memory whatever the file size
+    drain_depth: int = 4  # drain3's parse tree depth and similarity threshold
+    drain_sim_th: float = 0.4
+    drain_max_children: int = 100
+
+
+@dataclass
 class Config:
     read: ReadConfig = field(default_factory=ReadConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)

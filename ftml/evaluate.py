@@ -468,13 +468,13 @@ class Evaluation:
 
 def _score_run(name: str, model, paths: list[str], incidents: pd.DataFrame, entity_days: float,
                tolerance: pd.Timedelta, playbooks, seed: int, quiet: bool,
-               topology: str | Path | None = None) -> Run:
+               topology: str | Path | None = None, logs=None) -> Run:
     from ftml import api
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ftml-eval-") as tmp:
         result = api.score(model, paths, windows_out=Path(tmp) / "windows.parquet",
-                           playbooks=playbooks, quiet=quiet, topology=topology)
+                           playbooks=playbooks, quiet=quiet, topology=topology, logs=logs)
     windows = result.window_table
     hit = match_events(result.events, incidents, tolerance)
     first = first_hits(hit, result.events)
@@ -574,7 +574,8 @@ def _num(x: float) -> float:
 def _calibration_source(model, calibration_metrics, calibration_incidents):
     """Which data calibrates the baselines: given paths, else the model's training files when
     they are still there; None means the evaluated data itself, without labels."""
-    from ftml.io import read_incidents, read_metrics
+    from ftml.io import read_incidents
+    from ftml.logs import read_for_model
 
     paths = list(calibration_metrics or [])
     if not paths:
@@ -583,7 +584,9 @@ def _calibration_source(model, calibration_metrics, calibration_incidents):
             paths = list(sources)
     if not paths:
         return None, None, "evaluated data, without labels (training data not available)"
-    data = read_metrics(paths, model.config.read, model.metrics)
+    # A model with logs calibrates on its training logs (the manifest names them).
+    log_sources = model.manifest.get("training", {}).get("log_sources") or None
+    data = read_for_model(paths, model, log_sources if model.logs is not None else None)
     inc = read_incidents(calibration_incidents, data.entities, model.config.read) \
         if calibration_incidents else None
     what = "training data: " + ", ".join(map(str, paths)) + \
@@ -597,26 +600,29 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
              calibration_metrics: Iterable[str | Path] | None = None,
              calibration_incidents: str | Path | None = None,
              tolerance: pd.Timedelta = MATCH_TOLERANCE, seed: int = 0,
-             quiet: bool = True, topology: str | Path | None = None) -> Evaluation:
+             quiet: bool = True, topology: str | Path | None = None,
+             logs=None) -> Evaluation:
     """Score ``metrics`` with ``model`` (a Model or a bundle directory) and judge the result
     against ``incidents``. With ``baselines``, the random and robust z-score baselines go
     through the same pipeline, their thresholds calibrated on ``calibration_metrics`` (default:
-    the model's training files if present; else the evaluated data without its labels)."""
+    the model's training files if present; else the evaluated data without its labels). A
+    model trained with logs needs ``logs``, the log files of the evaluated period."""
     from ftml.bundle import Model, load_model
-    from ftml.io import read_incidents, read_metrics
+    from ftml.io import read_incidents
+    from ftml.logs import read_for_model
 
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
     paths = [str(p) for p in metrics]
-    data = read_metrics(paths, model.config.read, model.metrics)
+    data = read_for_model(paths, model, logs)
     if isinstance(incidents, pd.DataFrame):
         inc = incidents.reset_index(drop=True)
     else:
         inc = read_incidents(incidents, data.entities, model.config.read)
     days = entity_days_of(data.frame, data.step)
     runs = {"ftml": _score_run("ftml", model, paths, inc, days, tolerance, playbooks, seed,
-                               quiet, topology)}
+                               quiet, topology, logs)}
     # Beside the judged false-alarm rate, what calibration promised (the training slice).
     runs["ftml"].detection["calibration_false_alarms_per_entity_day"] = \
         model.manifest.get("calibration", {}).get("false_alarms_per_entity_day")
@@ -636,7 +642,7 @@ def evaluate(model, metrics: Iterable[str | Path], incidents: str | Path | pd.Da
             det = baseline_detector(kind, model, seed + 1)  # fresh draws for the evaluated data
             bm = with_detector(model, det, cal["threshold"], kind)
             runs[kind] = _score_run(kind, bm, paths, inc, days, tolerance, playbooks, seed,
-                                    quiet, topology)
+                                    quiet, topology, logs)
             runs[kind].detection["calibration_false_alarms_per_entity_day"] = \
                 cal["false_alarms_per_entity_day"]
             base_report[kind] = {"threshold": cal["threshold"],

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftml"
 STAGES: list[tuple[str, set[str]]] = [
     ("base", {"ftml", "errors", "events", "config", "clock", "codec", "_forest_kernel",
               "_window_kernel"}),
-    ("io", {"io", "sources", "simulate"}),
+    ("io", {"io", "sources", "simulate", "logs"}),
     ("features", {"features"}),
     ("detect", {"detect", "fast"}),
     ("diagnose", {"diagnose", "incidents"}),
