@@ -14,7 +14,8 @@ fingerprint of its first bytes; at every read it compares them with what the pat
   than ``max_line_bytes`` is dropped and counted, so memory stays bounded whatever the file.
 
 :class:`JournalReader` runs ``journalctl -o json --follow`` (an argument list, never a shell)
-and hands over its JSON lines from a bounded queue; it resumes after the last cursor it saw.
+and hands over its JSON lines from a bounded queue (parsed as the ``journald`` log format); it
+resumes after the last cursor it saw.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ class FileTailer:
 
 
 class JournalReader:
-    """JSON records from ``journalctl -o json --follow``, read by a thread into a bounded
+    """JSON lines from ``journalctl -o json --follow``, read by a thread into a bounded
     queue so that reads never block.
 
     ``units`` limit it to some systemd units (``-u``); ``since`` (journalctl's syntax) sets
@@ -285,7 +286,6 @@ class JournalReader:
         self.directory = directory
         self.journalctl = journalctl
         self.max_lines = max_lines
-        self.bad = 0  # lines that were not JSON objects
         self.cursor: str | None = None
         self.more = False
         self._proc: subprocess.Popen | None = None
@@ -335,13 +335,13 @@ class JournalReader:
         self._stderr = proc.stderr.read() if proc.stderr is not None else b""
         self._queue.put(None)
 
-    def read(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Records that arrived since the last read (at most ``limit``), oldest first. Raises
-        TailError once journalctl has exited (the watch retries: a new one is started after
-        the last cursor)."""
+    def read(self, limit: int | None = None) -> list[str]:
+        """JSON lines that arrived since the last read (at most ``limit``), oldest first, for
+        the ``journald`` log format to parse. Raises TailError once journalctl has exited
+        (the watch retries: a new one starts after the last cursor)."""
         self.start()
         limit = self.max_lines if limit is None else limit
-        out: list[dict[str, Any]] = []
+        out: list[str] = []
         while len(out) < limit:
             try:
                 raw = self._queue.get_nowait()
@@ -350,17 +350,8 @@ class JournalReader:
             if raw is None:
                 self._ended = True
                 break
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                self.bad += 1
-                continue
-            if not isinstance(rec, dict):
-                self.bad += 1
-                continue
-            out.append(rec)
-        if out and isinstance(out[-1].get("__CURSOR"), str):
-            self.cursor = out[-1]["__CURSOR"]
+            out.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        self._note_cursor(out)
         self.more = not self._queue.empty()
         if self._ended and not out:
             code = self._proc.wait() if self._proc is not None else None
@@ -369,6 +360,17 @@ class JournalReader:
             raise TailError(f"journalctl exited (status {code})" +
                             (f": {why[-1]}" if why else ""))
         return out
+
+    def _note_cursor(self, lines: list[str]) -> None:
+        """The cursor of the newest record (only the last lines are decoded here)."""
+        for line in reversed(lines):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("__CURSOR"), str):
+                self.cursor = rec["__CURSOR"]
+                return
 
     def _reap(self) -> None:
         proc, self._proc = self._proc, None
