@@ -1354,9 +1354,11 @@ def _fault_logs(out: _LogLines, run: _Run, i: int, fault: _Fault, rng: np.random
         line_no = int(rng.integers(40, 900))
         route = routes[rng.integers(0, len(routes), ke)]
         method = np.where(rng.random(ke) < 0.7, "GET", "POST").astype(object)
+        # The record's own line names the exception (as logger.exception("... %s", exc)
+        # does): a reader that keeps only that line still sees the new bug.
         out.add(err_t, "ERROR", _cat(
-            "Exception on ", method, " ", route, "\nTraceback (most recent call last):\n"
-            f'  File "/app/{p.role}/{path}", line {line_no}, in {func}\n{exc}'))
+            "Exception on ", method, " ", route, f": {exc}\nTraceback (most recent call "
+            f'last):\n  File "/app/{p.role}/{path}", line {line_no}, in {func}\n{exc}'))
     elif cause == "slow_dependency":
         slow = np.round(series["latency_p95_ms"][s:e][warn_steps]
                         * rng.uniform(0.5, 1.0, kw)).astype(int)
