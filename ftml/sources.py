@@ -760,7 +760,7 @@ def make_source(spec: str, cfg: ReadConfig, config: WatchSourceConfig | None = N
     if kind in ("logs", "journald"):
         from ftml.logs.source import make_log_source
 
-        return make_log_source(spec, logs)
+        return make_log_source(spec, logs, entity_map=cfg.entity_map)
     if kind == "file" and arg:
         return FileSource(arg, cfg)
     if spec == "stdin":

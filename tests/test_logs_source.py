@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,7 +27,7 @@ MODEL = SimpleNamespace(step_ns=STEP_NS, metrics=["log:lines", "log:error"])
 RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) [\w.]+: (.*)$")
 
 
-def parse(lines: list[str], *, fmt=None, entity=None, path=None) -> pd.DataFrame:
+def parse(lines: list[str], *, fmt=None, entity=None, path=None, **_) -> pd.DataFrame:
     rows = []
     for i, text in enumerate(lines):
         m = RECORD.match(text)
@@ -36,7 +37,7 @@ def parse(lines: list[str], *, fmt=None, entity=None, path=None) -> pd.DataFrame
             rows[-1][2] += "\n" + text
     frame = pd.DataFrame(rows, columns=["ts", "level", "msg", "line"])
     frame["ts"] = pd.to_datetime(frame["ts"], format="%Y-%m-%d %H:%M:%S,%f", utc=True)
-    frame["entity"] = entity
+    frame["entity"] = entity or Path(path).stem
     return frame
 
 
@@ -87,7 +88,7 @@ def fleet_logs(tmp_path_factory):
 
 def expected(paths) -> pd.DataFrame:
     """The batch count of whole files, with zero steps between an entity's lines."""
-    parts = [parse(p.read_text().splitlines(), entity=p.stem) for p in paths]
+    parts = [parse(p.read_text().splitlines(), path=str(p)) for p in paths]
     rows = count(pd.concat(parts, ignore_index=True), MODEL)
     full = []
     for ent, g in rows.groupby("entity"):
@@ -230,9 +231,6 @@ def test_specs_through_make_source(tmp_path):
 def test_with_the_real_parser_and_series(tmp_path):
     """Train-time series of simulated logs == what the source counts while tailing them."""
     model_mod = pytest.importorskip("ftml.logs.model")
-    readers = pytest.importorskip("ftml.logs.readers")
-    if not hasattr(readers, "parse_lines"):
-        pytest.skip("ftml.logs.readers has no parse_lines yet")
     from ftml.config import ReadConfig
     from ftml.io import read_metrics
     from ftml.simulate import write_simulation

@@ -6,8 +6,9 @@ joins its rows to the metric rows on (entity, step). Each poll:
 
 1. reads the new complete lines of every file (:class:`ftml.logs.tail.FileTailer`: rotation
    and truncation safe) and of the journal;
-2. parses them with the batch parser (:func:`ftml.logs.readers.parse_lines`), the entity
-   from the line, else the one given, else the file's stem;
+2. parses them as batch reading parses a file (:func:`parse_lines`, on the readers of
+   :mod:`ftml.logs.readers`; the model's log settings), the entity given (or from the path),
+   else the line's own, else the file's stem;
 3. keeps the lines of steps still open, and hands the closed steps to the batch series
    (:func:`ftml.logs.series.log_series`, the model's templates, never mined here), then
    fills the closed steps of an entity without a line with zeros (a silent entity is a
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftml.errors import ConfigError
+from ftml.errors import ConfigError, FtmlError
 from ftml.logs.tail import FileTailer, JournalReader, TailError
 from ftml.sources import SourceError
 
@@ -52,11 +53,48 @@ STALE_STEPS, STALE_SECONDS = 10, 600.0
 _COLUMNS = ("ts", "entity", "level", "msg", "status")
 
 
-def _default_parse(lines: list[str], *, fmt: str | None, entity: str | None,
-                   path: str | None) -> pd.DataFrame:
-    from ftml.logs.readers import parse_lines
+def parse_lines(lines: list[str], *, fmt: Any = None, entity: str | None = None,
+                path: str | None = None, config: Any = None,
+                entity_map: str | None = None) -> pd.DataFrame:
+    """Text lines of one log, as a tail reads them -> its records, parsed as a log file is in
+    batch (:mod:`ftml.logs.readers`: the same formats, entity rules and bad-line counting):
+    columns ts (int ns), entity, level, msg, status and line (the 1-based position in
+    ``lines`` of the record's first line); ``attrs``: ``skipped`` (bad lines) and ``format``
+    (pass it back as ``fmt`` to skip detecting it again).
 
-    return parse_lines(lines, fmt=fmt, entity=entity, path=path)
+    ``fmt``: a format of the readers (or its name, or a regex), None to detect it;
+    ``config``: the model's :class:`ftml.config.LogConfig` (entity rules, line limits)."""
+    from ftml.config import LogConfig
+    from ftml.logs import readers
+
+    cfg = config or LogConfig()
+    source = path or "journald"
+    stats = readers.ReadStats()
+    bad = readers._BadLines(source, cfg, stats)
+    block = ("\n".join(lines) + "\n").encode("utf-8", errors="replace")
+    text, line_no = readers._decode(block, 1, cfg, bad)
+    if fmt is None or isinstance(fmt, str):
+        fmt = readers._given_format(fmt if fmt is not None else cfg.format)
+    if fmt is None:
+        fmt = readers._detect(text, source)
+    if fmt in readers.JSON_FORMATS:
+        parsed = readers._parse_json(block, text, line_no, fmt, source, bad)
+    else:
+        parsed = readers._parse_text(text, line_no, fmt, stats)
+    bad.add("bad timestamp", getattr(parsed, "bad_ts", np.zeros(0, np.int64)))
+    # Given (or from the path) wins over a line's own entity field, which wins over the stem.
+    given = entity or (readers.file_entity(Path(path), cfg) if path is not None else cfg.entity)
+    fallback = readers.stem_entity(Path(path)) if path is not None else "journald"
+    parsed.entity = readers._entities(parsed.entity, given, fallback, entity_map)
+    frame = parsed.frame()
+    frame["line"] = parsed.line
+    frame.attrs["skipped"] = bad.n
+    frame.attrs["format"] = fmt
+    return frame
+
+
+def _default_parse(lines: list[str], **kw) -> pd.DataFrame:
+    return parse_lines(lines, **kw)
 
 
 def _default_series(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
@@ -82,7 +120,7 @@ class LogSource:
                  grace: float = GRACE_SECONDS,
                  parse: Callable[..., pd.DataFrame] | None = None,
                  series: Callable[[pd.DataFrame, Any], pd.DataFrame] | None = None,
-                 name: str | None = None):
+                 entity_map: str | None = None, name: str | None = None):
         if not paths and journal is None:
             raise ConfigError("a log source needs files or the journal",
                               hint="use logs:PATH[,PATH...] or journald[:UNIT,...]")
@@ -91,8 +129,10 @@ class LogSource:
         self.metrics = [str(m) for m in model.metrics]
         self.tailers = {str(p): FileTailer(p, start=start) for p in paths}
         self.journal = journal
+        self.config = getattr(model, "config", None)  # the model's LogConfig
         self.fmt = fmt
         self.entity = entity
+        self.entity_map = entity_map
         self.grace_ns = int(grace * 1e9)
         self._parse = parse or _default_parse
         self._series = series or _default_series
@@ -107,6 +147,7 @@ class LogSource:
         self._done: dict[str, int] = {}  # per entity: the last step handed over
         self._live = False
         self._failed: dict[str, str] = {}
+        self._formats: dict[str, Any] = {}  # per input: the format found in its first lines
 
     @property
     def skipped(self) -> int:
@@ -148,8 +189,7 @@ class LogSource:
                 log.info("%s: reading %s again", self.name, key)
                 del self._failed[key]
             more |= tailer.more
-            frame = self._parsed(key, lines, entity=self.entity or _stem(tailer.path),
-                                 path=key, fmt=self.fmt)
+            frame = self._parsed(key, lines, entity=self.entity, path=key, fmt=self.fmt)
             if frame is not None:
                 frames.append(frame)
         self.more = more
@@ -178,8 +218,17 @@ class LogSource:
         lines = held + lines
         if not lines:
             return None
-        frame = self._parse(lines, fmt=fmt, entity=entity, path=path)
-        self.bad += int(getattr(frame, "attrs", {}).get("skipped", 0))
+        try:
+            frame = self._parse(lines, fmt=self._formats.get(key, fmt), entity=entity,
+                                path=path, config=self.config, entity_map=self.entity_map)
+        except FtmlError as exc:  # lines in no format known: skipped, the source goes on
+            self.bad += len(lines)
+            log.warning("%s: %d line(s) of %s skipped: %s", self.name, len(lines), key,
+                        exc.one_line())
+            return None
+        self.bad += int(frame.attrs.get("skipped", 0))
+        if frame.attrs.get("format") is not None:
+            self._formats[key] = frame.attrs["format"]
         if not len(frame):
             return None
         if hold and len(lines) > len(held) and "line" in frame:
@@ -327,13 +376,6 @@ def _slots(ts_ns: np.ndarray, step_ns: int) -> np.ndarray:
     return np.floor_divide(np.asarray(ts_ns, dtype=np.int64) + step_ns // 2, step_ns)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", ".log", ".jsonl", ".json", ".txt"):
-        name = name.removesuffix(suffix)
-    return name or path.name
-
-
 def _empty_lines() -> pd.DataFrame:
     return pd.DataFrame({"ts": np.zeros(0, np.int64), "entity": np.zeros(0, object),
                          "level": np.zeros(0, object), "msg": np.zeros(0, object),
@@ -355,7 +397,7 @@ def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def make_log_source(spec: str, model: Any, *, fmt: str | None = None,
-                    entity: str | None = None) -> LogSource:
+                    entity: str | None = None, entity_map: str | None = None) -> LogSource:
     """``logs:PATH[,PATH...]`` (globs expanded now, a named file not there yet waited for) or
     ``journald[:UNIT,...]`` -> a LogSource of ``model``'s log series."""
     if model is None:
@@ -365,7 +407,7 @@ def make_log_source(spec: str, model: Any, *, fmt: str | None = None,
     if kind == "journald":
         units = [u for u in arg.split(",") if u]
         return LogSource([], model, journal=JournalReader(units=units), fmt="journald",
-                         entity=entity, name=spec)
+                         entity=entity, entity_map=entity_map, name=spec)
     if kind != "logs" or not arg:
         raise ConfigError(f"unknown log source {spec!r}", where="--source",
                           hint="use logs:PATH[,PATH...] or journald[:UNIT,...]")
@@ -379,4 +421,4 @@ def make_log_source(spec: str, model: Any, *, fmt: str | None = None,
             raise ConfigError(f"no file matches {part!r}", where=f"--source {spec}",
                               hint="give the log files' paths, or a glob that matches them")
         paths += found
-    return LogSource(paths, model, fmt=fmt, entity=entity, name=spec)
+    return LogSource(paths, model, fmt=fmt, entity=entity, entity_map=entity_map, name=spec)
