@@ -247,3 +247,50 @@ def test_with_the_real_parser_and_series(tmp_path):
     common = got.index.intersection(want.index)
     assert len(common) > 0.9 * len(got)
     np.testing.assert_allclose(got.loc[common].to_numpy(), want.loc[common].to_numpy())
+
+
+def test_watch_with_a_metric_file_and_the_log_source_finds_what_batch_finds(tmp_path):
+    """The watch loop, unchanged, joins a metric file source and the log source on (entity,
+    step): replaying a later period gives the events batch scoring with logs gives."""
+    pytest.importorskip("ftml.logs.model")
+    from prometheus_client import CollectorRegistry
+
+    from ftml import api
+    from ftml.bundle import load_model
+    from ftml.simulate import write_split_simulation
+    from ftml.watch import Watcher
+
+    class Clock:
+        def __init__(self, t):
+            self.t = t
+
+        def now(self):
+            return self.t
+
+    write_split_simulation(tmp_path, test_days=1, days=3, entities=3, seed=98, logs=True)
+    train, test = tmp_path / "train", tmp_path / "test"
+
+    def logs(d):
+        return sorted(str(p) for p in (d / "logs").glob("*.log"))
+
+    api.train([train / "metrics.csv"], tmp_path / "model", incidents=train / "incidents.csv",
+              logs=logs(train))
+    batch = api.score(tmp_path / "model", [test / "metrics.csv"], logs=logs(test))
+    model = load_model(tmp_path / "model")
+    read = model.config.read
+    log_source = make_source("logs:" + ",".join(logs(test)), read, None, model.metrics,
+                             logs=model.logs)
+    sources = [make_source(f"file:{test}/metrics.csv", read, None, model.metrics), log_source]
+    w = Watcher(model, sources, clock=Clock(time.time()), registry=CollectorRegistry())
+    events = []
+    for _ in range(10):
+        events += w.tick().resolved
+        w.clock.t += 60
+    events += w.finish().resolved
+    assert log_source.skipped == 0
+    assert len(batch.events) > 0
+
+    def key(e):
+        return (e.entity, str(e.start), e.cause)
+
+    assert sorted(map(key, events)) == sorted(map(key, batch.events))
