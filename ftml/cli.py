@@ -256,8 +256,11 @@ def main():
 @click.option("--world", default=0, show_default=True, type=click.IntRange(0, 4),
               help="0: this simulator; 1: heavy-tailed, heteroscedastic noise; 2: weekly cycle "
                    "and a nightly batch job; 3: scale in/out and renamed pods; 4: all of them.")
+@click.option("--logs", "logs", is_flag=True,
+              help="Also write DIR/logs/<entity>.log, application logs (Python logging format) "
+                   "that follow the metrics and faults (world 0 only).")
 @_clean_errors
-def simulate(out, entities, days, step, seed, start, fmt, test_days, world):
+def simulate(out, entities, days, step, seed, start, fmt, test_days, world, logs):
     """Simulate a fleet with labelled faults: DIR/metrics.<fmt> and DIR/incidents.csv (with
     --test-days: DIR/train/ and DIR/test/, a later period of the same fleet to score)."""
     from ftml.simulate import write_simulation, write_split_simulation
@@ -265,10 +268,10 @@ def simulate(out, entities, days, step, seed, start, fmt, test_days, world):
     if test_days:
         summary = write_split_simulation(out, test_days=test_days, format=fmt,
                                          entities=entities, days=days, step=step, seed=seed,
-                                         start=start, world=world)
+                                         start=start, world=world, logs=logs)
     else:
         summary = write_simulation(out, format=fmt, entities=entities, days=days, step=step,
-                                   seed=seed, start=start, world=world)
+                                   seed=seed, start=start, world=world, logs=logs)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 

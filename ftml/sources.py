@@ -9,7 +9,9 @@ watch started, read only to fill the windows: Prometheus' first backfill) says s
 is not a failure: it is skipped, counted in ``skipped`` and logged, and the lines around it
 are read.
 
-Specs, as on the command line: ``file:PATH``, ``stdin``, ``local``, ``prometheus:URL``.
+Specs, as on the command line: ``file:PATH``, ``stdin``, ``local``, ``prometheus:URL``, and the
+log series of tailed log files or the journal, ``logs:PATH[,PATH...]``, ``journald[:UNIT,...]``
+(:mod:`ftml.logs.source`).
 """
 
 from __future__ import annotations
@@ -749,10 +751,16 @@ def source_config(section: Mapping[str, Any] | None, source: str = "config"
 
 
 def make_source(spec: str, cfg: ReadConfig, config: WatchSourceConfig | None = None,
-                metrics: Iterable[str] = ()) -> Source:
-    """``file:PATH`` | ``stdin`` | ``local`` | ``prometheus:URL`` -> a source."""
+                metrics: Iterable[str] = (), logs: Any = None) -> Source:
+    """``file:PATH`` | ``stdin`` | ``local`` | ``prometheus:URL`` | ``logs:PATH[,PATH...]`` |
+    ``journald[:UNIT,...]`` -> a source. ``logs``: the model's log part (the log sources
+    count its series with its templates)."""
     config = config or WatchSourceConfig()
     kind, _, arg = spec.partition(":")
+    if kind in ("logs", "journald"):
+        from ftml.logs.source import make_log_source
+
+        return make_log_source(spec, logs, entity_map=cfg.entity_map)
     if kind == "file" and arg:
         return FileSource(arg, cfg)
     if spec == "stdin":
@@ -764,4 +772,4 @@ def make_source(spec: str, cfg: ReadConfig, config: WatchSourceConfig | None = N
             raise ConfigError(f"not an http(s) URL: {arg!r}", where=f"--source {spec}")
         return PrometheusSource(arg, config.prometheus, metrics, cfg.entity_map)
     raise ConfigError(f"unknown source {spec!r}", where="--source",
-                      hint="use file:PATH, stdin, local or prometheus:URL")
+                      hint="use file:PATH, stdin, local, prometheus:URL, logs:PATH or journald")

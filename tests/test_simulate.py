@@ -11,7 +11,14 @@ import pytest
 
 from ftml.errors import ConfigError
 from ftml.io import read_incidents, read_table
-from ftml.simulate import CAUSES, COUNTERS, METRICS, simulate_fleet, write_simulation
+from ftml.simulate import (
+    CAUSES,
+    COUNTERS,
+    METRICS,
+    simulate_fleet,
+    simulate_logs,
+    write_simulation,
+)
 
 ENTITIES, DAYS, SEED = 8, 7, 0
 STEP = pd.Timedelta("60s")
@@ -437,3 +444,174 @@ def test_cli_simulate_world(tmp_path):
     assert metrics["entity"].str.count("-").min() == 3  # svc-<role>-<nn>-<pod suffix>
     bad = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "x"), "--world", "7"])
     assert bad.exit_code == 2
+
+
+# --------------------------------------------------------------------------- logs
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (INFO|WARNING|ERROR|CRITICAL) "
+                      r"[\w.]+: (.*)$")
+LOG_DAYS = 4
+
+
+@pytest.fixture(scope="module")
+def with_logs():
+    return simulate_logs(entities=ENTITIES, days=LOG_DAYS, seed=SEED)
+
+
+def log_records(text: str) -> pd.DataFrame:
+    """(ts, level, msg) per record; a traceback's unprefixed lines belong to their record."""
+    rows = []
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            rows.append([m.group(1), m.group(2), m.group(3)])
+        else:
+            assert rows and rows[-1][1] == "ERROR", f"stray continuation line {line!r}"
+            rows[-1][2] += "\n" + line
+    frame = pd.DataFrame(rows, columns=["ts", "level", "msg"])
+    frame["ts"] = pd.to_datetime(frame["ts"], format="%Y-%m-%d %H:%M:%S,%f", utc=True)
+    return frame
+
+
+def in_incidents(ts: pd.Series, incidents: pd.DataFrame, entity: str, cause: str,
+                 step: pd.Timedelta = STEP) -> np.ndarray:
+    inside = np.zeros(len(ts), dtype=bool)
+    for row in incidents[(incidents["entity"] == entity) & (incidents["cause"] == cause)
+                         ].itertuples():
+        inside |= ((ts >= row.start) & (ts < row.end + step)).to_numpy()
+    return inside
+
+
+def test_logs_leave_the_metrics_and_incidents_exactly_as_they_were(tmp_path, with_logs):
+    plain, logged = tmp_path / "plain", tmp_path / "logged"
+    write_simulation(plain, entities=3, days=1, seed=4)
+    summary = write_simulation(logged, entities=3, days=1, seed=4, logs=True)
+    for name in ("metrics.csv", "incidents.csv"):
+        assert (plain / name).read_bytes() == (logged / name).read_bytes()
+    assert not (plain / "logs").exists()
+    files = sorted(p.stem for p in (logged / "logs").glob("*.log"))
+    assert files == sorted(read_table(logged / "metrics.csv")["entity"].unique())
+    assert summary["log_lines"] > 0
+    metrics, incidents = simulate_fleet(ENTITIES, LOG_DAYS, seed=SEED)
+    pd.testing.assert_frame_equal(metrics, with_logs[0])
+    pd.testing.assert_frame_equal(incidents, with_logs[1])
+
+
+def test_logs_repeat_for_a_seed_and_change_with_it(with_logs):
+    again = simulate_logs(entities=ENTITIES, days=LOG_DAYS, seed=SEED)[2]
+    assert again == with_logs[2]
+    other = simulate_logs(entities=ENTITIES, days=LOG_DAYS, seed=SEED + 1)[2]
+    assert other != with_logs[2]
+
+
+def test_log_lines_are_python_logging_records_in_time_order(with_logs):
+    metrics, _, logs = with_logs
+    t0, t1 = metrics["timestamp"].min(), metrics["timestamp"].max() + STEP
+    for text in logs.values():
+        rec = log_records(text)
+        assert rec["ts"].is_monotonic_increasing
+        assert rec["ts"].min() >= t0 and rec["ts"].max() < t1
+        assert set(rec["level"]) >= {"INFO", "WARNING", "ERROR"}
+
+
+def test_request_lines_follow_the_traffic(with_logs):
+    metrics, _, logs = with_logs
+    for entity, text in logs.items():
+        rec = log_records(text)
+        hour = rec[rec["level"] == "INFO"].set_index("ts").resample("1h").size()
+        load = entity_frame(metrics, entity)["request_rate"].resample("1h").mean()
+        both = pd.concat([hour, load], axis=1, join="inner").dropna()
+        assert both.corr().iloc[0, 1] > 0.8, entity
+
+
+@pytest.mark.parametrize(("cause", "words", "share_inside"), [
+    ("bad_deploy", "Traceback (most recent call last)", 1.0),
+    ("memory_leak", "GC overhead high", 1.0),
+    ("pool_exhaustion", "QueuePool limit", 1.0),
+    ("disk_full", "No space left on device", 1.0),
+    ("slow_dependency", "Slow call to", 1.0),
+    ("network_degradation", "Connection reset by peer", 1.0),
+    ("cpu_saturation", "Event loop blocked", 1.0),
+])
+def test_each_cause_writes_its_own_lines_inside_its_faults_only(with_logs, cause, words,
+                                                                share_inside):
+    _, incidents, logs = with_logs
+    seen = 0
+    for entity, text in logs.items():
+        rec = log_records(text)
+        hits = rec["msg"].str.contains(words, regex=False).to_numpy()
+        inside = in_incidents(rec["ts"], incidents, entity, cause)
+        assert hits[inside].sum() >= hits.sum() * share_inside
+        seen += hits.sum()
+        for row in incidents[(incidents["entity"] == entity) & (incidents["cause"] == cause)
+                             ].itertuples():
+            during_it = ((rec["ts"] >= row.start) & (rec["ts"] < row.end + STEP)).to_numpy()
+            if cause in ("bad_deploy", "memory_leak", "pool_exhaustion"):
+                assert hits[during_it].sum() > 0, (entity, row.start)
+    assert seen > 0
+
+
+def test_a_bad_deploy_ships_a_new_version_errors_then_rolls_back(with_logs):
+    _, incidents, logs = with_logs
+    row = incidents[incidents["cause"] == "bad_deploy"].iloc[0]
+    rec = log_records(logs[row["entity"]])
+    near = rec[(rec["ts"] >= row["start"]) & (rec["ts"] < row["end"] + STEP)]
+    starts = near[near["msg"].str.startswith("Starting ")]["msg"].tolist()
+    assert len(starts) == 2  # the deploy, then the rollback
+    assert near["msg"].str.startswith("Rolling back to version").sum() == 1
+    errors = near[near["msg"].str.contains("Traceback", regex=False)]
+    assert len(errors) > 0
+    assert errors["msg"].str.split("\n").str[-1].nunique() == 1  # one bug: one new exception
+
+
+def test_leak_warnings_rise_towards_the_oom_kill(with_logs):
+    _, incidents, logs = with_logs
+    first = second = 0
+    for row in incidents[incidents["cause"] == "memory_leak"].itertuples():
+        rec = log_records(logs[row.entity])
+        gc = rec[rec["msg"].str.startswith("GC overhead high")]["ts"]
+        mid = row.start + (row.end - row.start) / 2
+        first += int(((gc >= row.start) & (gc < mid)).sum())
+        second += int(((gc >= mid) & (gc <= row.end)).sum())
+        oom = rec[rec["msg"].str.contains("Perhaps out of memory", regex=False)]["ts"]
+        assert ((oom >= mid) & (oom < row.end + STEP)).sum() == 1
+    assert second > 2 * first
+
+
+def test_benign_deploys_write_startup_bursts_outside_faults(with_logs):
+    _, incidents, logs = with_logs
+    outside = 0
+    for entity, text in logs.items():
+        rec = log_records(text)
+        boot = rec[rec["msg"].str.startswith("Booting worker")]
+        faulty = np.zeros(len(boot), dtype=bool)
+        for cause in CAUSES:
+            faulty |= in_incidents(boot["ts"], incidents, entity, cause)
+        outside += int((~faulty).sum())
+    assert outside >= 10
+
+
+def test_logs_of_other_worlds_are_a_config_error():
+    with pytest.raises(ConfigError, match="world 0"):
+        simulate_logs(entities=2, days=1, world=3)
+
+
+def test_cli_simulate_logs_in_a_split(tmp_path):
+    from click.testing import CliRunner
+
+    from ftml.cli import main
+
+    res = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--entities", "2",
+                                    "--days", "1", "--test-days", "0.5", "--logs"])
+    assert res.exit_code == 0, res.output
+    for part in ("train", "test"):
+        files = list((tmp_path / part / "logs").glob("*.log"))
+        assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
+
+
+def test_logs_are_fast_enough_for_the_demo():
+    import time
+
+    started = time.perf_counter()
+    simulate_logs(entities=8, days=3, seed=1)
+    assert time.perf_counter() - started < 30  # shared 2-core machine: a loose bound
