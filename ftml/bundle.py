@@ -91,7 +91,7 @@ class Model:
             if self.diagnoser is not None else sorted({r.cause for r in self.rules})
 
     def score_windows(self, windows: Windows) -> np.ndarray:
-        return self.detector.score_samples(
+        return self.detector.anomaly_score(
             detector_view(windows.X, len(self.metrics), self.config.detect.stats,
                           self.featurizer.stats))
 

@@ -222,7 +222,7 @@ class WindowScorer:
                 continue
             win = None
             if model.scores_from_stats:
-                scores = model.detector.score_samples(window_view(z, end, w, self.stats))
+                scores = model.detector.anomaly_score(window_view(z, end, w, self.stats))
             else:  # a model that scores (or keeps) windows its own way gets them whole
                 win = Windows(window_stats(z, end, w, fz.stats), blk.names[c], blk.end_ns, blk.rows,
                               values[end])
@@ -631,7 +631,7 @@ def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
     blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
     for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
         S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        scores[a:a + CAL_BLOCK_WINDOWS] = detector.score_samples(stats_view(S, n_met))
+        scores[a:a + CAL_BLOCK_WINDOWS] = detector.anomaly_score(stats_view(S, n_met))
     return scores
 
 
@@ -641,7 +641,7 @@ def incident_windows(featurizer: Featurizer, detector: IsolationDetector, frame:
     """What the diagnoser learns from: each incident's highest-scored windows (what diagnosis
     will see of an event), as (features, incident index)."""
     inc_w = featurizer.windows_at(frame, rows)
-    scores = detector.score_samples(detector_view(inc_w.X, len(featurizer.metrics_),
+    scores = detector.anomaly_score(detector_view(inc_w.X, len(featurizer.metrics_),
                                                   config.detect.stats, featurizer.stats))
     label = row_label[inc_w.row]
     keep = top_per_group(label, scores, config.diagnose.max_event_windows)

@@ -267,7 +267,7 @@ def _reference_fit(data, incidents, config):
     from ftml.io import incident_spans
 
     thr = AlarmThreshold(dc.alarm_budget, rules).fit(
-        cal_w.entity, cal_w.end_ns, det.score_samples(detector_view(cal_w.X, m, dc.stats)),
+        cal_w.entity, cal_w.end_ns, det.anomaly_score(detector_view(cal_w.X, m, dc.stats)),
         int(data.step.value), incident_spans(incidents))
     return fz, det, thr, len(fit_w), len(cal_w)
 
@@ -290,7 +290,7 @@ def test_training_on_the_windows_it_needs_gives_the_full_featurization_model(tmp
     assert info["calibration"]["false_alarms"] == thr.false_alarms_
     w = fz.transform_frame(data.frame)
     view = detector_view(w.X, len(fz.metrics_), config.detect.stats)
-    assert np.array_equal(model.detector.score_samples(view), det.score_samples(view))
+    assert np.array_equal(model.detector.anomaly_score(view), det.anomaly_score(view))
     assert model.diagnoser is not None
 
 

@@ -59,7 +59,13 @@ class IsolationDetector(BaseEstimator):
             return np.empty(0), np.empty(0)
         return -self._scorer().score_samples(X), X[:, -2].copy()
 
-    def score_samples(self, X) -> np.ndarray:
+    def anomaly_score(self, X) -> np.ndarray:
+        """Each window's anomaly score: higher = more anomalous (about 0.5 ordinary, near 1
+        isolated at once; with an ensemble, in the forest's units).
+
+        Not ``score_samples``: scikit-learn's outlier detectors mean the opposite by that name
+        (lower = more abnormal), so there is none here, and code that expects either meaning
+        fails instead of reading the scores upside down."""
         check_is_fitted(self, "forest_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if X.shape[0] == 0:
