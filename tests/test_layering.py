@@ -20,7 +20,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("io", {"io", "sources", "simulate"}),
     ("features", {"features"}),
     ("detect", {"detect", "fast"}),
-    ("diagnose", {"diagnose", "incidents"}),
+    ("diagnose", {"diagnose", "diagnoser", "incidents"}),
     ("model", {"bundle"}),
     ("pipeline core", {"pipeline"}),
     ("recover", {"playbooks", "audit", "recover"}),
@@ -89,7 +89,7 @@ def test_the_check_sees_a_backward_import(tmp_path):
 PACKAGE_FLOWS: dict[str, list[str]] = {
     "features": ["statistics", "views", "windows", "counters", "screen", "baseline", "level",
                  "featurizer"],
-    "detect": ["forest", "builder", "gate", "threshold"],
+    "detect": ["scorer", "forest", "builder", "gate", "threshold"],
 }
 
 
