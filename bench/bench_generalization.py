@@ -83,7 +83,7 @@ def _view(X: np.ndarray, n_metrics: int, stats: list[str]) -> np.ndarray:
 def _robust_z(X: np.ndarray, n_metrics: int) -> np.ndarray:
     from ftml.evaluate import RobustZScore
 
-    return RobustZScore(n_metrics).score_samples(X)
+    return RobustZScore(n_metrics).anomaly_score(X)
 
 
 class PyodScorer:

@@ -25,19 +25,23 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from ftml import __version__
 from ftml.config import MISFIT_FLOOR, MISFIT_RATIO, Config
-from ftml.detect import EventBuilder, EventRules, IsolationDetector, RawEvent
-from ftml.diagnose import NO_FAULT, UNKNOWN, Diagnoser, Rule, apply_rules
+from ftml.detect import EventBuilder, EventRules, ForestScorer, RawEvent
+from ftml.diagnose import NO_FAULT, UNKNOWN, Rule, apply_rules
 from ftml.errors import ConfigError, ModelError
 from ftml.events import Event, event_id
 from ftml.features import Featurizer, Windows, detector_view
 from ftml.io import MetricData, write_bytes, write_text
+
+if TYPE_CHECKING:  # scikit-learn's estimators: imported only where they are needed
+    from ftml.detect import IsolationDetector
+    from ftml.diagnose import Diagnoser
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Model:
     """Everything scoring needs: featurizer, detector, threshold, event rules, diagnoser, rules."""
 
     featurizer: Featurizer
-    detector: IsolationDetector
+    detector: IsolationDetector | ForestScorer  # loaded from a bundle: a ForestScorer
     threshold: float
     event_rules: EventRules
     diagnoser: Diagnoser | None
@@ -93,7 +97,7 @@ class Model:
             if self.diagnoser is not None else sorted({r.cause for r in self.rules})
 
     def score_windows(self, windows: Windows) -> np.ndarray:
-        return self.detector.score_samples(
+        return self.detector.anomaly_score(
             detector_view(windows.X, len(self.metrics), self.config.detect.stats,
                           self.featurizer.stats))
 
@@ -399,10 +403,12 @@ def load_model(model_dir: str | Path, key: bytes | None = None) -> Model:
 def _note_other_sklearn(model: Model, manifest: dict[str, Any], d: Path) -> None:
     """The forest is stored in ftml's own layout, but the diagnoser is scikit-learn's objects
     with their attributes as that version had them: say so when this version differs."""
+    if model.diagnoser is None:
+        return  # nothing of scikit-learn's: no need to import it
     import sklearn
 
     trained = (manifest.get("versions") or {}).get("scikit-learn")
-    if model.diagnoser is not None and trained != sklearn.__version__:
+    if trained != sklearn.__version__:
         log.warning("ftml: note: %s: the diagnoser was trained with scikit-learn %s, this is "
                     "%s; re-train if its diagnoses fail or look wrong", d, trained,
                     sklearn.__version__)
@@ -415,7 +421,8 @@ def _rebuild(blobs: dict[str, bytes], d: Path) -> Model:
         state = json.loads(blobs[STATE_FILE])
         with np.load(io.BytesIO(blobs[ARRAYS_FILE]), allow_pickle=False) as z:
             members = {name: z[name] for name in z.files}
-        model = _codec().decode(state["model"], _unpack(members, state["arrays"]))
+        codec = _codec(with_sklearn=_needs_sklearn(blobs[STATE_FILE]))
+        model = codec.decode(state["model"], _unpack(members, state["arrays"]))
     except (CodecError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
             zipfile.BadZipFile, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"the bundle's data does not rebuild a model: {_first_line(exc)}",
@@ -436,12 +443,12 @@ def _model_problem(model: Any) -> str | None:
     """What is wrong with the types of a decoded model's parts, or None."""
     if not isinstance(model, Model):
         return "its root is not a model"
-    want = {"featurizer": Featurizer, "detector": IsolationDetector, "event_rules": EventRules,
+    want = {"featurizer": Featurizer, "detector": ForestScorer, "event_rules": EventRules,
             "config": Config, "threshold": float}
     for name, kind in want.items():
         if not isinstance(getattr(model, name, None), kind):
             return f"{name} is not a {kind.__name__}"
-    if model.diagnoser is not None and not isinstance(model.diagnoser, Diagnoser):
+    if model.diagnoser is not None and not isinstance(model.diagnoser, _diagnoser_class()):
         return "diagnoser is not a Diagnoser"
     if not isinstance(model.rules, list) or not all(isinstance(r, Rule) for r in model.rules):
         return "rules are not a list of rules"
@@ -465,39 +472,73 @@ def _logs_problem(logs: Any) -> str | None:
 # --------------------------------------------------------------------------- the codec
 
 
-def _codec():
-    """The classes a bundle may hold, and the checks their decoded arrays must pass."""
-    from sklearn.calibration import (
-        CalibratedClassifierCV,
-        _CalibratedClassifier,
-        _SigmoidCalibration,
-    )
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-    from sklearn.tree import DecisionTreeClassifier
-    from sklearn.tree._tree import Tree
+def _diagnoser_class() -> type:
+    from ftml.diagnose import Diagnoser
 
+    return Diagnoser
+
+
+def _needs_sklearn(state_json: bytes) -> bool:
+    """Whether a bundle's model data holds scikit-learn objects (a diagnoser): one without them
+    decodes without importing scikit-learn (seconds of a short scoring run)."""
+    return (b'"sklearn.' in state_json or b'"ftml.diagnose.Diagnoser"' in state_json
+            or b'"__tree__"' in state_json)
+
+
+#: A fitted detector and a loaded one are stored under this one name; it decodes as the
+#: ForestScorer, all that scoring needs.
+_DETECTOR_NAME = "ftml.detect.IsolationDetector"
+
+
+def _codec(with_sklearn: bool = True):
+    """The classes a bundle may hold, and the checks their decoded arrays must pass.
+
+    A detector decodes as a :class:`~ftml.detect.ForestScorer` (its forest the node arrays
+    ftml.fast walks). ``with_sklearn=False``: ftml's classes alone, for data that holds no
+    scikit-learn object (:func:`_needs_sklearn`); decoding one is then refused."""
     from ftml import config as cfg
     from ftml.codec import Codec
     from ftml.fast import FastForest
     from ftml.features import Baseline
     from ftml.logs import LogModel, Templates
 
-    classes = [Model, Featurizer, Baseline, IsolationDetector, FastForest, EventRules,
-               Diagnoser, Rule, cfg.Config, cfg.ReadConfig, cfg.FeatureConfig,
-               cfg.DetectConfig, cfg.DiagnoseConfig, cfg.LogConfig, LogModel, Templates,
-               DecisionTreeClassifier, RandomForestClassifier, Pipeline, StandardScaler,
-               CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration, SVC, KFold,
-               StratifiedKFold]
-    return Codec({f"{c.__module__}.{c.__qualname__}": c for c in classes},
-                 state_of={IsolationDetector: _detector_state},
-                 check={FastForest: _check_fast_forest, SVC: _check_svc}, tree_type=Tree)
+    classes = [Model, Featurizer, Baseline, FastForest, EventRules, Rule, cfg.Config,
+               cfg.ReadConfig, cfg.FeatureConfig, cfg.DetectConfig, cfg.DiagnoseConfig,
+               cfg.LogConfig, LogModel, Templates]
+    state_of: dict[type, Callable] = {ForestScorer: _detector_state}
+    check: dict[type, Callable] = {FastForest: _check_fast_forest}
+    tree_type = None
+    if with_sklearn:
+        from sklearn.calibration import (
+            CalibratedClassifierCV,
+            _CalibratedClassifier,
+            _SigmoidCalibration,
+        )
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.model_selection import KFold, StratifiedKFold
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+        from sklearn.tree import DecisionTreeClassifier
+        from sklearn.tree._tree import Tree
+
+        from ftml.detect import IsolationDetector
+
+        classes += [_diagnoser_class(), DecisionTreeClassifier, RandomForestClassifier,
+                    Pipeline, StandardScaler, CalibratedClassifierCV, _CalibratedClassifier,
+                    _SigmoidCalibration, SVC, KFold, StratifiedKFold]
+        state_of[IsolationDetector] = _detector_state
+        check[SVC] = _check_svc
+        tree_type = Tree
+    table = {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+    table[_DETECTOR_NAME] = ForestScorer
+    codec = Codec(table, state_of=state_of, check=check, tree_type=tree_type)
+    for kind in state_of:  # a fitted and a loaded detector are stored alike
+        codec.names[kind] = _DETECTOR_NAME
+    return codec
 
 
-def _detector_state(detector: IsolationDetector) -> dict:
+def _detector_state(detector: ForestScorer) -> dict:
     """The detector with its forest as the node arrays :mod:`ftml.fast` scores from (the
     scikit-learn forest itself is not needed to score)."""
     from ftml.fast import FastForest

@@ -351,7 +351,7 @@ class RandomScore:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
         return self._rng.random(X.shape[0])
 
 
@@ -365,7 +365,7 @@ class RobustZScore:
     def __init__(self, n_metrics: int):
         self.n_metrics = n_metrics
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
         from ftml.features import stat_columns
 
         cols = stat_columns(["last"], self.n_metrics)
@@ -393,7 +393,7 @@ def with_detector(model, detector, threshold: float, name: str):
         scores_from_stats = False
 
         def score_windows(self, windows):
-            return self.detector.score_samples(windows.X)
+            return self.detector.anomaly_score(windows.X)
 
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(Model)}
     fields.update(detector=detector, threshold=float(threshold),
@@ -422,7 +422,7 @@ def calibrate_baselines(model, detectors: dict[str, Any], data, incidents: pd.Da
         ent.append(w.entity)
         end.append(w.end_ns)
         for k, det in detectors.items():
-            scores[k].append(det.score_samples(w.X))  # as with_detector's model scores
+            scores[k].append(det.anomaly_score(w.X))  # as with_detector's model scores
     ent_a = np.concatenate(ent) if ent else np.empty(0, dtype=object)
     end_a = np.concatenate(end) if end else np.empty(0, dtype=np.int64)
     out = {}

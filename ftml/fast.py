@@ -29,9 +29,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from sklearn.ensemble import ExtraTreesClassifier, IsolationForest, RandomForestClassifier
-from sklearn.tree import DecisionTreeClassifier
-from sklearn.utils.validation import check_is_fitted
 
 try:
     from ftml import _forest_kernel
@@ -158,6 +155,11 @@ def _fixed_levels(leaf_depth: np.ndarray, leaf_weight: np.ndarray, n_levels: int
 
 def _trees_of(est) -> tuple[list, list]:
     """The fitted ``tree_`` objects and, per tree, the map from its feature ids to X's columns."""
+    # scikit-learn only to compile: scoring with the compiled arrays never imports it.
+    from sklearn.ensemble import ExtraTreesClassifier, IsolationForest, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.utils.validation import check_is_fitted
+
     if isinstance(est, IsolationForest):
         check_is_fitted(est)
         # scikit-learn only subsets columns when a tree saw fewer than all of them.
@@ -203,6 +205,8 @@ class FastForest:
     @classmethod
     def from_estimator(cls, est, n_jobs: int | None = -1) -> FastForest:
         """Compile a fitted ``IsolationForest``, ``DecisionTreeClassifier`` or forest classifier."""
+        from sklearn.ensemble import IsolationForest
+
         trees, feature_maps = _trees_of(est)
         is_isolation = isinstance(est, IsolationForest)
         if not is_isolation and any(t.value.shape[2] != len(est.classes_) for t in trees):

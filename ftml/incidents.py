@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, shortest_path
 
 from ftml.config import DiagnoseConfig
 from ftml.errors import InputError
@@ -232,6 +230,9 @@ def _components(start: np.ndarray, entity: np.ndarray,
     topo = grouping.topology
     if topo is None:
         return cluster
+    from scipy.sparse import coo_matrix  # only with a call graph: scoring needs no scipy
+    from scipy.sparse.csgraph import connected_components
+
     near = _near_entities(topo, np.unique(entity))
     label = np.empty(len(start), dtype=np.int64)
     next_label = 0
@@ -264,6 +265,9 @@ class _Near:
 
 
 def _near_entities(topo: Topology, entities: np.ndarray) -> _Near:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
     nodes = topo.nodes
     index = {n: i for i, n in enumerate(nodes)}
     src = np.array([index[x] for x in topo.source], dtype=np.int64)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from ftml.bundle import Model
 from ftml.config import RUN_GAP_NS, Config, DetectConfig, FeatureConfig, ReadConfig
-from ftml.detect import AlarmThreshold, EventRules, FlagGate, IsolationDetector
-from ftml.diagnose import NO_FAULT, Diagnoser
+from ftml.detect import AlarmThreshold, EventRules, FlagGate
+from ftml.diagnose import NO_FAULT
 from ftml.errors import InputError
 from ftml.events import Event
 from ftml.features import (
@@ -44,6 +44,10 @@ from ftml.features import (
 )
 from ftml.incidents import Grouping, assign_groups, groups_table
 from ftml.io import MetricData, label_times, to_ns, write_records
+
+if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
+    from ftml.detect import IsolationDetector
+    from ftml.diagnose import Diagnoser
 
 # Rows a batch score holds at most per chunk by default.
 SCORE_CHUNK_ROWS = 1_000_000
@@ -120,6 +124,8 @@ def featurizer_of(fc: FeatureConfig) -> Featurizer:
 
 
 def detector_of(dc: DetectConfig) -> IsolationDetector:
+    from ftml.detect import IsolationDetector
+
     return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
                              random_state=dc.random_state, ensemble=dc.ensemble)
 
@@ -222,7 +228,7 @@ class WindowScorer:
                 continue
             win = None
             if model.scores_from_stats:
-                scores = model.detector.score_samples(window_view(z, end, w, self.stats))
+                scores = model.detector.anomaly_score(window_view(z, end, w, self.stats))
             else:  # a model that scores (or keeps) windows its own way gets them whole
                 win = Windows(window_stats(z, end, w, fz.stats), blk.names[c], blk.end_ns, blk.rows,
                               values[end])
@@ -631,7 +637,7 @@ def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
     blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
     for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
         S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        scores[a:a + CAL_BLOCK_WINDOWS] = detector.score_samples(stats_view(S, n_met))
+        scores[a:a + CAL_BLOCK_WINDOWS] = detector.anomaly_score(stats_view(S, n_met))
     return scores
 
 
@@ -641,7 +647,7 @@ def incident_windows(featurizer: Featurizer, detector: IsolationDetector, frame:
     """What the diagnoser learns from: each incident's highest-scored windows (what diagnosis
     will see of an event), as (features, incident index)."""
     inc_w = featurizer.windows_at(frame, rows)
-    scores = detector.score_samples(detector_view(inc_w.X, len(featurizer.metrics_),
+    scores = detector.anomaly_score(detector_view(inc_w.X, len(featurizer.metrics_),
                                                   config.detect.stats, featurizer.stats))
     label = row_label[inc_w.row]
     keep = top_per_group(label, scores, config.diagnose.max_event_windows)
@@ -752,6 +758,8 @@ def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | No
         y = np.r_[y, np.full(len(gh), NO_FAULT, dtype=object)].astype(str)
         groups = np.r_[label, len(incidents) + gh]
     gc = config.diagnose
+    from ftml.diagnose import Diagnoser
+
     diagnoser = Diagnoser(classifier=gc.classifier, max_depth=gc.max_depth,
                           target_precision=gc.target_precision, calibrate=gc.calibrate,
                           open_set=gc.open_set, open_set_margin=gc.open_set_margin,

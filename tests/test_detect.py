@@ -29,13 +29,13 @@ def test_detector_scores_outliers_higher_on_a_0_to_1_scale(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 4))
     det = IsolationDetector(n_estimators=50).fit(X)
-    s = det.score_samples(np.vstack([X[:5], np.full((1, 4), 8.0)]))
+    s = det.anomaly_score(np.vstack([X[:5], np.full((1, 4), 8.0)]))
     assert ((s > 0) & (s < 1)).all()
     assert s[-1] > s[:5].max()
-    check_input_not_mutated(det.score_samples, X)
+    check_input_not_mutated(det.anomaly_score, X)
     check_same_seed_same_result(lambda: IsolationDetector(n_estimators=20),
-                                lambda d: d.fit(X), lambda d: d.score_samples(X[:50]))
-    check_persistence_round_trip(det, lambda d: d.score_samples(X[:50]), tmp_path)
+                                lambda d: d.fit(X), lambda d: d.anomaly_score(X[:50]))
+    check_persistence_round_trip(det, lambda d: d.anomaly_score(X[:50]), tmp_path)
 
 
 RULES = EventRules(min_windows=2, of_windows=3, merge_gap=2, cooldown=0)
@@ -214,13 +214,13 @@ def test_forest_plus_robust_flags_a_one_metric_fault_the_forest_dilutes():
     odd[0, 3] = 2.0
     x_odd = stats_view(odd, m)
     forest = IsolationDetector(n_estimators=100, random_state=0).fit(X)
-    assert forest.score_samples(x_odd)[0] < np.quantile(forest.score_samples(X), 0.9999)
+    assert forest.anomaly_score(x_odd)[0] < np.quantile(forest.anomaly_score(X), 0.9999)
     for how in ("forest+robust", "forest|robust"):
         both = IsolationDetector(n_estimators=100, random_state=0, ensemble=how).fit(X)
         f_fit, r_fit = both.component_scores(X)
-        assert np.allclose(forest.score_samples(X), f_fit)
-        assert both.score_samples(x_odd)[0] > both.score_samples(X).max()
+        assert np.allclose(forest.anomaly_score(X), f_fit)
+        assert both.anomaly_score(x_odd)[0] > both.anomaly_score(X).max()
         # Ordinary windows keep the forest's scale (about its median).
-        assert abs(np.median(both.score_samples(X)) - np.median(f_fit)) < 0.02
+        assert abs(np.median(both.anomaly_score(X)) - np.median(f_fit)) < 0.02
     with pytest.raises(ValueError, match="unknown ensemble"):
         IsolationDetector(ensemble="nope").fit(X)

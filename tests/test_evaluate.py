@@ -195,7 +195,7 @@ def test_robust_z_baseline_scores_largest_last_value_deviation():
     last = STATS.index("last") * m
     X[0, last:last + m] = [0.5, -4.0, 1.0]
     X[1, 0:m] = 50.0  # a large mean does not count: only the last value
-    assert RobustZScore(m).score_samples(X).tolist() == [4.0, 0.0]
+    assert RobustZScore(m).anomaly_score(X).tolist() == [4.0, 0.0]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -275,7 +275,7 @@ def test_baseline_is_scored_on_the_scale_it_was_calibrated_on(evaluation):
     forest's log-scaled view), so its threshold means the same in both."""
     model, data = evaluation.model, evaluation.data
     w = model.featurizer.transform(data)
-    expected = RobustZScore(len(model.metrics)).score_samples(w.X)
+    expected = RobustZScore(len(model.metrics)).anomaly_score(w.X)
     got = evaluation.runs["robust_z"].windows
     order = np.lexsort((w.end_ns, w.entity.astype(str)))
     assert np.allclose(got["score"].to_numpy(), expected[order])

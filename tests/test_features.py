@@ -203,14 +203,17 @@ def test_a_statistic_is_one_row_of_the_table_and_old_featurizers_keep_theirs(mon
     """Adding a row to STAT_TABLE gives new featurizers the stat (numpy-only: no kernel slot),
     while one fitted before keeps exactly its features (so its bundle needs no new format)."""
     from ftml import features
+    from ftml.features import featurizer, statistics
 
     data = _data()
     old = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
     before = old.transform_frame(data.frame)
     row = features.Stat("range", lambda g: g.max(axis=1) - g.min(axis=1))
-    monkeypatch.setattr(features, "STAT_TABLE", (*features.STAT_TABLE, row))
+    monkeypatch.setattr(statistics, "STAT_TABLE", (*features.STAT_TABLE, row))
     monkeypatch.setitem(features.STAT, "range", row)
-    monkeypatch.setattr(features, "STATS", (*features.STATS, "range"))
+    # The table's names, where they are read: the stats module and the featurizer's fit.
+    for module in (statistics, featurizer):
+        monkeypatch.setattr(module, "STATS", (*features.STATS, "range"))
     new = Featurizer(window=5, hour_of_day=False, level_window=0).fit(data)
     assert new.stats[-1] == "range" and old.stats == STATS
     assert new.feature_names_[-2:] == ["cpu:range", "bytes_total:range"]

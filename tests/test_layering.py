@@ -20,7 +20,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("io", {"io", "sources", "simulate", "logs"}),
     ("features", {"features"}),
     ("detect", {"detect", "fast"}),
-    ("diagnose", {"diagnose", "incidents"}),
+    ("diagnose", {"diagnose", "diagnoser", "incidents"}),
     ("model", {"bundle"}),
     ("pipeline core", {"pipeline"}),
     ("recover", {"playbooks", "audit", "recover"}),
@@ -84,9 +84,12 @@ def test_the_check_sees_a_backward_import(tmp_path):
 
 # --------------------------------------------------------------------------- inside a package
 
-#: A stage that is a package keeps a one-way flow inside it too: its modules in order, each
-#: importing only from those before it (ftml.recover's order is kept in tests/test_recover.py).
+#: A stage that is a package: its modules in flow order. Each imports only from those before it
+#: (lazy imports too), and ``__init__`` re-exports them.
 PACKAGE_FLOWS: dict[str, list[str]] = {
+    "features": ["statistics", "views", "windows", "counters", "screen", "baseline", "level",
+                 "featurizer"],
+    "detect": ["scorer", "forest", "builder", "gate", "threshold"],
     "io": ["contract", "files", "tables", "timestamps", "entities", "rows", "grid", "metrics",
            "incidents", "writers"],
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
@@ -96,13 +99,15 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
 
 def _package_imports(path: Path, package: str) -> set[str]:
     """The modules of ``ftml.<package>`` a file imports (second component under it)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
     prefix = f"ftml.{package}."
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names]
+                                     if node.module == f"ftml.{package}" else [])
         else:
             continue
         out.update(n[len(prefix):].split(".")[0] for n in names if n.startswith(prefix))
@@ -112,17 +117,16 @@ def _package_imports(path: Path, package: str) -> set[str]:
 @pytest.mark.parametrize("package", sorted(PACKAGE_FLOWS))
 def test_package_modules_import_only_the_ones_before_them(package):
     flow = PACKAGE_FLOWS[package]
-    folder = PACKAGE / package
-    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    modules = sorted(p.stem for p in (PACKAGE / package).glob("*.py") if p.stem != "__init__")
     assert sorted(flow) == modules, f"give each module of ftml/{package}/ its place in the flow"
-    bad = {m: sorted(imp for imp in _package_imports(folder / f"{m}.py", package)
+    bad = {m: sorted(imp for imp in _package_imports(PACKAGE / package / f"{m}.py", package)
                      if imp not in flow or flow.index(imp) >= flow.index(m))
            for m in flow}
     assert not any(bad.values()), f"ftml.{package}: imports against the flow: {bad}"
 
 
 def test_the_package_flow_check_sees_a_backward_import(tmp_path):
-    f = tmp_path / "files.py"
-    f.write_text("def f():\n    from ftml.io.writers import write_text\nimport ftml.io.contract\n"
-                 "from ftml.iox import y\n")
-    assert _package_imports(f, "io") == {"writers", "contract"}
+    f = tmp_path / "statistics.py"
+    f.write_text("def f():\n    from ftml.features.featurizer import Featurizer\n"
+                 "import ftml.features.level\nfrom ftml.features import windows\n")
+    assert _package_imports(f, "features") == {"featurizer", "level", "windows"}

@@ -27,6 +27,8 @@ from ftml.features import (
     Featurizer,
     detector_view,
     fit_baseline,
+    level,
+    statistics,
     stats_view,
     window_features,
     window_stats,
@@ -90,7 +92,7 @@ def test_window_features_match_pandas_on_awkward_values(window):
 @pytest.mark.parametrize("stats", [None, ("median", "last"), ("slope", "min", "std"),
                                    ("max", "mean", "max")])
 def test_kernel_and_numpy_fallback_agree_bit_for_bit(window, stats, monkeypatch):
-    if features._window_kernel is None:
+    if statistics._window_kernel is None:
         pytest.skip("ftml._window_kernel is not built (pip install -e .)")
     z = np.where(np.isnan(_z(2000, 4, window)), 0.0, _z(2000, 4, window))
     rng = np.random.default_rng(window)
@@ -98,7 +100,7 @@ def test_kernel_and_numpy_fallback_agree_bit_for_bit(window, stats, monkeypatch)
     # slid, slid a few rows at a time (up to (window + 1) // 2, then sorted afresh), any order
     for rows in (ends, ends[::3], ends[::8], ends[::9], ends[rng.permutation(len(ends))[:500]]):
         fast = window_stats(z, rows, window, stats)
-        monkeypatch.setattr(features, "_window_kernel", None)
+        monkeypatch.setattr(statistics, "_window_kernel", None)
         slow = window_stats(z, rows, window, stats)
         monkeypatch.undo()
         assert fast.tobytes() == slow.tobytes()
@@ -107,14 +109,14 @@ def test_kernel_and_numpy_fallback_agree_bit_for_bit(window, stats, monkeypatch)
 @pytest.mark.parametrize("span", [1, 2, 7, 360])
 @pytest.mark.parametrize("clip", [0.0, 1.0, 3.5])
 def test_trailing_level_kernel_and_numpy_agree_bit_for_bit(span, clip, monkeypatch):
-    if getattr(features._window_kernel, "trailing_level", None) is None:
+    if getattr(level._window_kernel, "trailing_level", None) is None:
         pytest.skip("ftml._window_kernel is not built (pip install -e .)")
     z = _z(1500, 4, span)
     z[np.random.default_rng(span).random(z.shape) < 0.05] = np.nan  # missing values, skipped
-    z[200:210, 1] = 0.5 / (1 << features._LEVEL_BITS)  # ties in the fixed point's rounding
+    z[200:210, 1] = 0.5 / (1 << level._LEVEL_BITS)  # ties in the fixed point's rounding
     segments = np.repeat([0, 1, 2, 3], [400, 1, 599, 500])
     fast = features.trailing_level(z, segments, span, clip)
-    monkeypatch.setattr(features, "_window_kernel", None)
+    monkeypatch.setattr(level, "_window_kernel", None)
     slow = features.trailing_level(z, segments, span, clip)
     assert fast.tobytes() == slow.tobytes()
 
@@ -265,7 +267,7 @@ def _reference_fit(data, incidents, config):
     from ftml.io import incident_spans
 
     thr = AlarmThreshold(dc.alarm_budget, rules).fit(
-        cal_w.entity, cal_w.end_ns, det.score_samples(detector_view(cal_w.X, m, dc.stats)),
+        cal_w.entity, cal_w.end_ns, det.anomaly_score(detector_view(cal_w.X, m, dc.stats)),
         int(data.step.value), incident_spans(incidents))
     return fz, det, thr, len(fit_w), len(cal_w)
 
@@ -288,7 +290,7 @@ def test_training_on_the_windows_it_needs_gives_the_full_featurization_model(tmp
     assert info["calibration"]["false_alarms"] == thr.false_alarms_
     w = fz.transform_frame(data.frame)
     view = detector_view(w.X, len(fz.metrics_), config.detect.stats)
-    assert np.array_equal(model.detector.score_samples(view), det.score_samples(view))
+    assert np.array_equal(model.detector.anomaly_score(view), det.anomaly_score(view))
     assert model.diagnoser is not None
 
 
