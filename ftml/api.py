@@ -1,11 +1,13 @@
-"""The library API that the CLI, notebooks and benchmarks call: train and score."""
+"""The library API that the CLI, notebooks and benchmarks call: train, score and watch."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
+import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ftml.bundle import Model, data_digest, load_model, save_model
-from ftml.config import Config, ReadConfig
+from ftml.config import Config, ReadConfig, parse_duration
 from ftml.diagnose import load_rules
 from ftml.errors import InputError
 from ftml.events import Event
@@ -384,3 +386,89 @@ def _log_joiner(model: Model, logs: Any):
     from ftml.logs import frame_joiner, read_series
 
     return frame_joiner(log_model, read_series(log_model, logs, model.config.read))
+
+
+def watch(model: Model | str | Path, sources: Sequence[Any], *,
+          sinks: Sequence[Any] = ("stdout",), playbooks: str | Path | None = None,
+          mode: str = "dry_run", state_dir: str | Path | None = None,
+          section: Mapping[str, Any] | None = None, section_source: str = "config",
+          config: Any = None, interval: float | str | None = None,
+          wait_for_source: bool = False, listen: str | tuple[str, int] | None = None,
+          topology: str | Path | None = None, run: bool = True,
+          started: Callable[[], None] | None = None,
+          stop_signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+          clock: Any = None, registry: Any = None) -> Any:
+    """Watch live metrics with a model: detect, diagnose, alert and (with ``playbooks``)
+    recover, until stopped. Returns the :class:`ftml.watch.Watcher`, once it has shut down;
+    with ``run=False`` at once, not started (the caller ticks or runs it, and closes its
+    ``engine``, if any).
+
+    ``sources`` and ``sinks`` are specs (``file:PATH``, ``stdin``, ``local``,
+    ``prometheus:URL``; ``stdout``, ``jsonl:PATH``, ``webhook:URL``, ``alertmanager:URL``) or
+    :class:`ftml.sources.Source` / :class:`ftml.sinks.Sink` objects. ``section`` is a
+    ``watch:`` config section (named ``section_source`` in errors; default the model's own);
+    ``config`` (a :class:`ftml.watch.WatchConfig`) replaces its loop settings, and
+    ``interval`` (seconds or ``'60s'``) and ``wait_for_source`` override them. ``listen``
+    (``HOST:PORT``) serves ``/metrics`` and ``/healthz``; ``topology`` is a call graph CSV to
+    group incidents by. While it runs, ``stop_signals`` stop it after the tick (from the main
+    thread only; their handlers are put back after). ``started`` is called once the start
+    checks have passed. Bad settings raise :class:`ftml.errors.FtmlError`."""
+    from ftml.incidents import load_topology
+    from ftml.sinks import make_sink
+    from ftml.sources import make_source, source_config
+    from ftml.watch import WatchConfig, Watcher, parse_listen
+
+    load_topology(topology)  # a bad call graph fails now, not at the first alert
+    if not isinstance(model, Model):
+        model = load_model(model)
+    if topology is not None:  # the caller's model stays as it was
+        diagnose = dataclasses.replace(model.config.diagnose, topology=str(topology))
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config,
+                                                                      diagnose=diagnose))
+    where = section_source if section else "model config"
+    section = section or model.config.extra.get("watch") or {}
+    wcfg = (dataclasses.replace(config) if config is not None
+            else WatchConfig.from_section(section, where))
+    if interval is not None:
+        wcfg.interval = (parse_duration(interval, "interval").total_seconds()
+                         if isinstance(interval, str) else float(interval))
+    wcfg.wait_for_source = wait_for_source or wcfg.wait_for_source
+    scfg = source_config(section, where)
+    srcs = [make_source(s, model.config.read, scfg, model.metrics) if isinstance(s, str) else s
+            for s in sources]
+    snks = [make_sink(s) if isinstance(s, str) else s for s in sinks]
+    address = parse_listen(listen) if isinstance(listen, str) else listen
+    engine = None
+    if playbooks:
+        from ftml.playbooks import load_playbooks
+        from ftml.recover import RecoveryEngine
+
+        engine = RecoveryEngine(load_playbooks(playbooks, known_metrics=model.metrics),
+                                state_dir=state_dir, mode=mode, model_version=model.version)
+    try:
+        watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg,
+                          clock=clock, registry=registry)
+    except BaseException:
+        if engine is not None:
+            engine.close()
+        raise
+    if not run:
+        return watcher
+
+    def stop(signum, frame):
+        # No logging here: the handler may interrupt a log write, and a re-entrant write
+        # raises, losing the stop. The loop logs the reason as it shuts down.
+        watcher.stop(signal.Signals(signum).name)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, stop) for s in (stop_signals if main_thread else ())}
+    try:
+        # Once it is running (sources answer, the port is bound), the notes of its start.
+        watcher.run(listen=address, started=started)
+    finally:
+        for s, handler in before.items():
+            if handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(s, handler)
+        if engine is not None:
+            engine.close()
+    return watcher

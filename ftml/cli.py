@@ -699,60 +699,30 @@ def watch(model_dir, sources, playbooks, mode, sinks, state_dir, interval, liste
           key_file, topology, entity_map):
     """Watch live metrics: detect, diagnose, alert and recover, until SIGTERM / SIGINT."""
     import logging
-    import signal
 
+    from ftml import api
     from ftml.config import parse_duration
-    from ftml.sinks import make_sink
-    from ftml.sources import make_source, source_config
-    from ftml.watch import WatchConfig, Watcher, parse_listen
+    from ftml.sources import source_config
+    from ftml.watch import WatchConfig
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
-    if config.extra.get("watch") is not None:  # the user's own: checked before any model work
-        WatchConfig.from_section(config.extra["watch"], config_path)
-        source_config(config.extra["watch"], config_path)
+    section = config.extra.get("watch")
+    if section is not None:  # the user's own: checked before any model work
+        WatchConfig.from_section(section, config_path)
+        source_config(section, config_path)
     if topology:
         from ftml.incidents import load_topology
 
-        load_topology(topology)  # a bad call graph fails now, not at the first alert
+        load_topology(topology)  # a bad call graph fails now, not after loading the model
     model = _model_with_read(model_dir, timestamp_col, entity_col, step, exclude, key_file,
                              entity_map)
-    if topology:
-        model.config.diagnose.topology = topology
-    section = config.extra.get("watch") or model.config.extra.get("watch") or {}
-    where = config_path or "model config"
-    wcfg = WatchConfig.from_section(section, where)
-    if interval:
-        wcfg.interval = parse_duration(interval, "--interval").total_seconds()
-    wcfg.wait_for_source = wait_for_source or wcfg.wait_for_source
-    scfg = source_config(section, where)
-    srcs = [make_source(s, model.config.read, scfg, model.metrics) for s in sources]
-    snks = [make_sink(s) for s in (sinks or ("stdout",))]
-    address = parse_listen(listen) if listen else None
-    engine = None
-    if playbooks:
-        from ftml.playbooks import load_playbooks
-        from ftml.recover import RecoveryEngine
-
-        engine = RecoveryEngine(load_playbooks(playbooks, known_metrics=model.metrics),
-                                state_dir=state_dir, mode=mode,
-                                model_version=model.version)
-    watcher = Watcher(model, srcs, snks, engine=engine, state_dir=state_dir, config=wcfg)
-
-    def stop(signum, frame):
-        # No logging here: the handler may interrupt a log write, and a re-entrant write
-        # raises, losing the stop. The loop logs the reason as it shuts down.
-        watcher.stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        # Once it is running (sources answer, the port is bound), the notes of its start.
-        watcher.run(listen=address, started=_release_notes)
-    finally:
-        if engine is not None:
-            engine.close()
+    api.watch(model, sources, sinks=sinks or ("stdout",), playbooks=playbooks, mode=mode,
+              state_dir=state_dir, section=section, section_source=config_path or "config",
+              interval=parse_duration(interval, "--interval").total_seconds() if interval
+              else None, wait_for_source=wait_for_source, listen=listen, topology=topology,
+              started=_release_notes)
 
 
 if __name__ == "__main__":

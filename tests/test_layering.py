@@ -94,6 +94,9 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
            "incidents", "writers"],
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
     "distributed": ["cluster", "index", "slices", "scoring", "training"],
+    # The parts of the online loop never reach the loop (``loop``: Watcher) composed of them.
+    "watch": ["waker", "config", "results", "health", "metrics", "buffers", "book", "alerts",
+              "scoring", "polling", "workers", "checkpoint", "server", "lifecycle", "loop"],
 }
 
 
@@ -130,3 +133,9 @@ def test_the_package_flow_check_sees_a_backward_import(tmp_path):
     f.write_text("def f():\n    from ftml.features.featurizer import Featurizer\n"
                  "import ftml.features.level\nfrom ftml.features import windows\n")
     assert _package_imports(f, "features") == {"featurizer", "level", "windows"}
+
+
+def test_the_watch_loop_is_made_of_every_job_module():
+    # Watcher's bases: a job's module that the loop does not import is a job left undone.
+    assert _package_imports(PACKAGE / "watch" / "loop.py", "watch") >= {
+        "alerts", "scoring", "polling", "workers", "checkpoint", "server", "lifecycle"}

@@ -1045,3 +1045,109 @@ def test_false_alarm_in_auto_mode_runs_nothing_and_the_audit_says_why(fleet, tmp
     assert any(d["entity"] == "db-1" and d["decision"] == "act" for d in decisions)
     assert (ran / "db-1").exists()
     engine.close()
+
+
+# --------------------------------------------------------------------------- api.watch
+
+
+def test_api_watch_builds_the_watcher_from_specs_and_returns_it_unstarted(fleet, tmp_path):
+    tmp, model, _ = fleet
+    (tmp_path / "pb.yaml").write_text(textwrap.dedent(PLAYBOOKS))
+    topology = tmp_path / "calls.csv"
+    topology.write_text("source,target\nweb-1,db-1\n")
+    out = tmp_path / "alerts.jsonl"
+    w = api.watch(model, [f"file:{tmp / 'live.csv'}"], sinks=[f"jsonl:{out}"],
+                  playbooks=tmp_path / "pb.yaml", mode="approve", state_dir=tmp_path / "state",
+                  section={"interval": "30s", "min_firing": "2m"}, interval="45s",
+                  wait_for_source=True, topology=topology, run=False,
+                  registry=CollectorRegistry())
+    try:
+        assert w.interval == 45 and w.config.min_firing == 120 and w.config.wait_for_source
+        assert [s.name for s in w.sources] == [f"file:{tmp / 'live.csv'}"]
+        assert [s.name for s in w.sinks] == [f"jsonl:{out}"]
+        assert w.engine is not None and w.engine.mode == "approve"
+        assert w.state_dir == tmp_path / "state"
+        assert w.model.config.diagnose.topology == str(topology)
+        assert model.config.diagnose.topology != str(topology)  # the caller's model as it was
+        assert w.ticks == 0 and not out.exists()  # not started
+    finally:
+        w.shutdown()
+        w.engine.close()
+
+
+def test_api_watch_refuses_bad_settings_with_an_ftml_error(fleet):
+    from ftml.errors import FtmlError
+
+    tmp, model, _ = fleet
+    with pytest.raises(FtmlError, match="unknown key 'intervall'"):
+        api.watch(model, [f"file:{tmp / 'live.csv'}"], section={"intervall": "1m"},
+                  section_source="my.yaml", run=False)
+    with pytest.raises(FtmlError, match="listen"):
+        api.watch(model, [f"file:{tmp / 'live.csv'}"], listen="nowhere", run=False)
+
+
+def _stop_once_read(sample, rows: int, stop, timeout: float = 240.0) -> None:
+    """Call ``stop()`` once every row has been read and the tick that read the last ones is
+    over (two more ticks have begun since), as ``sample(name, labels)`` of /metrics says."""
+    deadline = time.monotonic() + timeout
+    seen_at = None
+    while time.monotonic() < deadline:
+        got, ticks = sample("ftml_watch_rows_total"), sample("ftml_watch_ticks_total") or 0
+        if seen_at is None and got is not None and got >= rows:
+            seen_at = ticks
+        if seen_at is not None and ticks >= seen_at + 2:
+            break
+        time.sleep(0.05)
+    stop()
+
+
+def _alerts(path):
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    return (_events(resolved_events(records)),
+            sorted({r["event"]["id"] for r in records if r["status"] == "firing"}))
+
+
+def test_api_watch_over_a_file_gives_the_alerts_of_the_cli(fleet, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tmp, model, live = fleet
+    path = tmp / "live.csv"
+    lib_out, cli_out = tmp_path / "lib.jsonl", tmp_path / "cli.jsonl"
+    reg = CollectorRegistry()
+
+    def lib_sample(name):
+        return reg.get_sample_value(name, {"source": f"file:{path}"} if "rows" in name else {})
+
+    stopper = threading.Thread(target=_stop_once_read, args=(
+        lib_sample, len(live), lambda: os.kill(os.getpid(), signal.SIGUSR1)), daemon=True)
+    stopper.start()
+    w = api.watch(model, [f"file:{path}"], sinks=[f"jsonl:{lib_out}"], interval=0.2,
+                  registry=reg, stop_signals=(signal.SIGUSR1,))
+    stopper.join()
+    assert w.stop_reason == "SIGUSR1" and w.ticks >= 2
+
+    port = _free_port()
+    proc = subprocess.Popen(_watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink",
+                                       f"jsonl:{cli_out}", "--interval", "0.2s", "--listen",
+                                       f"127.0.0.1:{port}", "--log-level", "warning"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def cli_sample(name):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return next((s.value for f in text_string_to_metric_families(text)
+                     for s in f.samples if s.name == name), None)
+
+    try:
+        _stop_once_read(cli_sample, len(live), proc.terminate)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lib, cli = _alerts(lib_out), _alerts(cli_out)
+    assert len(lib[0]) >= 3  # an event on every entity: the comparison means something
+    assert lib == cli
