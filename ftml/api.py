@@ -434,7 +434,9 @@ def watch(model: Model | str | Path, sources: Sequence[Any], *,
                          if isinstance(interval, str) else float(interval))
     wcfg.wait_for_source = wait_for_source or wcfg.wait_for_source
     scfg = source_config(section, where)
-    srcs = [make_source(s, model.config.read, scfg, model.metrics) if isinstance(s, str) else s
+    # Metric sources read the metrics files hold; log sources count the model's log series.
+    srcs = [make_source(s, model.config.read, scfg, _file_metrics(model),
+                        logs=getattr(model, "logs", None)) if isinstance(s, str) else s
             for s in sources]
     snks = [make_sink(s) if isinstance(s, str) else s for s in sinks]
     address = parse_listen(listen) if isinstance(listen, str) else listen
