@@ -212,6 +212,8 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     c_shown[rank] = pd.Series(c_shown[rank]).groupby(rg).cummin().to_numpy()
     bounds = np.r_[np.flatnonzero(np.r_[True, rg[1:] != rg[:-1]]), len(rank)]
     adj = _adjacency(topo, names) if topo is not None else None
+    adj_in = adj.T.tocsr() if adj is not None else None  # callee row: its callers
+    pair_bounds = np.searchsorted(p_group, np.arange(n_groups + 1))  # pairs by group
     records = []
     ev_bounds = np.r_[g_first, len(order)]
     for gi, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -227,7 +229,8 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
             p = int(c_pair[c])
             if p < 0:
                 evidence.append(_context_evidence(who, int(c_ent[c]), int(c_open[c]), events,
-                                                  adj, p_ent[p_group == g]))
+                                                  adj, adj_in,
+                                                  p_ent[pair_bounds[g]:pair_bounds[g + 1]]))
                 continue
             ev = events[int(first_event[p])]
             lag = (int(onset[p]) - int(g_onset[g])) / 1e9
@@ -352,17 +355,23 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
     :data:`OPEN_WEIGHT` times theirs); members and the :data:`WALK_KEEP` other entities with
     the most mass are suspects, by mass (``walk_context``: members first)."""
     n_names = len(names)
-    adj = _adjacency(grouping.topology, names)
+    # The walk is linear in where it starts: one walk per entity that starts any (members and
+    # open entities), then each group's mass is its start weights times those.
+    active = np.unique(np.r_[p_ent, oe])
+    walks = _walk_from(_adjacency(grouping.topology, names), active)  # (active, names)
+    col = np.searchsorted(active, np.r_[p_ent, oe])
+    c_member, c_open = col[:len(p_ent)], col[len(p_ent):]
     step = max(1, WALK_CELLS // max(n_names, 1))
     out: list[tuple[np.ndarray, ...]] = []
-    for g0 in range(0, n_groups, step):  # one pass for up to ``step`` groups at once
+    for g0 in range(0, n_groups, step):  # up to ``step`` groups at once
         g1 = min(n_groups, g0 + step)
         pm = (p_group >= g0) & (p_group < g1)
         om = (og >= g0) & (og < g1)
         weights = coo_matrix((np.r_[total[pm], OPEN_WEIGHT * best[om]],
-                              (np.r_[p_group[pm], og[om]] - g0, np.r_[p_ent[pm], oe[om]])),
-                             shape=(g1 - g0, n_names)).toarray()
-        mass = _walk(adj, weights)
+                              (np.r_[p_group[pm], og[om]] - g0, np.r_[c_member[pm], c_open[om]])),
+                             shape=(g1 - g0, len(active))).tocsr()
+        rows_sum = np.asarray(weights.sum(axis=1))
+        mass = np.asarray(weights @ walks) / np.where(rows_sum > 0, rows_sum, 1.0)
         m_rows, m_cols = p_group[pm] - g0, p_ent[pm]
         others = np.where(allowed[None, :], mass, 0.0)
         others[m_rows, m_cols] = 0.0
@@ -417,30 +426,32 @@ def _neighbours(topo: Topology, names: np.ndarray, allowed: np.ndarray, taken: n
             np.full(len(g), np.iinfo(np.int64).max), key * g_min[g], none, none)
 
 
-def _walk(adj, start_w: np.ndarray) -> np.ndarray:
-    """Stationary mass of a random walk with restart on the call graph ``adj`` (caller row,
-    callee column), one row per group, restarting to that row of ``start_w`` (normalized);
-    a node with no call (a dead end) sends its mass back to the start."""
+def _walk_from(adj, sources: np.ndarray) -> np.ndarray:
+    """For each entity code in ``sources``, the stationary mass of a random walk with restart
+    to it on the call graph ``adj`` (caller row, callee column), up to a positive factor: the
+    walk moves to a callee (weight 1) or back to a caller (:data:`WALK_BACK`), restarts with
+    :data:`WALK_RESTART`, and a node with no call sends its mass back to the start. That
+    fixed point is (I - (1 - restart) P)^-1 e, summed here as a series of WALK_STEPS terms,
+    sources a block at a time. One row per source."""
+    n = adj.shape[0]
     trans = (adj + WALK_BACK * adj.T).tocsr()
     out = np.asarray(trans.sum(axis=1)).ravel()
-    dead = out == 0
-    inv = np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, out))
-    trans = (coo_matrix((inv, (np.arange(len(out)), np.arange(len(out)))),
-                        shape=trans.shape).tocsr() @ trans).T.tocsr()  # column-stochastic
-    rows = start_w.sum(axis=1, keepdims=True)
-    v = np.divide(start_w, rows, out=np.zeros_like(start_w), where=rows > 0)
-    x = v.copy()
-    for _ in range(WALK_STEPS):  # one step for all groups at once
-        leak = x[:, dead].sum(axis=1, keepdims=True)
-        x_new = WALK_RESTART * v + (1 - WALK_RESTART) * ((trans @ x.T).T + leak * v)
-        if np.abs(x_new - x).max() < 1e-12:
-            x = x_new
-            break
-        x = x_new
-    return x
+    inv = np.where(out > 0, 1.0 / np.where(out > 0, out, 1.0), 0.0)
+    step_matrix = ((1 - WALK_RESTART) * (trans.multiply(inv[:, None]))).T.tocsr()
+    result = np.empty((len(sources), n))
+    block = max(1, WALK_CELLS // max(n, 1))
+    for a in range(0, len(sources), block):
+        cols = sources[a:a + block]
+        e = np.zeros((n, len(cols)))
+        e[cols, np.arange(len(cols))] = 1.0
+        y = e.copy()
+        for _ in range(WALK_STEPS):  # every source of the block at once
+            y = e + step_matrix @ y
+        result[a:a + len(cols)] = y.T
+    return result
 
 
-def _context_evidence(who: str, code: int, open_event: int, events: list[Event], adj,
+def _context_evidence(who: str, code: int, open_event: int, events: list[Event], adj, adj_in,
                       member_codes: np.ndarray) -> str:
     """Why an entity that does not alert in the group is a suspect."""
     if open_event >= 0:
@@ -450,8 +461,9 @@ def _context_evidence(who: str, code: int, open_event: int, events: list[Event],
         return f"{who}: no new event; its event open since {iso(ev.start)} ({what})"
     if adj is None:
         return f"{who}: no event"
-    calls = int(adj[code][:, member_codes].sum())
-    called = int(adj[:, [code]][member_codes].sum())
+    calls = int(np.isin(adj.indices[adj.indptr[code]:adj.indptr[code + 1]], member_codes).sum())
+    called = int(np.isin(adj_in.indices[adj_in.indptr[code]:adj_in.indptr[code + 1]],
+                         member_codes).sum())
     return (f"{who}: no event; calls {calls} and is called by {called} alerting "
             "entit(y/ies)")
 
