@@ -103,6 +103,19 @@ class Grouping:
     model_version: str = ""
     # Ranking weights: onset, size, detector score, call graph (diagnose.rank_* in the config).
     weights: tuple[float, float, float, float] = field(default_factory=lambda: default_weights())
+    # The entities the model knows (None: any): only they may be suspects without alerting,
+    # so the hosts and addresses of a call graph are walked through but never blamed.
+    entities: tuple[str, ...] | None = None
+    # How suspects are ranked, one of :data:`RANKINGS`.
+    ranking: str = "walk_context"
+
+
+#: Root-cause rankings (bench/PROTOCOL_rca.md): ``members``, the alerting entities of the group
+#: only; ``context``, those first, then the entities whose event is still open at the group's
+#: onset, then the alerting entities' call-graph neighbours; ``walk``, every entity by a random
+#: walk with restart from the alerting ones along the call graph; ``walk_context``, the
+#: ``context`` blocks each ordered by the walk.
+RANKINGS = ("members", "context", "walk", "walk_context")
 
 
 def grouping_for(model, topology: str | Path | None = None) -> Grouping:
@@ -112,9 +125,12 @@ def grouping_for(model, topology: str | Path | None = None) -> Grouping:
     from the class defaults."""
     gc = model.config.diagnose
     path = topology if topology is not None else gc.topology
+    baseline = getattr(getattr(model, "featurizer", None), "baseline_", None)
+    known = getattr(baseline, "entities", None)
     return Grouping(gap=model.step * int(gc.group_gap), topology=load_topology(path),
                     model_version=model.version,
-                    weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph))
+                    weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph),
+                    entities=tuple(map(str, known)) if known is not None else None)
 
 
 def default_weights() -> tuple[float, float, float, float]:
@@ -135,13 +151,26 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     the lists written onto the events (top suspects, evidence) are built per group."""
     if grouping is None or not events:
         return []
+    if grouping.ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {grouping.ranking!r}; one of {', '.join(RANKINGS)}")
     start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
     end = np.array([pd.Timestamp(e.end).value for e in events], dtype=np.int64)
     entity = np.array([str(e.entity) for e in events], dtype=object)
     score = np.array([float(e.score) for e in events])
     size = np.array([max(e.top_z, default=0.0) for e in events], dtype=float)
     label = _components(start, entity, grouping)
-    names, ent_code = np.unique(entity.astype(str), return_inverse=True)
+    n_groups = int(label.max()) + 1
+    # Every entity that can be named: the alerting ones, the call graph's, the model's.
+    topo = grouping.topology
+    pool = set(entity.tolist())
+    if topo is not None:
+        pool.update(topo.nodes)
+    if grouping.entities is not None:
+        pool.update(grouping.entities)
+    names = np.array(sorted(pool), dtype=object)
+    ent_code = np.searchsorted(names, entity)
+    allowed = (np.isin(names, np.array(grouping.entities, dtype=object))
+               if grouping.entities is not None else np.ones(len(names), dtype=bool))
     # Events in group order, each group's in time order (ties: by entity).
     order = np.lexsort((ent_code, start, label))
     lab_o = label[order]
@@ -165,16 +194,24 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     is_first[first_pos] = True
     first_event[po[is_first]] = order[is_first]
     total, callers, callees, known = rank_pairs(
-        p_group, p_ent, names, onset, big, peak, grouping, n_groups=int(label.max()) + 1)
-    # Suspects: by score, then earlier onset, then name.
-    rank = np.lexsort((p_ent, onset, -total, p_group))
-    rg = p_group[rank]
-    starts_of = np.flatnonzero(np.r_[True, rg[1:] != rg[:-1]])
-    bounds = np.r_[starts_of, len(rank)]
-    g_end = np.full(int(label.max()) + 1, np.iinfo(np.int64).min)
+        p_group, p_ent, names, onset, big, peak, grouping, n_groups=n_groups)
+    g_end = np.full(n_groups, np.iinfo(np.int64).min)
     np.maximum.at(g_end, label, end)
-    g_onset = np.full(int(label.max()) + 1, np.iinfo(np.int64).max)
+    g_onset = np.full(n_groups, np.iinfo(np.int64).max)
     np.minimum.at(g_onset, label, start)
+    cand = _candidates(grouping, names, allowed, p_group, p_ent, onset, total, big, start, end,
+                       score, size, ent_code, g_onset)
+    c_group, c_ent, c_block, c_key, c_onset, c_shown, c_pair, c_open = cand
+    # Suspects: by block, then score, then earlier onset, then name.
+    rank = np.lexsort((c_ent, c_onset, -c_key, c_block, c_group))
+    rg = c_group[rank]
+    # Shown scores never rise down the list (a later block is shown below the one before).
+    c_shown = c_shown.copy()
+    c_shown[rank] = pd.Series(c_shown[rank]).groupby(rg).cummin().to_numpy()
+    bounds = np.r_[np.flatnonzero(np.r_[True, rg[1:] != rg[:-1]]), len(rank)]
+    adj = _adjacency(topo, names) if topo is not None else None
+    adj_in = adj.T.tocsr() if adj is not None else None  # callee row: its callers
+    pair_bounds = np.searchsorted(p_group, np.arange(n_groups + 1))  # pairs by group
     records = []
     ev_bounds = np.r_[g_first, len(order)]
     for gi, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -182,10 +219,17 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
         ranked = rank[a:b]
         first = events[int(order[ev_bounds[gi]])]
         gid = group_id(first.entity, first.start, grouping.model_version)
-        suspects = [[str(names[p_ent[p]]), round(float(total[p]), 4)]
-                    for p in ranked[:MAX_SUSPECTS]]
+        suspects = [[str(names[c_ent[c]]), round(float(c_shown[c]), 4)]
+                    for c in ranked[:MAX_SUSPECTS]]
         evidence = []
-        for p in ranked[:EVIDENCE_SUSPECTS]:
+        for c in ranked[:EVIDENCE_SUSPECTS]:
+            who = names[c_ent[c]]
+            p = int(c_pair[c])
+            if p < 0:
+                evidence.append(_context_evidence(who, int(c_ent[c]), int(c_open[c]), events,
+                                                  adj, adj_in,
+                                                  p_ent[pair_bounds[g]:pair_bounds[g + 1]]))
+                continue
             ev = events[int(first_event[p])]
             lag = (int(onset[p]) - int(g_onset[g])) / 1e9
             what = (f"{ev.top_metrics[0]} z={ev.top_z[0]:.1f}" if ev.top_metrics and ev.top_z
@@ -193,19 +237,233 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
             when = "moved first" if lag == 0 else f"moved {lag:g}s after the first"
             graph = (f"; {callers[p]} alerting caller(s), {callees[p]} alerting callee(s)"
                      if known[p] else "")
-            evidence.append(f"{names[p_ent[p]]}: {what}, {when}{graph}")
+            evidence.append(f"{who}: {what}, {when}{graph}")
         members = order[ev_bounds[gi]:ev_bounds[gi + 1]]
         for i in members:
             ev = events[int(i)]
             ev.group, ev.suspects, ev.evidence = gid, [list(x) for x in suspects], list(evidence)
+        ranked_members = [int(c_pair[c]) for c in ranked if c_pair[c] >= 0]
         records.append({
             "group": gid, "start": iso(pd.Timestamp(int(g_onset[g]), tz="UTC")),
             "end": iso(pd.Timestamp(int(g_end[g]), tz="UTC")),
-            "entities": [str(names[p_ent[p]]) for p in ranked],
+            "entities": [str(names[p_ent[p]]) for p in ranked_members],
             "events": [events[int(i)].id for i in members], "suspects": suspects,
-            "cause": events[int(first_event[ranked[0]])].cause, "evidence": evidence})
+            "cause": events[int(first_event[ranked_members[0]])].cause, "evidence": evidence})
     records.sort(key=lambda r: (r["start"], r["group"]))
     return records
+
+
+def _adjacency(topo: Topology, names: np.ndarray):
+    """The call graph over ``names`` (every node of ``topo`` is one): caller row, callee
+    column, 1 per call."""
+    src = np.searchsorted(names, topo.source)
+    dst = np.searchsorted(names, topo.target)
+    m = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(names), len(names))).tocsr()
+    m.data[:] = 1.0  # a repeated edge is one call
+    return m
+
+
+#: Random walk: chance of a restart per step, and the weight of walking from a callee back
+#: to its caller (against 1 for caller to callee): a fault's callers alert because they wait
+#: on it, so the walk leans towards callees but does not stick at a leaf.
+WALK_RESTART, WALK_BACK, WALK_STEPS = 0.15, 0.3, 100
+#: An entity whose event is still open at a group's onset weighs this much in the walk's
+#: start, against an alerting member.
+OPEN_WEIGHT = 0.5
+
+
+def _candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
+                p_group: np.ndarray, p_ent: np.ndarray, p_onset: np.ndarray,
+                total: np.ndarray, big: np.ndarray, start: np.ndarray, end: np.ndarray,
+                score: np.ndarray, size: np.ndarray, ent_code: np.ndarray,
+                g_onset: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every suspect of every group, one row each: (group, entity code, block, key, onset,
+    shown score, member pair or -1, open event or -1). Members are the group's alerting
+    entities (block 0, key = :func:`rank_pairs`' score); see :data:`RANKINGS` for the rest."""
+    n_pairs, n_groups, n_names = len(p_group), len(g_onset), len(names)
+    none = np.full(n_pairs, -1, dtype=np.int64)
+    members = (p_group, p_ent, np.zeros(n_pairs, dtype=np.int64), total, p_onset, total,
+               np.arange(n_pairs), none)
+    if grouping.ranking == "members":
+        return members
+    member_keys = p_group * n_names + p_ent  # sorted: pairs come from np.unique
+    # Events still open at a group's onset (started before it, not yet ended), not members.
+    by_onset = np.argsort(g_onset, kind="stable")
+    go = g_onset[by_onset]
+    lo = np.searchsorted(go, start, side="right")
+    hi = np.searchsorted(go, end, side="right")
+    reps = np.maximum(hi - lo, 0)
+    ev_rep = np.repeat(np.arange(len(start)), reps)
+    offs = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    o_group = by_onset[np.repeat(lo, reps) + offs]
+    o_ent = ent_code[ev_rep]
+    keep = ~_contains(member_keys, o_group * n_names + o_ent) & allowed[o_ent]
+    o_group, o_ent, ev_rep = o_group[keep], o_ent[keep], ev_rep[keep]
+    # Their weight: size (against the group's largest member change) and detector score,
+    # with no onset credit (they began before the incident); one row per (group, entity).
+    w_onset, w_size, w_score, _ = grouping.weights
+    g_size = np.zeros(n_groups)
+    np.maximum.at(g_size, p_group, np.log1p(np.maximum(big, 0.0)))
+    rel = np.minimum(np.log1p(np.maximum(size[ev_rep], 0.0)) / np.maximum(g_size[o_group], 1e-12),
+                     1.0)
+    o_key = (w_size * rel + w_score * np.clip(score[ev_rep], 0, 1)) / max(
+        w_onset + w_size + w_score, 1e-12)
+    uk, inv = np.unique(o_group * n_names + o_ent, return_inverse=True)
+    best = np.full(len(uk), -1.0)
+    np.maximum.at(best, inv, o_key)
+    # The open event shown as evidence: the one with the largest weight (then the earliest).
+    pick = np.lexsort((start[ev_rep], -o_key, inv))
+    first_of = np.r_[True, inv[pick][1:] != inv[pick][:-1]][:len(pick)]
+    open_ev = np.empty(len(uk), dtype=np.int64)
+    open_ev[inv[pick][first_of]] = ev_rep[pick][first_of]
+    og, oe = uk // n_names, uk % n_names
+    g_min = np.full(n_groups, np.inf)
+    np.minimum.at(g_min, p_group, total)
+    topo = grouping.topology
+    if topo is None or grouping.ranking == "context":
+        blocks = [members, (og, oe, np.ones(len(uk), dtype=np.int64), best, start[open_ev],
+                            best * g_min[og], np.full(len(uk), -1, dtype=np.int64), open_ev)]
+        if topo is not None:
+            blocks.append(_neighbours(topo, names, allowed, np.union1d(member_keys, uk),
+                                      p_group, p_ent, total, g_min, n_groups))
+        return tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True))
+    return _walk_candidates(grouping, names, allowed, p_group, p_ent, p_onset, total,
+                            og, oe, best, open_ev, n_groups)
+
+
+def _contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Per query key, whether it is in ``sorted_keys``."""
+    j = np.searchsorted(sorted_keys, query)
+    return (j < len(sorted_keys)) & (sorted_keys[np.minimum(j, max(len(sorted_keys) - 1, 0))]
+                                     == query) if len(sorted_keys) else np.zeros(len(query),
+                                                                                 dtype=bool)
+
+
+#: The walk keeps, per group, its members and at most this many other entities (by mass);
+#: groups are walked this many (group x entity) cells at a time, to bound memory.
+WALK_KEEP, WALK_CELLS = MAX_SUSPECTS, 2_000_000
+
+
+def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
+                     p_group: np.ndarray, p_ent: np.ndarray, p_onset: np.ndarray,
+                     total: np.ndarray, og: np.ndarray, oe: np.ndarray, best: np.ndarray,
+                     open_ev: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
+    """``walk`` and ``walk_context`` suspects: a random walk with restart along the call graph
+    from each group's members (weighted by their score) and open entities (by
+    :data:`OPEN_WEIGHT` times theirs); members and the :data:`WALK_KEEP` other entities with
+    the most mass are suspects, by mass (``walk_context``: members first)."""
+    n_names = len(names)
+    # The walk is linear in where it starts: one walk per entity that starts any (members and
+    # open entities), then each group's mass is its start weights times those.
+    active = np.unique(np.r_[p_ent, oe])
+    walks = _walk_from(_adjacency(grouping.topology, names), active)  # (active, names)
+    col = np.searchsorted(active, np.r_[p_ent, oe])
+    c_member, c_open = col[:len(p_ent)], col[len(p_ent):]
+    step = max(1, WALK_CELLS // max(n_names, 1))
+    out: list[tuple[np.ndarray, ...]] = []
+    for g0 in range(0, n_groups, step):  # up to ``step`` groups at once
+        g1 = min(n_groups, g0 + step)
+        pm = (p_group >= g0) & (p_group < g1)
+        om = (og >= g0) & (og < g1)
+        weights = coo_matrix((np.r_[total[pm], OPEN_WEIGHT * best[om]],
+                              (np.r_[p_group[pm], og[om]] - g0, np.r_[c_member[pm], c_open[om]])),
+                             shape=(g1 - g0, len(active))).tocsr()
+        rows_sum = np.asarray(weights.sum(axis=1))
+        mass = np.asarray(weights @ walks) / np.where(rows_sum > 0, rows_sum, 1.0)
+        m_rows, m_cols = p_group[pm] - g0, p_ent[pm]
+        others = np.where(allowed[None, :], mass, 0.0)
+        others[m_rows, m_cols] = 0.0
+        k = min(WALK_KEEP, n_names)
+        top = np.argpartition(-others, k - 1, axis=1)[:, :k] if k else np.zeros((g1 - g0, 0),
+                                                                              dtype=np.int64)
+        t_rows = np.repeat(np.arange(g1 - g0), top.shape[1])
+        t_cols = top.ravel()
+        hit = others[t_rows, t_cols] > 0
+        t_rows, t_cols = t_rows[hit], t_cols[hit]
+        open_of = np.full(len(t_rows), -1, dtype=np.int64)
+        if om.any():
+            okeys = (og[om] - g0) * n_names + oe[om]  # sorted (from np.unique)
+            q = t_rows * n_names + t_cols
+            found = _contains(okeys, q)
+            open_of[found] = open_ev[om][np.searchsorted(okeys, q[found])]
+        rows = np.r_[m_rows, t_rows]
+        key = np.r_[mass[m_rows, m_cols], others[t_rows, t_cols]]
+        g_top = np.zeros(g1 - g0)
+        np.maximum.at(g_top, rows, key)
+        key = key / np.where(g_top > 0, g_top, 1.0)[rows]
+        n_m, n_t = int(pm.sum()), len(t_rows)
+        block = (np.zeros(n_m + n_t, dtype=np.int64) if grouping.ranking == "walk"
+                 else np.r_[np.zeros(n_m, dtype=np.int64), np.ones(n_t, dtype=np.int64)])
+        out.append((rows + g0, np.r_[m_cols, t_cols], block, key,
+                    np.r_[p_onset[pm], np.full(n_t, np.iinfo(np.int64).max)], key,
+                    np.r_[np.flatnonzero(pm), np.full(n_t, -1, dtype=np.int64)],
+                    np.r_[np.full(n_m, -1, dtype=np.int64), open_of]))
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+
+
+def _neighbours(topo: Topology, names: np.ndarray, allowed: np.ndarray, taken: np.ndarray,
+                p_group: np.ndarray, p_ent: np.ndarray,
+                total: np.ndarray, g_min: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
+    """Block 2 of ``context``: the call-graph neighbours (callers or callees) of a group's
+    alerting entities that neither alert nor are open (``taken``: their sorted group x entity
+    keys), by the summed score of their alerting neighbours (the largest shown just below the
+    group's lowest member)."""
+    n_names = len(names)
+    adj = _adjacency(topo, names)
+    both = ((adj + adj.T) > 0).astype(float)
+    member_score = coo_matrix((total, (p_group, p_ent)), shape=(n_groups, n_names)).tocsr()
+    near = (member_score @ both).tocoo()
+    flat = near.row.astype(np.int64) * n_names + near.col
+    ok = (near.data > 0) & ~_contains(taken, flat) & allowed[near.col]
+    g, e, v = near.row[ok].astype(np.int64), near.col[ok].astype(np.int64), near.data[ok]
+    top = np.zeros(n_groups)
+    np.maximum.at(top, g, v)
+    key = v / np.maximum(top[g], 1e-12)
+    none = np.full(len(g), -1, dtype=np.int64)
+    return (g, e, np.full(len(g), 2, dtype=np.int64), key,
+            np.full(len(g), np.iinfo(np.int64).max), key * g_min[g], none, none)
+
+
+def _walk_from(adj, sources: np.ndarray) -> np.ndarray:
+    """For each entity code in ``sources``, the stationary mass of a random walk with restart
+    to it on the call graph ``adj`` (caller row, callee column), up to a positive factor: the
+    walk moves to a callee (weight 1) or back to a caller (:data:`WALK_BACK`), restarts with
+    :data:`WALK_RESTART`, and a node with no call sends its mass back to the start. That
+    fixed point is (I - (1 - restart) P)^-1 e, summed here as a series of WALK_STEPS terms,
+    sources a block at a time. One row per source."""
+    n = adj.shape[0]
+    trans = (adj + WALK_BACK * adj.T).tocsr()
+    out = np.asarray(trans.sum(axis=1)).ravel()
+    inv = np.where(out > 0, 1.0 / np.where(out > 0, out, 1.0), 0.0)
+    step_matrix = ((1 - WALK_RESTART) * (trans.multiply(inv[:, None]))).T.tocsr()
+    result = np.empty((len(sources), n))
+    block = max(1, WALK_CELLS // max(n, 1))
+    for a in range(0, len(sources), block):
+        cols = sources[a:a + block]
+        e = np.zeros((n, len(cols)))
+        e[cols, np.arange(len(cols))] = 1.0
+        y = e.copy()
+        for _ in range(WALK_STEPS):  # every source of the block at once
+            y = e + step_matrix @ y
+        result[a:a + len(cols)] = y.T
+    return result
+
+
+def _context_evidence(who: str, code: int, open_event: int, events: list[Event], adj, adj_in,
+                      member_codes: np.ndarray) -> str:
+    """Why an entity that does not alert in the group is a suspect."""
+    if open_event >= 0:
+        ev = events[open_event]
+        what = (f"{ev.top_metrics[0]} z={ev.top_z[0]:.1f}" if ev.top_metrics and ev.top_z
+                else f"score {ev.score:.2f}")
+        return f"{who}: no new event; its event open since {iso(ev.start)} ({what})"
+    if adj is None:
+        return f"{who}: no event"
+    calls = int(np.isin(adj.indices[adj.indptr[code]:adj.indptr[code + 1]], member_codes).sum())
+    called = int(np.isin(adj_in.indices[adj_in.indptr[code]:adj_in.indptr[code + 1]],
+                         member_codes).sum())
+    return (f"{who}: no event; calls {calls} and is called by {called} alerting "
+            "entit(y/ies)")
 
 
 def _components(start: np.ndarray, entity: np.ndarray,

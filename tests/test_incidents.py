@@ -87,8 +87,9 @@ RANKING_CASES = [
 
 @pytest.mark.parametrize("name,events,topology,top", RANKING_CASES,
                          ids=[c[0] for c in RANKING_CASES])
-def test_ranking(name, events, topology, top):
-    assign_groups(events, Grouping(pd.Timedelta(hours=1), topology, "v1"))
+def test_members_ranking(name, events, topology, top):
+    """The alerting entities alone (the ranking kept for the benchmark's ablation)."""
+    assign_groups(events, Grouping(pd.Timedelta(hours=1), topology, "v1", ranking="members"))
     assert {e.group for e in events} == {events[0].group}
     suspects = events[0].suspects
     assert suspects[0][0] == top
@@ -97,6 +98,90 @@ def test_ranking(name, events, topology, top):
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert sorted(x for x, _ in suspects) == sorted({e.entity for e in events})
     assert events[0].evidence and events[0].evidence[0].startswith(f"{top}:")
+
+
+# frontend calls checkout and cart; checkout calls cart and payment; each runs on a host.
+HOSTED = Topology.from_edges([(a, b) for a, b in zip(CALLS.source, CALLS.target, strict=True)]
+                             + [("frontend", "10.0.0.1"), ("checkout", "10.0.0.2"),
+                                ("cart", "10.0.0.2"), ("payment", "10.0.0.3")])
+SERVICES = ("frontend", "checkout", "cart", "payment")
+
+WALK_CASES = [
+    # (name, events, topology, top suspect, entities that must be among the suspects)
+    ("an alerting entity is always first, though a quiet hub gets more walk mass",
+     [ev("frontend", 0, 10, z=5.0), ev("payment", 0, 10, z=5.0)], CALLS, None,
+     {"frontend", "payment", "checkout"}),
+    ("the quiet callee of two alerting callers is a suspect",
+     [ev("frontend", 0, 10, z=5.0), ev("checkout", 0, 10, z=5.0)], CALLS, None, {"cart"}),
+    ("a lone alerting entity stays first",
+     [ev("cart", 0, 10, z=9.0)], CALLS, "cart", {"frontend", "checkout"}),
+]
+
+
+@pytest.mark.parametrize("name,events,topology,top,among", WALK_CASES,
+                         ids=[c[0] for c in WALK_CASES])
+def test_default_ranking(name, events, topology, top, among):
+    assign_groups(events, Grouping(pd.Timedelta(hours=1), topology, "v1", entities=SERVICES))
+    suspects = events[0].suspects
+    alerting = {e.entity for e in events}
+    assert suspects[0][0] in alerting and (top is None or suspects[0][0] == top)
+    assert among <= {x for x, _ in suspects}
+    names = [x for x, _ in suspects]
+    assert names[:len(alerting)] == [x for x in names if x in alerting]  # alerting first
+    scores = [s for _, s in suspects]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert all(e.suspects == suspects for e in events)
+
+
+def test_hosts_of_the_call_graph_are_walked_through_but_never_suspects():
+    events = [ev("checkout", 0, 10, z=5.0)]
+    assign_groups(events, Grouping(GAP, HOSTED, "v1", entities=SERVICES))
+    names = [x for x, _ in events[0].suspects]
+    assert names[0] == "checkout" and "cart" in names
+    assert not any(x.startswith("10.") for x in names)
+
+
+def test_an_entity_whose_event_is_still_open_is_a_suspect_with_evidence():
+    events = [ev("cart", 0, 60, z=8.0), ev("frontend", 30, 40, z=4.0)]
+    for topology in (None, CALLS):
+        assign_groups(events, Grouping(GAP, topology, "v1", entities=SERVICES))
+        late = events[1]
+        assert late.group != events[0].group
+        names = [x for x, _ in late.suspects]
+        assert names[0] == "frontend" and "cart" in names[:3]
+        if topology is None:
+            assert names == ["frontend", "cart"]
+        line = late.evidence[names.index("cart")]
+        assert line.startswith("cart: no new event; its event open since 2026-01-05T00:00:00")
+
+
+def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch):
+    import ftml.incidents as inc
+
+    events = [ev(e, 20 * i + j, 20 * i + j + 5, z=3.0 + i + j)
+              for i in range(6) for j, e in enumerate(SERVICES[i % 3:i % 3 + 2])]
+    whole = [dataclasses.replace(e) for e in events]
+    assign_groups(whole, Grouping(GAP, HOSTED, "v1", entities=SERVICES))
+    monkeypatch.setattr(inc, "WALK_CELLS", 1)  # one group per pass
+    parts = [dataclasses.replace(e) for e in events]
+    assign_groups(parts, Grouping(GAP, HOSTED, "v1", entities=SERVICES))
+    assert [(e.group, e.suspects, e.evidence) for e in whole] == \
+        [(e.group, e.suspects, e.evidence) for e in parts]
+    assert len({e.group for e in whole}) == 6
+
+
+@pytest.mark.parametrize("ranking", ["members", "context", "walk", "walk_context"])
+def test_every_ranking_names_every_alerting_entity_of_a_small_group(ranking):
+    events = [ev("frontend", 0, 10), ev("cart", 1, 10, z=7.0)]
+    records = assign_groups(events, Grouping(GAP, CALLS, "v1", ranking=ranking,
+                                             entities=SERVICES))
+    assert {"frontend", "cart"} <= {x for x, _ in events[0].suspects}
+    assert set(records[0]["entities"]) == {"frontend", "cart"}
+
+
+def test_unknown_ranking_is_refused():
+    with pytest.raises(ValueError, match="unknown ranking"):
+        assign_groups([ev("a", 0, 5)], Grouping(GAP, None, "v1", ranking="pagerank"))
 
 
 def test_evidence_names_the_metric_and_lag():
