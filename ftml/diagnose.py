@@ -52,13 +52,22 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
       :attr:`calibration_y_`), so a pure tree leaf's 1.00 says how often such answers are right;
     - ``open_set``: an event farther from every training incident of its named cause than
       those incidents lie from each other (:attr:`distance_cut_`, in standardized signed-log
-      feature space) is ``unknown``: a fault never seen is not forced into a known one.
+      feature space) is ``unknown``: a fault never seen is not forced into a known one. The
+      cut is ``open_set_margin`` times the cause's largest nearest-sibling distance, or with
+      ``open_set_rate`` > 0 the one at which that share of training incidents (left out one at
+      a time) would be answered unknown;
+    - ``no_fault_margin`` > 0: an event named a cause that lies farther from that cause's
+      training incidents than ``no_fault_margin`` times its distance to the nearest
+      flagged-but-healthy run (:attr:`healthy_reference_`) is ``no_fault``: it looks more like
+      a false alarm than like the fault.
     """
 
     def __init__(self, *, classifier: str = _GC.classifier, max_depth: int = _GC.max_depth,
                  target_precision: float = _GC.target_precision,
                  calibrate: bool = _GC.calibrate, open_set: bool = _GC.open_set,
                  open_set_margin: float = _GC.open_set_margin,
+                 open_set_rate: float = _GC.open_set_rate,
+                 no_fault_margin: float = _GC.no_fault_margin,
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
@@ -66,6 +75,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.calibrate = calibrate
         self.open_set = open_set
         self.open_set_margin = open_set_margin
+        self.open_set_rate = open_set_rate
+        self.no_fault_margin = no_fault_margin
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
@@ -210,7 +221,17 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ref, ref_class = self._references(X, y, groups)
         self.reference_, self.reference_class_ = ref, ref_class
         self.distance_cut_ = _distance_cuts(ref, ref_class, len(self.classes_),
-                                            self.open_set_margin)
+                                            self.open_set_margin, self.open_set_rate)
+        self.healthy_reference_ = self._healthy_references(X, y, groups)
+
+    def _healthy_references(self, X, y, groups) -> np.ndarray:
+        """Each flagged-but-healthy run (a group of class no_fault) as its windows' mean
+        embedding."""
+        keep = y == NO_FAULT
+        if not keep.any():
+            return np.empty((0, X.shape[1]))
+        _, first, inv = np.unique(groups[keep], return_index=True, return_inverse=True)
+        return _group_mean(self._embed(X[keep]), inv, len(first))
 
     def _references(self, X, y, groups) -> tuple[np.ndarray, np.ndarray]:
         keep = y != NO_FAULT
@@ -220,13 +241,25 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ref = _group_mean(self._embed(X[keep]), inv, len(first))
         return ref, np.searchsorted(self.classes_, y[keep][first]).astype(np.int64)
 
-    def _distance(self, event: np.ndarray, cls: int) -> float:
-        """RMS distance of an event's mean embedding to the nearest training incident of
-        class ``cls`` (inf: none)."""
-        ref = self.reference_[self.reference_class_ == cls]
-        if not len(ref):
-            return float("inf")
-        return float(np.sqrt(((ref - event) ** 2).mean(axis=1)).min())
+    def _open_set_why(self, emb: np.ndarray, named: np.ndarray, ref: np.ndarray,
+                      ref_class: np.ndarray, cuts: np.ndarray, healthy: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Events (mean embeddings ``emb``, named class ``named``) -> their distance to the
+        nearest training incident of the named class, and whether each is ``no_fault`` by the
+        no_fault margin or ``unknown`` by the open-set cut (each only when switched on)."""
+        dist = np.full(len(named), np.inf)
+        for c in np.unique(named):  # one pass per named class: a handful
+            r = ref[ref_class == c]
+            at = named == c
+            if len(r):
+                dist[at] = _nearest(emb[at], r)
+        margin = getattr(self, "no_fault_margin", 0.0)
+        as_no_fault = np.zeros(len(named), dtype=bool)
+        if margin > 0 and len(healthy):
+            as_no_fault = dist > margin * _nearest(emb, healthy)
+        far = (dist > cuts[named]) if getattr(self, "open_set", False) \
+            else np.zeros(len(named), dtype=bool)
+        return dist, as_no_fault, far & ~as_no_fault
 
     def _leave_cause_out(self, X, y, groups) -> np.ndarray:
         """Per class: the share of its incidents answered unknown (or no_fault) by a diagnoser
@@ -240,7 +273,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                 continue
             model = self._make(y[rest]).fit(X[rest], y[rest])
             ref, ref_class = self._references(X[rest], y[rest], groups[rest])
-            cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin)
+            cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin,
+                                  self.open_set_rate)
             _, first, inv = np.unique(groups[~rest], return_index=True, return_inverse=True)
             proba = np.zeros((int((~rest).sum()), len(self.classes_)))
             proba[:, np.searchsorted(self.classes_, model.classes_)] = model.predict_proba(
@@ -249,14 +283,10 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             named = mean.argmax(axis=1)
             abstain = (self.classes_[named] == NO_FAULT) | \
                 (self._calibrated(mean.max(axis=1)) < self.min_confidence_)
-            if self.open_set:
-                emb = _group_mean(self._embed(X[~rest]), inv, len(first))
-                for j in range(len(first)):  # one per incident of the cause: tens at most
-                    r = ref[ref_class == named[j]]
-                    if len(r):
-                        d = np.sqrt(((r - emb[j]) ** 2).mean(axis=1)).min()
-                        abstain[j] |= d > cuts[named[j]]
-            out[ci] = float(abstain.mean())
+            emb = _group_mean(self._embed(X[~rest]), inv, len(first))
+            _, as_no_fault, far = self._open_set_why(emb, named, ref, ref_class, cuts,
+                                                     self.healthy_reference_)
+            out[ci] = float((abstain | as_no_fault | far).mean())
         return out
 
     # -- answering -------------------------------------------------------------------
@@ -281,7 +311,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ``no_fault``), calibrated ``confidence``, the ``raw`` top probability, ``top`` 3
         classes by probability, the ``distance`` to the nearest training incident of the
         named class and its ``distance_cut``, and ``why`` (``named``, ``no_fault``,
-        ``low_confidence`` or ``far_from_training``)."""
+        ``low_confidence``, ``looks_healthy``: the no_fault margin, or
+        ``far_from_training``)."""
         X = validate_data(self, X, dtype=np.float64, reset=False)
         proba = self.predict_proba(X).mean(axis=0)
         order = np.argsort(-proba, kind="stable")[:3]
@@ -290,15 +321,22 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         cause, raw = top[0]
         conf = float(self._calibrated(raw))
         distance, cut = float("nan"), float("inf")
+        as_no_fault = far = False
         if getattr(self, "reference_", None) is not None and cause != NO_FAULT:
-            distance = self._distance(self._embed(X).mean(axis=0), best)
+            healthy = getattr(self, "healthy_reference_", np.empty((0, X.shape[1])))
+            d, nf, fr = self._open_set_why(self._embed(X).mean(axis=0)[None, :],
+                                           np.array([best]), self.reference_,
+                                           self.reference_class_, self.distance_cut_, healthy)
+            distance, as_no_fault, far = float(d[0]), bool(nf[0]), bool(fr[0])
             cut = float(self.distance_cut_[best])
         why = "named"
         if cause == NO_FAULT:
             why = "no_fault"
         elif conf < self.min_confidence_:
             cause, why = UNKNOWN, "low_confidence"
-        elif getattr(self, "open_set", False) and distance > cut:
+        elif as_no_fault:
+            cause, why = NO_FAULT, "looks_healthy"
+        elif far:
             cause, why = UNKNOWN, "far_from_training"
         return {"cause": cause, "confidence": conf, "raw": raw, "top": top,
                 "distance": distance, "distance_cut": cut, "why": why}
@@ -335,6 +373,9 @@ MIN_CALIBRATION_EVENTS = 10
 #: Per-feature spread below this (signed-log units) is taken as this: a feature constant in
 #: training must not make every later wobble infinitely far.
 MIN_SCALE = 0.1
+#: A cause's median nearest-sibling distance below this is taken as this (identical
+#: incidents must not make a zero cut).
+MIN_DISTANCE = 1e-9
 #: Bins of the expected calibration error.
 ECE_BINS = 10
 
@@ -366,13 +407,28 @@ def _scale_of(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return L.mean(axis=0), np.maximum(L.std(axis=0), MIN_SCALE)
 
 
-def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float
-                   ) -> np.ndarray:
-    """Per class: ``margin`` times the largest distance of one of its training incidents to
-    its nearest sibling (so every training incident is within it); a class with a single
-    incident gets the median of the others' cuts; no incidents (no_fault): inf."""
+def _nearest(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per point: the RMS distance to the nearest row of ``ref``."""
+    sq = (points ** 2).mean(axis=1)[:, None] + (ref ** 2).mean(axis=1)[None, :] \
+        - 2.0 * points @ ref.T / points.shape[1]
+    return np.sqrt(np.maximum(sq, 0.0)).min(axis=1)
+
+
+def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float,
+                   rate: float = 0.0) -> np.ndarray:
+    """Per class, from each training incident's distance to its nearest sibling (a
+    leave-one-out distance: how far a new incident of the cause may lie):
+
+    - ``rate`` 0: ``margin`` times the largest (every training incident is within it);
+    - ``rate`` > 0: the cause's median times the ``1 - rate`` quantile of those distances
+      divided by their cause's median, pooled over causes: about ``rate`` of the training
+      incidents would be answered unknown, and a cause with one outlying incident does not
+      widen its cut for every event.
+
+    A class with a single incident gets the median of the others' cuts; no incidents
+    (no_fault): inf."""
     cuts = np.full(n_classes, np.inf)
-    single = []
+    single, nearest = [], {}
     for c in np.unique(ref_class):
         r = ref[ref_class == c]
         if len(r) < 2:
@@ -380,7 +436,14 @@ def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margi
             continue
         d = np.sqrt(((r[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
         np.fill_diagonal(d, np.inf)
-        cuts[c] = margin * float(d.min(axis=1).max())
+        nearest[c] = d.min(axis=1)
+        cuts[c] = margin * float(nearest[c].max())
+    if rate > 0 and nearest:
+        scale = {c: max(float(np.median(s)), MIN_DISTANCE) for c, s in nearest.items()}
+        ratio = np.concatenate([s / scale[c] for c, s in nearest.items()])
+        q = float(np.quantile(ratio, 1.0 - rate, method="higher"))
+        for c in nearest:
+            cuts[c] = q * scale[c]
     finite = cuts[np.isfinite(cuts)]
     for c in single:
         cuts[c] = float(np.median(finite)) if finite.size else np.inf
