@@ -262,8 +262,9 @@ def pooled(results_list: list[dict]) -> dict:
         right = sum(r[name][0]["diag"]["accuracy"] * r[name][0]["diag"]["n"]
                     for r in results_list if r[name][0]["diag"]["n"])
         fa = sum(r[name][0].get("false_alarms", 0) for r in results_list)
-        named = sum((r[name][0]["fa_named"] or 0) * r[name][0].get("false_alarms", 0)
-                    for r in results_list)
+        # A split without false alarms has no share (NaN): it adds nothing to either count.
+        named = sum(r[name][0]["fa_named"] * r[name][0]["false_alarms"]
+                    for r in results_list if r[name][0].get("false_alarms"))
         un_n = sum(r[name][2] for r in results_list)
         un = sum((r[name][1] or 0) * r[name][2] for r in results_list)
         f1 = float(np.mean([r[name][0]["diag"]["macro_f1"] for r in results_list]))
@@ -319,6 +320,11 @@ def selection() -> None:
               f"f1 {r['diag']['macro_f1']:.3f} fa_named {r['fa_named']} "
               f"(of {r['false_alarms']}) unseen {unseen} (n={n_un}) "
               f"gap {goal_gap(r['fa_named'], unseen):.3f}")
+    import pickle
+
+    with open(Path(tempfile.gettempdir()) / "ftml-diag-selection.pkl", "wb") as fh:
+        pickle.dump({n: (r[0]["diag"], r[0]["fa_named"], r[0]["false_alarms"], r[1], r[2])
+                     for n, r in pool.items()}, fh)
     winner, verdict = choose(pool)
     print("verdicts:", verdict)
     print(f"winner: {winner}   ({time.perf_counter() - t:.0f} s)")
