@@ -111,6 +111,12 @@ class DiagnoseConfig:
     calibrate: bool = True  # confidences are out-of-fold shares right (isotonic)
     open_set: bool = True  # too far from every training incident of its cause: unknown
     open_set_margin: float = 1.25  # x the largest nearest-sibling distance of the cause
+    # > 0: the open-set cut is instead the one at which this share of training incidents
+    # (left out one at a time) would be unknown (bench/PROTOCOL_diagnosis.md, amendment 1).
+    open_set_rate: float = 0.0
+    # > 0: named but farther from the cause's incidents than this x its distance to the
+    # nearest flagged-but-healthy run: no_fault (0: off).
+    no_fault_margin: float = 0.0
 
 
 @dataclass

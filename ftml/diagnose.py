@@ -45,6 +45,9 @@ MIN_CALIBRATION_EVENTS = 10
 #: Per-feature spread below this (signed-log units) is taken as this: a feature constant in
 #: training must not make every later wobble infinitely far.
 MIN_SCALE = 0.1
+#: A cause's median nearest-sibling distance below this is taken as this (identical
+#: incidents must not make a zero cut).
+MIN_DISTANCE = 1e-9
 #: Bins of the expected calibration error.
 ECE_BINS = 10
 
@@ -76,13 +79,28 @@ def _scale_of(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return L.mean(axis=0), np.maximum(L.std(axis=0), MIN_SCALE)
 
 
-def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float
-                   ) -> np.ndarray:
-    """Per class: ``margin`` times the largest distance of one of its training incidents to
-    its nearest sibling (so every training incident is within it); a class with a single
-    incident gets the median of the others' cuts; no incidents (no_fault): inf."""
+def _nearest(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per point: the RMS distance to the nearest row of ``ref``."""
+    sq = (points ** 2).mean(axis=1)[:, None] + (ref ** 2).mean(axis=1)[None, :] \
+        - 2.0 * points @ ref.T / points.shape[1]
+    return np.sqrt(np.maximum(sq, 0.0)).min(axis=1)
+
+
+def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float,
+                   rate: float = 0.0) -> np.ndarray:
+    """Per class, from each training incident's distance to its nearest sibling (a
+    leave-one-out distance: how far a new incident of the cause may lie):
+
+    - ``rate`` 0: ``margin`` times the largest (every training incident is within it);
+    - ``rate`` > 0: the cause's median times the ``1 - rate`` quantile of those distances
+      divided by their cause's median, pooled over causes: about ``rate`` of the training
+      incidents would be answered unknown, and a cause with one outlying incident does not
+      widen its cut for every event.
+
+    A class with a single incident gets the median of the others' cuts; no incidents
+    (no_fault): inf."""
     cuts = np.full(n_classes, np.inf)
-    single = []
+    single, nearest = [], {}
     for c in np.unique(ref_class):
         r = ref[ref_class == c]
         if len(r) < 2:
@@ -90,7 +108,14 @@ def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margi
             continue
         d = np.sqrt(((r[:, None, :] - r[None, :, :]) ** 2).mean(axis=2))
         np.fill_diagonal(d, np.inf)
-        cuts[c] = margin * float(d.min(axis=1).max())
+        nearest[c] = d.min(axis=1)
+        cuts[c] = margin * float(nearest[c].max())
+    if rate > 0 and nearest:
+        scale = {c: max(float(np.median(s)), MIN_DISTANCE) for c, s in nearest.items()}
+        ratio = np.concatenate([s / scale[c] for c, s in nearest.items()])
+        q = float(np.quantile(ratio, 1.0 - rate, method="higher"))
+        for c in nearest:
+            cuts[c] = q * scale[c]
     finite = cuts[np.isfinite(cuts)]
     for c in single:
         cuts[c] = float(np.median(finite)) if finite.size else np.inf

@@ -32,6 +32,7 @@ from ftml.diagnose import (
     _class_weight,
     _distance_cuts,
     _group_mean,
+    _nearest,
     _scale_of,
     _signed_log,
     expected_calibration_error,
@@ -53,13 +54,22 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
       :attr:`calibration_y_`), so a pure tree leaf's 1.00 says how often such answers are right;
     - ``open_set``: an event farther from every training incident of its named cause than
       those incidents lie from each other (:attr:`distance_cut_`, in standardized signed-log
-      feature space) is ``unknown``: a fault never seen is not forced into a known one.
+      feature space) is ``unknown``: a fault never seen is not forced into a known one. The
+      cut is ``open_set_margin`` times the cause's largest nearest-sibling distance, or with
+      ``open_set_rate`` > 0 the one at which that share of training incidents (left out one at
+      a time) would be answered unknown;
+    - ``no_fault_margin`` > 0: an event named a cause that lies farther from that cause's
+      training incidents than ``no_fault_margin`` times its distance to the nearest
+      flagged-but-healthy run (:attr:`healthy_reference_`) is ``no_fault``: it looks more like
+      a false alarm than like the fault.
     """
 
     def __init__(self, *, classifier: str = _GC.classifier, max_depth: int = _GC.max_depth,
                  target_precision: float = _GC.target_precision,
                  calibrate: bool = _GC.calibrate, open_set: bool = _GC.open_set,
                  open_set_margin: float = _GC.open_set_margin,
+                 open_set_rate: float = _GC.open_set_rate,
+                 no_fault_margin: float = _GC.no_fault_margin,
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
@@ -67,6 +77,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.calibrate = calibrate
         self.open_set = open_set
         self.open_set_margin = open_set_margin
+        self.open_set_rate = open_set_rate
+        self.no_fault_margin = no_fault_margin
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
@@ -211,7 +223,17 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ref, ref_class = self._references(X, y, groups)
         self.reference_, self.reference_class_ = ref, ref_class
         self.distance_cut_ = _distance_cuts(ref, ref_class, len(self.classes_),
-                                            self.open_set_margin)
+                                            self.open_set_margin, self.open_set_rate)
+        self.healthy_reference_ = self._healthy_references(X, y, groups)
+
+    def _healthy_references(self, X, y, groups) -> np.ndarray:
+        """Each flagged-but-healthy run (a group of class no_fault) as its windows' mean
+        embedding."""
+        keep = y == NO_FAULT
+        if not keep.any():
+            return np.empty((0, X.shape[1]))
+        _, first, inv = np.unique(groups[keep], return_index=True, return_inverse=True)
+        return _group_mean(self._embed(X[keep]), inv, len(first))
 
     def _references(self, X, y, groups) -> tuple[np.ndarray, np.ndarray]:
         keep = y != NO_FAULT
@@ -221,13 +243,25 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ref = _group_mean(self._embed(X[keep]), inv, len(first))
         return ref, np.searchsorted(self.classes_, y[keep][first]).astype(np.int64)
 
-    def _distance(self, event: np.ndarray, cls: int) -> float:
-        """RMS distance of an event's mean embedding to the nearest training incident of
-        class ``cls`` (inf: none)."""
-        ref = self.reference_[self.reference_class_ == cls]
-        if not len(ref):
-            return float("inf")
-        return float(np.sqrt(((ref - event) ** 2).mean(axis=1)).min())
+    def _open_set_why(self, emb: np.ndarray, named: np.ndarray, ref: np.ndarray,
+                      ref_class: np.ndarray, cuts: np.ndarray, healthy: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Events (mean embeddings ``emb``, named class ``named``) -> their distance to the
+        nearest training incident of the named class, and whether each is ``no_fault`` by the
+        no_fault margin or ``unknown`` by the open-set cut (each only when switched on)."""
+        dist = np.full(len(named), np.inf)
+        for c in np.unique(named):  # one pass per named class: a handful
+            r = ref[ref_class == c]
+            at = named == c
+            if len(r):
+                dist[at] = _nearest(emb[at], r)
+        margin = getattr(self, "no_fault_margin", 0.0)
+        as_no_fault = np.zeros(len(named), dtype=bool)
+        if margin > 0 and len(healthy):
+            as_no_fault = dist > margin * _nearest(emb, healthy)
+        far = (dist > cuts[named]) if getattr(self, "open_set", False) \
+            else np.zeros(len(named), dtype=bool)
+        return dist, as_no_fault, far & ~as_no_fault
 
     def _leave_cause_out(self, X, y, groups) -> np.ndarray:
         """Per class: the share of its incidents answered unknown (or no_fault) by a diagnoser
@@ -241,7 +275,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                 continue
             model = self._make(y[rest]).fit(X[rest], y[rest])
             ref, ref_class = self._references(X[rest], y[rest], groups[rest])
-            cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin)
+            cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin,
+                                  self.open_set_rate)
             _, first, inv = np.unique(groups[~rest], return_index=True, return_inverse=True)
             proba = np.zeros((int((~rest).sum()), len(self.classes_)))
             proba[:, np.searchsorted(self.classes_, model.classes_)] = model.predict_proba(
@@ -250,14 +285,10 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             named = mean.argmax(axis=1)
             abstain = (self.classes_[named] == NO_FAULT) | \
                 (self._calibrated(mean.max(axis=1)) < self.min_confidence_)
-            if self.open_set:
-                emb = _group_mean(self._embed(X[~rest]), inv, len(first))
-                for j in range(len(first)):  # one per incident of the cause: tens at most
-                    r = ref[ref_class == named[j]]
-                    if len(r):
-                        d = np.sqrt(((r - emb[j]) ** 2).mean(axis=1)).min()
-                        abstain[j] |= d > cuts[named[j]]
-            out[ci] = float(abstain.mean())
+            emb = _group_mean(self._embed(X[~rest]), inv, len(first))
+            _, as_no_fault, far = self._open_set_why(emb, named, ref, ref_class, cuts,
+                                                     self.healthy_reference_)
+            out[ci] = float((abstain | as_no_fault | far).mean())
         return out
 
     # -- answering -------------------------------------------------------------------
@@ -282,7 +313,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         ``no_fault``), calibrated ``confidence``, the ``raw`` top probability, ``top`` 3
         classes by probability, the ``distance`` to the nearest training incident of the
         named class and its ``distance_cut``, and ``why`` (``named``, ``no_fault``,
-        ``low_confidence`` or ``far_from_training``)."""
+        ``low_confidence``, ``looks_healthy``: the no_fault margin, or
+        ``far_from_training``)."""
         X = validate_data(self, X, dtype=np.float64, reset=False)
         proba = self.predict_proba(X).mean(axis=0)
         order = np.argsort(-proba, kind="stable")[:3]
@@ -291,15 +323,22 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         cause, raw = top[0]
         conf = float(self._calibrated(raw))
         distance, cut = float("nan"), float("inf")
+        as_no_fault = far = False
         if getattr(self, "reference_", None) is not None and cause != NO_FAULT:
-            distance = self._distance(self._embed(X).mean(axis=0), best)
+            healthy = getattr(self, "healthy_reference_", np.empty((0, X.shape[1])))
+            d, nf, fr = self._open_set_why(self._embed(X).mean(axis=0)[None, :],
+                                           np.array([best]), self.reference_,
+                                           self.reference_class_, self.distance_cut_, healthy)
+            distance, as_no_fault, far = float(d[0]), bool(nf[0]), bool(fr[0])
             cut = float(self.distance_cut_[best])
         why = "named"
         if cause == NO_FAULT:
             why = "no_fault"
         elif conf < self.min_confidence_:
             cause, why = UNKNOWN, "low_confidence"
-        elif getattr(self, "open_set", False) and distance > cut:
+        elif as_no_fault:
+            cause, why = NO_FAULT, "looks_healthy"
+        elif far:
             cause, why = UNKNOWN, "far_from_training"
         return {"cause": cause, "confidence": conf, "raw": raw, "top": top,
                 "distance": distance, "distance_cut": cut, "why": why}

@@ -217,3 +217,105 @@ def test_a_diagnoser_fitted_before_these_attributes_still_answers():
         delattr(d, name)
     cause, conf, _ = d.diagnose(np.random.default_rng(1).normal((8, 0), 0.5, size=(5, 2)))
     assert cause == "cpu" and conf > 0.9
+
+
+# --------------------------------------------------------------------------- amendment 1
+
+# 1-D references (RMS distance = |difference|): class 0 at 0, 1, 2, 3, 10 (nearest-sibling
+# distances 1, 1, 1, 1, 7: one outlying incident), class 1 at 20, 22, 24 (2, 2, 2), class 2
+# a single incident; class 3 none (no_fault).
+_REF = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [20.0], [22.0], [24.0], [50.0]])
+_REF_CLASS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])
+
+
+@pytest.mark.parametrize("margin, rate, expected", [
+    # Fixed margin: the largest nearest-sibling distance: the outlier widens class 0's cut.
+    (1.0, 0.0, [7.0, 2.0, 4.5, np.inf]),
+    (1.25, 0.0, [8.75, 2.5, 5.625, np.inf]),
+    # At a target unknown rate: pooled ratios (1,1,1,1,7 | 1,1,1): the 0.8 quantile is 1, so
+    # each cause's cut is its median nearest-sibling distance; the outlier is left out.
+    (1.25, 0.2, [1.0, 2.0, 1.5, np.inf]),
+    # A rate below the outlier's share (1 of 8) keeps every training incident within.
+    (1.25, 0.1, [7.0, 14.0, 10.5, np.inf]),
+])
+def test_distance_cuts_table(margin, rate, expected):
+    from ftml.diagnose import _distance_cuts
+    cuts = _distance_cuts(_REF, _REF_CLASS, 4, margin, rate)
+    np.testing.assert_allclose(cuts, expected)
+
+
+def test_nearest_distance_is_the_brute_force_one():
+    from ftml.diagnose import _nearest
+    rng = np.random.default_rng(0)
+    p, r = rng.normal(size=(7, 5)) * 30, rng.normal(size=(4, 5)) * 30
+    brute = np.sqrt(((p[:, None, :] - r[None, :, :]) ** 2).mean(axis=2)).min(axis=1)
+    np.testing.assert_allclose(_nearest(p, r), brute, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("event, margin, open_set, no_fault, far", [
+    ((9.0,), 1.0, True, False, False),  # at its cause: named
+    ((4.0,), 1.0, True, True, False),  # 1 from a healthy run, 5 from its cause
+    ((4.0,), 0.0, True, False, True),  # margin off: beyond the cut of 2 is unknown
+    ((4.0,), 0.0, False, False, False),  # both off: named
+    ((4.0,), 10.0, True, False, True),  # 5 <= 10 x 1: not healthy enough; still far
+    ((40.0,), 1.0, True, False, True),  # far from both: unknown, not no_fault
+])
+def test_open_set_decision_table(event, margin, open_set, no_fault, far):
+    d = Diagnoser(no_fault_margin=margin, open_set=open_set)
+    ref, ref_class = np.array([[9.0], [10.0]]), np.array([0, 0])
+    healthy = np.array([[3.0], [-5.0]])
+    dist, nf, fr = d._open_set_why(np.array([event]), np.array([0]), ref, ref_class,
+                                   np.array([2.0, np.inf]), healthy)
+    assert (bool(nf[0]), bool(fr[0])) == (no_fault, far)
+    assert dist[0] == pytest.approx(min(abs(event[0] - 9.0), abs(event[0] - 10.0)))
+
+
+def test_no_fault_margin_turns_an_event_like_a_false_alarm_into_no_fault():
+    X, y, g = _clusters(0, CENTRES)
+    # Between the healthy runs (2, 2) and cpu (8, 0), nearer the former in the embedding: the
+    # tree's cpu region reaches it, the margin does not let it act.
+    event = np.random.default_rng(5).normal((6.0, 2.0), 0.3, size=(10, 2))
+    plain = Diagnoser(open_set=False).fit(X, y, groups=g)
+    margin = Diagnoser(open_set=False, no_fault_margin=1.0).fit(X, y, groups=g)
+    assert plain.diagnose(event)[0] == "cpu"
+    a = margin.assess(event)
+    assert (a["cause"], a["why"]) == (NO_FAULT, "looks_healthy")
+    assert margin.healthy_reference_.shape == (8, 2)  # one per flagged-but-healthy run
+    clear = np.random.default_rng(6).normal((8.0, 0.0), 0.3, size=(10, 2))
+    assert margin.diagnose(clear)[0] == "cpu"  # a plain fault keeps its cause
+
+
+def test_margin_and_rate_count_in_the_leave_one_cause_out_figure():
+    centres = {"cpu": (8.0, 0.0), "mem": (0.0, 8.0), "disk": (4.0, 4.0), NO_FAULT: (2.0, 2.0)}
+    X, y, g = _clusters(0, centres)
+    rates = {m: Diagnoser(open_set=False, no_fault_margin=m).fit(X, y, groups=g)
+             .unseen_unknown_rate_ for m in (0.0, 1.0)}
+    # disk, never seen, lies nearer the healthy runs than any other cause: no_fault by margin.
+    assert rates[1.0] > rates[0.0]
+
+
+def _pool(figures):
+    return {n: ({"diag": {"accuracy": acc}, "fa_named": fa}, unseen, 100)
+            for n, (acc, fa, unseen) in figures.items()}
+
+
+@pytest.mark.parametrize("figures, winner", [
+    # The candidate nearest the goals wins when it keeps accuracy.
+    ({"full": (0.92, 0.17, 0.75), "rate_cut": (0.91, 0.05, 0.85),
+      "nf_margin": (0.92, 0.12, 0.75), "rate_cut+nf_margin": (0.90, 0.05, 0.90)}, "rate_cut"),
+    # Below 0.90 accuracy: not eligible however good its gap.
+    ({"full": (0.92, 0.17, 0.75), "rate_cut": (0.85, 0.0, 1.0),
+      "nf_margin": (0.92, 0.12, 0.75), "rate_cut+nf_margin": (0.89, 0.0, 1.0)}, "nf_margin"),
+    # A gain under 0.03 of gap is not worth a change of default.
+    ({"full": (0.92, 0.17, 0.75), "rate_cut": (0.92, 0.16, 0.755),
+      "nf_margin": (0.92, 0.16, 0.75), "rate_cut+nf_margin": (0.92, 0.16, 0.755)}, "full"),
+    # More than 0.03 accuracy lost against full: not eligible.
+    ({"full": (0.97, 0.17, 0.75), "rate_cut": (0.93, 0.0, 0.9),
+      "nf_margin": (0.93, 0.0, 0.9), "rate_cut+nf_margin": (0.93, 0.0, 0.9)}, "full"),
+    # Gaps within 0.01: one mechanism over two.
+    ({"full": (0.92, 0.17, 0.75), "rate_cut": (0.91, 0.105, 0.80),
+      "nf_margin": (0.92, 0.17, 0.75), "rate_cut+nf_margin": (0.92, 0.10, 0.80)}, "rate_cut"),
+])
+def test_selection_rule_table(figures, winner):
+    from bench.bench_diagnosis import choose
+    assert choose(_pool(figures))[0] == winner
