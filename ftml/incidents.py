@@ -258,6 +258,7 @@ def _adjacency(topo: Topology, names: np.ndarray):
     column, 1 per call."""
     src = np.searchsorted(names, topo.source)
     dst = np.searchsorted(names, topo.target)
+    from scipy.sparse import coo_matrix  # lazily: scoring without a call graph needs no scipy
     m = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(names), len(names))).tocsr()
     m.data[:] = 1.0  # a repeated edge is one call
     return m
@@ -365,6 +366,7 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
         g1 = min(n_groups, g0 + step)
         pm = (p_group >= g0) & (p_group < g1)
         om = (og >= g0) & (og < g1)
+        from scipy.sparse import coo_matrix  # lazily: scoring without a call graph needs no scipy
         weights = coo_matrix((np.r_[total[pm], OPEN_WEIGHT * best[om]],
                               (np.r_[p_group[pm], og[om]] - g0, np.r_[c_member[pm], c_open[om]])),
                              shape=(g1 - g0, len(active))).tocsr()
@@ -411,6 +413,7 @@ def _neighbours(topo: Topology, names: np.ndarray, allowed: np.ndarray, taken: n
     n_names = len(names)
     adj = _adjacency(topo, names)
     both = ((adj + adj.T) > 0).astype(float)
+    from scipy.sparse import coo_matrix  # lazily: scoring without a call graph needs no scipy
     member_score = coo_matrix((total, (p_group, p_ent)), shape=(n_groups, n_names)).tocsr()
     near = (member_score @ both).tocoo()
     flat = near.row.astype(np.int64) * n_names + near.col
