@@ -74,8 +74,3 @@ def write_metrics() -> Callable[..., Path]:
     """Writer of a wide frame to .csv[.gz], .jsonl[.gz] or .parquet, wide or long layout."""
     return _write_metrics
 
-
-def pytest_collection_modifyitems(config, items):
-    # The live chaos run is the longest test and mostly waits on a wall clock: run it first, so
-    # that with `-n 2` (make test) the other worker gets through the rest of the suite meanwhile.
-    items.sort(key=lambda item: 0 if item.get_closest_marker("chaos") else 1)
