@@ -16,7 +16,9 @@ ratio). Nezha has two days only: both directions are held-out, nothing selects o
 ``R1``-``R4``: the second round's candidates (protocol amendment of 2026-12-04; none became
 the default, see bench/SELECTION_generalization.md): the two parts as tail ranks against the
 calibration slice, their max (R1) or mean (R2); R1 and the forest with per-entity thresholds
-shrunk toward the fleet's (R3, R4). Each cell: F1 (event recall / precision), FA, AUC-PR.
+shrunk toward the fleet's (R3, R4). ``X1``, ``X2``: round 2 (amendment 2026-12-04 15:25):
+the threshold from cross-fitted (out-of-fold) forest scores of the whole training period, the
+forest (X1) or R1's rank max against all training windows (X2). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -48,10 +50,17 @@ ABLATIONS = ("forest", "robust", "forest+robust", "forest|robust")
 #: max (R1) or mean (R2); R1 and the forest with per-entity thresholds shrunk to the fleet's.
 CANDIDATES = ("rank|", "rank+", "rank|/entity", "forest/entity")
 PER_ENTITY = {"rank|/entity": "rank|", "forest/entity": "forest"}
+#: Round 2 (amendment 2026-12-04 15:25): cross-fitted calibration. The forest out-of-fold on
+#: alternating time blocks of the whole training period, the threshold on all of it (X1);
+#: the same with R1's tail ranks against all training windows (X2).
+XFIT = ("xfit", "xfit rank|")
+XFIT_BLOCKS = 8
+XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
           "forest": "forest only", "robust": "robust only", "forest+robust": "both (mean)",
           "forest|robust": "both (max)", "rank|": "R1 rank max", "rank+": "R2 rank mean",
-          "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr"}
+          "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr",
+          "xfit": "X1 xfit forest", "xfit rank|": "X2 xfit rank max"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -273,6 +282,61 @@ def shifted(entity: np.ndarray, scores: np.ndarray, offsets: dict[str, float]) -
     return scores - np.where(hit, vals[idx], 0.0)
 
 
+def time_folds(entity: np.ndarray, end_ns: np.ndarray, span_ns: int,
+               n_blocks: int = XFIT_BLOCKS) -> tuple[np.ndarray, np.ndarray]:
+    """Per window, its fold (the parity of the time block its last step falls in, each
+    entity's span cut into ``n_blocks`` equal blocks) and whether it lies wholly inside that
+    block (so a fold's fit windows share no step with the other fold's windows)."""
+    fold = np.zeros(len(end_ns), dtype=np.int64)
+    inside = np.zeros(len(end_ns), dtype=bool)
+    for ent in np.unique(entity):
+        mine = entity == ent
+        e = end_ns[mine].astype(np.int64)
+        t0 = int((e - span_ns).min())
+        width = (int(e.max()) - t0 + 1) / n_blocks
+        last = np.minimum(((e - t0) / width).astype(np.int64), n_blocks - 1)
+        first = np.minimum(((e - span_ns - t0) / width).astype(np.int64), n_blocks - 1)
+        fold[mine] = last % 2
+        inside[mine] = first == last
+    return fold, inside
+
+
+def cross_fit(V: np.ndarray, fold: np.ndarray, fit_ok: np.ndarray, fit_forest,
+              min_fit: int = XFIT_MIN_FIT):
+    """Out-of-fold scores: a scorer fitted (``fit_forest(rows) -> score function``) on each
+    fold's ``fit_ok`` rows scores the other fold's rows. Returns (scores, the two scorers),
+    or None when a fold has fewer than ``min_fit`` fit rows."""
+    scorers = []
+    for k in (0, 1):
+        pick = (fold == k) & fit_ok
+        if pick.sum() < min_fit:
+            return None
+        scorers.append(fit_forest(V[pick]))
+    oof = np.empty(len(V))
+    for k in (0, 1):
+        mine = fold == k
+        if mine.any():
+            oof[mine] = scorers[1 - k](V[mine])
+    return oof, scorers
+
+
+def _fold_forest(model):
+    """A fit function: the default's forest (forest alone) on the given rows, its product
+    fit sample; returns the forest part's score function."""
+    from ftml.detect import IsolationDetector
+    from ftml.pipeline import fit_sample
+
+    dc = model.config.detect
+
+    def fit(V: np.ndarray):
+        pick = fit_sample(len(V), dc.random_state)
+        det = IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
+                                random_state=dc.random_state, ensemble="forest").fit(
+            V if pick is None else V[pick])
+        return lambda X: det.component_scores(X)[0]
+    return fit
+
+
 def _judge(entity, end_ns, scores, threshold, model, incidents, days) -> tuple[dict, float]:
     from ftml.detect import build_events
     from ftml.evaluate import auc_pr, event_metrics, window_labels
@@ -319,6 +383,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     t_cut = pd.Timestamp(model.manifest["training"]["calibration_start"]).value
     span_ns = (model.featurizer.window - 1) * int(model.step.value)
     fit_v, cal_v, cal_rz, cal_ent, cal_end = [], [], [], [], []
+    all_v, all_ent, all_end = [], [], []
     cal_parts: dict[str, list] = {k: [] for k in ABLATIONS}
     for w in model.featurizer.iter_windows(data):
         V = _view(w.X, n_met, stats)
@@ -331,7 +396,13 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             cal_parts[k].append(part)
         cal_ent.append(w.entity[cal])
         cal_end.append(w.end_ns[cal])
+        all_v.append(V.astype(np.float32))
+        all_ent.append(w.entity)
+        all_end.append(w.end_ns)
     fit_V, cal_V = np.vstack(fit_v), np.vstack(cal_v)
+    tr_V = np.vstack(all_v)
+    tr_entity, tr_end_ns = np.concatenate(all_ent), np.concatenate(all_end)
+    del all_v
     cal_entity, cal_end_ns = np.concatenate(cal_ent), np.concatenate(cal_end)
     scorers: dict[str, PyodScorer] = {}
     seconds: dict[str, float] = {}
@@ -368,9 +439,32 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         cal_fa[kind] = (count_false_alarms(cal_entity, cal_end_ns, s, thresholds[kind],
                                            model.event_rules, int(model.step.value), spans),
                         cal_fa[base][1])
+    # Round 2: cross-fitted calibration over the whole training period.
+    tr_clean = ~_touches(tr_entity, tr_end_ns, span_ns, spans)
+    fold, inside = time_folds(tr_entity, tr_end_ns, span_ns)
+    t0 = time.perf_counter()
+    xfit = cross_fit(tr_V, fold, tr_clean & inside, _fold_forest(model))
+    xfit_scorers = None
+    if xfit is None:  # too little training time for two folds: the default's columns
+        for kind, base in zip(XFIT, ("forest", "rank|"), strict=True):
+            thresholds[kind], cal_fa[kind] = thresholds[base], cal_fa[base]
+    else:
+        oof, xfit_scorers = xfit
+        tr_robust = tr_V[:, -2].astype(np.float64)
+        xranks = (TailRank(oof[tr_clean]), TailRank(tr_robust[tr_clean]))
+        tr_scores = {"xfit": oof, "xfit rank|": rank_scores(oof, tr_robust, xranks, "rank|")}
+        for kind, s in tr_scores.items():
+            thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
+                                 rules=model.event_rules,
+                                 tail=model.config.detect.threshold_tail).fit(
+                tr_entity, tr_end_ns, s, int(model.step.value), spans)
+            thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
+                                                              thr.entity_days_)
+    seconds["xfit"] = seconds["xfit rank|"] = time.perf_counter() - t0
+    del tr_V
     # The judged period.
     test = read_metrics([split_dir / "test.parquet"], read, model.metrics)
-    te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS)}
+    te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS, "xfit")}
     for w in model.featurizer.iter_windows(test):
         V = _view(w.X, n_met, stats)
         te_ent.append(w.entity)
@@ -382,6 +476,11 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             t0 = time.perf_counter()
             te_scores[kind].append(sc.score(V))
             seconds[kind] += time.perf_counter() - t0
+        if xfit_scorers is not None and len(V):
+            t0 = time.perf_counter()
+            Vf = V.astype(np.float32)  # as the folds' windows were stored and scored
+            te_scores["xfit"].append(0.5 * (xfit_scorers[0](Vf) + xfit_scorers[1](Vf)))
+            seconds["xfit"] += time.perf_counter() - t0
     entity, end_ns = np.concatenate(te_ent), np.concatenate(te_end)
     days = entity_days_of(test.frame, test.step)
     judged = {k: np.concatenate(v) for k, v in te_scores.items() if v}
@@ -391,8 +490,12 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         judged[how] = rank_scores(judged["forest"], judged["robust"], ranks, how)
     for kind, base in PER_ENTITY.items():
         judged[kind] = shifted(entity, judged[base], offsets[kind])
+    if xfit_scorers is None:
+        judged["xfit"], judged["xfit rank|"] = judged["forest"], judged["rank|"]
+    else:
+        judged["xfit rank|"] = rank_scores(judged["xfit"], judged["robust"], xranks, "rank|")
     out = {}
-    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES):
+    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
@@ -480,8 +583,8 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                vs=LABELS[best], recall=f.recall, precision=f.precision, fa_cal=f.fa_cal,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
-               **{LABELS[k]: _cell(counts[k]) for k in (*BASELINES, *ABLATIONS, *CANDIDATES)
-                  if k in counts},
+               **{LABELS[k]: _cell(counts[k])
+                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT) if k in counts},
                seconds=round(f.seconds, 1))
 
 

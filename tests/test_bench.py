@@ -414,3 +414,62 @@ def test_entity_offsets_shrink_each_own_threshold_toward_the_fleets(days, weight
     unseen = shifted(np.array(["other"], dtype=object), np.array([1.0]), off)
     assert unseen[0] == 1.0  # an entity with no calibration keeps the fleet threshold
     assert count_false_alarms(ent, end, s, 4.0, EventRules(), 60 * 10**9, {}) == 3
+
+
+# Round 2 (protocol amendment 2026-12-04 15:25): cross-fitted calibration.
+
+@pytest.mark.parametrize(("span", "end", "fold", "inside"), [
+    (0, 9, 0, True),  # 4 blocks of 10 steps over 0..39: the first block
+    (0, 10, 1, True),  # the second block: the other fold
+    (0, 39, 1, True),  # the last block (4th): fold 1
+    (3, 7, 0, True),  # windows of 3 steps: span -3..39, blocks of 10.75
+    (3, 10, 1, False),  # ends in block 1, starts in block 0: not a fit window
+    (3, 12, 1, True),
+    (0, 1010, 1, True),  # entity b: its own span (1000..1039), its own blocks
+    (0, 1005, 0, True),
+])
+def test_time_folds_alternate_blocks_of_each_entitys_span(span, end, fold, inside):
+    from bench.bench_generalization import time_folds
+
+    t = np.r_[np.arange(40), np.arange(1000, 1040)].astype(np.int64)
+    ent = np.array(["a"] * 40 + ["b"] * 40, dtype=object)
+    f, i = time_folds(ent, t, span, n_blocks=4)
+    k = int(np.flatnonzero(t == end)[0])
+    assert (f[k], i[k]) == (fold, inside)
+    assert set(np.unique(f)) == {0, 1}
+
+
+def _mean_scorer(rows):
+    m = float(rows[:, 0].mean())
+    return lambda X: np.full(len(X), m)
+
+
+@pytest.mark.parametrize(("fit_ok", "min_fit", "want"), [
+    # rows 0-3 fold 0 (values 1, 2, 3, 4), rows 4-7 fold 1 (10, 20, 30, 40)
+    ([1] * 8, 1, [25.0] * 4 + [2.5] * 4),  # each fold scored by the other fold's fit
+    ([1, 1, 0, 0, 1, 0, 0, 1], 1, [25.0] * 4 + [1.5] * 4),  # only fit rows fit
+    ([1, 1, 0, 0, 1, 0, 0, 1], 3, None),  # a fold with too few fit rows: no cross-fit
+])
+def test_cross_fit_scores_each_fold_by_the_others_fit(fit_ok, min_fit, want):
+    from bench.bench_generalization import cross_fit
+
+    V = np.array([1, 2, 3, 4, 10, 20, 30, 40], dtype=float)[:, None]
+    fold = np.array([0] * 4 + [1] * 4)
+    got = cross_fit(V, fold, np.array(fit_ok, dtype=bool), _mean_scorer, min_fit=min_fit)
+    if want is None:
+        assert got is None
+    else:
+        assert got[0] == pytest.approx(want)
+        assert len(got[1]) == 2
+
+
+def test_fold_forest_is_the_defaults_forest_and_scores_an_outlier_higher():
+    from bench.bench_generalization import _fold_forest
+    from ftml.config import DetectConfig
+
+    rng = np.random.default_rng(0)
+    V = rng.normal(size=(2000, 4))
+    model = types.SimpleNamespace(config=types.SimpleNamespace(detect=DetectConfig()))
+    score = _fold_forest(model)(V)
+    s = score(np.array([[0.0] * 4, [8.0] * 4]))
+    assert s[1] > s[0] + 0.2
