@@ -29,7 +29,6 @@ from ftml.io import (
     read_incidents,
     read_metrics,
     to_ns,
-    write_table,
 )
 from ftml.pipeline import (
     MIN_FIT_WINDOWS,
@@ -47,6 +46,7 @@ from ftml.pipeline import (
     detector_of,
     featurizer_of,
     few_windows_cause,
+    finish_scoring,
     finish_training,
     fit_diagnoser,
     fit_sample,
@@ -56,15 +56,11 @@ from ftml.pipeline import (
     incident_of_rows,
     incident_windows,
     progress,
-    publish_events,
     remember_dropped,
     require_fit_windows,
     screen_metrics,
     split_windows,
-    unseen_entities,
     utc_text,
-    write_events,
-    write_groups,
 )
 from ftml.playbooks import playbook_matcher
 
@@ -349,16 +345,11 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
             events.extend(model.to_event(r) for r in scorer.frame(frame, since, until))
             bar.update(1)
     events.extend(model.to_event(r) for r in builder.flush())
-    groups = publish_events(events, matcher, grouping)
-    write_events(events, out)
-    write_groups(groups, groups_out)
-    table = None
-    if windows_out is not None:
-        table = scorer.window_table()
-        write_table(table, windows_out)
-    return ScoreResult(events, scorer.n_windows, len(scorer.entities), scorer.n_rows,
-                       round(time.perf_counter() - started, 3), table, scorer.n_flagged,
-                       unseen_entities(model, scorer.entities), groups)
+    return finish_scoring(model, events, matcher=matcher, grouping=grouping, out=out,
+                          groups_out=groups_out, windows_out=windows_out,
+                          window_table=scorer.window_table, windows=scorer.n_windows,
+                          entities=scorer.entities, rows=scorer.n_rows,
+                          flagged=scorer.n_flagged, started=started)
 
 
 def _local_only(scheduler: Any) -> None:

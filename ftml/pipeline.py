@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from ftml.features import (
     window_view,
 )
 from ftml.incidents import Grouping, assign_groups, groups_table
-from ftml.io import MetricData, label_times, to_ns, write_records
+from ftml.io import MetricData, label_times, to_ns, write_records, write_table
 
 if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
     from ftml.detect import IsolationDetector
@@ -344,6 +345,27 @@ def write_groups(groups: list[dict], out: str | Path | None) -> None:
     """One row per incident group to ``out``, atomically; nothing when ``out`` is None."""
     if out is not None:
         write_records(groups_table(groups), out)
+
+
+def finish_scoring(model: Model, events: list[Event], *, matcher, grouping: Grouping | None,
+                   out: str | Path | None, groups_out: str | Path | None,
+                   windows_out: str | Path | None, window_table, windows: int,
+                   entities: Iterable[str], rows: int, flagged: int | None,
+                   started: float) -> ScoreResult:
+    """The end of a scoring run, local and Dask alike: groups and playbooks on the events,
+    events, groups and (``windows_out``) the per-window table written atomically, and the
+    result. ``window_table``: a callable, called only when the table is wanted."""
+    groups = publish_events(events, matcher, grouping)
+    write_events(events, out)
+    write_groups(groups, groups_out)
+    table = None
+    if windows_out is not None:
+        table = window_table()
+        write_table(table, windows_out)
+    entities = list(entities)
+    return ScoreResult(events, windows, len(entities), rows,
+                       round(time.perf_counter() - started, 3), table, flagged,
+                       unseen_entities(model, entities), groups)
 
 
 # --------------------------------------------------------------------------- training

@@ -18,17 +18,14 @@ from ftml.distributed.index import _index
 from ftml.distributed.slices import TASK_ROWS, Task, index_table, margins, plan, read_task_rows
 from ftml.events import Event
 from ftml.incidents import grouping_for
-from ftml.io import expand_paths, normalise, to_ns, write_table
+from ftml.io import expand_paths, normalise, to_ns
 from ftml.pipeline import (
     SCORE_CHUNK_ROWS,
     ScoreResult,
     WindowRecorder,
     WindowScorer,
-    publish_events,
-    unseen_entities,
+    finish_scoring,
     window_table,
-    write_events,
-    write_groups,
 )
 from ftml.playbooks import playbook_matcher
 
@@ -144,13 +141,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                                     AHEAD_PER_THREAD * threads, "scoring", quiet):
             collector.add(res)
     events = collector.finish()
-    groups = publish_events(events, matcher, grouping)
-    write_events(events, out)
-    write_groups(groups, groups_out)
-    table = None
-    if windows_out is not None:
-        table = collector.window_table()
-        write_table(table, windows_out)
-    return ScoreResult(events, collector.windows, len(collector.entities), collector.rows,
-                       round(time.perf_counter() - started, 3), table, collector.flagged,
-                       unseen_entities(model, collector.entities), groups)
+    return finish_scoring(model, events, matcher=matcher, grouping=grouping, out=out,
+                          groups_out=groups_out, windows_out=windows_out,
+                          window_table=collector.window_table, windows=collector.windows,
+                          entities=collector.entities, rows=collector.rows,
+                          flagged=collector.flagged, started=started)
