@@ -94,6 +94,7 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
            "incidents", "writers"],
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
     "distributed": ["cluster", "index", "slices", "scoring", "training"],
+    "simulate": ["catalog", "worlds", "fleet", "logs", "files"],
     # The parts of the online loop never reach the loop (``loop``: Watcher) composed of them.
     "watch": ["waker", "config", "results", "health", "metrics", "buffers", "book", "alerts",
               "scoring", "polling", "workers", "checkpoint", "server", "lifecycle", "loop"],
