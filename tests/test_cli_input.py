@@ -90,7 +90,7 @@ TRAIN_CASES = {
     "unknown layout": ("metrics.csv", b"timestamp,entity,metric\n2026-01-05T00:00:00Z,a,cpu\n",
                        ["unknown layout", "'value'"]),
     "plain CSV named .csv.gz": ("metrics.csv.gz", small_csv([]).encode(), ["not gzip"]),
-    "gzip named .csv": ("metrics.csv", gzip.compress(small_csv([]).encode()),
+    "gzip named .csv": ("metrics.csv", gzip.compress(small_csv([]).encode(), mtime=0),
                         ["gzip-compressed", ".csv.gz"]),
     "ragged row": ("metrics.csv", small_csv(["2026-01-05T00:10:00Z,web-1,1,2,3"]).encode(),
                    ["line 22", "5 fields"]),
@@ -203,7 +203,7 @@ def test_score_rejects_missing_metric(tmp_path, model_dir):
 
 
 @pytest.mark.parametrize("name,content,expected", [
-    ("metrics.csv", gzip.compress(small_csv([]).encode()), ["gzip-compressed"]),
+    ("metrics.csv", gzip.compress(small_csv([]).encode(), mtime=0), ["gzip-compressed"]),
     ("metrics.csv.gz", small_csv([]).encode(), ["not gzip"]),
     ("metrics.parquet", b"PAR1 not really", ["truncated"]),
     ("metrics.csv", small_csv(["2026-01-05T00:10:00Z,web-1,1,2,3"]).encode(), ["line 22"]),
