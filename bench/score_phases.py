@@ -71,11 +71,11 @@ WHERE = {
     "trailing level": ("trailing_level", ["ftml.features.featurizer", "ftml.features"], False),
     "complete windows": ("complete_windows", ["ftml.features.featurizer", "ftml.features"],
                          False),
-    "forest view": ("window_view", ["ftml.pipeline"], False),
+    "forest view": ("window_view", ["ftml.pipeline.scoring"], False),
     "gate": ("select", ["FlagGate"], False),
-    "event features": ("window_stats", ["ftml.pipeline"], False),
+    "event features": ("window_stats", ["ftml.pipeline.scoring"], False),
     "diagnose": ("to_event", ["Model"], False),
-    "events file": ("write_events", ["ftml.pipeline"], False),
+    "events file": ("write_events", ["ftml.pipeline.scoring"], False),
 }
 
 

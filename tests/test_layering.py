@@ -95,6 +95,7 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
     "distributed": ["cluster", "index", "slices", "scoring", "training"],
     "simulate": ["catalog", "worlds", "fleet", "logs", "files"],
+    "pipeline": ["progress", "plan", "screen", "scoring", "training"],
     # The parts of the online loop never reach the loop (``loop``: Watcher) composed of them.
     "watch": ["waker", "config", "results", "health", "metrics", "buffers", "book", "alerts",
               "scoring", "polling", "workers", "checkpoint", "server", "lifecycle", "loop"],

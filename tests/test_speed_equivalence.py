@@ -257,8 +257,8 @@ def _reference_fit(data, incidents, config):
     fit_w = w.take((w.end_ns < t_cut) & ~touched)
     cal_w = w.take(w.end_ns >= t_cut)
     rng = np.random.default_rng(dc.random_state)
-    if len(fit_w) > pipeline.MAX_FIT_WINDOWS:
-        fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), pipeline.MAX_FIT_WINDOWS, replace=False)))
+    if len(fit_w) > pipeline.training.MAX_FIT_WINDOWS:
+        fit_w = fit_w.take(np.sort(rng.choice(len(fit_w), pipeline.training.MAX_FIT_WINDOWS, replace=False)))
     m = len(fz.metrics_)
     det = IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
                            random_state=dc.random_state).fit(
@@ -281,7 +281,7 @@ def test_training_on_the_windows_it_needs_gives_the_full_featurization_model(tmp
     from ftml.io import read_incidents
 
     incidents = read_incidents(incidents_path, data.entities, config.read)
-    monkeypatch.setattr(pipeline, "MAX_FIT_WINDOWS", 3000)  # the sample path too
+    monkeypatch.setattr(pipeline.training, "MAX_FIT_WINDOWS", 3000)  # the sample path too
     model, info = api.fit_model(data, incidents, config)
     fz, det, thr, n_fit, n_cal = _reference_fit(data, incidents, config)
     assert info["training"]["fit_windows"] == n_fit

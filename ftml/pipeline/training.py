@@ -1,374 +1,41 @@
-"""The one pipeline core that every driver runs: local batch, chunked batch, Dask and watch.
-
-Drivers differ only in where rows come from and where events go; what happens to the rows is
-written once, here:
-
-- **row plan** (:func:`carry_steps`): how many raw rows before a window its features need.
-- **scoring** (:class:`WindowScorer`): normalised frames -> complete windows (one block loop,
-  :meth:`ftml.features.Featurizer.window_blocks`) -> forest scores -> one gate
-  (:class:`ftml.detect.FlagGate`) -> the :class:`ftml.detect.EventBuilder` (or any sink with
-  its ``push``).
-- **training** (the phase functions below, and :class:`TrainInfo`): which windows fit the
-  forest, which calibrate the threshold, which teach the diagnoser; local training runs them on
-  one frame, Dask training on entity groups, and both finish with :func:`finish_training`.
-"""
+"""Training phases: which windows fit the forest, which calibrate the threshold, which teach
+the diagnoser; local training runs them on one frame, Dask training on entity groups, and both
+finish with :func:`finish_training` (its facts in :class:`TrainInfo`)."""
 
 from __future__ import annotations
 
-import copy
-import sys
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ftml.bundle import Model
-from ftml.config import RUN_GAP_NS, Config, DetectConfig, FeatureConfig, ReadConfig
-from ftml.detect import AlarmThreshold, EventRules, FlagGate
+from ftml.config import RUN_GAP_NS, Config, DetectConfig
+from ftml.detect import AlarmThreshold
 from ftml.diagnose import NO_FAULT
 from ftml.errors import InputError
-from ftml.events import Event
 from ftml.features import (
     Featurizer,
-    Windows,
     detector_view,
-    metric_presence,
-    metrics_to_drop,
     stats_view,
-    window_stats,
-    window_view,
 )
-from ftml.incidents import Grouping, assign_groups, groups_table
-from ftml.io import MetricData, label_times, to_ns, write_records, write_table
+from ftml.io import label_times, to_ns
+from ftml.pipeline.plan import event_rules_of
+from ftml.pipeline.progress import progress, with_progress
 
 if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
     from ftml.detect import IsolationDetector
     from ftml.diagnose import Diagnoser
 
-# Rows a batch score holds at most per chunk by default.
-SCORE_CHUNK_ROWS = 1_000_000
 # Windows the detector is fitted on: a sample is as good as all (each tree sees max_samples).
 MAX_FIT_WINDOWS = 100_000
 # Calibration windows featurized and scored at a time (memory stays bounded).
 CAL_BLOCK_WINDOWS = 262_144
-# Rows of a normalised chunk standardised and featurized at a time.
-FEATURE_BLOCK_ROWS = 131_072
 # Fewer normal windows than this before the calibration cut cannot fit a forest.
 MIN_FIT_WINDOWS = 50
 
 
-def progress(total: int | None, desc: str, quiet: bool, unit: str = "chunk"):
-    """A progress bar on stderr; ``disable=None`` draws only on a terminal, so logs and pipes
-    stay clean."""
-    return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr,
-                leave=False, unit=unit)
-
-
-class Stages:
-    """On a terminal, one line naming the stage of training that runs and the time so far:
-    the stages are long (seconds each on millions of rows) and have no steps to count."""
-
-    def __init__(self, names: list[str], quiet: bool):
-        self.bar = tqdm(total=len(names), disable=True if quiet else None, file=sys.stderr,
-                        leave=False, bar_format="training: {desc} ({n}/{total} done, {elapsed})")
-        self.started = False
-
-    def __call__(self, name: str) -> None:
-        if self.started:
-            self.bar.update(1)
-        self.started = True
-        self.bar.set_description_str(name)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-TRAIN_STAGES = ["reading metrics", "baselines", "forest", "calibration", "diagnosis",
-                "writing the bundle"]
-
-
-def with_progress(items: Iterable, bar) -> Iterator:
-    with bar:
-        for x in items:
-            yield x
-            bar.update(1)
-
-
-# --------------------------------------------------------------------------- row plan
-
-
-def window_history(featurizer: Featurizer, read: ReadConfig) -> int:
-    """Steps of raw rows before a window's end that its features depend on: its own rows and
-    its levels' span (``history_steps``), the row before (a counter's rate), and for a gap at
-    its start up to ``max_fill_steps`` rows back to the reading that fills it, plus one. A Dask
-    slice reads this many steps before it."""
-    return int(featurizer.history_steps) + int(read.max_fill_steps) + 2
-
-
-def carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
-    """Raw rows of an entity kept for the windows not yet final: a window waits up to
-    ``max_fill_steps`` steps for a gap at its end to be filled or not, and then needs its
-    :func:`window_history`. Chunked scoring carries this many rows from chunk to chunk and
-    watch keeps this many per entity."""
-    return window_history(featurizer, read) + int(read.max_fill_steps)
-
-
-def featurizer_of(fc: FeatureConfig) -> Featurizer:
-    """An unfitted featurizer with the settings of a ``FeatureConfig``."""
-    return Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,
-                      level_window=fc.level_window, level_clip=fc.level_clip)
-
-
-def detector_of(dc: DetectConfig) -> IsolationDetector:
-    from ftml.detect import IsolationDetector
-
-    return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
-                             random_state=dc.random_state, ensemble=dc.ensemble)
-
-
-def event_rules_of(dc: DetectConfig) -> EventRules:
-    return EventRules(min_windows=dc.min_windows, of_windows=dc.of_windows,
-                      merge_gap=dc.merge_gap, cooldown=dc.cooldown)
-
-
-def gate_of(model: Model) -> FlagGate:
-    """The gate in front of a model's event builder."""
-    return FlagGate(rules=model.event_rules, threshold=model.threshold,
-                    step_ns=int(model.step.value))
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-class EventSink(Protocol):
-    """Where gated windows go: an :class:`~ftml.detect.EventBuilder`, or a recorder that keeps
-    them for another process's builder (Dask)."""
-
-    def push(self, entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray,
-             payload: np.ndarray) -> list: ...
-
-
-class WindowRecorder:
-    """An :class:`EventSink` that keeps what it is pushed (the windows an event could use,
-    with their features), to be pushed later into a builder elsewhere."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple] = []
-
-    def push(self, entity, end_ns, scores, payload) -> list:
-        self.parts.append((entity, end_ns, scores, payload))
-        return []
-
-    def arrays(self, n_payload: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(entity, end_ns, scores, payload) of everything pushed, in push order."""
-        if not self.parts:
-            return (np.empty(0, object), np.empty(0, np.int64), np.empty(0),
-                    np.empty((0, n_payload)))
-        entity, end_ns, scores = (np.concatenate([p[k] for p in self.parts]) for k in range(3))
-        return entity, end_ns, scores, np.vstack([p[3] for p in self.parts])
-
-
-_NEVER = np.iinfo(np.int64).min
-_END_OF_TIME = np.iinfo(np.int64).max
-
-
-@dataclass
-class ScoredBlock:
-    """One block of scored windows (sorted by entity, then time), as drivers see it."""
-
-    entity: np.ndarray  # names (object)
-    end_ns: np.ndarray
-    scores: np.ndarray
-    flags: np.ndarray
-
-
-class WindowScorer:
-    """Normalised frames -> windows -> scores -> gate -> event sink: the scoring core.
-
-    Every window is scored from the stats the forest sees alone. Only the windows the gate
-    (:class:`~ftml.detect.FlagGate`) lets through go on to the sink, with all their features:
-    the builder gives the same events as with every window, for a fraction of the features and
-    of its work. :meth:`frame` takes a chunk with, per entity, the time after which its windows
-    are new and up to which they are final, so the same windows come out exactly once however
-    the rows are chunked. ``emit=False`` scores windows only to teach the gate their flags (a
-    Dask task does that for the windows just before its slice)."""
-
-    def __init__(self, model: Model, sink: EventSink, *, keep_blocks: bool = False,
-                 gate: FlagGate | None = None):
-        self.model = model
-        self.sink = sink
-        self.keep_blocks = keep_blocks
-        self.gate = gate if gate is not None else gate_of(model)
-        self.stats = list(model.config.detect.stats)
-        self.n_windows = 0
-        self.n_flagged = 0  # windows at or over the threshold
-        self.n_rows = 0  # rows of the normalised input, each counted once
-        self.entities: set[str] = set()
-        self.blocks: list[ScoredBlock] = []
-        self._newest: dict[str, int] = {}  # each entity's newest row counted
-
-    def frame(self, frame: pd.DataFrame, since: dict[str, int] | None,
-              until: dict[str, int] | None, *, emit: bool = True) -> list:
-        """Score one normalised chunk (windows after ``since`` and up to ``until`` per entity;
-        None: no bound); returns what the sink returned (closed events, for a builder)."""
-        model, fz = self.model, self.model.featurizer
-        w = fz.window
-        names = [str(c) for c in frame["entity"].cat.categories]
-        if emit:
-            self._count_rows(frame, names)
-        out: list = []
-        seen = np.zeros(len(names), dtype=bool)
-        for blk in fz.window_blocks(frame, FEATURE_BLOCK_ROWS, since=since, until=until):
-            end, z, values, c = blk.end, blk.z, blk.values, blk.codes
-            if not len(end):
-                continue
-            win = None
-            if model.scores_from_stats:
-                scores = model.detector.anomaly_score(window_view(z, end, w, self.stats))
-            else:  # a model that scores (or keeps) windows its own way gets them whole
-                win = Windows(window_stats(z, end, w, fz.stats), blk.names[c], blk.end_ns, blk.rows,
-                              values[end])
-                scores = np.asarray(model.score_windows(win))
-            if not emit:
-                self.gate.select(blk.names[c], blk.end_ns, scores)
-                continue
-            self.n_windows += len(end)
-            seen[c] = True
-            flags = scores >= model.threshold
-            self.n_flagged += int(np.count_nonzero(flags))
-            near = self.gate.select(blk.names[c], blk.end_ns, scores)
-            if near.any():
-                e = end[near]
-                if win is None:  # what Model.payload gives: all features, then last values
-                    payload = np.hstack([window_stats(z, e, w, fz.stats), values[e]])
-                else:
-                    payload = model.payload(win.take(near))
-                out.extend(self.sink.push(blk.names[c[near]], blk.end_ns[near], scores[near],
-                                          payload))
-            if self.keep_blocks:
-                self.blocks.append(ScoredBlock(blk.names[c], blk.end_ns, scores, flags))
-        self.entities.update(np.asarray(names, dtype=object)[seen].tolist())
-        return out
-
-    def _count_rows(self, frame: pd.DataFrame, names: list[str]) -> None:
-        # Rows carried over from the chunk before were counted there.
-        codes = frame["entity"].cat.codes.to_numpy().astype(np.int64)
-        ts = to_ns(frame["timestamp"])
-        if not len(ts):
-            return
-        before = np.array([self._newest.get(n, _NEVER) for n in names], dtype=np.int64)
-        self.n_rows += int((ts > before[codes]).sum())
-        newest = np.full(len(names), _NEVER, dtype=np.int64)
-        np.maximum.at(newest, codes, ts)
-        for n, t in zip(names, newest.tolist(), strict=True):
-            if t != _NEVER:
-                self._newest[n] = max(t, self._newest.get(n, _NEVER))
-
-    def window_table(self) -> pd.DataFrame:
-        """Every scored window: entity, timestamp, score, flag (sorted by entity, time)."""
-        return window_table(self.blocks)
-
-
-def window_table(blocks: list[ScoredBlock]) -> pd.DataFrame:
-    if not blocks:
-        return pd.DataFrame({"entity": [], "timestamp": [], "score": [], "flag": []})
-    table = pd.DataFrame({
-        "entity": np.concatenate([b.entity for b in blocks]).astype(str),
-        "timestamp": pd.to_datetime(np.concatenate([b.end_ns for b in blocks]), unit="ns",
-                                    utc=True),
-        "score": np.concatenate([b.scores for b in blocks]),
-        "flag": np.concatenate([b.flags for b in blocks])})
-    return table.sort_values(["entity", "timestamp"], kind="stable").reset_index(drop=True)
-
-
-@dataclass
-class ScoreResult:
-    events: list[Event]
-    windows: int
-    entities: int
-    rows: int
-    seconds: float
-    window_table: pd.DataFrame | None = None
-    flagged: int | None = None  # windows at or over the threshold (None: not counted)
-    unseen: list[str] = field(default_factory=list)  # entities scored on the fleet baseline
-    groups: list[dict] = field(default_factory=list)  # one record per incident group
-
-
-def unseen_entities(model: Model, names: Iterable[str]) -> list[str]:
-    """Of these entities, those the model has no baseline of (sorted): they are scored
-    against the fleet's fallback baseline (:class:`ftml.features.Baseline`)."""
-    names = sorted(map(str, names))
-    known = model.featurizer.baseline_.entity_index(names)
-    return [n for n, k in zip(names, known.tolist(), strict=True) if k < 0]
-
-
-def unseen_entities_warning(model: Model, unseen: list[str], of: int | None = None
-                            ) -> str | None:
-    """The one line for entities not seen in training, and the baseline they get (None:
-    there are none); ``of``: how many entities were scored, when known."""
-    if not unseen:
-        return None
-    shown = ", ".join(unseen[:10]) + (f" and {len(unseen) - 10} more" if len(unseen) > 10
-                                      else "")
-    hours = ", per hour of day" if model.featurizer.baseline_.by_hour else ""
-    one = len(unseen) == 1 and not of
-    count = f"{len(unseen)} of {of} entities were" if of else (
-        f"{len(unseen)} entit{'y was' if one else 'ies were'}")
-    return (f"{count} not in training and {'is' if one else 'are'} scored against the "
-            f"fleet-wide baseline (all training entities pooled{hours}): {shown}")
-
-
-def write_events(events: list[Event], out: str | Path | None) -> None:
-    """Events to ``out`` (jsonl, csv or parquet), atomically; nothing when ``out`` is None."""
-    if out is not None:
-        write_records([e.to_dict() for e in events], out)
-
-
-def publish_events(events: list[Event], matcher, grouping: Grouping | None = None
-                   ) -> list[dict]:
-    """Scored events, in place: each gets its incident group (:mod:`ftml.incidents`) and
-    recommended playbook, sorted by entity and start (local and Dask scoring alike). Returns
-    the group records."""
-    groups = assign_groups(events, grouping)
-    for ev in events:
-        ev.playbook = matcher(ev)
-    events.sort(key=lambda e: (e.entity, e.start))
-    return groups
-
-
-def write_groups(groups: list[dict], out: str | Path | None) -> None:
-    """One row per incident group to ``out``, atomically; nothing when ``out`` is None."""
-    if out is not None:
-        write_records(groups_table(groups), out)
-
-
-def finish_scoring(model: Model, events: list[Event], *, matcher, grouping: Grouping | None,
-                   out: str | Path | None, groups_out: str | Path | None,
-                   windows_out: str | Path | None, window_table, windows: int,
-                   entities: Iterable[str], rows: int, flagged: int | None,
-                   started: float) -> ScoreResult:
-    """The end of a scoring run, local and Dask alike: groups and playbooks on the events,
-    events, groups and (``windows_out``) the per-window table written atomically, and the
-    result. ``window_table``: a callable, called only when the table is wanted."""
-    groups = publish_events(events, matcher, grouping)
-    write_events(events, out)
-    write_groups(groups, groups_out)
-    table = None
-    if windows_out is not None:
-        table = window_table()
-        write_table(table, windows_out)
-    entities = list(entities)
-    return ScoreResult(events, windows, len(entities), rows,
-                       round(time.perf_counter() - started, 3), table, flagged,
-                       unseen_entities(model, entities), groups)
-
-
-# --------------------------------------------------------------------------- training
 
 
 @dataclass
@@ -410,54 +77,6 @@ class TrainInfo:
                 "dropped_metrics": dropped}
 
 
-# --------------------------------------------------------------------------- metric screen
-
-
-def screen_metrics(data: MetricData, read: ReadConfig, window: int) -> MetricData:
-    """``data`` without the metrics that cannot help (:func:`ftml.features.metrics_to_drop`):
-    empty, constant, almost always missing, or with gaps that cost one entity many of its
-    ``window``-step windows. They join ``data.dropped`` (text columns the reader left out are
-    there already)."""
-    codes, names = data.entity_codes()
-    drop = metrics_to_drop([metric_presence(data.values(), codes, names, window)], data.metrics,
-                           read.drop_missing_fraction, read.drop_gappy_fraction)
-    return without_metrics(data, drop)
-
-
-def without_metrics(data: MetricData, drop: dict[str, str]) -> MetricData:
-    dropped = {**data.dropped, **drop}
-    keep = [m for m in data.metrics if m not in drop]
-    require_metrics(keep, dropped, data.sources[0] if len(data.sources) == 1 else "metrics")
-    frame = data.frame.drop(columns=list(drop)) if drop else data.frame
-    return MetricData(frame, data.step, keep, data.sources, dropped)
-
-
-def require_metrics(usable: list[str], dropped: dict[str, str], source: str) -> None:
-    if not usable:
-        raise InputError(f"no metric can be used: {dropped_text(dropped)}", source=source,
-                         hint="give metrics that vary and are mostly present")
-
-
-def dropped_text(dropped: dict[str, str]) -> str:
-    return ", ".join(f"{m} ({why})" for m, why in dropped.items())
-
-
-def dropped_warning(dropped: dict[str, str]) -> str | None:
-    """The one stderr line for metrics training left out (None: none)."""
-    if not dropped:
-        return None
-    n = len(dropped)
-    return f"left out {n} metric{'s' if n > 1 else ''} that cannot help: {dropped_text(dropped)}"
-
-
-def remember_dropped(config: Config, dropped: dict[str, str]) -> Config:
-    """The config a model keeps: the user's, with the dropped metrics excluded from reading,
-    so that scoring, evaluation and watch ignore them where present and need them nowhere."""
-    if not dropped:
-        return config
-    out = copy.deepcopy(config)
-    out.read.exclude = list(out.read.exclude) + [m for m in dropped if m not in out.read.exclude]
-    return out
 
 
 def incident_of_rows(codes: np.ndarray, names: list[str], t_ns: np.ndarray,

@@ -1,0 +1,59 @@
+"""The row plan (how many raw rows before a window its features need) and the pieces a model's
+configuration builds: featurizer, detector, event rules, gate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ftml.bundle import Model
+from ftml.config import DetectConfig, FeatureConfig, ReadConfig
+from ftml.detect import EventRules, FlagGate
+from ftml.features import (
+    Featurizer,
+)
+
+if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
+    from ftml.detect import IsolationDetector
+
+
+
+
+def window_history(featurizer: Featurizer, read: ReadConfig) -> int:
+    """Steps of raw rows before a window's end that its features depend on: its own rows and
+    its levels' span (``history_steps``), the row before (a counter's rate), and for a gap at
+    its start up to ``max_fill_steps`` rows back to the reading that fills it, plus one. A Dask
+    slice reads this many steps before it."""
+    return int(featurizer.history_steps) + int(read.max_fill_steps) + 2
+
+
+def carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
+    """Raw rows of an entity kept for the windows not yet final: a window waits up to
+    ``max_fill_steps`` steps for a gap at its end to be filled or not, and then needs its
+    :func:`window_history`. Chunked scoring carries this many rows from chunk to chunk and
+    watch keeps this many per entity."""
+    return window_history(featurizer, read) + int(read.max_fill_steps)
+
+
+def featurizer_of(fc: FeatureConfig) -> Featurizer:
+    """An unfitted featurizer with the settings of a ``FeatureConfig``."""
+    return Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,
+                      level_window=fc.level_window, level_clip=fc.level_clip)
+
+
+def detector_of(dc: DetectConfig) -> IsolationDetector:
+    from ftml.detect import IsolationDetector
+
+    return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
+                             random_state=dc.random_state, ensemble=dc.ensemble)
+
+
+def event_rules_of(dc: DetectConfig) -> EventRules:
+    return EventRules(min_windows=dc.min_windows, of_windows=dc.of_windows,
+                      merge_gap=dc.merge_gap, cooldown=dc.cooldown)
+
+
+def gate_of(model: Model) -> FlagGate:
+    """The gate in front of a model's event builder."""
+    return FlagGate(rules=model.event_rules, threshold=model.threshold,
+                    step_ns=int(model.step.value))
+
