@@ -1,7 +1,8 @@
 """The live chaos lab, short and sped up (0.5 s steps): four real instances of the example
 service under load, a model trained on their own history (their figures plus ftml's ``local``
 source), ``ftml watch --mode auto`` as its own process over them, and three faults injected
-one at a time: a memory leak, a bad config change and slow responses.
+one at a time: a memory leak, a bad config change and slow responses; then two disturbances
+that are not faults, a deploy and a traffic burst, which may raise an alert but no action.
 
 Each must be detected, diagnosed right, acted on once with its playbook (a real restart, a
 rollback of the config to its last good recovery point, a page) and verified recovered; no
@@ -105,6 +106,22 @@ def test_every_action_is_its_playbook_recorded_first_and_did_what_it_says(chaos)
     assert [p["kind"] for p in chaos["pages"] if p["event_id"] == slow.event_id] == \
         ["notify", "escalate"]
     assert slow.verified_by == "lab" and slow.operator_fixed_at is not None
+
+
+def test_benign_disturbances_get_an_alert_at_most_and_no_action(chaos):
+    # After the faults: a deploy (the restart script, as a release runs it) and a traffic
+    # burst (a second load generator), each on a quiet instance. Neither is a fault, so no
+    # playbook may run for it, whatever the detector made of it.
+    why = chaos["why"]
+    assert [b.kind for b in chaos["benign"]] == ["deploy", "burst"], why
+    for b in chaos["benign"]:
+        assert b.ended_at > b.started_at
+        acted = [x for x in records(chaos, kind="decision", decision="act")
+                 if x["entity"] == b.entity and b.started_at <= x["at"]]
+        assert b.actions == 0 and not acted, f"{b.kind}: {acted}\n{why}"
+    s = chaos["summary"]
+    assert s["benign"] == 2 and s["benign_actions"] == 0, why
+    assert "Benign disturbances" in chaos["report"]
 
 
 def test_nothing_is_left_running(chaos):

@@ -4,6 +4,9 @@
     python -m examples.live.chaos                 # make chaos: 12 faults, 1 s steps
     python -m examples.live.chaos --faults 4 --step 0.5 --keep   # quicker; keep the run folder
 
+After the faults, benign disturbances (a deploy's restart, a traffic burst) are injected the same
+way: an alert on them is allowed, an action is a wrong action (``--benign none`` skips them).
+
 Prints one line per fault, the figures (detection rate, diagnosis accuracy, recovery success,
 MTTR median and max, wrong and repeated actions, false alarms), the goals met or missed, and
 the audit trail. Exit code 0 when every goal is met, 1 when one is missed, 2 on a failure of
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.live.lab import (
+    BENIGN,
     KINDS,
     Lab,
     LabError,
@@ -72,7 +76,8 @@ def run(settings: Settings, faults: int, root: str | Path, log=None,
     timings["total_s"] = time.monotonic() - started
     return {"results": results, "summary": summary, "report": text, "history": history,
             "model": model, "timings": timings, "audit": audit, "pages": pages,
-            "alerts": alerts, "playbooks": playbooks, "left_running": left,
+            "alerts": alerts, "benign": list(lab.benign), "playbooks": playbooks,
+            "left_running": left,
             "goals": goals_met(summary)}
 
 
@@ -85,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-per-kind", type=int, default=3,
                    help="labelled faults of each kind in the training history (default 3)")
     p.add_argument("--kinds", default=",".join(KINDS), help="fault kinds, comma-separated")
+    p.add_argument("--benign", default=",".join(BENIGN),
+                   help="benign disturbances after the faults, comma-separated, or 'none' "
+                        f"(default {','.join(BENIGN)}): an alert at most, never an action")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
@@ -94,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         p.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+    benign = tuple(k.strip() for k in args.benign.split(",") if k.strip() not in ("", "none"))
+    unknown = [k for k in benign if k not in BENIGN]
+    if unknown:
+        p.error(f"unknown disturbances {unknown}; known: {', '.join(BENIGN)}")
     settings = replace(Settings(), step=args.step, services=args.services, kinds=kinds,
-                       train_per_kind=args.train_per_kind)
+                       train_per_kind=args.train_per_kind, benign=benign)
 
     def terminate(signum, frame):  # run the lab's clean-up, as Ctrl-C does
         raise KeyboardInterrupt

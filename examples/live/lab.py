@@ -72,6 +72,10 @@ HOST = "live"  # entity prefix of the local source: live/NAME
 #: ``mem_used_pct`` (rss_mb again, but a young process sampled mid-start looks like a
 #: collapse). Every metric the detector sees and that no fault moves only adds noise.
 SERVICE_METRICS = ("latency_p50_ms", "error_rate", "rss_mb")
+#: Disturbances that are not faults: a deploy (the instance restarted, as the history's
+#: planned restarts) and a traffic burst (more clients for a while). Either may raise an
+#: alert; neither may run a playbook.
+BENIGN = ("deploy", "burst")
 LOCAL_METRICS = ("cpu_pct",)
 
 
@@ -92,6 +96,9 @@ class Settings:
     tail_steps: int = 90  # normal history after the last one (calibrates the threshold)
     deadline_steps: int = 90  # live: a fault not recovered by then has failed
     operator_delay: float = 0.0  # seconds the on-call takes to act on a page
+    benign: tuple[str, ...] = BENIGN  # after the faults, one of each, one at a time
+    burst_factor: float = 2.0  # a burst adds this many times the usual clients ...
+    burst_steps: int = 12  # ... for this long
 
     min_windows: int = 4  # an event opens when this many ...
     of_windows: int = 6  # ... of the last this many windows are anomalous
@@ -204,6 +211,23 @@ class FaultResult:
         return None if t is None else t - self.injected_at
 
 
+@dataclass
+class BenignResult:
+    """What a disturbance that is not a fault led to: alerts are allowed, actions are not."""
+
+    index: int
+    kind: str
+    entity: str
+    started_at: float
+    ended_at: float | None = None
+    alerts: list[str] = field(default_factory=list)  # ids of alerts that opened on it
+    first_cause: str | None = None  # the cause on the first of them
+    actions: int = 0  # act decisions on the instance during it: each a wrong action
+
+    def since(self, t: float | None) -> float | None:
+        return None if t is None else t - self.started_at
+
+
 class LabError(RuntimeError):
     pass
 
@@ -238,6 +262,7 @@ class Lab:
         self._sampler: threading.Thread | None = None
         self._stop = threading.Event()
         self.stray_actions: list[dict[str, Any]] = []
+        self.benign: list[BenignResult] = []
         self.calibration_fraction = 0.25
         self.alarm_threshold = 1.0  # the model's, once trained
         self._logs: list[Any] = []  # log files handed to children
@@ -409,6 +434,27 @@ class Lab:
             self.points.create(inst.checkpoint, [inst.config], good=True)
         else:
             self.switch(inst, "none")
+
+    def disturb(self, inst: Instance, kind: str) -> None:
+        """A benign disturbance, returning when it is over: a deploy restarts the instance
+        through the restart script (as a release would); a burst sends ``burst_factor`` times
+        the usual load for ``burst_steps`` steps from a second load generator."""
+        if kind == "deploy":
+            self.restart(inst)
+        elif kind == "burst":
+            s = self.s
+            burst = subprocess.Popen(
+                [PY, str(HERE / "loadgen.py"), "--rate", f"{s.rate * s.burst_factor:g}",
+                 "--threads", "4", "--swing", "0", "--out",
+                 str(self.root / "services" / "burst.jsonl"), inst.url],
+                stdin=subprocess.DEVNULL, stdout=self._log_file("burst.log"),
+                stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                sleep(s.burst_steps * s.step)
+            finally:
+                stop_group(burst)
+        else:
+            raise LabError(f"unknown disturbance {kind!r}")
 
     def stats(self, inst: Instance) -> dict[str, Any]:
         with urllib.request.urlopen(f"{inst.url}/stats", timeout=2.0) as resp:
@@ -848,9 +894,37 @@ class Lab:
                     self.active.pop(inst.entity, None)
             self.log("  " + describe(r))
             results.append(r)
+        self.benign = self.run_benign()
         self.settle()
         self.attribute(results)
         return results
+
+    def run_benign(self) -> list[BenignResult]:
+        """Each of ``Settings.benign`` once, on the instances in turn, each after the instance
+        is quiet; then as long as a fault's windows would take to open an event, be diagnosed
+        and be acted on. What the watcher did meanwhile is collected by :meth:`attribute`."""
+        s = self.s
+        out = []
+        for i, kind in enumerate(s.benign):
+            inst = self.instances[i % len(self.instances)]
+            self.wait_ready(inst)
+            b = BenignResult(index=i + 1, kind=kind, entity=inst.entity, started_at=time.time())
+            self.log(f"benign {i + 1}/{len(s.benign)}: {kind} on {inst.name}")
+            self.disturb(inst, kind)
+            sleep(s.fade + (s.window + s.of_windows + 2 * s.rules["merge_gap"]) * s.step)
+            b.ended_at = time.time()
+            self.read_alerts()
+            seen = self._benign_alerts(b)
+            self.log("  " + (f"alerted as {', '.join(a['cause'] for a in seen)}" if seen
+                             else "no alert"))
+            out.append(b)
+        return out
+
+    def _benign_alerts(self, b: BenignResult) -> list[dict[str, Any]]:
+        """Alert records of the instance that opened while the disturbance showed."""
+        lo = b.started_at - self.s.window * self.s.step
+        return [a for a in self.alerts if a["entity"] == b.entity and a["status"] == "firing"
+                and lo <= pd.Timestamp(a["starts_at"]).timestamp() <= self.benign_end(b)]
 
     def wait_ready(self, inst: Instance) -> None:
         """Before a fault: the instance is back to normal, its last alert resolved a detector
@@ -974,6 +1048,12 @@ class Lab:
         fault's playbook) is a wrong action."""
         acts = [x for x in self.audit() if x["kind"] == "decision" and x["decision"] == "act"]
         self.stray_actions = []
+        for b in self.benign:
+            b.actions, b.alerts, b.first_cause = 0, [], None
+            for a in self._benign_alerts(b):
+                if a["id"] not in b.alerts:
+                    b.alerts.append(a["id"])
+                    b.first_cause = b.first_cause or a["cause"]
         for x in acts:
             owner = None
             for r in results:
@@ -982,6 +1062,9 @@ class Lab:
                     owner = r
             if owner is None:
                 self.stray_actions.append(x)
+                for b in self.benign:
+                    if x["entity"] == b.entity and b.started_at <= x["at"] <= self.benign_end(b):
+                        b.actions += 1
                 continue
             owner.actions += 1
             expected = EXPECTED_PLAYBOOK[owner.kind]
@@ -995,8 +1078,14 @@ class Lab:
                   if t is not None)
         return r.injected_at, end + (self.s.window + 2 * self.s.rules["merge_gap"]) * self.s.step
 
+    def benign_end(self, b: BenignResult) -> float:
+        """Until the windows no longer see the disturbance: alerts and actions then are its."""
+        return (b.ended_at or b.started_at) + (self.s.window + 2 * self.s.rules["merge_gap"]) \
+            * self.s.step
+
     def false_alarms(self, results: list[FaultResult]) -> list[dict[str, Any]]:
-        """Alerts that opened on an instance with no fault on it at the time."""
+        """Alerts that opened on an instance with no fault and no benign disturbance on it at
+        the time (those are counted with the disturbance)."""
         out, seen = [], set()
         for a in self.alerts:
             if a["status"] != "firing" or a["id"] in seen:
@@ -1005,6 +1094,8 @@ class Lab:
             start = pd.Timestamp(a["starts_at"]).timestamp()
             if any(a["entity"] == r.entity and lo - self.s.window * self.s.step <= start <= hi
                    for r in results for lo, hi in [self.fault_span(r)]):
+                continue
+            if any(a in self._benign_alerts(b) for b in self.benign):
                 continue
             out.append(a)
         return out
@@ -1039,6 +1130,9 @@ def summarize(lab: Lab, results: list[FaultResult]) -> dict[str, Any]:
         "wrong_actions": wrong,
         "repeated_actions": repeated,
         "false_alarms": len(lab.false_alarms(results)),
+        "benign": len(lab.benign),
+        "benign_alerted": sum(bool(b.alerts) for b in lab.benign),
+        "benign_actions": sum(b.actions for b in lab.benign),
         "step_s": lab.s.step,
     }
 
@@ -1049,6 +1143,7 @@ GOALS = (
     ("recovery_rate", ">=", 0.95, ">= 95 % recovered and verified"),
     ("mttr_median_s", "<=", 180.0, "median MTTR <= 3 min"),
     ("wrong_actions", "<=", 0, "no wrong actions"),
+    ("benign_actions", "<=", 0, "no action on a benign disturbance"),
     ("repeated_actions", "<=", 0, "no repeated actions"),
 )
 
@@ -1077,6 +1172,11 @@ def describe(r: FaultResult) -> str:
     if r.note:
         parts.append(r.note)
     return ", ".join(parts)
+
+
+def describe_benign(b: BenignResult) -> str:
+    said = f"alerted ({len(b.alerts)}, first as {b.first_cause})" if b.alerts else "no alert"
+    return f"{said}, {b.actions} action(s)"
 
 
 def report(lab: Lab, results: list[FaultResult], summary: dict[str, Any],
@@ -1118,10 +1218,16 @@ def report(lab: Lab, results: list[FaultResult], summary: dict[str, Any],
         f"wrong actions       {s['wrong_actions']}",
         f"repeated actions    {s['repeated_actions']}",
         f"false alarms        {s['false_alarms']} (alerts with no fault on their instance)",
+        f"benign disturbances {s['benign']} ({', '.join(b.kind for b in lab.benign) or '-'}): "
+        f"{s['benign_alerted']} alerted, {s['benign_actions']} acted on",
         "",
         "Goals: " + "; ".join(f"{text}: {'met' if ok else 'MISSED'}"
                               for text, ok in goals_met(s)),
     ]
+    if lab.benign:
+        lines += ["", "Benign disturbances (an alert is allowed, an action is not):"]
+        lines += [f"  {b.index}. {b.kind} on {b.entity.split('/')[-1]}: {describe_benign(b)}"
+                  for b in lab.benign]
     fa = lab.false_alarms(results)
     if fa:
         lines += ["", "False alarms:"]
