@@ -139,39 +139,10 @@ def fleet(tmp_path_factory):
     return tmp, load_model(tmp / "model"), live
 
 
-class _Feed:
-    """``per`` steps of rows a poll, then the end."""
-
-    name, skipped, more, exhausted = "feed", 0, False, False
-
-    def __init__(self, rows, per):
-        self.groups = [g for _, g in rows.groupby(rows["timestamp"].dt.round("60s"))]
-        self.per, self.i = per, 0
-
-    def bind(self, step, keep_steps):
-        pass
-
-    def poll(self, now):
-        part = pd.concat(self.groups[self.i:self.i + self.per]) if self.i < len(
-            self.groups) else None
-        self.i += self.per
-        self.exhausted = self.i >= len(self.groups)
-        return part
-
-    def state(self):
-        return {}
-
-    def restore(self, state):
-        pass
-
-    def close(self):
-        pass
-
-
 def _watch(per):
     def run(tmp, model, live):
         clock = FakeClock(live["timestamp"].min().timestamp())
-        w = Watcher(model, [_Feed(live, per)], clock=clock, registry=CollectorRegistry())
+        w = Watcher(model, [watch_data.Feed(live, per)], clock=clock, registry=CollectorRegistry())
         out = []
         while not w.exhausted:
             out += w.tick().resolved

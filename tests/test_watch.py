@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 import watch_data  # noqa: E402
+from watch_data import Feed  # noqa: E402
 
 from ftml import api  # noqa: E402
 from ftml.bundle import load_model  # noqa: E402
@@ -54,44 +55,6 @@ def fleet(tmp_path_factory):
     text = live.assign(timestamp=live["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
     text.to_json(tmp / "live.jsonl", orient="records", lines=True)
     return tmp, load_model(tmp / "model"), live
-
-
-class Feed:
-    """A source handing over ``per`` steps of rows per poll (all readings of a step
-    together), then ending."""
-
-    def __init__(self, rows: pd.DataFrame, per: int, name: str = "feed"):
-        slot = rows["timestamp"].dt.round("60s")
-        self.groups = [g for _, g in rows.groupby(slot, sort=True)]
-        self.per = per
-        self.i = 0
-        self.name = name
-        self.skipped = 0
-        self.more = False
-        self.exhausted = False
-        self.polls = 0
-
-    def bind(self, step, keep_steps):
-        pass
-
-    def poll(self, now):
-        self.polls += 1
-        if self.i >= len(self.groups):
-            self.exhausted = True
-            return None
-        part = pd.concat(self.groups[self.i:self.i + self.per])
-        self.i += self.per
-        self.exhausted = self.i >= len(self.groups)
-        return part
-
-    def state(self):
-        return {"i": self.i}
-
-    def restore(self, state):
-        self.i = int(state["i"])
-
-    def close(self):
-        pass
 
 
 class ListSink:

@@ -78,3 +78,41 @@ LIVE_FAULTS = (("web-1", 330, 60, "cpu_hog"), ("web-2", 460, 60, "mem_leak"),
 
 def live(n: int = 800, seed: int = 5, irregular: bool = True):
     return fleet(n, seed, LIVE_FAULTS, start="2026-02-01", irregular=irregular)
+
+
+class Feed:
+    """A source handing over ``per`` steps of rows per poll (all readings of a step
+    together), then ending."""
+
+    def __init__(self, rows: pd.DataFrame, per: int, name: str = "feed"):
+        slot = rows["timestamp"].dt.round("60s")
+        self.groups = [g for _, g in rows.groupby(slot, sort=True)]
+        self.per = per
+        self.i = 0
+        self.name = name
+        self.skipped = 0
+        self.more = False
+        self.exhausted = False
+        self.polls = 0
+
+    def bind(self, step, keep_steps):
+        pass
+
+    def poll(self, now):
+        self.polls += 1
+        if self.i >= len(self.groups):
+            self.exhausted = True
+            return None
+        part = pd.concat(self.groups[self.i:self.i + self.per])
+        self.i += self.per
+        self.exhausted = self.i >= len(self.groups)
+        return part
+
+    def state(self):
+        return {"i": self.i}
+
+    def restore(self, state):
+        self.i = int(state["i"])
+
+    def close(self):
+        pass
