@@ -60,6 +60,8 @@ TITLE = "Root cause across entities (Nezha Online Boutique, PetShop)"
 BEFORE = pd.Timedelta(minutes=1)  # a group may start this long before the labelled injection
 BARO_PRE = pd.Timedelta(minutes=30)
 KS = (1, 2, 3, 4, 5)
+#: Round 2's candidate H (bench/PROTOCOL_rca.md): the group gap, in steps, instead of 5.
+GAP2 = 2
 #: ftml settings for Nezha (chosen on the tuning direction, see the protocol above).
 CONFIG: dict = {
     "features": {"hour_of_day": False, "window": 5, "level_window": 120},
@@ -157,10 +159,14 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
                 for r in RANKINGS}
     variants["no topology"] = _group_frame(assign_groups(
         copy.deepcopy(res.events), dataclasses.replace(grouping, topology=None)))
+    # Round 2's grouping candidate H: the default ranking with a group gap of GAP2 steps.
+    variants["gap2"] = _group_frame(assign_groups(
+        copy.deepcopy(res.events), dataclasses.replace(grouping, gap=model.step * GAP2)))
     windows = res.window_table
     entities = sorted(te_frame["entity"].unique())
     ftml_all, ftml_det, top_all, baro_all, top_det, baro_det = [], [], [], [], [], []
     variant_all: dict[str, list[int | None]] = {k: [] for k in variants}
+    variant_groups: dict[str, list[int]] = {k: [] for k in variants}
     events_per, groups_per = [], []
     for inc in te_inc.itertuples(index=False):
         t = pd.Timestamp(inc.start)
@@ -182,6 +188,8 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
         baro_all.append(baro_rank)
         for key, frame in variants.items():
             v_hit = _first_group(frame, lo, hi)
+            variant_groups[key].append(int(((frame["start_ts"] >= lo) & (frame["start_ts"] <= hi))
+                                           .sum()) if len(frame) else 0)
             variant_all[key].append(_rank_of(inc.entity, [s[0] for s in v_hit["suspects"]])
                                     if v_hit is not None else None)
         if len(hit):
@@ -204,9 +212,11 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
                            vs="BARO-style", random=rand[key], highest_score=tm[key]))
     for variant, ranks in variant_all.items():
         nm = _ranks_to_metrics(ranks)
-        what = "no topology" if variant == "no topology" else f"ranking {variant}"
+        what = (variant if variant == "no topology" else
+                f"group gap {GAP2} steps" if variant == "gap2" else f"ranking {variant}")
         out.append(row(f"{label}, all faults, ablation, {what}: Avg@5", nm["avg5"],
-                       ablation_ac1=nm["ac1"], ablation_ac3=nm["ac3"]))
+                       ablation_ac1=nm["ac1"], ablation_ac3=nm["ac3"],
+                       groups_per_fault=float(np.mean(variant_groups[variant]))))
     out.append(row(f"{label}: notifications per fault, events (before grouping)",
                    float(np.mean(events_per))))
     out.append(row(f"{label}: notifications per fault, groups (after grouping)",
