@@ -93,9 +93,11 @@ class DiagnoseConfig:
     max_depth: int = 6
     target_precision: float = 0.9  # confidence cut: answers above it are this often right
     max_event_windows: int = 32  # windows of an event that the classifier looks at
-    # Events of different entities that overlap within this many steps (and, with a call
-    # graph, are connected in it) form one incident group (ftml.incidents).
-    group_gap: int = 5
+    # Events of different entities that start within this many steps of a group's first
+    # (and, with a call graph, are connected in it) form one incident group (ftml.incidents).
+    # 2, not 5, by bench/PROTOCOL_rca.md round 2: a wider gap let a group opened minutes
+    # before a fault take in the fault's own events.
+    group_gap: int = 2
     topology: str | None = None  # call graph CSV (source,target[,weight]) for grouping
     # Weights of the root-cause ranking terms (ftml.incidents.rank_scores): onset order, size
     # of the change, detector score and, with a call graph, "its callers alert, its callees

@@ -114,8 +114,13 @@ class Grouping:
 #: only; ``context``, those first, then the entities whose event is still open at the group's
 #: onset, then the alerting entities' call-graph neighbours; ``walk``, every entity by a random
 #: walk with restart from the alerting ones along the call graph; ``walk_context``, the
-#: ``context`` blocks each ordered by the walk.
-RANKINGS = ("members", "context", "walk", "walk_context")
+#: ``context`` blocks each ordered by the walk. Round 2 (variants of ``walk_context``):
+#: ``walk_lift``, the walk's mass divided by the graph's own popularity (a uniform-start walk),
+#: so that a hub is not first for being one; ``walk_recent``, an open entity weighs in the
+#: walk by exp(-age / gap) and, begun at most a gap before the group, ranks with the members;
+#: ``blend``, the members by the mean of their walk rank and their member-score rank. Without a
+#: call graph every walk ranking is ``context``.
+RANKINGS = ("members", "context", "walk", "walk_context", "walk_lift", "walk_recent", "blend")
 
 
 def grouping_for(model, topology: str | Path | None = None) -> Grouping:
@@ -329,7 +334,7 @@ def _candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
                                       p_group, p_ent, total, g_min, n_groups))
         return tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True))
     return _walk_candidates(grouping, names, allowed, p_group, p_ent, p_onset, total,
-                            og, oe, best, open_ev, n_groups)
+                            og, oe, best, open_ev, n_groups, start[open_ev], g_onset)
 
 
 def _contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -348,16 +353,28 @@ WALK_KEEP, WALK_CELLS = MAX_SUSPECTS, 2_000_000
 def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
                      p_group: np.ndarray, p_ent: np.ndarray, p_onset: np.ndarray,
                      total: np.ndarray, og: np.ndarray, oe: np.ndarray, best: np.ndarray,
-                     open_ev: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
-    """``walk`` and ``walk_context`` suspects: a random walk with restart along the call graph
-    from each group's members (weighted by their score) and open entities (by
-    :data:`OPEN_WEIGHT` times theirs); members and the :data:`WALK_KEEP` other entities with
-    the most mass are suspects, by mass (``walk_context``: members first)."""
+                     open_ev: np.ndarray, n_groups: int, open_start: np.ndarray,
+                     g_onset: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``walk``, ``walk_context`` and its variants (:data:`RANKINGS`): a random walk with restart
+    along the call graph from each group's members (weighted by their score) and open entities
+    (by :data:`OPEN_WEIGHT` times theirs; ``walk_recent``: by theirs times exp(-age / gap));
+    members and the :data:`WALK_KEEP` other entities with the most mass are suspects, by mass
+    (``walk_context``: members first; ``walk_lift``: mass over the graph's own popularity;
+    ``walk_recent``: open entities begun at most a gap before the onset rank with the members;
+    ``blend``: members by the mean of their walk rank and their member-score rank)."""
+    ranking = grouping.ranking
     n_names = len(names)
+    gap = max(int(grouping.gap.value), 1)
+    age = (g_onset[og] - open_start).astype(float)  # how long before the group it began
+    recent = (age <= gap) if ranking == "walk_recent" else np.zeros(len(og), dtype=bool)
+    open_w = (best * np.exp(-age / gap) if ranking == "walk_recent" else OPEN_WEIGHT * best)
     # The walk is linear in where it starts: one walk per entity that starts any (members and
     # open entities), then each group's mass is its start weights times those.
     active = np.unique(np.r_[p_ent, oe])
-    walks = _walk_from(_adjacency(grouping.topology, names), active)  # (active, names)
+    adj = _adjacency(grouping.topology, names)
+    walks = _walk_from(adj, active)  # (active, names)
+    if ranking == "walk_lift":
+        walks = walks / _popularity(adj, allowed)[None, :]
     col = np.searchsorted(active, np.r_[p_ent, oe])
     c_member, c_open = col[:len(p_ent)], col[len(p_ent):]
     step = max(1, WALK_CELLS // max(n_names, 1))
@@ -367,12 +384,18 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
         pm = (p_group >= g0) & (p_group < g1)
         om = (og >= g0) & (og < g1)
         from scipy.sparse import coo_matrix  # lazily: scoring without a call graph needs no scipy
-        weights = coo_matrix((np.r_[total[pm], OPEN_WEIGHT * best[om]],
+        weights = coo_matrix((np.r_[total[pm], open_w[om]],
                               (np.r_[p_group[pm], og[om]] - g0, np.r_[c_member[pm], c_open[om]])),
                              shape=(g1 - g0, len(active))).tocsr()
         rows_sum = np.asarray(weights.sum(axis=1))
         mass = np.asarray(weights @ walks) / np.where(rows_sum > 0, rows_sum, 1.0)
-        m_rows, m_cols = p_group[pm] - g0, p_ent[pm]
+        # The first block: members, and (walk_recent) the open entities begun in the lead-up.
+        rm = om & recent
+        m_rows = np.r_[p_group[pm], og[rm]] - g0
+        m_cols = np.r_[p_ent[pm], oe[rm]]
+        m_pair = np.r_[np.flatnonzero(pm), np.full(int(rm.sum()), -1, dtype=np.int64)]
+        m_open = np.r_[np.full(int(pm.sum()), -1, dtype=np.int64), open_ev[rm]]
+        m_onset = np.r_[p_onset[pm], open_start[rm]]
         others = np.where(allowed[None, :], mass, 0.0)
         others[m_rows, m_cols] = 0.0
         k = min(WALK_KEEP, n_names)
@@ -393,14 +416,58 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
         g_top = np.zeros(g1 - g0)
         np.maximum.at(g_top, rows, key)
         key = key / np.where(g_top > 0, g_top, 1.0)[rows]
-        n_m, n_t = int(pm.sum()), len(t_rows)
-        block = (np.zeros(n_m + n_t, dtype=np.int64) if grouping.ranking == "walk"
+        n_m, n_t = len(m_rows), len(t_rows)
+        shown = key
+        if ranking == "blend":
+            key, shown = _blend(m_rows, key[:n_m], total[pm], key, n_m)
+        block = (np.zeros(n_m + n_t, dtype=np.int64) if ranking == "walk"
                  else np.r_[np.zeros(n_m, dtype=np.int64), np.ones(n_t, dtype=np.int64)])
         out.append((rows + g0, np.r_[m_cols, t_cols], block, key,
-                    np.r_[p_onset[pm], np.full(n_t, np.iinfo(np.int64).max)], key,
-                    np.r_[np.flatnonzero(pm), np.full(n_t, -1, dtype=np.int64)],
-                    np.r_[np.full(n_m, -1, dtype=np.int64), open_of]))
+                    np.r_[m_onset, np.full(n_t, np.iinfo(np.int64).max)], shown,
+                    np.r_[m_pair, np.full(n_t, -1, dtype=np.int64)],
+                    np.r_[m_open, open_of]))
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+
+
+def _ranks_in_group(rows: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """1-based rank of each value within its row (group), largest first (ties: in order)."""
+    order = np.lexsort((np.arange(len(rows)), -value, rows))
+    first = np.r_[0, np.flatnonzero(rows[order][1:] != rows[order][:-1]) + 1]
+    pos = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    rank = np.empty(len(order), dtype=float)
+    rank[order] = pos + 1
+    return rank
+
+
+def _blend(m_rows: np.ndarray, m_mass: np.ndarray, m_score: np.ndarray, key: np.ndarray,
+           n_m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``blend``: the members' order key is minus the mean of their rank by walk mass and by
+    member score in the group, ties by mass (a mass term below half a rank step); shown, the
+    members' (count + 1 - mean rank) / count, so the one first on both shows 1."""
+    if not n_m:
+        return key, key
+    mean = (_ranks_in_group(m_rows, m_mass) + _ranks_in_group(m_rows, m_score)) / 2
+    count = np.bincount(m_rows)[m_rows].astype(float)
+    key, shown = key.copy(), key.copy()
+    key[:n_m] = -mean + 0.49 * m_mass  # m_mass is in 0..1: never reorders distinct means
+    shown[:n_m] = (count + 1 - mean) / count
+    return key, shown
+
+
+def _popularity(adj, allowed: np.ndarray) -> np.ndarray:
+    """``walk_lift``'s divisor: each entity's mass from the same walk started uniformly over
+    the entities that may be suspects, floored at what a start gets from its own restart (an
+    entity no walk reaches is not lifted out of nothing)."""
+    starts = np.flatnonzero(allowed)
+    if not len(starts):
+        return np.ones(adj.shape[0])
+    step_matrix = _walk_step(adj)
+    e = np.zeros(adj.shape[0])
+    e[starts] = 1.0 / len(starts)
+    pop = e.copy()
+    for _ in range(WALK_STEPS):
+        pop = e + step_matrix @ pop
+    return np.maximum(pop, 1.0 / len(starts))
 
 
 def _neighbours(topo: Topology, names: np.ndarray, allowed: np.ndarray, taken: np.ndarray,
@@ -427,6 +494,15 @@ def _neighbours(topo: Topology, names: np.ndarray, allowed: np.ndarray, taken: n
             np.full(len(g), np.iinfo(np.int64).max), key * g_min[g], none, none)
 
 
+def _walk_step(adj):
+    """One step of the walk on ``adj`` (caller row, callee column), as the matrix that maps
+    the mass on each entity to the mass it sends on, the restart taken out."""
+    trans = (adj + WALK_BACK * adj.T).tocsr()
+    out = np.asarray(trans.sum(axis=1)).ravel()
+    inv = np.where(out > 0, 1.0 / np.where(out > 0, out, 1.0), 0.0)
+    return ((1 - WALK_RESTART) * (trans.multiply(inv[:, None]))).T.tocsr()
+
+
 def _walk_from(adj, sources: np.ndarray) -> np.ndarray:
     """For each entity code in ``sources``, the stationary mass of a random walk with restart
     to it on the call graph ``adj`` (caller row, callee column), up to a positive factor: the
@@ -435,10 +511,7 @@ def _walk_from(adj, sources: np.ndarray) -> np.ndarray:
     fixed point is (I - (1 - restart) P)^-1 e, summed here as a series of WALK_STEPS terms,
     sources a block at a time. One row per source."""
     n = adj.shape[0]
-    trans = (adj + WALK_BACK * adj.T).tocsr()
-    out = np.asarray(trans.sum(axis=1)).ravel()
-    inv = np.where(out > 0, 1.0 / np.where(out > 0, out, 1.0), 0.0)
-    step_matrix = ((1 - WALK_RESTART) * (trans.multiply(inv[:, None]))).T.tocsr()
+    step_matrix = _walk_step(adj)
     result = np.empty((len(sources), n))
     block = max(1, WALK_CELLS // max(n, 1))
     for a in range(0, len(sources), block):

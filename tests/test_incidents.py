@@ -11,7 +11,14 @@ import pytest
 from ftml import api
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.incidents import Grouping, Topology, assign_groups, group_id, load_topology
+from ftml.incidents import (
+    RANKINGS,
+    Grouping,
+    Topology,
+    assign_groups,
+    group_id,
+    load_topology,
+)
 
 T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 GAP = pd.Timedelta(minutes=5)
@@ -155,28 +162,120 @@ def test_an_entity_whose_event_is_still_open_is_a_suspect_with_evidence():
         assert line.startswith("cart: no new event; its event open since 2026-01-05T00:00:00")
 
 
-def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch):
+@pytest.mark.parametrize("ranking", [r for r in RANKINGS if "walk" in r or r == "blend"])
+def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch, ranking):
     import ftml.incidents as inc
 
-    events = [ev(e, 20 * i + j, 20 * i + j + 5, z=3.0 + i + j)
+    # Some events outlast the next group's onset, so walk_recent has open entities to weigh.
+    events = [ev(e, 20 * i + j, 20 * i + j + (25 if j else 5), z=3.0 + i + j)
               for i in range(6) for j, e in enumerate(SERVICES[i % 3:i % 3 + 2])]
     whole = [dataclasses.replace(e) for e in events]
-    assign_groups(whole, Grouping(GAP, HOSTED, "v1", entities=SERVICES))
+    assign_groups(whole, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking))
     monkeypatch.setattr(inc, "WALK_CELLS", 1)  # one group per pass
     parts = [dataclasses.replace(e) for e in events]
-    assign_groups(parts, Grouping(GAP, HOSTED, "v1", entities=SERVICES))
+    assign_groups(parts, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking))
     assert [(e.group, e.suspects, e.evidence) for e in whole] == \
         [(e.group, e.suspects, e.evidence) for e in parts]
     assert len({e.group for e in whole}) == 6
 
 
-@pytest.mark.parametrize("ranking", ["members", "context", "walk", "walk_context"])
+@pytest.mark.parametrize("ranking", RANKINGS)
 def test_every_ranking_names_every_alerting_entity_of_a_small_group(ranking):
     events = [ev("frontend", 0, 10), ev("cart", 1, 10, z=7.0)]
     records = assign_groups(events, Grouping(GAP, CALLS, "v1", ranking=ranking,
                                              entities=SERVICES))
     assert {"frontend", "cart"} <= {x for x, _ in events[0].suspects}
     assert set(records[0]["entities"]) == {"frontend", "cart"}
+
+
+# Round 2 (bench/PROTOCOL_rca.md): frontend calls checkout and currency; checkout, a hub, calls
+# five services.
+STAR = Topology.from_edges([("frontend", "checkout"), ("frontend", "currency")]
+                           + [("checkout", x) for x in ("cart", "payment", "shipping", "email",
+                                                        "currency")])
+STAR_ENTITIES = ("frontend", "checkout", "cart", "payment", "shipping", "email", "currency")
+
+
+def _suspects(events: list[Event], ranking: str, **kw) -> dict[str, list[str]]:
+    """Suspect names per group's first event id, under ``ranking``, on copies of ``events``."""
+    work = [dataclasses.replace(e) for e in events]
+    assign_groups(work, Grouping(GAP, STAR, "v1", entities=STAR_ENTITIES, ranking=ranking, **kw))
+    out: dict[str, list[str]] = {}
+    for e in sorted(work, key=lambda e: e.start):
+        out.setdefault(e.group, [x for x, _ in e.suspects])
+    return out
+
+
+def test_walk_lift_does_not_put_a_hub_first_for_being_one():
+    # Three alerting entities alike in onset, size and score: the plain walk puts the hub
+    # first (every walk passes through it); lifted over the graph's own popularity it is not.
+    events = [ev("checkout", 0, 10), ev("currency", 0, 10), ev("frontend", 0, 10)]
+    (plain,) = _suspects(events, "walk_context").values()
+    (lifted,) = _suspects(events, "walk_lift").values()
+    assert plain[0] == "checkout"
+    assert lifted[0] != "checkout" and lifted[0] in {"currency", "frontend"}
+    assert set(lifted[:3]) == {"checkout", "currency", "frontend"}  # alerting still first
+
+
+def test_walk_recent_ranks_an_entity_open_since_the_lead_up_with_the_members():
+    # email's event began 4 min before frontend's group (within the 5-min gap) and still
+    # runs; shipping's began 108 min before. walk_context lists every open entity after the
+    # quiet hub's walk mass allows; walk_recent ranks email with the alerting members, and
+    # shipping, open for hours, after them.
+    events = [ev("payment", 0, 2), ev("email", 4, 60, z=8.0, score=0.9),
+              ev("frontend", 8, 12, z=2.0, score=0.5), ev("shipping", -100, 60, z=8.0, score=0.9)]
+    late = lambda by: next(v for v in by.values() if v[0] == "frontend")  # noqa: E731
+    context = late(_suspects(events, "walk_context"))
+    recent = late(_suspects(events, "walk_recent"))
+    assert context.index("checkout") < context.index("email")
+    assert recent[:2] == ["frontend", "email"]
+    assert recent.index("shipping") > recent.index("email")
+    work = [dataclasses.replace(e) for e in events]
+    assign_groups(work, Grouping(GAP, STAR, "v1", entities=STAR_ENTITIES, ranking="walk_recent"))
+    front = next(e for e in work if e.entity == "frontend")
+    assert front.evidence[1].startswith("email: no new event; its event open since "
+                                        "2026-01-05T00:04:00Z")
+
+
+def test_blend_orders_members_by_their_mean_rank():
+    # Walk: checkout (the hub), currency, frontend; member score (no graph term): currency,
+    # frontend, checkout. Mean ranks 1.5 (currency), 2 (checkout), 2.5 (frontend).
+    events = [ev("checkout", 2, 10, z=1.5, score=0.3), ev("currency", 0, 10, z=9.0, score=0.9),
+              ev("frontend", 1, 10, z=4.0, score=0.6)]
+    weights = (1.0, 1.0, 0.5, 0.0)
+    (walked,) = _suspects(events, "walk_context", weights=weights).values()
+    (members,) = _suspects(events, "members", weights=weights).values()
+    (blend,) = _suspects(events, "blend", weights=weights).values()
+    assert walked[:3] == ["checkout", "currency", "frontend"]
+    assert members == ["currency", "frontend", "checkout"]
+    assert blend[:3] == ["currency", "checkout", "frontend"]
+    work = [dataclasses.replace(e) for e in events]
+    assign_groups(work, Grouping(GAP, STAR, "v1", entities=STAR_ENTITIES, ranking="blend",
+                                 weights=weights))
+    shown = [s for _, s in work[0].suspects]
+    assert shown[:3] == [pytest.approx(5 / 6, abs=1e-4), pytest.approx(4 / 6, abs=1e-4),
+                         pytest.approx(3 / 6, abs=1e-4)]
+    assert shown == sorted(shown, reverse=True)
+
+
+def test_blend_breaks_a_tie_of_mean_ranks_by_walk_mass():
+    # With the callers-share term, checkout is second by member score: mean ranks tie at 1.5
+    # for checkout (walk 1, score 2) and currency (walk 2, score 1); the walk decides.
+    events = [ev("checkout", 1, 10, z=3.0, score=0.6), ev("currency", 0, 10, z=9.0, score=0.9),
+              ev("frontend", 2, 10, z=2.0, score=0.5)]
+    (walked,) = _suspects(events, "walk_context").values()
+    (members,) = _suspects(events, "members").values()
+    (blend,) = _suspects(events, "blend").values()
+    assert walked[:2] == ["checkout", "currency"] and members[:2] == ["currency", "checkout"]
+    assert blend[:3] == ["checkout", "currency", "frontend"]
+
+
+def test_default_group_gap_is_round_2s_choice():
+    from ftml.config import DiagnoseConfig
+
+    # bench/PROTOCOL_rca.md round 2, candidate H: 2 steps (5 let a group opened minutes
+    # before a fault take in the fault's own events).
+    assert DiagnoseConfig().group_gap == 2
 
 
 def test_unknown_ranking_is_refused():
@@ -267,14 +366,17 @@ def test_score_groups_are_the_same_however_the_input_is_chunked(tmp_path):
         assert set(r) >= {"start", "end", "entities", "suspects", "cause"}
 
 
-def test_live_grouper_gives_the_batch_groups_as_events_arrive():
+@pytest.mark.parametrize("ranking", ["walk_context", "walk_lift", "walk_recent", "blend"])
+def test_live_grouper_gives_the_batch_groups_as_events_arrive(ranking):
     from ftml.incidents import LiveGrouper
 
-    events = [ev("cart", 0, 10, z=9.0), ev("frontend", 1, 10), ev("checkout", 2, 10),
-              ev("payment", 30, 40), ev("cart", 31, 35)]
+    # checkout's event (begun 4 min before payment's group) still runs at that group's onset
+    # and at the last one's: open entities, recent and not, are ranked too.
+    events = [ev("cart", 0, 10, z=9.0), ev("frontend", 1, 10), ev("checkout", 4, 40),
+              ev("payment", 8, 20), ev("cart", 31, 35)]
     batch = [dataclasses.replace(e) for e in events]
-    assign_groups(batch, Grouping(GAP, CALLS, "v1"))
-    live = LiveGrouper(Grouping(GAP, CALLS, "v1"))
+    assign_groups(batch, Grouping(GAP, CALLS, "v1", ranking=ranking))
+    live = LiveGrouper(Grouping(GAP, CALLS, "v1", ranking=ranking))
     got = []
     for e in events:  # each event seen while open, then again with its final state
         live.assign(dataclasses.replace(e))
@@ -282,7 +384,8 @@ def test_live_grouper_gives_the_batch_groups_as_events_arrive():
         got.append(live.assign(dataclasses.replace(e)))
     assert [(g.group, g.suspects, g.evidence) for g in got] == \
         [(b.group, b.suspects, b.evidence) for b in batch]
-    assert len({g.group for g in got}) == 2
+    assert len({g.group for g in got}) == 3
+    assert "checkout" in {x for x, _ in got[3].suspects}
 
 
 def test_live_grouper_forgets_events_beyond_its_horizon():
