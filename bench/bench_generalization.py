@@ -20,7 +20,7 @@ shrunk toward the fleet's (R3, R4). ``X1``, ``X2``: round 2 (amendment 2026-12-0
 the threshold from cross-fitted (out-of-fold) forest scores of the whole training period, the
 forest (X1) or R1's rank max against all training windows (X2). ``Y1``, ``Y1s``, ``Y1X2``:
 round 3 (amendment 2026-12-06 21:54): each entity's score corrected by its own previous UTC
-day's median and spread (ftml.detect.drift), of the forest (Y1; Y1s the median shift alone)
+day's median and spread (bench/drift.py), of the forest (Y1; Y1s the median shift alone)
 or of X2 (Y1X2). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
@@ -57,7 +57,7 @@ PER_ENTITY = {"rank|/entity": "rank|", "forest/entity": "forest"}
 #: alternating time blocks of the whole training period, the threshold on all of it (X1);
 #: the same with R1's tail ranks against all training windows (X2).
 XFIT = ("xfit", "xfit rank|")
-#: Round 3 (amendment 2026-12-06 21:54): drift-following scores (ftml.detect.drift), each
+#: Round 3 (amendment 2026-12-06 21:54): drift-following scores (bench/drift.py), each
 #: entity's score corrected by its own previous UTC day: the forest's (Y1), the same without
 #: the widening (Y1s), and X2's (Y1X2).
 DRIFT = ("drift", "drift shift", "drift xfit")
@@ -474,7 +474,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     del tr_V
     # Round 3: drift-following scores, each day corrected by the entity's previous day in the
     # same scored data (training for the calibration windows, the judged period for itself).
-    from ftml.detect.drift import DRIFT_QUANTILE, drift_scores
+    from bench.drift import DRIFT_QUANTILE, drift_scores
 
     step_ns = int(model.step.value)
     tr_forest, tr_cal = np.concatenate(all_forest), np.concatenate(all_cal)

@@ -1,4 +1,5 @@
-"""Drift-following scores (bench/PROTOCOL_generalization.md, round 3): each entity's score
+"""Drift-following scores (bench/PROTOCOL_generalization.md, round 3; measured, not the
+default: bench/SELECTION_generalization.md): each entity's score
 taken down by how far its own previous UTC day sat above normal, and narrowed by how much
 wider that day spread, so that an entity whose normal moved after calibration stops raising
 alarms on its new normal from the next day on (a causal, label-free correction, like DSPOT's
