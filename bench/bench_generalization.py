@@ -18,7 +18,10 @@ the default, see bench/SELECTION_generalization.md): the two parts as tail ranks
 calibration slice, their max (R1) or mean (R2); R1 and the forest with per-entity thresholds
 shrunk toward the fleet's (R3, R4). ``X1``, ``X2``: round 2 (amendment 2026-12-04 15:25):
 the threshold from cross-fitted (out-of-fold) forest scores of the whole training period, the
-forest (X1) or R1's rank max against all training windows (X2). Each cell: F1 (event recall / precision), FA, AUC-PR.
+forest (X1) or R1's rank max against all training windows (X2). ``Y1``, ``Y1s``, ``Y1X2``:
+round 3 (amendment 2026-12-06 21:54): each entity's score corrected by its own previous UTC
+day's median and spread (bench/drift.py), of the forest (Y1; Y1s the median shift alone)
+or of X2 (Y1X2). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -54,13 +57,18 @@ PER_ENTITY = {"rank|/entity": "rank|", "forest/entity": "forest"}
 #: alternating time blocks of the whole training period, the threshold on all of it (X1);
 #: the same with R1's tail ranks against all training windows (X2).
 XFIT = ("xfit", "xfit rank|")
+#: Round 3 (amendment 2026-12-06 21:54): drift-following scores (bench/drift.py), each
+#: entity's score corrected by its own previous UTC day: the forest's (Y1), the same without
+#: the widening (Y1s), and X2's (Y1X2).
+DRIFT = ("drift", "drift shift", "drift xfit")
 XFIT_BLOCKS = 8
 XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
           "forest": "forest only", "robust": "robust only", "forest+robust": "both (mean)",
           "forest|robust": "both (max)", "rank|": "R1 rank max", "rank+": "R2 rank mean",
           "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr",
-          "xfit": "X1 xfit forest", "xfit rank|": "X2 xfit rank max"}
+          "xfit": "X1 xfit forest", "xfit rank|": "X2 xfit rank max",
+          "drift": "Y1 drift", "drift shift": "Y1s drift shift", "drift xfit": "Y1X2 drift on X2"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -383,7 +391,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     t_cut = pd.Timestamp(model.manifest["training"]["calibration_start"]).value
     span_ns = (model.featurizer.window - 1) * int(model.step.value)
     fit_v, cal_v, cal_rz, cal_ent, cal_end = [], [], [], [], []
-    all_v, all_ent, all_end = [], [], []
+    all_v, all_ent, all_end, all_forest, all_cal = [], [], [], [], []
     cal_parts: dict[str, list] = {k: [] for k in ABLATIONS}
     for w in model.featurizer.iter_windows(data):
         V = _view(w.X, n_met, stats)
@@ -399,6 +407,8 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         all_v.append(V.astype(np.float32))
         all_ent.append(w.entity)
         all_end.append(w.end_ns)
+        all_forest.append(model.detector.component_scores(V)[0])
+        all_cal.append(cal)
     fit_V, cal_V = np.vstack(fit_v), np.vstack(cal_v)
     tr_V = np.vstack(all_v)
     tr_entity, tr_end_ns = np.concatenate(all_ent), np.concatenate(all_end)
@@ -462,6 +472,34 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                                                               thr.entity_days_)
     seconds["xfit"] = seconds["xfit rank|"] = time.perf_counter() - t0
     del tr_V
+    # Round 3: drift-following scores, each day corrected by the entity's previous day in the
+    # same scored data (training for the calibration windows, the judged period for itself).
+    from bench.drift import DRIFT_QUANTILE, drift_scores
+
+    step_ns = int(model.step.value)
+    tr_forest, tr_cal = np.concatenate(all_forest), np.concatenate(all_cal)
+    pick = fit_sample_of(model, len(fit_V))
+    fit_forest = model.detector.component_scores(fit_V if pick is None else fit_V[pick])[0]
+    drift_ref = {k: tuple(np.quantile(fit_forest, [0.5, DRIFT_QUANTILE]))
+                 for k in ("drift", "drift shift")}
+    for kind, widen in (("drift", True), ("drift shift", False)):
+        s = drift_scores(tr_entity, tr_end_ns, tr_forest, step_ns, drift_ref[kind], widen)[tr_cal]
+        thr = AlarmThreshold(budget=model.config.detect.alarm_budget, rules=model.event_rules,
+                             tail=model.config.detect.threshold_tail).fit(
+            cal_entity, cal_end_ns, s, step_ns, spans)
+        thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_, thr.entity_days_)
+    if xfit is None:  # X2 fell back to the default's columns: Y1X2 falls back to Y1
+        drift_ref["drift xfit"] = drift_ref["drift"]
+        thresholds["drift xfit"], cal_fa["drift xfit"] = thresholds["drift"], cal_fa["drift"]
+    else:
+        x2 = tr_scores["xfit rank|"]
+        drift_ref["drift xfit"] = tuple(np.quantile(x2[tr_clean], [0.5, DRIFT_QUANTILE]))
+        s = drift_scores(tr_entity, tr_end_ns, x2, step_ns, drift_ref["drift xfit"])
+        thr = AlarmThreshold(budget=model.config.detect.alarm_budget, rules=model.event_rules,
+                             tail=model.config.detect.threshold_tail).fit(
+            tr_entity, tr_end_ns, s, step_ns, spans)
+        thresholds["drift xfit"], cal_fa["drift xfit"] = thr.threshold_, (thr.false_alarms_,
+                                                                          thr.entity_days_)
     # The judged period.
     test = read_metrics([split_dir / "test.parquet"], read, model.metrics)
     te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS, "xfit")}
@@ -494,14 +532,25 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         judged["xfit"], judged["xfit rank|"] = judged["forest"], judged["rank|"]
     else:
         judged["xfit rank|"] = rank_scores(judged["xfit"], judged["robust"], xranks, "rank|")
+    judged["drift"] = drift_scores(entity, end_ns, judged["forest"], step_ns, drift_ref["drift"])
+    judged["drift shift"] = drift_scores(entity, end_ns, judged["forest"], step_ns,
+                                         drift_ref["drift shift"], widen=False)
+    judged["drift xfit"] = drift_scores(entity, end_ns, judged["xfit rank|"] if xfit is not None
+                                        else judged["forest"], step_ns, drift_ref["drift xfit"])
     out = {}
-    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT):
+    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
                            m["entity_days"], cal_fa[kind][0], cal_fa[kind][1],
                            round(seconds.get(kind, 0.0), 2), [auc])
     return out
+
+
+def fit_sample_of(model, n: int):
+    from ftml.pipeline import fit_sample
+
+    return fit_sample(n, model.config.detect.random_state)
 
 
 def ensemble_scales(model, fit_V: np.ndarray) -> np.ndarray:
@@ -584,7 +633,8 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
                **{LABELS[k]: _cell(counts[k])
-                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT) if k in counts},
+                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT)
+                  if k in counts},
                seconds=round(f.seconds, 1))
 
 

@@ -473,3 +473,73 @@ def test_fold_forest_is_the_defaults_forest_and_scores_an_outlier_higher():
     score = _fold_forest(model)(V)
     s = score(np.array([[0.0] * 4, [8.0] * 4]))
     assert s[1] > s[0] + 0.2
+
+
+# --------------------------------------------------------------------------- round 3: drift
+
+_DAY = 86_400 * 10**9
+_MIN = 60 * 10**9
+
+
+def _days(values_per_day, entity="a"):
+    """Windows at 1-min steps, one UTC day per entry of ``values_per_day`` (a score array)."""
+    end = np.concatenate([d * _DAY + np.arange(len(v)) * _MIN
+                          for d, v in enumerate(values_per_day)])
+    return (np.full(len(end), entity, dtype=object), end.astype(np.int64),
+            np.concatenate(values_per_day).astype(np.float64))
+
+
+def test_drift_day_stats_are_numpys_median_and_q90_per_entity_day():
+    from bench.drift import day_stats, sorted_quantile
+
+    rng = np.random.default_rng(1)
+    e1, t1, s1 = _days([rng.random(700), rng.random(1440)], "b")
+    e2, t2, s2 = _days([rng.random(5)], "a")
+    ent, d, n, med, q = day_stats(np.r_[e1, e2], np.r_[t1, t2], np.r_[s1, s2])
+    assert list(ent) == ["a", "b", "b"] and list(d) == [0, 0, 1] and list(n) == [5, 700, 1440]
+    for i, v in enumerate((s2, s1[:700], s1[700:])):
+        assert med[i] == pytest.approx(np.quantile(v, 0.5), abs=1e-15)
+        assert q[i] == pytest.approx(np.quantile(v, 0.9), abs=1e-15)
+        assert sorted_quantile(np.sort(v), 0.9) == pytest.approx(q[i], abs=1e-15)
+
+
+@pytest.mark.parametrize("widen, day1, want", [
+    # The previous day sat .2 above the reference median, as wide: the shift alone takes the
+    # next day back to the reference day.
+    (True, lambda s: s + 0.2, lambda s: s),
+    (False, lambda s: s + 0.2, lambda s: s),
+    # A quiet day (below the reference) never raises the next day's scores: unchanged.
+    (True, lambda s: s - 0.2, lambda s: s - 0.2),
+    # Three times as wide about the same median: narrowed back by 3 (Y1), unchanged (Y1s).
+    (True, lambda s: 0.5 + 3 * (s - 0.5), lambda s: s),
+    (False, lambda s: 0.5 + 3 * (s - 0.5), lambda s: 0.5 + 3 * (s - 0.5)),
+])
+def test_drift_scores_correct_each_day_by_the_day_before(widen, day1, want):
+    from bench.drift import day_stats, drift_scores
+
+    base = np.linspace(0.4, 0.6, 1440)
+    ent, end, s = _days([day1(base), day1(base)])  # day 0 and day 1 alike
+    ref_m, ref_q = np.quantile(base, [0.5, 0.9])
+    out = drift_scores(ent, end, s, _MIN, (ref_m, ref_q), widen)
+    assert np.array_equal(out[:1440], s[:1440])  # the first day has no day before
+    _, _, _, m, q = day_stats(ent[:1440], end[:1440], s[:1440])
+    shift = max(0.0, m[0] - ref_m)
+    w = max(1.0, (q[0] - m[0]) / (ref_q - ref_m)) if widen else 1.0
+    np.testing.assert_allclose(out[1440:], ref_m + (s[1440:] - shift - ref_m) / w, atol=1e-12)
+    np.testing.assert_allclose(out[1440:], want(base), atol=1e-9)
+
+
+def test_drift_needs_a_quarter_day_before_and_the_same_entity():
+    from bench.drift import drift_scores
+
+    # a: its day 0 has 359 windows (< a quarter of 1440): day 1 unchanged; b: 360, corrected;
+    # c's high day never touches a's or b's scores (per entity).
+    e_a, t_a, s_a = _days([np.full(359, 0.9), np.full(10, 0.7)], "a")
+    e_b, t_b, s_b = _days([np.full(360, 0.9), np.full(10, 0.7)], "b")
+    e_c, t_c, s_c = _days([np.full(1440, 5.0)], "c")
+    ent, end, s = np.r_[e_c, e_b, e_a], np.r_[t_c, t_b, t_a], np.r_[s_c, s_b, s_a]
+    out = drift_scores(ent, end, s, _MIN, (0.5, 0.6))
+    got = {k: out[(ent == k) & (end >= _DAY)] for k in "ab"}
+    np.testing.assert_allclose(got["a"], 0.7)
+    np.testing.assert_allclose(got["b"], 0.7 - 0.4)
+    np.testing.assert_allclose(out[ent == "c"], 5.0)  # its first day: nothing before
