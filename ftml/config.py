@@ -119,6 +119,9 @@ class DiagnoseConfig:
     # > 0: named but farther from the cause's incidents than this x its distance to the
     # nearest flagged-but-healthy run: no_fault (0: off).
     no_fault_margin: float = 0.0
+    # Where the open-set distance is taken: "all" features, or "used": those the classifier
+    # splits on (a wide set's ignored features cannot make an event far; amendment 2).
+    open_set_space: str = "all"
 
 
 @dataclass

@@ -38,6 +38,19 @@ from ftml.diagnose import (
     expected_calibration_error,
 )
 
+#: Where the open-set distance is taken: every feature, or those the classifier splits on.
+OPEN_SET_SPACES = ("all", "used")
+
+
+def split_features(model) -> np.ndarray | None:
+    """The feature columns a fitted tree or forest splits on (sorted), or None for a
+    classifier without splits (the svm pipeline)."""
+    trees = [model] if hasattr(model, "tree_") else list(getattr(model, "estimators_", []))
+    if not trees or not all(hasattr(t, "tree_") for t in trees):
+        return None
+    used = np.concatenate([t.tree_.feature[t.tree_.feature >= 0] for t in trees])
+    return np.unique(used).astype(np.int64)
+
 
 class Diagnoser(ClassifierMixin, BaseEstimator):
     """Names the cause of windows. ``classifier`` is ``tree`` (depth-limited, readable),
@@ -57,7 +70,10 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
       feature space) is ``unknown``: a fault never seen is not forced into a known one. The
       cut is ``open_set_margin`` times the cause's largest nearest-sibling distance, or with
       ``open_set_rate`` > 0 the one at which that share of training incidents (left out one at
-      a time) would be answered unknown;
+      a time) would be answered unknown; with ``open_set_space`` ``used`` the distance is
+      taken over the features the classifier splits on only (:attr:`space_`), so features it
+      ignores (a thousand of them on a wide data set, most barely moving in training) cannot
+      make an event far;
     - ``no_fault_margin`` > 0: an event named a cause that lies farther from that cause's
       training incidents than ``no_fault_margin`` times its distance to the nearest
       flagged-but-healthy run (:attr:`healthy_reference_`) is ``no_fault``: it looks more like
@@ -70,6 +86,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                  open_set_margin: float = _GC.open_set_margin,
                  open_set_rate: float = _GC.open_set_rate,
                  no_fault_margin: float = _GC.no_fault_margin,
+                 open_set_space: str = _GC.open_set_space,
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
@@ -79,6 +96,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.open_set_margin = open_set_margin
         self.open_set_rate = open_set_rate
         self.no_fault_margin = no_fault_margin
+        self.open_set_space = open_set_space
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
@@ -110,6 +128,9 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                          f"got {self.classifier!r}")
 
     def fit(self, X, y, groups=None):
+        if self.open_set_space not in OPEN_SET_SPACES:
+            raise ValueError(f"open_set_space must be one of {', '.join(OPEN_SET_SPACES)}, "
+                             f"got {self.open_set_space!r}")
         X, y = validate_data(self, X, y, dtype=np.float64)
         self.classes_ = unique_labels(y)
         y = np.asarray(y)
@@ -124,6 +145,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             else float("nan")
         self.model_ = self._make(y).fit(X, y)
         self.scale_center_, self.scale_width_ = _scale_of(X)
+        self.space_ = self._space_of(self.model_, X.shape[1])
         self._fit_references(X, y, groups)
         self.unseen_unknown_ = self._leave_cause_out(X, y, groups)
         counts = np.array([len(np.unique(groups[y == c])) for c in self.classes_])
@@ -212,10 +234,26 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
 
     # -- open set --------------------------------------------------------------------
 
-    def _embed(self, X: np.ndarray) -> np.ndarray:
+    def _space_of(self, model, n_features: int) -> np.ndarray:
+        """The feature columns distances are taken over: every one, or with
+        ``open_set_space`` ``used`` those ``model`` splits on (all of them when it splits on
+        none, or is a classifier without splits)."""
+        if getattr(self, "open_set_space", "all") == "used":
+            used = split_features(model)
+            if used is not None and used.size:
+                return used
+        return np.arange(n_features)
+
+    def _embed(self, X: np.ndarray, space: np.ndarray | None = None) -> np.ndarray:
         """Windows -> the space distances are taken in: signed log (a fault's z of 300 and of
-        30 are both far; neither should drown every other feature), then standardized."""
-        return (_signed_log(X) - self.scale_center_) / self.scale_width_
+        30 are both far; neither should drown every other feature), then standardized, on the
+        columns ``space`` (default :attr:`space_`; every column for a diagnoser fitted
+        before it existed)."""
+        if space is None:
+            space = getattr(self, "space_", None)
+        if space is None:
+            return (_signed_log(X) - self.scale_center_) / self.scale_width_
+        return (_signed_log(X[:, space]) - self.scale_center_[space]) / self.scale_width_[space]
 
     def _fit_references(self, X, y, groups) -> None:
         """Each training incident (a group of a fault cause) as its windows' mean embedding,
@@ -226,21 +264,22 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                                             self.open_set_margin, self.open_set_rate)
         self.healthy_reference_ = self._healthy_references(X, y, groups)
 
-    def _healthy_references(self, X, y, groups) -> np.ndarray:
+    def _healthy_references(self, X, y, groups, space=None) -> np.ndarray:
         """Each flagged-but-healthy run (a group of class no_fault) as its windows' mean
         embedding."""
         keep = y == NO_FAULT
         if not keep.any():
-            return np.empty((0, X.shape[1]))
+            return np.empty((0, self._embed(X[:0], space).shape[1]))
         _, first, inv = np.unique(groups[keep], return_index=True, return_inverse=True)
-        return _group_mean(self._embed(X[keep]), inv, len(first))
+        return _group_mean(self._embed(X[keep], space), inv, len(first))
 
-    def _references(self, X, y, groups) -> tuple[np.ndarray, np.ndarray]:
+    def _references(self, X, y, groups, space=None) -> tuple[np.ndarray, np.ndarray]:
         keep = y != NO_FAULT
         if not keep.any():
-            return np.empty((0, X.shape[1])), np.empty(0, dtype=np.int64)
+            return (np.empty((0, self._embed(X[:0], space).shape[1])),
+                    np.empty(0, dtype=np.int64))
         _, first, inv = np.unique(groups[keep], return_index=True, return_inverse=True)
-        ref = _group_mean(self._embed(X[keep]), inv, len(first))
+        ref = _group_mean(self._embed(X[keep], space), inv, len(first))
         return ref, np.searchsorted(self.classes_, y[keep][first]).astype(np.int64)
 
     def _open_set_why(self, emb: np.ndarray, named: np.ndarray, ref: np.ndarray,
@@ -267,14 +306,15 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         """Per class: the share of its incidents answered unknown (or no_fault) by a diagnoser
         trained without that cause at all (NaN: not measurable, e.g. no_fault itself or fewer
         than two other classes). Uses this fit's calibration and cut, a fresh classifier and
-        fresh references."""
+        fresh references (in the fresh classifier's space)."""
         out = np.full(len(self.classes_), np.nan)
         for ci, cause in enumerate(self.classes_):
             rest = y != cause
             if cause == NO_FAULT or len(np.unique(y[rest])) < 2:
                 continue
             model = self._make(y[rest]).fit(X[rest], y[rest])
-            ref, ref_class = self._references(X[rest], y[rest], groups[rest])
+            space = self._space_of(model, X.shape[1])
+            ref, ref_class = self._references(X[rest], y[rest], groups[rest], space)
             cuts = _distance_cuts(ref, ref_class, len(self.classes_), self.open_set_margin,
                                   self.open_set_rate)
             _, first, inv = np.unique(groups[~rest], return_index=True, return_inverse=True)
@@ -285,9 +325,9 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             named = mean.argmax(axis=1)
             abstain = (self.classes_[named] == NO_FAULT) | \
                 (self._calibrated(mean.max(axis=1)) < self.min_confidence_)
-            emb = _group_mean(self._embed(X[~rest]), inv, len(first))
-            _, as_no_fault, far = self._open_set_why(emb, named, ref, ref_class, cuts,
-                                                     self.healthy_reference_)
+            emb = _group_mean(self._embed(X[~rest], space), inv, len(first))
+            healthy = self._healthy_references(X[rest], y[rest], groups[rest], space)
+            _, as_no_fault, far = self._open_set_why(emb, named, ref, ref_class, cuts, healthy)
             out[ci] = float((abstain | as_no_fault | far).mean())
         return out
 

@@ -319,3 +319,110 @@ def _pool(figures):
 def test_selection_rule_table(figures, winner):
     from bench.bench_diagnosis import choose
     assert choose(_pool(figures))[0] == winner
+
+
+# --------------------------------------------------------------------------- amendment 2
+
+
+def _wide(X, rng, level=0.0, extra=200):
+    """Windows with ``extra`` features besides the informative ones, that barely move in
+    training (noise 0.01 around 0) and sit at ``level``: a wide data set's many series."""
+    return np.hstack([X, rng.normal(level, 0.01, size=(len(X), extra))])
+
+
+def test_used_space_ignores_features_the_classifier_does_not_split_on():
+    X, y, g = _clusters(0, CENTRES)
+    rng = np.random.default_rng(0)
+    Xw = _wide(X, rng)
+    # A cpu fault while 200 series the tree never looks at moved to a new level.
+    event = _wide(rng.normal((8, 0), 0.5, size=(10, 2)), rng, level=5.0)
+    wide = Diagnoser().fit(Xw, y, groups=g)
+    used = Diagnoser(open_set_space="used").fit(Xw, y, groups=g)
+    assert wide.assess(event)["why"] == "far_from_training"
+    assert set(used.space_) <= {0, 1} and len(used.space_)
+    a = used.assess(event)
+    assert (a["cause"], a["why"]) == ("cpu", "named")
+    np.testing.assert_array_equal(wide.space_, np.arange(Xw.shape[1]))
+
+
+def test_used_space_still_answers_unknown_for_a_fault_never_seen():
+    X, y, g = _clusters(0, CENTRES)
+    rng = np.random.default_rng(1)
+    d = Diagnoser(open_set_space="used").fit(_wide(X, rng), y, groups=g)
+    unseen = _wide(rng.normal((30.0, -20.0), 0.5, size=(10, 2)), rng)
+    assert d.assess(unseen)["why"] == "far_from_training"
+    centres = {"cpu": (8.0, 0.0), "mem": (0.0, 8.0), "disk": (-8.0, 0.0), NO_FAULT: (2.0, 2.0)}
+    X, y, g = _clusters(0, centres)
+    # Leave one cause out in the space of the classifier trained without it.
+    assert Diagnoser(open_set_space="used").fit(_wide(X, rng), y, groups=g) \
+        .unseen_unknown_rate_ >= 0.8
+
+
+def test_split_features_of_tree_forest_and_svm():
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    from ftml.diagnoser import split_features
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = (X[:, 3] > 0).astype(int)
+    tree = DecisionTreeClassifier(max_depth=1).fit(X, y)
+    np.testing.assert_array_equal(split_features(tree), [3])
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    expected = np.unique(np.concatenate([t.tree_.feature[t.tree_.feature >= 0]
+                                         for t in forest.estimators_]))
+    np.testing.assert_array_equal(split_features(forest), expected)
+    assert split_features(SVC().fit(X, y)) is None
+    # A classifier that splits on nothing (one leaf): distances over every feature.
+    d = Diagnoser(open_set_space="used")
+    stump = DecisionTreeClassifier().fit(X, np.zeros(60, dtype=int))
+    np.testing.assert_array_equal(d._space_of(stump, 5), np.arange(5))
+
+
+def test_open_set_space_must_be_known():
+    X, y, g = _clusters(0, CENTRES)
+    with pytest.raises(ValueError, match="open_set_space"):
+        Diagnoser(open_set_space="top").fit(X, y, groups=g)
+
+
+def test_a_diagnoser_fitted_before_open_set_space_answers_in_every_feature():
+    X, y, g = _clusters(0, CENTRES)
+    d = Diagnoser().fit(X, y, groups=g)
+    before = d.assess(X[:12])
+    del d.space_, d.open_set_space
+    after = d.assess(X[:12])
+    assert after["cause"] == before["cause"]
+    assert after["distance"] == pytest.approx(before["distance"], abs=1e-6)
+
+
+def _sets(sim, nezha, petshop):
+    """name -> (accuracy, false alarms named, unseen) per set, as pooled() gives them."""
+    def one(fig):
+        return {n: ({"diag": {"accuracy": a}, "fa_named": f}, u, 100)
+                for n, (a, f, u) in fig.items()}
+    return one(sim), one(nezha), one(petshop)
+
+
+_NAMES2 = ("full", "rate_cut", "used_space", "used_space+rate_cut")
+
+
+@pytest.mark.parametrize("sim, pet, winner", [
+    # PetShop accuracy up with the simulator's goals kept: the candidate wins.
+    ((0.92, 0.05, 0.85), {"used_space": 0.44}, "used_space"),
+    # Below 0.90 accuracy on the simulator: not eligible however good PetShop is (the
+    # two-mechanism candidate with the same PetShop figure wins instead).
+    ((0.92, 0.05, 0.85), {"used_space": 0.44, "used_space+rate_cut": 0.44,
+                          "sim:used_space": (0.88, 0.05, 0.85)}, "used_space+rate_cut"),
+    ((0.92, 0.05, 0.85), {"used_space": 0.44, "sim:used_space": (0.88, 0.05, 0.85)}, "full"),
+    # A goal full meets (false alarms named <= 0.10) is not traded for PetShop accuracy.
+    ((0.92, 0.05, 0.85), {"used_space": 0.44, "sim:used_space": (0.92, 0.15, 0.85)}, "full"),
+    # A gain under 0.03 of gap is not worth a change of default.
+    ((0.92, 0.05, 0.85), {"used_space": 0.07}, "full"),
+])
+def test_selection_rule_2_table(sim, pet, winner):
+    from bench.bench_diagnosis import choose2
+    s = {n: pet.get(f"sim:{n}", sim) for n in _NAMES2}
+    n = {k: (0.0, 0.0, 1.0) for k in _NAMES2}
+    p = {k: (pet.get(k, 0.05), None, None) for k in _NAMES2}
+    assert choose2(*_sets(s, n, p))[0] == winner

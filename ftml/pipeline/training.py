@@ -405,6 +405,7 @@ def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | No
                           target_precision=gc.target_precision, calibrate=gc.calibrate,
                           open_set=gc.open_set, open_set_margin=gc.open_set_margin,
                           open_set_rate=gc.open_set_rate, no_fault_margin=gc.no_fault_margin,
+                          open_set_space=gc.open_set_space,
                           random_state=config.detect.random_state).fit(X, y, groups=groups)
     return diagnoser, {"windows": int(len(label)), "incidents": int(len(np.unique(label))),
                        "no_fault_windows": int(len(y) - len(label)),
