@@ -1114,3 +1114,36 @@ def test_api_watch_over_a_file_gives_the_alerts_of_the_cli(fleet, tmp_path):
     lib, cli = _alerts(lib_out), _alerts(cli_out)
     assert len(lib[0]) >= 3  # an event on every entity: the comparison means something
     assert lib == cli
+
+
+def test_events_opening_in_one_tick_are_alerted_and_decided_with_the_group_they_make(fleet):
+    # Two entities go wrong two steps apart and their events open in the same tick. The
+    # alert of the one diagnosed first must not keep the group it had on its own: both
+    # alerts carry one group label and the same suspects (one notification per incident in
+    # Alertmanager), and the engine decides each with that group.
+    _, model, _ = fleet
+    faults = (("web-1", 330, 60, "cpu_hog"), ("web-2", 328, 60, "cpu_hog"))
+    live, _ = watch_data.fleet(800, 5, faults, start="2026-02-01")
+    sink = ListSink()
+    clock = FakeClock(START)
+    w = Watcher(model, [Feed(live, 30)], [sink], clock=clock, registry=CollectorRegistry())
+    opened_together = []
+    while not w.exhausted:
+        out = w.tick()
+        mine = [e for e in out.opened if e.entity in ("web-1", "web-2")
+                and pd.Timestamp(e.start) >= pd.Timestamp("2026-02-01", tz="UTC") + pd.Timedelta(
+                    minutes=320)]
+        if len(mine) == 2:
+            opened_together = mine
+        clock.advance(60 * 30)
+    w.finish()
+    w.shutdown(flush_seconds=0.5)
+    assert len(opened_together) == 2, "the two events did not open in one tick"
+    ids = {e.id for e in opened_together}
+    firing = [r for r in sink.records if r["status"] == "firing" and r["event"]["id"] in ids
+              and r["revision"] == 0]
+    assert len(firing) == 2
+    assert len({r["group"] for r in firing}) == 1, firing
+    assert len({json.dumps(r["event"]["suspects"]) for r in firing}) == 1
+    assert len(opened_together[0].suspects) == len(opened_together[1].suspects) == 2
+    assert opened_together[0].group == opened_together[1].group

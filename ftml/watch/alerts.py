@@ -102,6 +102,12 @@ class AlertsMixin:
         for raw in self.builder.open_events(names):
             ev = self._diagnose(raw, "open")
             current[ev.id] = (ev, raw)
+        # Each event was grouped with those diagnosed before it: an event opening later in
+        # this tick may join (and re-rank) its group, so every event takes the group that all
+        # of this tick's events make before it fires or reaches the engine.
+        grouper = self._incidents()
+        for ev, _ in current.values():
+            grouper.assign(ev)
         for ev_id, (ev, raw) in current.items():
             with book.lock:
                 if ev_id in book.resolved:
