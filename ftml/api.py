@@ -70,7 +70,7 @@ SCORE_READ_ROWS = 250_000
 
 def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
               rules_path: str | Path | None = None, quiet: bool = True,
-              stage=None) -> tuple[Model, dict]:
+              stage=None, logs: Any = None) -> tuple[Model, dict]:
     """Fit featurizer, detector, threshold and diagnoser on metrics (+ labelled incidents):
     the training phases of :mod:`ftml.pipeline` on one frame. ``stage(name)`` is told as each
     phase starts (train's progress on a terminal).
@@ -78,17 +78,22 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     Features are computed only for the windows each step needs: the sample the forest is
     fitted on, the calibration windows (only the stats the forest sees) and the incident
     windows; which windows those are is decided first, from the rows alone. Metrics that
-    cannot help are left out first (:func:`ftml.pipeline.screen_metrics`)."""
+    cannot help are left out first (:func:`ftml.pipeline.screen_metrics`). ``logs``: the
+    :class:`ftml.logs.LogModel` whose series ``data`` holds (:func:`ftml.logs.fit_logs`):
+    which of them are kept when constant, and the least scale of those that count lines."""
     stage = stage or (lambda name: None)  # (name) -> None: the stage that starts
     fc, dc = config.features, config.detect
     digest = data_digest(data)  # of the data as read, as Dask training's
-    data = screen_metrics(data, config.read, fc.window)
+    data = screen_metrics(data, config.read, fc.window,
+                          keep_constant=logs.kept_constant() if logs is not None else ())
     frame = data.frame
     stage("baselines")
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = incident_of_rows(codes, names, ts, incidents)
-    featurizer = featurizer_of(fc).fit(data, exclude_rows=row_label >= 0)
+    featurizer = featurizer_of(fc).fit(
+        data, exclude_rows=row_label >= 0,
+        min_scale=logs.scale_floors() if logs is not None else None)
     t_min, t_max = ts.min(), ts.max()
     _, _, t_cut = calibration_cuts(featurizer, frame, dc.calibration_fraction)
     fit_rows, cal_rows, inc_rows = split_windows(featurizer, frame, row_label,
@@ -129,11 +134,12 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
 def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path | None = None,
           config: Config | None = None, rules: str | Path | None = None,
           quiet: bool = True, sign_key: bytes | None = None, scheduler: Any = None,
-          logs: Any = None) -> TrainResult:
+          logs: Any = None, log_config: Any = None) -> TrainResult:
     """Read history, fit a model and write its bundle to ``out`` (signed with ``sign_key``,
     default the environment's ``FTML_MODEL_KEY``, if any); with ``scheduler`` (see
     :func:`ftml.distributed.connect`), on a Dask cluster. ``logs`` (paths or a
-    :class:`ftml.logs.LogInput`): log files whose series join the metrics."""
+    :class:`ftml.logs.LogInput`): log files whose series join the metrics, read and turned
+    into series by ``log_config`` (a :class:`ftml.config.LogConfig`; default its defaults)."""
     if logs:
         _local_only(scheduler)
     if scheduler is not None:
@@ -151,9 +157,9 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
         if logs:
             from ftml.logs import fit_logs
 
-            data, log_model = fit_logs(data, logs, config.read)
+            data, log_model = fit_logs(data, logs, config.read, log_config)
         inc = read_incidents(incidents, data.entities, config.read) if incidents else None
-        model, info = fit_model(data, inc, config, rules, quiet, stage=stages)
+        model, info = fit_model(data, inc, config, rules, quiet, stage=stages, logs=log_model)
         if log_model is not None:
             model.logs = log_model
             info["training"]["log_sources"] = log_model.sources

@@ -289,19 +289,33 @@ def simulate(out, entities, days, step, seed, start, fmt, test_days, world, logs
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
               "LocalCluster of N workers (needs ftml[dask]; see docs/dask.md).")
+@click.option("--log-templates", type=click.IntRange(min=0),
+              help="Log templates with a series of their own (log:tpl:<id>), the most "
+                   "frequent of training first (default 0: lines, errors, warnings and "
+                   "unseen templates only; see docs/logs.md).")
 @_key_option("signs")
 @_read_options
 @_log_options
 @_clean_errors
 def train(metrics, incidents, out, config_path, classifier, alarm_budget, window, rules_path,
-          quiet, scheduler, key_file, timestamp_col, entity_col, step, exclude, entity_map,
-          log_paths, log_format, log_entity_from, log_entity):
+          quiet, scheduler, log_templates, key_file, timestamp_col, entity_col, step, exclude,
+          entity_map, log_paths, log_format, log_entity_from, log_entity):
     """Train a model from historical metrics (and incidents) into --out."""
     from ftml import api
     from ftml.bundle import model_key
 
     key = model_key(key_file)  # before the work: a missing key file fails at once
     logs = _log_input(log_paths, log_format, log_entity_from, log_entity)
+    log_config = None
+    if log_templates is not None:
+        if logs is None:
+            from ftml.errors import InputError
+
+            raise InputError("--log-templates without --logs", where="--log-templates",
+                             hint="pass --logs PATH with it")
+        from ftml.config import LogConfig
+
+        log_config = LogConfig(top_templates=log_templates)
 
     config = _apply_read(load_config(config_path), timestamp_col, entity_col, step, exclude,
                          entity_map)
@@ -312,7 +326,8 @@ def train(metrics, incidents, out, config_path, classifier, alarm_budget, window
     if window:
         config.features.window = window
     result = api.train(metrics, out, incidents=incidents, config=config, rules=rules_path,
-                       quiet=quiet, sign_key=key, scheduler=scheduler or None, logs=logs)
+                       quiet=quiet, sign_key=key, scheduler=scheduler or None, logs=logs,
+                       log_config=log_config)
     from ftml.pipeline import dropped_warning
 
     m = result.manifest

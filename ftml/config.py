@@ -134,7 +134,15 @@ class LogConfig:
     format: str | None = None
     entity_from: str | None = None  # path pattern with {entity}, e.g. 'pods/{entity}/*.log'
     entity: str | None = None  # every line's entity (else the format's field, else file stem)
-    top_templates: int = 20  # templates of training with a series of their own (log:tpl:<id>)
+    # Templates of training with a series of their own (log:tpl:<id>), the most frequent
+    # first. 0 (the aggregates only): chosen by amendment 1 of bench/bench_logs_ablation.py
+    # (bench/SELECTION_logs.md), as 20 near-constant counts diluted the forest.
+    top_templates: int = 0
+    # The least robust scale of a series that counts lines (all but log:http_5xx_share), in
+    # lines: such series are mostly 0 in training, so their IQR is 0 and the generic floor
+    # (1e-3) would make one stray line a z of 1000. 0: the generic floor only (and
+    # log:unseen screened like any metric). Amendment 1 of the logs ablation.
+    count_scale_floor: float = 1.0
     # A template seen on fewer (entity, step) cells of training counts as unseen (log:unseen):
     # a one-off of training is as new as one never seen, so the series means the same in
     # training and scoring.

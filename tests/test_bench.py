@@ -543,3 +543,34 @@ def test_drift_needs_a_quarter_day_before_and_the_same_entity():
     np.testing.assert_allclose(got["a"], 0.7)
     np.testing.assert_allclose(got["b"], 0.7 - 0.4)
     np.testing.assert_allclose(out[ent == "c"], 5.0)  # its first day: nothing before
+
+
+# --------------------------------------------------------------------------- logs ablation
+
+
+def _arm(recall, diagnosis, fa):
+    return {"fa_per_entity_day": fa, "causes": {"bad_deploy": {"recall": recall,
+                                                               "diagnosis": diagnosis}}}
+
+
+def test_logs_ablation_selection_rule():
+    """Amendment 1's rule: the best min(recall, diagnosis) among candidates that meet the
+    goal without more false alarms than metrics only; else the best that beats the current
+    logs arm without more false alarms; else none. Ties: fewer log series."""
+    from bench.bench_logs_ablation import select
+
+    series = {"C1": 24, "C2": 4, "C3": 7}
+    base = {"metrics": _arm(0.8, 0.8, 0.30), "current": _arm(0.4, 1.0, 0.20)}
+    figs = {**base, "C1": _arm(0.95, 0.92, 0.25), "C2": _arm(0.97, 0.95, 0.31),
+            "C3": _arm(0.93, 0.92, 0.30)}
+    assert select(figs, series)[0] == "C3"  # C2 is better but has more false alarms
+    figs["C3"] = _arm(0.92, 0.95, 0.29)
+    assert select(figs, series)[0] == "C3"  # a tie with C1 on min: fewer series
+    figs = {**base, "C1": _arm(0.95, 0.5, 0.2), "C2": _arm(0.7, 0.8, 0.3),
+            "C3": _arm(0.3, 1.0, 0.1)}
+    chosen, why = select(figs, series)
+    assert chosen == "C2" and "no candidate meets the goal" in why  # 0.7 > 0.5 > 0.4
+    figs["C2"] = _arm(0.7, 0.8, 0.5)
+    assert select(figs, series)[0] == "C1"
+    figs["C1"] = _arm(0.35, 0.5, 0.2)
+    assert select(figs, series)[0] is None

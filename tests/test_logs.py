@@ -187,20 +187,25 @@ def test_series_of_parsed_lines_for_a_live_source():
 
 
 def _write_logs(metrics_csv: Path, incidents_csv: Path, out_dir: Path, per_step: int = 4,
-                seed: int = 0) -> None:
+                seed: int = 0, burst: int = 8) -> None:
     """Per entity, Python-logging lines through its metrics' span; during its incidents half
-    the lines are errors of one template."""
+    the lines are errors of one template, and ``burst`` more such errors a step (a count of
+    lines is scaled in lines: a burst has to be one to stand out)."""
     rng = np.random.default_rng(seed)
     m = pd.read_csv(metrics_csv, usecols=["timestamp", "entity"])
     inc = pd.read_csv(incidents_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
     for ent, g in m.groupby("entity"):
         ts = pd.DatetimeIndex(pd.to_datetime(g["timestamp"], utc=True)).as_unit("ns").asi8
-        t = np.sort(np.repeat(ts, per_step) + rng.integers(0, 60 * 10**9, len(ts) * per_step))
-        err = np.zeros(len(t), bool)
+        during = np.zeros(len(ts), bool)
         for r in inc[inc.entity == ent].itertuples():
-            err |= (t >= pd.Timestamp(r.start).value) & (t <= pd.Timestamp(r.end).value)
-        err &= rng.random(len(t)) < 0.5
+            during |= (ts >= pd.Timestamp(r.start).value) & (ts <= pd.Timestamp(r.end).value)
+        routine = np.repeat(during, per_step) & (rng.random(len(ts) * per_step) < 0.5)
+        err = np.r_[routine, np.ones(int(during.sum()) * burst, bool)]
+        t = np.r_[np.repeat(ts, per_step), np.repeat(ts[during], burst)]
+        t = t + rng.integers(0, 60 * 10**9, len(t))
+        order = np.argsort(t, kind="stable")
+        t, err = t[order], err[order]
         n = rng.integers(1, 999, len(t)).astype(str)
         msg = np.where(err, np.char.add("Connection refused to 10.0.0.", n),
                        np.where(rng.random(len(t)) < 0.5, np.char.add("GET /api/items/", n),
@@ -226,7 +231,7 @@ def trained(fleet):
     result = CliRunner().invoke(main, ["train", "--metrics", str(fleet / "metrics.csv"),
                                        "--incidents", str(fleet / "incidents.csv"),
                                        "--logs", str(fleet / "logs"), "--out", str(model),
-                                       "--quiet"])
+                                       "--log-templates", "5", "--quiet"])
     assert result.exit_code == 0, result.output + result.stderr
     return model
 
@@ -348,3 +353,22 @@ def test_logs_of_another_period_are_one_line(fleet, tmp_path):
         "ftml: error: --logs: the logs (2025-03-01 10:00:00+00:00 to 2025-03-01 10:05:00+00:00) "
         "cover none of the metrics' time (give the log files of the same period as the "
         "metrics)"]
+
+
+def test_unseen_is_kept_and_counts_are_scaled_in_lines(fleet, trained, tmp_path):
+    """Every template of these logs is frequent, so log:unseen is 0 throughout training: the
+    screen keeps it (a new template later is news), and its scale, like every count of lines,
+    is at least one line. Without the count floor it is screened out as constant."""
+    from ftml import api
+    from ftml.bundle import load_model
+
+    model = load_model(trained)
+    f = model.featurizer
+    assert UNSEEN in f.metrics_
+    counts = [j for j, m in enumerate(f.metrics_) if m.startswith("log:")]
+    assert counts and f.baseline_.scale[..., counts].min() >= 1.0
+    assert f.baseline_.center[..., f.metrics_.index(UNSEEN)].max() == 0.0
+    off = api.train([fleet / "metrics.csv"], tmp_path / "m", incidents=fleet / "incidents.csv",
+                    logs=[str(fleet / "logs")], log_config=LogConfig(count_scale_floor=0.0))
+    assert off.summary["dropped_metrics"].get(UNSEEN) == "constant"
+    assert UNSEEN not in off.model.featurizer.metrics_

@@ -133,8 +133,11 @@ def _group_percentiles(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: list[str],
-                 timestamps_ns: np.ndarray, by_hour: bool) -> Baseline:
-    """Median and IQR per entity (and hour), ignoring missing values."""
+                 timestamps_ns: np.ndarray, by_hour: bool,
+                 min_scale: np.ndarray | None = None) -> Baseline:
+    """Median and IQR per entity (and hour), ignoring missing values. ``min_scale`` (one per
+    metric, 0 for none): the least scale of each metric, for metrics whose unit says how
+    small a change can be (a count of log lines moves by whole lines)."""
     hours = 24 if by_hour else 1
     hour = (timestamps_ns // 3_600_000_000_000) % 24 if by_hour else \
         np.zeros(len(values), dtype=np.int64)
@@ -165,6 +168,8 @@ def fit_baseline(values: np.ndarray, entity_codes: np.ndarray, entity_names: lis
     scale = np.where(np.isnan(scale), ent_scale, scale)
     center = np.nan_to_num(center, nan=0.0)
     scale = _floor_scale(np.nan_to_num(scale, nan=0.0), center)
+    if min_scale is not None:
+        scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float64))
     return Baseline.of_entities(list(entity_names), center, scale)
 
 

@@ -4,7 +4,7 @@ loop every driver's windows come from)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -61,10 +61,13 @@ class Featurizer:
         return int(getattr(self, "level_window", 0) or 0)
 
     def fit(self, data: MetricData, exclude_rows: np.ndarray | None = None,
-            counters: list[str] | None = None) -> Featurizer:
+            counters: list[str] | None = None,
+            min_scale: Mapping[str, float] | None = None) -> Featurizer:
         """Learn counters and baselines; ``exclude_rows`` (bool per row) keeps incident time out
         of the baseline. ``counters``: which metrics are counters, when decided elsewhere
-        (Dask training decides over the whole fleet, then fits each group's baselines)."""
+        (Dask training decides over the whole fleet, then fits each group's baselines).
+        ``min_scale``: metric -> the least scale of its baseline (:func:`fit_baseline`), e.g.
+        one line for counts of log lines, which are mostly 0 in training."""
         self.metrics_ = list(data.metrics)
         self.step_ = data.step
         codes, names = data.entity_codes()
@@ -74,8 +77,11 @@ class Featurizer:
         values = self._rates(values, codes, in_place=True)
         if exclude_rows is not None and exclude_rows.any():
             values[exclude_rows] = np.nan
+        floor = None
+        if min_scale:
+            floor = np.array([float(min_scale.get(m, 0.0)) for m in self.metrics_])
         self.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
-                                      self.hour_of_day)
+                                      self.hour_of_day, min_scale=floor)
         self.stats_ = STATS
         self.feature_names_ = feature_names(self.metrics_, self.stats_)
         return self

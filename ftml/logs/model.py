@@ -92,6 +92,22 @@ class LogModel:
     def wide(self, cell: pd.DataFrame) -> Series:
         return wide(cell, self.metrics, self.known_ids)
 
+    def scale_floors(self) -> dict[str, float]:
+        """Series -> the least scale of its baseline: one line (``count_scale_floor``) for
+        every series that counts lines; the 5xx share has the generic floor."""
+        floor = float(getattr(self.config, "count_scale_floor", 0.0))
+        if floor <= 0:
+            return {}
+        return {m: floor for m in self.metrics if m != HTTP_5XX}
+
+    def kept_constant(self) -> list[str]:
+        """Series that training keeps even when constant: ``log:unseen`` is 0 in training by
+        construction (nearly: only templates rarer than ``known_min_steps`` count there), and
+        lines of templates never seen are what a bad deploy writes. Only with a count floor:
+        without one, a series constant at 0 gets the generic 1e-3 scale, and its first line
+        would read as a z of 1000."""
+        return [UNSEEN] if UNSEEN in self.metrics and self.scale_floors() else []
+
 
 def fit_logs(data: MetricData, logs, read: ReadConfig, cfg: LogConfig | None = None
              ) -> tuple[MetricData, LogModel]:

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -251,6 +252,43 @@ def read_log_lines(paths, cfg: LogConfig | None = None, entity_map: str | None =
     for path in expand_log_paths(paths):
         stats.files.append(str(path))
         yield from _read_file(path, cfg, fixed, entity_map, stats)
+
+
+def parse_lines(lines: list[str], *, fmt: Any = None, entity: str | None = None,
+                path: str | None = None, config: Any = None,
+                entity_map: str | None = None) -> pd.DataFrame:
+    """Text lines of one log, as a tail reads them -> its records, parsed as a log file is in
+    batch (this module's readers: the same formats, entity rules and bad-line counting):
+    columns ts (int ns), entity, level, msg, status and line (the 1-based position in
+    ``lines`` of the record's first line); ``attrs``: ``skipped`` (bad lines) and ``format``
+    (pass it back as ``fmt`` to skip detecting it again).
+
+    ``fmt``: a format of the readers (or its name, or a regex), None to detect it;
+    ``config``: the model's :class:`ftml.config.LogConfig` (entity rules, line limits)."""
+    cfg = config or LogConfig()
+    source = path or "journald"
+    stats = ReadStats()
+    bad = _BadLines(source, cfg, stats)
+    block = ("\n".join(lines) + "\n").encode("utf-8", errors="replace")
+    text, line_no = _decode(block, 1, cfg, bad)
+    if fmt is None or isinstance(fmt, str):
+        fmt = _given_format(fmt if fmt is not None else cfg.format)
+    if fmt is None:
+        fmt = _detect(text, source)
+    if fmt in JSON_FORMATS:
+        parsed = _parse_json(block, text, line_no, fmt, source, bad)
+    else:
+        parsed = _parse_text(text, line_no, fmt, stats)
+    bad.add("bad timestamp", getattr(parsed, "bad_ts", np.zeros(0, np.int64)))
+    # Given (or from the path) wins over a line's own entity field, which wins over the stem.
+    given = entity or (file_entity(Path(path), cfg) if path is not None else cfg.entity)
+    fallback = stem_entity(Path(path)) if path is not None else "journald"
+    parsed.entity = _entities(parsed.entity, given, fallback, entity_map)
+    frame = parsed.frame()
+    frame["line"] = parsed.line
+    frame.attrs["skipped"] = bad.n
+    frame.attrs["format"] = fmt
+    return frame
 
 
 def _given_format(fmt: str | None) -> Format | str | None:

@@ -6,9 +6,9 @@ joins its rows to the metric rows on (entity, step). Each poll:
 
 1. reads the new complete lines of every file (:class:`ftml.logs.tail.FileTailer`: rotation
    and truncation safe) and of the journal;
-2. parses them as batch reading parses a file (:func:`parse_lines`, on the readers of
-   :mod:`ftml.logs.readers`; the model's log settings), the entity given (or from the path),
-   else the line's own, else the file's stem;
+2. parses them as batch reading parses a file (:func:`ftml.logs.readers.parse_lines`; the
+   model's log settings), the entity given (or from the path), else the line's own, else the
+   file's stem;
 3. keeps the lines of steps still open, and hands the closed steps to the batch series
    (:func:`ftml.logs.series.log_series`, the model's templates, never mined here), then
    fills the closed steps of an entity without a line with zeros (a silent entity is a
@@ -53,47 +53,9 @@ STALE_STEPS, STALE_SECONDS = 10, 600.0
 _COLUMNS = ("ts", "entity", "level", "msg", "status")
 
 
-def parse_lines(lines: list[str], *, fmt: Any = None, entity: str | None = None,
-                path: str | None = None, config: Any = None,
-                entity_map: str | None = None) -> pd.DataFrame:
-    """Text lines of one log, as a tail reads them -> its records, parsed as a log file is in
-    batch (:mod:`ftml.logs.readers`: the same formats, entity rules and bad-line counting):
-    columns ts (int ns), entity, level, msg, status and line (the 1-based position in
-    ``lines`` of the record's first line); ``attrs``: ``skipped`` (bad lines) and ``format``
-    (pass it back as ``fmt`` to skip detecting it again).
-
-    ``fmt``: a format of the readers (or its name, or a regex), None to detect it;
-    ``config``: the model's :class:`ftml.config.LogConfig` (entity rules, line limits)."""
-    from ftml.config import LogConfig
-    from ftml.logs import readers
-
-    cfg = config or LogConfig()
-    source = path or "journald"
-    stats = readers.ReadStats()
-    bad = readers._BadLines(source, cfg, stats)
-    block = ("\n".join(lines) + "\n").encode("utf-8", errors="replace")
-    text, line_no = readers._decode(block, 1, cfg, bad)
-    if fmt is None or isinstance(fmt, str):
-        fmt = readers._given_format(fmt if fmt is not None else cfg.format)
-    if fmt is None:
-        fmt = readers._detect(text, source)
-    if fmt in readers.JSON_FORMATS:
-        parsed = readers._parse_json(block, text, line_no, fmt, source, bad)
-    else:
-        parsed = readers._parse_text(text, line_no, fmt, stats)
-    bad.add("bad timestamp", getattr(parsed, "bad_ts", np.zeros(0, np.int64)))
-    # Given (or from the path) wins over a line's own entity field, which wins over the stem.
-    given = entity or (readers.file_entity(Path(path), cfg) if path is not None else cfg.entity)
-    fallback = readers.stem_entity(Path(path)) if path is not None else "journald"
-    parsed.entity = readers._entities(parsed.entity, given, fallback, entity_map)
-    frame = parsed.frame()
-    frame["line"] = parsed.line
-    frame.attrs["skipped"] = bad.n
-    frame.attrs["format"] = fmt
-    return frame
-
-
 def _default_parse(lines: list[str], **kw) -> pd.DataFrame:
+    from ftml.logs.readers import parse_lines
+
     return parse_lines(lines, **kw)
 
 

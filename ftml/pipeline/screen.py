@@ -4,6 +4,7 @@ and the model remembers them."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from ftml.config import Config, ReadConfig
@@ -20,14 +21,19 @@ if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs th
 
 
 
-def screen_metrics(data: MetricData, read: ReadConfig, window: int) -> MetricData:
+def screen_metrics(data: MetricData, read: ReadConfig, window: int,
+                   keep_constant: Collection[str] = ()) -> MetricData:
     """``data`` without the metrics that cannot help (:func:`ftml.features.metrics_to_drop`):
     empty, constant, almost always missing, or with gaps that cost one entity many of its
     ``window``-step windows. They join ``data.dropped`` (text columns the reader left out are
-    there already)."""
+    there already). ``keep_constant``: metrics kept even when constant in training, because
+    they are so by construction and any other value later is news (``log:unseen``, the lines
+    of templates training never saw, is 0 throughout training)."""
     codes, names = data.entity_codes()
     drop = metrics_to_drop([metric_presence(data.values(), codes, names, window)], data.metrics,
                            read.drop_missing_fraction, read.drop_gappy_fraction)
+    keep = set(keep_constant)
+    drop = {m: why for m, why in drop.items() if not (m in keep and why == "constant")}
     return without_metrics(data, drop)
 
 
