@@ -21,7 +21,7 @@ the threshold from cross-fitted (out-of-fold) forest scores of the whole trainin
 forest (X1) or R1's rank max against all training windows (X2). ``Y1``, ``Y1s``, ``Y1X2``:
 round 3 (amendment 2026-12-06 21:54): each entity's score corrected by its own previous UTC
 day's median and spread (bench/drift.py), of the forest (Y1; Y1s the median shift alone)
-or of X2 (Y1X2). ``Z1``-``Z3``: round 4 (amendment 2026-12-06 22:30): the previous day's
+or of X2 (Y1X2). ``Z1``-``Z3``: round 4 (amendment 2026-12-06 22:24): the previous day's
 median shift only beyond a dead band (the 99 % of healthy training days' median excess), of
 the forest (Z1), of X2 (Z2), of the forest with two days' persistence (Z3). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
@@ -63,7 +63,7 @@ XFIT = ("xfit", "xfit rank|")
 #: entity's score corrected by its own previous UTC day: the forest's (Y1), the same without
 #: the widening (Y1s), and X2's (Y1X2).
 DRIFT = ("drift", "drift shift", "drift xfit")
-#: Round 4 (amendment 2026-12-06 22:30): the median shift beyond a dead band (the healthy
+#: Round 4 (amendment 2026-12-06 22:24): the median shift beyond a dead band (the healthy
 #: training days' 99 % wobble), of the forest (Z1), of X2 (Z2), and of the forest with the
 #: smaller of the two previous days' excess (Z3).
 BAND = ("band", "band xfit", "band 2d")

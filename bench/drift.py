@@ -11,7 +11,7 @@ window's last step) and ``M``, ``Q`` the same of the forest's scores on its fit 
 whose previous day holds fewer than a quarter of a day's steps of the entity's windows keeps
 its scores.
 
-Round 4 (amendment 2026-12-06 22:30): :func:`band_scores`, the median shift alone, and only by
+Round 4 (amendment 2026-12-06 22:24): :func:`band_scores`, the median shift alone, and only by
 how far the previous day moved beyond a dead band, the healthy training days' wobble
 (:func:`dead_band`); optionally the smaller of the two previous days' (persistence).
 """
