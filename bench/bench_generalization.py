@@ -21,7 +21,9 @@ the threshold from cross-fitted (out-of-fold) forest scores of the whole trainin
 forest (X1) or R1's rank max against all training windows (X2). ``Y1``, ``Y1s``, ``Y1X2``:
 round 3 (amendment 2026-12-06 21:54): each entity's score corrected by its own previous UTC
 day's median and spread (bench/drift.py), of the forest (Y1; Y1s the median shift alone)
-or of X2 (Y1X2). Each cell: F1 (event recall / precision), FA, AUC-PR.
+or of X2 (Y1X2). ``Z1``-``Z3``: round 4 (amendment 2026-12-06 22:24): the previous day's
+median shift only beyond a dead band (the 99 % of healthy training days' median excess), of
+the forest (Z1), of X2 (Z2), of the forest with two days' persistence (Z3). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -61,6 +63,10 @@ XFIT = ("xfit", "xfit rank|")
 #: entity's score corrected by its own previous UTC day: the forest's (Y1), the same without
 #: the widening (Y1s), and X2's (Y1X2).
 DRIFT = ("drift", "drift shift", "drift xfit")
+#: Round 4 (amendment 2026-12-06 22:24): the median shift beyond a dead band (the healthy
+#: training days' 99 % wobble), of the forest (Z1), of X2 (Z2), and of the forest with the
+#: smaller of the two previous days' excess (Z3).
+BAND = ("band", "band xfit", "band 2d")
 XFIT_BLOCKS = 8
 XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
@@ -68,7 +74,8 @@ LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IF
           "forest|robust": "both (max)", "rank|": "R1 rank max", "rank+": "R2 rank mean",
           "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr",
           "xfit": "X1 xfit forest", "xfit rank|": "X2 xfit rank max",
-          "drift": "Y1 drift", "drift shift": "Y1s drift shift", "drift xfit": "Y1X2 drift on X2"}
+          "drift": "Y1 drift", "drift shift": "Y1s drift shift", "drift xfit": "Y1X2 drift on X2",
+          "band": "Z1 band", "band xfit": "Z2 band on X2", "band 2d": "Z3 band 2 days"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -500,6 +507,34 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             tr_entity, tr_end_ns, s, step_ns, spans)
         thresholds["drift xfit"], cal_fa["drift xfit"] = thr.threshold_, (thr.false_alarms_,
                                                                           thr.entity_days_)
+    # Round 4: the median shift beyond a dead band (the healthy training days' wobble).
+    from bench.drift import band_scores, dead_band
+
+    band_ref = {"band": float(drift_ref["drift"][0])}
+    band_ref["band 2d"] = band_ref["band"]
+    band = {k: dead_band(tr_entity[tr_clean], tr_end_ns[tr_clean], tr_forest[tr_clean], step_ns,
+                         band_ref[k]) for k in ("band", "band 2d")}
+    for kind, ndays in (("band", 1), ("band 2d", 2)):
+        s = band_scores(tr_entity, tr_end_ns, tr_forest, step_ns, band_ref[kind], band[kind],
+                        ndays)[tr_cal]
+        thr = AlarmThreshold(budget=model.config.detect.alarm_budget, rules=model.event_rules,
+                             tail=model.config.detect.threshold_tail).fit(
+            cal_entity, cal_end_ns, s, step_ns, spans)
+        thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_, thr.entity_days_)
+    if xfit is None:  # X2 fell back to the default's columns: Z2 falls back to Z1
+        band_ref["band xfit"], band["band xfit"] = band_ref["band"], band["band"]
+        thresholds["band xfit"], cal_fa["band xfit"] = thresholds["band"], cal_fa["band"]
+    else:
+        band_ref["band xfit"] = float(np.median(x2[tr_clean]))
+        band["band xfit"] = dead_band(tr_entity[tr_clean], tr_end_ns[tr_clean], x2[tr_clean],
+                                      step_ns, band_ref["band xfit"])
+        s = band_scores(tr_entity, tr_end_ns, x2, step_ns, band_ref["band xfit"],
+                        band["band xfit"])
+        thr = AlarmThreshold(budget=model.config.detect.alarm_budget, rules=model.event_rules,
+                             tail=model.config.detect.threshold_tail).fit(
+            tr_entity, tr_end_ns, s, step_ns, spans)
+        thresholds["band xfit"], cal_fa["band xfit"] = thr.threshold_, (thr.false_alarms_,
+                                                                        thr.entity_days_)
     # The judged period.
     test = read_metrics([split_dir / "test.parquet"], read, model.metrics)
     te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS, "xfit")}
@@ -537,8 +572,15 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                                          drift_ref["drift shift"], widen=False)
     judged["drift xfit"] = drift_scores(entity, end_ns, judged["xfit rank|"] if xfit is not None
                                         else judged["forest"], step_ns, drift_ref["drift xfit"])
+    judged["band"] = band_scores(entity, end_ns, judged["forest"], step_ns, band_ref["band"],
+                                 band["band"])
+    judged["band 2d"] = band_scores(entity, end_ns, judged["forest"], step_ns,
+                                    band_ref["band 2d"], band["band 2d"], 2)
+    judged["band xfit"] = band_scores(entity, end_ns, judged["xfit rank|"] if xfit is not None
+                                      else judged["forest"], step_ns, band_ref["band xfit"],
+                                      band["band xfit"])
     out = {}
-    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT):
+    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
@@ -633,7 +675,7 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
                **{LABELS[k]: _cell(counts[k])
-                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT)
+                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND)
                   if k in counts},
                seconds=round(f.seconds, 1))
 

@@ -10,6 +10,10 @@ and :data:`DRIFT_QUANTILE` quantile of the entity's scores on the previous UTC d
 window's last step) and ``M``, ``Q`` the same of the forest's scores on its fit windows. A day
 whose previous day holds fewer than a quarter of a day's steps of the entity's windows keeps
 its scores.
+
+Round 4 (amendment 2026-12-06 22:24): :func:`band_scores`, the median shift alone, and only by
+how far the previous day moved beyond a dead band, the healthy training days' wobble
+(:func:`dead_band`); optionally the smaller of the two previous days' (persistence).
 """
 
 from __future__ import annotations
@@ -71,24 +75,69 @@ def drift_adjust(scores: np.ndarray, prev_median: np.ndarray, prev_q: np.ndarray
     return out
 
 
+def _previous_days(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray, step_ns: int,
+                   lag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window: the median and 90 % quantile of its entity's scores ``lag`` UTC days before
+    its own day, and whether that day counts (at least a quarter of a day's steps)."""
+    e, d, count, med, q = day_stats(entity, end_ns, scores)
+    min_count = DRIFT_MIN_DAY_SHARE * NS_PER_DAY / step_ns
+    ent = np.asarray(entity).astype(str)
+    day = np.asarray(end_ns, dtype=np.int64) // NS_PER_DAY
+    # Each window's (entity, day - lag) among the groups (sorted by entity, then day), by a
+    # search on integer keys: entity code, then day.
+    names, code = np.unique(ent, return_inverse=True)
+    g_code = np.searchsorted(names, e)
+    span = int(max(d.max(), day.max()) - min(d.min(), day.min())) + lag + 1
+    base = int(min(d.min(), day.min()))
+    keys = g_code.astype(np.int64) * span + (d - base + lag)  # the day each group serves
+    mine = code.astype(np.int64) * span + (day - base)
+    pos = np.clip(np.searchsorted(keys, mine), 0, len(keys) - 1)
+    valid = (keys[pos] == mine) & (count[pos] >= min_count)
+    return med[pos], q[pos], valid
+
+
 def drift_scores(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray, step_ns: int,
                  reference: tuple[float, float], widen: bool = True) -> np.ndarray:
     """:func:`drift_adjust` of every window of one scored period at once (all its windows
     given: each day's correction comes from the day before in the same data)."""
     if not len(scores):
         return np.asarray(scores, dtype=np.float64)
-    e, d, count, med, q = day_stats(entity, end_ns, scores)
-    min_count = DRIFT_MIN_DAY_SHARE * NS_PER_DAY / step_ns
-    ent = np.asarray(entity).astype(str)
-    day = np.asarray(end_ns, dtype=np.int64) // NS_PER_DAY
-    # Each window's previous (entity, day) among the groups (sorted by entity, then day),
-    # by a search on integer keys: entity code, then day.
-    names, code = np.unique(ent, return_inverse=True)
-    g_code = np.searchsorted(names, e)
-    span = int(max(d.max(), day.max()) - min(d.min(), day.min())) + 2
-    base = int(min(d.min(), day.min()))
-    keys = g_code.astype(np.int64) * span + (d - base + 1)  # the day each group serves
-    mine = code.astype(np.int64) * span + (day - base)
-    pos = np.clip(np.searchsorted(keys, mine), 0, len(keys) - 1)
-    valid = (keys[pos] == mine) & (count[pos] >= min_count)
-    return drift_adjust(scores, med[pos], q[pos], valid, reference, widen)
+    med, q, valid = _previous_days(entity, end_ns, scores, step_ns, 1)
+    return drift_adjust(scores, med, q, valid, reference, widen)
+
+
+# --------------------------------------------------------------------------- round 4: dead band
+
+#: The dead band: this quantile of healthy training days' median excess (round 4).
+BAND_QUANTILE = 0.99
+
+
+def dead_band(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray, step_ns: int,
+              median: float) -> float:
+    """How far a healthy day's median sits above ``median`` at most (its
+    :data:`BAND_QUANTILE`), over the (entity, UTC day)s of the given windows (the training
+    windows clear of incidents) with at least a quarter of a day's steps; ``inf`` when no day
+    counts (the wobble is unknown, so nothing may be corrected)."""
+    if not len(scores):
+        return float("inf")
+    _, _, count, med, _ = day_stats(entity, end_ns, scores)
+    ok = count >= DRIFT_MIN_DAY_SHARE * NS_PER_DAY / step_ns
+    if not ok.any():
+        return float("inf")
+    return max(0.0, float(np.quantile(med[ok] - median, BAND_QUANTILE)))
+
+
+def band_scores(entity: np.ndarray, end_ns: np.ndarray, scores: np.ndarray, step_ns: int,
+                median: float, band: float, days: int = 1) -> np.ndarray:
+    """Each score less how far its entity's previous day's median moved beyond the dead band
+    (``s - max(0, m - median - band)``); with ``days=2`` the smaller of the two previous days'
+    medians, both days counting (a regime persists, an incident of hours does not). One-sided:
+    a quiet day never raises scores; a day whose previous day(s) do not count is unchanged."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not len(s) or not np.isfinite(band):
+        return s.copy()
+    m, _, valid = _previous_days(entity, end_ns, s, step_ns, 1)
+    for lag in range(2, days + 1):
+        m2, _, v2 = _previous_days(entity, end_ns, s, step_ns, lag)
+        m, valid = np.minimum(m, m2), valid & v2
+    return s - np.where(valid, np.maximum(0.0, m - median - band), 0.0)

@@ -574,3 +574,62 @@ def test_logs_ablation_selection_rule():
     assert select(figs, series)[0] == "C1"
     figs["C1"] = _arm(0.35, 0.5, 0.2)
     assert select(figs, series)[0] is None
+
+
+# --------------------------------------------------------------------------- round 4: dead band
+
+
+def test_dead_band_is_the_99th_percentile_of_healthy_days_median_excess():
+    from bench.drift import dead_band
+
+    # 101 days of entity a, medians .50 + k/1000 (k = 0..100): excesses 0 .. .1, their 99 %
+    # quantile .099; entity b's day of 359 windows (< a quarter day) is left out although
+    # its median (9) would dominate.
+    e1, t1, s1 = _days([np.full(400, 0.5 + k / 1000) for k in range(101)], "a")
+    e2, t2, s2 = _days([np.full(359, 9.0)], "b")
+    ent, end, s = np.r_[e1, e2], np.r_[t1, t2], np.r_[s1, s2]
+    assert dead_band(ent, end, s, _MIN, 0.5) == pytest.approx(0.099, abs=1e-12)
+    # Every day below the reference median: floored at 0 (a band never widens the other way).
+    assert dead_band(e1, t1, s1, _MIN, 0.8) == 0.0
+    # No day with a quarter day of windows: the wobble is unknown, so nothing is corrected.
+    assert dead_band(e2, t2, s2, _MIN, 0.5) == float("inf")
+    assert dead_band(e2[:0], t2[:0], s2[:0], _MIN, 0.5) == float("inf")
+
+
+@pytest.mark.parametrize("medians, band, days, want_shift", [
+    # The previous day moved .2 above the reference (.5), the band is .05: .15 taken off.
+    ([0.7, 0.7], 0.05, 1, 0.15),
+    # Inside the band (a healthy wobble): unchanged.
+    ([0.53, 0.53], 0.05, 1, 0.0),
+    # A quiet day never raises the next day.
+    ([0.3, 0.3], 0.0, 1, 0.0),
+    # Unknown wobble (no healthy training day): unchanged even after a large move.
+    ([2.0, 2.0], float("inf"), 1, 0.0),
+    # Two days' persistence: the smaller of the two previous days' excess.
+    ([0.6, 0.9, 0.9], 0.05, 2, 0.05),
+    ([0.9, 0.6, 0.9], 0.05, 2, 0.05),
+    # One day up only (an incident's day): no correction with persistence, with one day .35.
+    ([0.5, 0.9, 0.9], 0.05, 2, 0.0),
+    ([0.5, 0.9, 0.9], 0.05, 1, 0.35),
+])
+def test_band_scores_take_off_only_the_move_beyond_the_band(medians, band, days, want_shift):
+    from bench.drift import band_scores
+
+    base = np.linspace(-0.1, 0.1, 1440)  # median 0: each day's median is its offset
+    ent, end, s = _days([m + base for m in medians])
+    out = band_scores(ent, end, s, _MIN, 0.5, band, days)
+    last = slice(1440 * (len(medians) - 1), None)
+    np.testing.assert_allclose(out[last], s[last] - want_shift, atol=1e-12)
+    np.testing.assert_array_equal(out[:1440 * days], s[:1440 * days])  # nothing before them
+
+
+def test_band_scores_need_every_previous_day_to_count():
+    from bench.drift import band_scores
+
+    # Day 0 has 359 windows (< a quarter day): with persistence day 2 is unchanged although
+    # day 1 moved; with one day, day 2 is corrected by day 1 alone.
+    ent, end, s = _days([np.full(359, 0.9), np.full(1440, 0.9), np.full(10, 0.9)])
+    two = band_scores(ent, end, s, _MIN, 0.5, 0.1, 2)
+    one = band_scores(ent, end, s, _MIN, 0.5, 0.1, 1)
+    np.testing.assert_allclose(two[-10:], 0.9)
+    np.testing.assert_allclose(one[-10:], 0.9 - 0.3)
