@@ -16,7 +16,7 @@ from ftml.features.counters import (
     counters_to_rates,
     detect_counters,
 )
-from ftml.features.level import LevelCarry, level_units, trailing_level
+from ftml.features.level import LevelCarry, trailing_level
 from ftml.features.statistics import LEGACY_STATS, STAT, STATS, feature_names, window_stats
 from ftml.features.windows import WindowBlock, Windows, complete_windows
 from ftml.io import MetricData, to_ns
@@ -213,15 +213,14 @@ class Featurizer:
                 z, seg, values = self.standardise(frame.iloc[lo:stop])
             else:
                 z, seg, values = self.standardise(frame.iloc[lo:stop], level=False)
-                e_rows, s_rows = ent[codes[lo:stop]], slots[lo:stop]
-                if capture is not None:  # the rows the carry keeps, before their levels
+                own = None
+                if capture is not None:  # the rows the carry keeps: this block's own, once
                     own = capture[lo:stop].copy()
                     own[:start - lo] = False
-                    k = np.flatnonzero(own)
-                    if len(k):
-                        capture_rows.append((e_rows[k], s_rows[k],
-                                             *level_units(z[k], carry.clip)))
-                z = carry.remove_level(z, seg, e_rows, s_rows)
+                z, kept = carry.remove_level(z, seg, ent[codes[lo:stop]], slots[lo:stop],
+                                             keep=own)
+                if kept is not None:
+                    capture_rows.append(kept)
             end = complete_windows(np.isnan(z).any(axis=1), seg, self.window)
             end = end[end + lo >= start]
             if carry is not None and self.stride > 1:

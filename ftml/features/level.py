@@ -76,28 +76,26 @@ _NONE = np.iinfo(np.int64).min
 
 class LevelCarry:
     """What chunked scoring keeps of each entity from one chunk to the next in place of the
-    trailing level's raw rows (the running sums that watch keeps too): up to which slot its
-    rows are final (``commit``: the next frame's rows up to it are context only, for gap
-    filling and rates), :func:`level_units` and valid flags of the ``span`` rows up to it (a
-    ring by slot) with their sums, and its first slot ever (a stride counts from it).
+    trailing level's span of raw rows: up to which slot its rows are final (``commit``: the
+    next frame's rows up to it are context only, for gap filling and rates), the z before
+    levels of the ``span`` rows up to it (a ring by slot, NaN where missing: their
+    :func:`level_units` are the level's state), and its first slot ever (a stride counts from
+    it).
 
-    :meth:`Featurizer.window_blocks` reads and advances it; with it a frame needs only the
+    :meth:`Featurizer.window_blocks` reads and advances it. With it a frame needs only the
     rows of the windows not yet final and the ``max_fill_steps + 1`` before them, and every
-    row's level is the same bits as with all the ``span`` rows before it in the frame."""
+    row's level is the same bits as with the ``span`` rows before it in the frame: the ring's
+    rows go in front of the entity's rows after the commit into :func:`trailing_level`, the
+    very values (so the very integers) those rows had."""
 
     def __init__(self, *, span: int, clip: float, n_metrics: int):
         self.span = int(span)
         self.clip = float(clip)
         self.n_metrics = int(n_metrics)
-        # Clipped units fit in 32 bits below a clip of 2^11 (2^20 per unit of z).
-        self._dtype = np.int32 if self.clip * (1 << _LEVEL_BITS) < 2**31 - 1 else np.int64
         self.index: dict[str, int] = {}
         self.commit = np.empty(0, np.int64)
         self.first = np.empty(0, np.int64)
-        self.units = np.zeros((0, self.span, self.n_metrics), self._dtype)
-        self.valid = np.zeros((0, self.span, self.n_metrics), bool)
-        self.total = np.zeros((0, self.n_metrics), np.int64)
-        self.count = np.zeros((0, self.n_metrics), np.int64)
+        self.ring = np.full((0, self.n_metrics), np.nan)  # entity e, slot s: e * span + s % span
 
     def __len__(self) -> int:
         return len(self.index)
@@ -115,17 +113,15 @@ class LevelCarry:
         extra = n - len(self.commit)
         self.commit = np.r_[self.commit, np.full(extra, _NONE, np.int64)]
         self.first = np.r_[self.first, np.full(extra, _NONE, np.int64)]
-        for name in ("units", "valid", "total", "count"):
-            old = getattr(self, name)
-            new = np.zeros((n, *old.shape[1:]), old.dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
+        ring = np.full((n * self.span, self.n_metrics), np.nan)
+        ring[:len(self.ring)] = self.ring
+        self.ring = ring
 
     def begin(self, ent: np.ndarray, first_slot: np.ndarray) -> None:
         """A frame whose entities ``ent`` start at ``first_slot``: a new entity's first slot
         is remembered; an entity whose rows resume after a gap past its commit has the gap's
-        slots (no rows: nothing in the level) moved into its ring, so that its frame starts
-        right after its commit."""
+        slots (no rows: missing) moved into its ring, so that its frame starts right after its
+        commit."""
         new = self.first[ent] == _NONE
         self.first[ent[new]] = first_slot[new]
         c = self.commit[ent]
@@ -133,31 +129,29 @@ class LevelCarry:
         if gap.any():
             self._advance(ent[gap], c[gap], first_slot[gap] - 1, None)
 
+    def _at(self, ent: np.ndarray, lo: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Ring rows of slots lo .. lo + n - 1 of each entity, in order."""
+        off = np.r_[0, np.cumsum(n)]
+        s = np.repeat(lo - off[:-1], n) + np.arange(int(off[-1]))
+        return np.repeat(ent, n) * self.span + s % self.span
+
     def _advance(self, ent: np.ndarray, old: np.ndarray, new: np.ndarray,
                  rows: tuple | None) -> None:
         """Move the commits of ``ent`` from ``old`` to ``new`` (slots): the ring's slots in
-        between are cleared, then written from ``rows`` (entity, slot, units, valid) where
-        there are rows; then the sums are taken afresh."""
+        between become the z of ``rows`` (entity, slot, z: among them) where there are rows,
+        else missing."""
         if self.span:
             lo = np.where(old == _NONE, new - self.span, np.maximum(old, new - self.span))
-            n = (new - lo).clip(0, self.span)
-            e = np.repeat(ent, n)
-            s = np.repeat(lo + 1 - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
-            pos = s % self.span
-            self.units[e, pos] = 0
-            self.valid[e, pos] = False
+            self.ring[self._at(ent, lo + 1, (new - lo).clip(0, self.span))] = np.nan
             if rows is not None and len(rows[0]):
-                re, rs, ru, rv = rows
-                self.units[re, rs % self.span] = ru
-                self.valid[re, rs % self.span] = rv
-            self.total[ent] = self.units[ent].sum(axis=1, dtype=np.int64)
-            self.count[ent] = self.valid[ent].sum(axis=1, dtype=np.int64)
+                re, rs, rz = rows
+                self.ring[re * self.span + rs % self.span] = rz
         self.commit[ent] = new
 
     def finish(self, ent: np.ndarray, new: np.ndarray, rows: list[tuple]) -> None:
         """After a frame: the commits of ``ent`` move on to ``new`` (slots; never back), with
-        the frame's rows up to there (entity, slot, units, valid; the rows after the old commit
-        and in the last ``span`` slots before the new one, each once)."""
+        the frame's rows up to there (entity, slot, z before levels; the rows after the old
+        commit and in the last ``span`` slots before the new one, each once)."""
         c = self.commit[ent]
         on = (c == _NONE) | (new > c)
         ent, c, new = ent[on], c[on], new[on]
@@ -166,48 +160,61 @@ class LevelCarry:
         parts = [p for p in rows if len(p[0])]
         cat = None
         if parts:
-            cat = tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
+            cat = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
         self._advance(ent, c, new, cat)
 
     def remove_level(self, z: np.ndarray, segments: np.ndarray, ent: np.ndarray,
-                     slot: np.ndarray) -> np.ndarray:
+                     slot: np.ndarray, keep: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, tuple | None]:
         """z (before levels, in place) minus each row's trailing level, for rows of a frame's
-        block: ``ent`` each row's place in the carry, ``slot`` its time in steps. Rows within
-        ``span`` after their entity's commit take the ring's part of their span from the carry
-        (where the block holds their entity's row right after the commit; other such rows are
-        history no window of the block uses); the rest is :func:`trailing_level` on the block.
-        Rows up to the commit are context: their level is no window's."""
+        block: ``ent`` each row's place in the carry, ``slot`` its time in steps. Rows up to
+        their entity's commit are context (no window's: level 0). Where the block holds an
+        entity's row right after its commit, the ring's ``span`` rows go in front of it; an
+        entity whose rows start later in the frame than the block has none of its levels' span
+        from the carry in the block's windows. Also (entity, slot, z before levels) of the rows
+        ``keep`` (None: none)."""
+        kept = None
+        if keep is not None:
+            k = np.flatnonzero(keep)
+            kept = (ent[k], slot[k], z[k])
         if not self.span:
-            return z
-        level = trailing_level(z, segments, self.span, self.clip)
+            return z, kept
         c = self.commit[ent]
-        j = slot - c
-        near = (c != _NONE) & (j >= 1) & (j <= self.span)
-        if near.any():
-            # The block must hold the row right after the commit of the entity: its rows start
-            # at or before that slot.
-            run = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])
-            start_slot = slot[run][np.searchsorted(run, np.arange(len(ent)), side="right") - 1]
-            near &= start_slot <= c + 1
-        rows = np.flatnonzero(near)
-        if len(rows):
-            e, pos = ent[rows], slot[rows] % self.span
-            u, v = level_units(z[rows], self.clip)
-            # The span of row t is the ring's (the span of the row after the commit), plus each
-            # row since the commit entering, less the ring's row leaving (slot t - span).
-            du = u - self.units[e, pos]
-            dv = v - self.valid[e, pos]
-            first = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
-            at = np.searchsorted(first, np.arange(len(rows)), side="right") - 1
-            du = np.cumsum(du, axis=0, out=du)
-            dv = np.cumsum(dv, axis=0, out=dv)
-            base_u = np.vstack([np.zeros((1, du.shape[1]), du.dtype), du])[first]
-            base_v = np.vstack([np.zeros((1, dv.shape[1]), dv.dtype), dv])[first]
-            # Exclusive sums within each entity's run: the rows before t since the commit.
-            tot = self.total[e] + np.vstack([np.zeros((1, du.shape[1]), du.dtype), du[:-1]]) \
-                - base_u[at]
-            cnt = self.count[e] + np.vstack([np.zeros((1, dv.shape[1]), dv.dtype), dv[:-1]]) \
-                - base_v[at]
-            level[rows] = level_of_sums(tot, cnt, self.span)
-        z -= level
-        return z
+        context = (c != _NONE) & (slot <= c)
+        use = np.flatnonzero(~context)
+        if not len(use):
+            return z, kept
+        e, sl, cu = ent[use], slot[use], c[use]
+        run = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
+        # The ring goes in front of a run that starts right after its entity's commit.
+        primed = (cu[run] != _NONE) & (sl[run] == cu[run] + 1)
+        if not primed.any():
+            level = trailing_level(z[use] if len(use) < len(z) else z, segments[use],
+                                   self.span, self.clip)
+        else:
+            # Runs are contiguous rows of the block (an entity's context rows come first):
+            # the kernel's input is, run by run, the ring's rows in slot order (two slices of
+            # the entity's ring) and then the run's rows, copied once.
+            span = self.span
+            stop = np.r_[run[1:], len(use)]
+            first, last = use[run], use[stop - 1] + 1
+            pieces, lengths = [], []
+            for k, (a, b, p) in enumerate(zip(first.tolist(), last.tolist(),
+                                             primed.tolist(), strict=True)):
+                if p:
+                    base = int(e[run[k]]) * span
+                    turn = int((cu[run[k]] + 1) % span)
+                    pieces += [self.ring[base + turn:base + span], self.ring[base:base + turn]]
+                pieces.append(z[a:b])
+                lengths.append(b - a + (span if p else 0))
+            both = np.concatenate(pieces)
+            seg = np.repeat(segments[first], lengths)
+            is_row = np.ones(len(both), dtype=bool)
+            at = np.r_[0, np.cumsum(lengths)[:-1]][primed]
+            is_row[(at[:, None] + np.arange(span)).ravel()] = False
+            level = trailing_level(both, seg, span, self.clip)[is_row]
+        if len(use) == len(z):
+            z -= level
+        else:
+            z[use] -= level
+        return z, kept
