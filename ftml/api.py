@@ -184,7 +184,7 @@ def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timede
     is the carried rows alone: the windows still waiting. With
     :func:`~ftml.pipeline.chunk_carry_steps` (what ``score`` carries), the trailing level's
     span is not among the rows: the frames are for a ``WindowScorer(carry=True)``, which
-    carries the level's sums instead.
+    carries the level's state (the z of its span's rows) instead.
 
     With ``read_ahead``, the next frame is read and normalised in a background thread while
     the caller works on this one (one file only: see :func:`_read_ahead`)."""

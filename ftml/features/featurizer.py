@@ -183,10 +183,11 @@ class Featurizer:
 
         With a ``carry`` (chunked scoring), each entity's rows up to its commit are context
         only (gap filling, rates; ``since`` must lie past the windows they are in), the levels
-        of the rows after it start from the carried sums, a stride counts from the entity's
-        first slot ever, and once the blocks are exhausted the carry moves on to the last
-        final window of ``until`` less ``window - 1`` rows: the next frame needs only the rows
-        from there (and ``max_fill_steps + 1`` before, for filling and rates)."""
+        of the rows after it start from the carried ring (the z of its last ``level_window``
+        rows), a stride counts from the entity's first slot ever, and once the blocks are
+        exhausted the carry moves on to the last final window of ``until`` less ``window - 1``
+        rows: the next frame needs only the rows from there (and ``max_fill_steps + 1``
+        before, for filling and rates)."""
         n = len(frame)
         if n == 0:
             return

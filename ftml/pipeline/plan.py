@@ -36,11 +36,11 @@ def carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
 
 def chunk_carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
     """Raw rows of an entity chunked scoring carries from chunk to chunk when the trailing
-    level's sums go along (:class:`~ftml.features.LevelCarry`, ``WindowScorer(carry=True)``):
+    level's state goes along (:class:`~ftml.features.LevelCarry`, ``WindowScorer(carry=True)``):
     the windows not yet final start ``window - 1`` rows before the last final one, which is
     ``max_fill_steps`` before the newest row; their first row may be filled from up to
     ``max_fill_steps`` rows before it and its rate needs the row before. The level's span is
-    not among them: its units and sums are carried instead."""
+    not among them: the z of its last ``level_window`` rows are carried instead."""
     return int(featurizer.window) + 2 * int(read.max_fill_steps)
 
 

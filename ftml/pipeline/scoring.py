@@ -95,7 +95,7 @@ class WindowScorer:
                  gate: FlagGate | None = None, carry: bool = False):
         self.model = model
         # Chunked scoring (frames of :func:`ftml.api.stream_frames`, which carry only the raw
-        # rows of :func:`chunk_carry_steps`): the trailing level's sums go from frame to frame.
+        # rows of :func:`chunk_carry_steps`): the trailing level's state goes frame to frame.
         self.carry = model.featurizer.level_carry() if carry else None
         self.sink = sink
         self.keep_blocks = keep_blocks
