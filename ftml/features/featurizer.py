@@ -245,6 +245,8 @@ class Featurizer:
             start = stop
         if carry is not None and new_commit is not None:
             carry.finish(*new_commit, capture_rows)
+            moved, commit = new_commit
+            carry.final[moved] = np.maximum(carry.final[moved], commit + self.window - 1)
 
     def _carry_begin(self, carry: LevelCarry, codes: np.ndarray, names: np.ndarray,
                      ts: np.ndarray, seg_start: np.ndarray, lo_ns: np.ndarray | None,
@@ -255,10 +257,11 @@ class Featurizer:
         step = int(self.step_.value)
         slots = ts // step
         ent = carry.codes([str(e) for e in names])
-        before = carry.commit[ent]
         if lo_ns is not None:
-            # Windows over context rows would be wrong: the caller's bounds must skip them.
-            bad = (before != _NEVER) & (lo_ns < (before + self.window - 1) * step)
+            # Windows over context rows would be wrong: the caller's bounds must skip the
+            # windows final before (a commit moved over a gap has no windows past them).
+            final = carry.final[ent]
+            bad = (final != _NEVER) & (lo_ns < final * step)
             if bad.any():
                 raise ValueError("window_blocks: since is before the carry's final windows "
                                  f"of {names[np.flatnonzero(bad)[0]]!r}")

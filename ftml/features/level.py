@@ -95,6 +95,7 @@ class LevelCarry:
         self.index: dict[str, int] = {}
         self.commit = np.empty(0, np.int64)
         self.first = np.empty(0, np.int64)
+        self.final = np.empty(0, np.int64)  # the last final window's slot (its caller's)
         self.ring = np.full((0, self.n_metrics), np.nan)  # entity e, slot s: e * span + s % span
 
     def __len__(self) -> int:
@@ -113,6 +114,7 @@ class LevelCarry:
         extra = n - len(self.commit)
         self.commit = np.r_[self.commit, np.full(extra, _NONE, np.int64)]
         self.first = np.r_[self.first, np.full(extra, _NONE, np.int64)]
+        self.final = np.r_[self.final, np.full(extra, _NONE, np.int64)]
         ring = np.full((n * self.span, self.n_metrics), np.nan)
         ring[:len(self.ring)] = self.ring
         self.ring = ring
