@@ -149,3 +149,30 @@ def test_chunks_carry_a_window_and_the_fill_reach_not_the_levels_span(trained, t
     n_normalised = sum(len(s) for s in seen)
     entities = rows["entity"].nunique()
     assert n_normalised <= len(rows) + len(seen) * entities * (k + 1)
+
+
+@pytest.mark.parametrize("level_window, fill, window", [(0, 2, 6), (3, 1, 2), (200, 3, 15)])
+def test_chunked_scoring_is_one_piece_for_other_spans(tmp_path, level_window, fill, window):
+    # No level (the carry keeps only commits and first slots), a span shorter than a window,
+    # and the defaults' window and fill reach; chunks as small as a few rows of each entity.
+    _fleet(1, days=2, messy=False).sort_values("timestamp").to_csv(tmp_path / "train.csv",
+                                                                   index=False)
+    config = Config()
+    config.read.max_fill_steps = fill
+    config.features.window = window
+    config.features.level_window = level_window
+    config.detect.n_estimators = 20
+    config.detect.max_samples = 128
+    config.detect.alarm_budget = 3.0
+    api.train([tmp_path / "train.csv"], tmp_path / "model", config=config)
+    model = load_model(tmp_path / "model")
+    _fleet(5).sort_values("timestamp", kind="stable").to_csv(tmp_path / "live.csv",
+                                                             index=False)
+    want, w, scores = _one_piece(model, tmp_path / "live.csv")
+    assert len(want) >= 3
+    order = np.lexsort((w.end_ns, w.entity.astype(str)))
+    for chunk_rows in (7, 50):
+        got = api.score(model, [tmp_path / "live.csv"], chunk_rows=chunk_rows,
+                        windows_out=tmp_path / "w.csv")
+        assert [e.to_dict() for e in got.events] == want, chunk_rows
+        assert got.window_table["score"].to_numpy().tobytes() == scores[order].tobytes()
