@@ -68,7 +68,10 @@ WHERE = {
     "parse": ("iter_metric_rows", ["ftml.api"], True),
     "normalise": ("normalise", ["ftml.api"], False),
     "standardise": ("standardise_arrays", ["Featurizer"], False),
-    "trailing level": ("trailing_level", ["ftml.features.featurizer", "ftml.features"], False),
+    "trailing level": ("trailing_level", ["ftml.features.featurizer", "ftml.features",
+                                          "ftml.features.level"], False),
+    # Chunked scoring's level from the carried ring (its trailing_level call is counted above).
+    "carried level": ("remove_level", ["LevelCarry"], False),
     "complete windows": ("complete_windows", ["ftml.features.featurizer", "ftml.features"],
                          False),
     "forest view": ("window_view", ["ftml.pipeline.scoring"], False),
@@ -96,6 +99,11 @@ def main(argv: list[str]) -> dict:
     from ftml.detect import FlagGate
     from ftml.features import Featurizer
 
+    try:
+        from ftml.features import LevelCarry
+    except ImportError:  # a tree from before the carried level
+        LevelCarry = None
+
     imports_cpu = time.process_time() - _c0
     loaded = sorted(m for m in ("sklearn", "scipy") if m in sys.modules)
     c = time.process_time()
@@ -103,7 +111,8 @@ def main(argv: list[str]) -> dict:
     load_cpu = time.process_time() - c
     if not read_ahead:
         api._read_ahead = lambda items: items  # noqa: SLF001 - phases one after another
-    classes = {"Featurizer": Featurizer, "FlagGate": FlagGate, "Model": type(model)}
+    classes = {"Featurizer": Featurizer, "FlagGate": FlagGate, "Model": type(model),
+               **({"LevelCarry": LevelCarry} if LevelCarry is not None else {})}
     for name, (attr, where, is_iter) in WHERE.items():
         for owner in (o for spec in where for o in _owners(spec, classes)):
             if attr in vars(owner):

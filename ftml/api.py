@@ -42,7 +42,7 @@ from ftml.pipeline import (
     calibration_cuts,
     calibration_info,
     calibration_scores,
-    carry_steps,
+    chunk_carry_steps,
     detector_of,
     featurizer_of,
     few_windows_cause,
@@ -181,7 +181,10 @@ def stream_frames(paths: Iterable[str | Path], read: ReadConfig, step: pd.Timede
     Each chunk carries the last ``carry_steps`` raw rows of every entity from the one before,
     and windows in the last few steps of a chunk wait for the next (a gap there may yet grow
     too long to fill), so every window comes out exactly once, as in one piece. The last frame
-    is the carried rows alone: the windows still waiting.
+    is the carried rows alone: the windows still waiting. With
+    :func:`~ftml.pipeline.chunk_carry_steps` (what ``score`` carries), the trailing level's
+    span is not among the rows: the frames are for a ``WindowScorer(carry=True)``, which
+    carries the level's state (the z of its span's rows) instead.
 
     With ``read_ahead``, the next frame is read and normalised in a background thread while
     the caller works on this one (one file only: see :func:`_read_ahead`)."""
@@ -336,7 +339,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     read = model.config.read
     join_logs = _log_joiner(model, logs)
     builder = model.event_builder()
-    scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None)
+    scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None, carry=True)
     events: list[Event] = []  # closed events become Events at once: their features can go
     bar = progress(None, "scoring", quiet)
     with bar:
@@ -344,7 +347,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
         # stays small and reading the next piece overlaps scoring this one.
         for frame, since, until in stream_frames(metrics, read, model.step,
                                                  _file_metrics(model),
-                                                 carry_steps(model.featurizer, read),
+                                                 chunk_carry_steps(model.featurizer, read),
                                                  min(chunk_rows, SCORE_READ_ROWS),
                                                  read_ahead=True):
             frame = join_logs(frame)

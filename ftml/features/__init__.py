@@ -39,7 +39,7 @@ from ftml.features.counters import (
     detect_counters,
 )
 from ftml.features.featurizer import DEFAULT_CHUNK_ROWS, Z_CLIP, Featurizer
-from ftml.features.level import level_of_sums, level_units, trailing_level
+from ftml.features.level import LevelCarry, level_of_sums, level_units, trailing_level
 from ftml.features.screen import metric_presence, metrics_to_drop
 from ftml.features.statistics import (
     KERNEL_AVAILABLE,
@@ -58,7 +58,7 @@ from ftml.features.windows import WindowBlock, Windows, complete_windows, window
 __all__ = [
     "DEFAULT_CHUNK_ROWS", "IQR_TO_SIGMA", "KERNEL_AVAILABLE", "LEGACY_STATS",
     "P01_P99_TO_SIGMA", "STAT", "STATS", "STAT_TABLE", "Z_CLIP", "Baseline", "Featurizer",
-    "Stat", "WindowBlock", "Windows", "complete_windows", "counter_counts",
+    "LevelCarry", "Stat", "WindowBlock", "Windows", "complete_windows", "counter_counts",
     "counters_from_counts", "counters_to_rates", "detect_counters", "detector_view",
     "feature_names", "fit_baseline", "level_of_sums", "level_units", "metric_presence",
     "metrics_to_drop", "stat_columns", "stats_view", "trailing_level", "window_features",

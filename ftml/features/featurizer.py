@@ -16,7 +16,7 @@ from ftml.features.counters import (
     counters_to_rates,
     detect_counters,
 )
-from ftml.features.level import trailing_level
+from ftml.features.level import LevelCarry, trailing_level
 from ftml.features.statistics import LEGACY_STATS, STAT, STATS, feature_names, window_stats
 from ftml.features.windows import WindowBlock, Windows, complete_windows
 from ftml.io import MetricData, to_ns
@@ -163,9 +163,14 @@ class Featurizer:
         return Windows.concat([b.windows() for b in self.window_blocks(frame, len(frame))],
                               len(self.stats) * len(self.metrics_), len(self.metrics_))
 
+    def level_carry(self) -> LevelCarry:
+        """An empty :class:`LevelCarry` for this featurizer's frames (chunked scoring)."""
+        return LevelCarry(span=self._level_span(), clip=float(self.level_clip),
+                          n_metrics=len(self.metrics_))
+
     def window_blocks(self, frame: pd.DataFrame, block_rows: int,
-                      since: dict[str, int] | None = None, until: dict[str, int] | None = None
-                      ) -> Iterator[WindowBlock]:
+                      since: dict[str, int] | None = None, until: dict[str, int] | None = None,
+                      carry: LevelCarry | None = None) -> Iterator[WindowBlock]:
         """The complete windows of ``frame`` (in the contract), block by block of about
         ``block_rows`` rows: the one loop every driver's windows come from.
 
@@ -174,7 +179,15 @@ class Featurizer:
         and each gets the same bits as in one piece. With ``stride``, windows are counted from
         each entity's first row in ``frame``. With ``since`` / ``until`` (entity -> ns), only
         windows ending after ``since`` and at most ``until`` of their entity (chunked callers:
-        new in this chunk, and final)."""
+        new in this chunk, and final).
+
+        With a ``carry`` (chunked scoring), each entity's rows up to its commit are context
+        only (gap filling, rates; ``since`` must lie past the windows they are in), the levels
+        of the rows after it start from the carried ring (the z of its last ``level_window``
+        rows), a stride counts from the entity's first slot ever, and once the blocks are
+        exhausted the carry moves on to the last final window of ``until`` less ``window - 1``
+        rows: the next frame needs only the rows from there (and ``max_fill_steps + 1``
+        before, for filling and rates)."""
         n = len(frame)
         if n == 0:
             return
@@ -186,17 +199,36 @@ class Featurizer:
         if until is not None:
             hi_ns = np.array([until.get(str(e), _END_OF_TIME) for e in names], dtype=np.int64)
         seg_start = None
-        if self.stride > 1:
+        if self.stride > 1 or carry is not None:
             seg_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        if carry is not None:
+            ent, slots, capture, new_commit = self._carry_begin(carry, codes, names, ts,
+                                                                 seg_start, lo_ns, until)
+            capture_rows: list[tuple] = []
         overlap = self.history_steps
         start = 0
         while start < n:
             stop = min(n, start + max(1, block_rows))
             lo = max(0, start - overlap)
-            z, seg, values = self.standardise(frame.iloc[lo:stop])
+            if carry is None:
+                z, seg, values = self.standardise(frame.iloc[lo:stop])
+            else:
+                z, seg, values = self.standardise(frame.iloc[lo:stop], level=False)
+                own = None
+                if capture is not None:  # the rows the carry keeps: this block's own, once
+                    own = capture[lo:stop].copy()
+                    own[:start - lo] = False
+                z, kept = carry.remove_level(z, seg, ent[codes[lo:stop]], slots[lo:stop],
+                                             keep=own)
+                if kept is not None:
+                    capture_rows.append(kept)
             end = complete_windows(np.isnan(z).any(axis=1), seg, self.window)
             end = end[end + lo >= start]
-            if seg_start is not None:
+            if carry is not None and self.stride > 1:
+                # Counted from each entity's first slot ever, not its first row here.
+                first = carry.first[ent[codes[end + lo]]]
+                end = end[(slots[end + lo] - first - (self.window - 1)) % self.stride == 0]
+            elif seg_start is not None and self.stride > 1:
                 end = end[self._stride_ok(seg_start, end + lo)]
             c = codes[end + lo]
             end_ns = ts[end + lo]
@@ -211,6 +243,43 @@ class Featurizer:
             yield WindowBlock(self.window, self.stats, lo, end, end + lo, c, names, end_ns, z,
                               values)
             start = stop
+        if carry is not None and new_commit is not None:
+            carry.finish(*new_commit, capture_rows)
+            moved, commit = new_commit
+            carry.final[moved] = np.maximum(carry.final[moved], commit + self.window - 1)
+
+    def _carry_begin(self, carry: LevelCarry, codes: np.ndarray, names: np.ndarray,
+                     ts: np.ndarray, seg_start: np.ndarray, lo_ns: np.ndarray | None,
+                     until: dict[str, int] | None):
+        """:meth:`window_blocks` with a carry: each frame entity's place in it (gaps after a
+        commit moved in), each row's slot, which rows the carry keeps after this frame, and
+        the entities and slots of the new commits (None: no ``until``, nothing moves)."""
+        step = int(self.step_.value)
+        slots = ts // step
+        ent = carry.codes([str(e) for e in names])
+        if lo_ns is not None:
+            # Windows over context rows would be wrong: the caller's bounds must skip the
+            # windows final before (a commit moved over a gap has no windows past them).
+            final = carry.final[ent]
+            bad = (final != _NEVER) & (lo_ns < final * step)
+            if bad.any():
+                raise ValueError("window_blocks: since is before the carry's final windows "
+                                 f"of {names[np.flatnonzero(bad)[0]]!r}")
+        present = codes[seg_start]
+        carry.begin(ent[present], slots[seg_start])
+        c = carry.commit[ent]
+        if until is None:
+            return ent, slots, None, None
+        hi = np.array([until.get(str(e), _NEVER) for e in names], dtype=np.int64)
+        moves = np.flatnonzero(hi != _NEVER)
+        new = np.full(len(names), _NEVER, dtype=np.int64)
+        new[moves] = np.floor_divide(hi[moves], step) - (self.window - 1)
+        row_new, row_c = new[codes], c[codes]
+        capture = None
+        if carry.span:
+            capture = (row_new != _NEVER) & (slots <= row_new) & (slots > row_c) \
+                & (slots > row_new - carry.span)
+        return ent, slots, capture, (ent[moves], new[moves])
 
     def _stride_ok(self, seg_start: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Windows ending at ``rows`` that the stride keeps, counted from each entity's first row

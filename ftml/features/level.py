@@ -69,3 +69,154 @@ def level_of_sums(total: np.ndarray, count: np.ndarray, span: int) -> np.ndarray
     level *= 1.0 / (1 << _LEVEL_BITS)
     level /= np.maximum(count, max(span // 2, 1))
     return level
+
+
+_NONE = np.iinfo(np.int64).min
+
+
+class LevelCarry:
+    """What chunked scoring keeps of each entity from one chunk to the next in place of the
+    trailing level's span of raw rows: up to which slot its rows are final (``commit``: the
+    next frame's rows up to it are context only, for gap filling and rates), the z before
+    levels of the ``span`` rows up to it (a ring by slot, NaN where missing: their
+    :func:`level_units` are the level's state), and its first slot ever (a stride counts from
+    it).
+
+    :meth:`Featurizer.window_blocks` reads and advances it. With it a frame needs only the
+    rows of the windows not yet final and the ``max_fill_steps + 1`` before them, and every
+    row's level is the same bits as with the ``span`` rows before it in the frame: the ring's
+    rows go in front of the entity's rows after the commit into :func:`trailing_level`, the
+    very values (so the very integers) those rows had."""
+
+    def __init__(self, *, span: int, clip: float, n_metrics: int):
+        self.span = int(span)
+        self.clip = float(clip)
+        self.n_metrics = int(n_metrics)
+        self.index: dict[str, int] = {}
+        self.commit = np.empty(0, np.int64)
+        self.first = np.empty(0, np.int64)
+        self.final = np.empty(0, np.int64)  # the last final window's slot (its caller's)
+        self.ring = np.full((0, self.n_metrics), np.nan)  # entity e, slot s: e * span + s % span
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def codes(self, names) -> np.ndarray:
+        """Each name's place in the carry (new names get a fresh, empty one)."""
+        out = np.empty(len(names), dtype=np.int64)
+        for k, name in enumerate(names):
+            out[k] = self.index.setdefault(str(name), len(self.index))
+        if len(self.index) > len(self.commit):
+            self._grow(max(len(self.index), 2 * len(self.commit)))
+        return out
+
+    def _grow(self, n: int) -> None:
+        extra = n - len(self.commit)
+        self.commit = np.r_[self.commit, np.full(extra, _NONE, np.int64)]
+        self.first = np.r_[self.first, np.full(extra, _NONE, np.int64)]
+        self.final = np.r_[self.final, np.full(extra, _NONE, np.int64)]
+        ring = np.full((n * self.span, self.n_metrics), np.nan)
+        ring[:len(self.ring)] = self.ring
+        self.ring = ring
+
+    def begin(self, ent: np.ndarray, first_slot: np.ndarray) -> None:
+        """A frame whose entities ``ent`` start at ``first_slot``: a new entity's first slot
+        is remembered; an entity whose rows resume after a gap past its commit has the gap's
+        slots (no rows: missing) moved into its ring, so that its frame starts right after its
+        commit."""
+        new = self.first[ent] == _NONE
+        self.first[ent[new]] = first_slot[new]
+        c = self.commit[ent]
+        gap = (c != _NONE) & (first_slot > c + 1)
+        if gap.any():
+            self._advance(ent[gap], c[gap], first_slot[gap] - 1, None)
+
+    def _at(self, ent: np.ndarray, lo: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Ring rows of slots lo .. lo + n - 1 of each entity, in order."""
+        off = np.r_[0, np.cumsum(n)]
+        s = np.repeat(lo - off[:-1], n) + np.arange(int(off[-1]))
+        return np.repeat(ent, n) * self.span + s % self.span
+
+    def _advance(self, ent: np.ndarray, old: np.ndarray, new: np.ndarray,
+                 rows: tuple | None) -> None:
+        """Move the commits of ``ent`` from ``old`` to ``new`` (slots): the ring's slots in
+        between become the z of ``rows`` (entity, slot, z: among them) where there are rows,
+        else missing."""
+        if self.span:
+            lo = np.where(old == _NONE, new - self.span, np.maximum(old, new - self.span))
+            self.ring[self._at(ent, lo + 1, (new - lo).clip(0, self.span))] = np.nan
+            if rows is not None and len(rows[0]):
+                re, rs, rz = rows
+                self.ring[re * self.span + rs % self.span] = rz
+        self.commit[ent] = new
+
+    def finish(self, ent: np.ndarray, new: np.ndarray, rows: list[tuple]) -> None:
+        """After a frame: the commits of ``ent`` move on to ``new`` (slots; never back), with
+        the frame's rows up to there (entity, slot, z before levels; the rows after the old
+        commit and in the last ``span`` slots before the new one, each once)."""
+        c = self.commit[ent]
+        on = (c == _NONE) | (new > c)
+        ent, c, new = ent[on], c[on], new[on]
+        if not len(ent):
+            return
+        parts = [p for p in rows if len(p[0])]
+        cat = None
+        if parts:
+            cat = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+        self._advance(ent, c, new, cat)
+
+    def remove_level(self, z: np.ndarray, segments: np.ndarray, ent: np.ndarray,
+                     slot: np.ndarray, keep: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, tuple | None]:
+        """z (before levels, in place) minus each row's trailing level, for rows of a frame's
+        block: ``ent`` each row's place in the carry, ``slot`` its time in steps. Rows up to
+        their entity's commit are context (no window's: level 0). Where the block holds an
+        entity's row right after its commit, the ring's ``span`` rows go in front of it; an
+        entity whose rows start later in the frame than the block has none of its levels' span
+        from the carry in the block's windows. Also (entity, slot, z before levels) of the rows
+        ``keep`` (None: none)."""
+        kept = None
+        if keep is not None:
+            k = np.flatnonzero(keep)
+            kept = (ent[k], slot[k], z[k])
+        if not self.span:
+            return z, kept
+        c = self.commit[ent]
+        context = (c != _NONE) & (slot <= c)
+        use = np.flatnonzero(~context)
+        if not len(use):
+            return z, kept
+        e, sl, cu = ent[use], slot[use], c[use]
+        run = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
+        # The ring goes in front of a run that starts right after its entity's commit.
+        primed = (cu[run] != _NONE) & (sl[run] == cu[run] + 1)
+        if not primed.any():
+            level = trailing_level(z[use] if len(use) < len(z) else z, segments[use],
+                                   self.span, self.clip)
+        else:
+            # Runs are contiguous rows of the block (an entity's context rows come first):
+            # the kernel's input is, run by run, the ring's rows in slot order (two slices of
+            # the entity's ring) and then the run's rows, copied once.
+            span = self.span
+            stop = np.r_[run[1:], len(use)]
+            first, last = use[run], use[stop - 1] + 1
+            pieces, lengths = [], []
+            for k, (a, b, p) in enumerate(zip(first.tolist(), last.tolist(),
+                                             primed.tolist(), strict=True)):
+                if p:
+                    base = int(e[run[k]]) * span
+                    turn = int((cu[run[k]] + 1) % span)
+                    pieces += [self.ring[base + turn:base + span], self.ring[base:base + turn]]
+                pieces.append(z[a:b])
+                lengths.append(b - a + (span if p else 0))
+            both = np.concatenate(pieces)
+            seg = np.repeat(segments[first], lengths)
+            is_row = np.ones(len(both), dtype=bool)
+            at = np.r_[0, np.cumsum(lengths)[:-1]][primed]
+            is_row[(at[:, None] + np.arange(span)).ravel()] = False
+            level = trailing_level(both, seg, span, self.clip)[is_row]
+        if len(use) == len(z):
+            z -= level
+        else:
+            z[use] -= level
+        return z, kept

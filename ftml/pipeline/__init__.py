@@ -22,6 +22,7 @@ is found here, as ``ftml.pipeline.X``.
 
 from ftml.pipeline.plan import (
     carry_steps,
+    chunk_carry_steps,
     detector_of,
     event_rules_of,
     featurizer_of,
@@ -94,6 +95,7 @@ __all__ = [
     "calibration_info",
     "calibration_scores",
     "carry_steps",
+    "chunk_carry_steps",
     "detector_of",
     "dropped_text",
     "dropped_warning",

@@ -34,6 +34,16 @@ def carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
     return window_history(featurizer, read) + int(read.max_fill_steps)
 
 
+def chunk_carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
+    """Raw rows of an entity chunked scoring carries from chunk to chunk when the trailing
+    level's state goes along (:class:`~ftml.features.LevelCarry`, ``WindowScorer(carry=True)``):
+    the windows not yet final start ``window - 1`` rows before the last final one, which is
+    ``max_fill_steps`` before the newest row; their first row may be filled from up to
+    ``max_fill_steps`` rows before it and its rate needs the row before. The level's span is
+    not among them: the z of its last ``level_window`` rows are carried instead."""
+    return int(featurizer.window) + 2 * int(read.max_fill_steps)
+
+
 def featurizer_of(fc: FeatureConfig) -> Featurizer:
     """An unfitted featurizer with the settings of a ``FeatureConfig``."""
     return Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,

@@ -86,11 +86,17 @@ class WindowScorer:
     of its work. :meth:`frame` takes a chunk with, per entity, the time after which its windows
     are new and up to which they are final, so the same windows come out exactly once however
     the rows are chunked. ``emit=False`` scores windows only to teach the gate their flags (a
-    Dask task does that for the windows just before its slice)."""
+    Dask task does that for the windows just before its slice). ``carry=True``: the frames
+    come one after another from one stream whose chunks carry only the raw rows of
+    :func:`~ftml.pipeline.chunk_carry_steps`; the trailing level's state is carried here
+    (:class:`~ftml.features.LevelCarry`)."""
 
     def __init__(self, model: Model, sink: EventSink, *, keep_blocks: bool = False,
-                 gate: FlagGate | None = None):
+                 gate: FlagGate | None = None, carry: bool = False):
         self.model = model
+        # Chunked scoring (frames of :func:`ftml.api.stream_frames`, which carry only the raw
+        # rows of :func:`chunk_carry_steps`): the trailing level's state goes frame to frame.
+        self.carry = model.featurizer.level_carry() if carry else None
         self.sink = sink
         self.keep_blocks = keep_blocks
         self.gate = gate if gate is not None else gate_of(model)
@@ -113,7 +119,8 @@ class WindowScorer:
             self._count_rows(frame, names)
         out: list = []
         seen = np.zeros(len(names), dtype=bool)
-        for blk in fz.window_blocks(frame, FEATURE_BLOCK_ROWS, since=since, until=until):
+        for blk in fz.window_blocks(frame, FEATURE_BLOCK_ROWS, since=since, until=until,
+                                    carry=self.carry):
             end, z, values, c = blk.end, blk.z, blk.values, blk.codes
             if not len(end):
                 continue
