@@ -67,13 +67,14 @@ the defaults so chosen and reported here; they were seen once before, with the o
 Amendment 2 (2026-12-06, written and committed before any candidate was run). With C2 the
 default, the judged seeds gave bad_deploy diagnosis .792 (goal .9; metrics only 1.00 on those
 it found). Looked at on selection seeds 5-9 and development seeds 97-99 only (the judged seeds
-were not opened): of the bad deploys found with logs, 8 were not named (seed 9: 2 of 5; 97: 3;
-98: 3; 99: 1); 6 of them by the open-set distance (``far_from_training``: distance 0.84-7.8
-against cuts of 0.59-0.95; the classifier named bad_deploy in 5 of the 6, at calibrated
-confidence .86-1.00) and 2 (seed 97) by the confidence cut (raw .63 / .65, bad_deploy against
-pool_exhaustion, calibrated below the cut .857); none by the no_fault class. In all 6 far
-ones, the ``log:unseen`` features carry 60-100 % of the squared distance to the nearest
-training bad deploy. The reason: ``log:unseen`` is (nearly) 0 in training by construction (a
+were not opened): of the bad deploys found with logs, 9 were not named (seed 9: 2 of 5; 97: 3;
+98: 3; 99: 1; seeds 5-8 none); 7 of them by the open-set distance (``far_from_training``:
+distance 0.84-7.8 against cuts of 0.59-0.95; the classifier's top class was bad_deploy in 6 of
+the 7, at calibrated confidence .75-1.00) and 2 (seed 97) by the confidence cut (raw .63 /
+.65, bad_deploy against pool_exhaustion, calibrated below the cut .857); none by the no_fault
+class. In the 7 far ones the ``log:unseen`` features carry 95-99.5 % of the squared distance
+to the nearest training bad deploy (6 of 7; the seventh, distance .84 against a cut of .75,
+44 %). The reason: ``log:unseen`` is (nearly) 0 in training by construction (a
 template of training is known once it fills ``known_min_steps`` cells, so a training bad
 deploy's own exception lines count as known), its spread over training windows sits at the
 distance's scale floor (``MIN_SCALE`` 0.1 signed-log units, 5-6 of its 7 window statistics on
