@@ -134,6 +134,11 @@ CANDIDATES = {"C1": {"count_scale_floor": 1.0, "top_templates": 20},
               "C2": {"count_scale_floor": 1.0, "top_templates": 0},
               "C3": {"count_scale_floor": 1.0, "top_templates": 3}}
 GOAL = 0.9
+#: Amendment 2: the candidates (DiagnoseConfig.open_set_ignore, logs with LogConfig's
+#: defaults), fixed beforehand; ``current`` is the default.
+CANDIDATES2 = {"current": "none", "N1": "novelty", "N2": "still"}
+#: Amendment 2: the share of false alarms named may not pass this (or current's, if higher).
+FA_NAMED_GOAL = 0.10
 #: The causes that barely move metrics (the target of the ablation).
 QUIET_CAUSES = ("bad_deploy",)
 ARMS = ("metrics", "metrics+logs")
@@ -147,10 +152,11 @@ def _logs(folder: Path) -> list[str]:
 def judge_seed(work: Path, seed: int, entities: int,
                arms: dict[str, dict | None] | None = None) -> dict[str, dict]:
     """Simulate one split, train and evaluate each arm (name -> LogConfig settings, None for
-    metrics only; default :data:`ARMS`, the logs arm with LogConfig's defaults): per arm (and
-    its baseline) the per-incident outcome and the overall detection figures."""
+    metrics only; default :data:`ARMS`, the logs arm with LogConfig's defaults; a key
+    ``diagnose`` holds DiagnoseConfig settings instead): per arm (and its baseline) the
+    per-incident outcome and the overall detection figures."""
     from ftml import api
-    from ftml.config import LogConfig
+    from ftml.config import Config, LogConfig
     from ftml.evaluate import evaluate
     from ftml.simulate import write_split_simulation
 
@@ -164,10 +170,14 @@ def judge_seed(work: Path, seed: int, entities: int,
     out: dict[str, dict] = {}
     for arm, settings in arms.items():
         with_logs = settings is not None
+        settings = dict(settings or {})
+        config = Config()
+        for k, v in settings.pop("diagnose", {}).items():
+            setattr(config.diagnose, k, v)
         model = data / f"model-{arm}"
         started = time.perf_counter()
         api.train([train / "metrics.parquet"], model, incidents=train / "incidents.csv",
-                  logs=_logs(train) if with_logs else None,
+                  config=config, logs=_logs(train) if with_logs else None,
                   log_config=LogConfig(**settings) if with_logs else None)
         ev = evaluate(model, [test / "metrics.parquet"], test / "incidents.csv",
                       baselines=True, calibration_metrics=[train / "metrics.parquet"],
@@ -183,6 +193,7 @@ def judge_seed(work: Path, seed: int, entities: int,
             out[f"{arm}/{name}"] = {
                 "cause": causes, "found": found, "right": found & (named == causes),
                 "false_alarms": int(run.detection["false_alarms"]),
+                "false_alarms_named": int(run.detection.get("false_alarms_named", 0)),
                 "entity_days": float(run.detection["entity_days"]),
                 "recall": float(run.detection["event_recall"]),
                 "precision": float(run.detection["event_precision"]),
@@ -204,6 +215,9 @@ def pooled(per_seed: list[dict[str, dict]], key: str) -> dict:
            "recall": float(found.mean()) if len(found) else None,
            "precision_mean": float(np.mean([p["precision"] for p in parts])),
            "f1_mean": float(np.mean([p["f1"] for p in parts])),
+           "fa_named_share": (sum(p.get("false_alarms_named", 0) for p in parts) /
+                              sum(p["false_alarms"] for p in parts)
+                              if sum(p["false_alarms"] for p in parts) else None),
            "seconds": sum(p["seconds"] for p in parts), "causes": {}}
     for c in sorted(set(cause)):
         mine = cause == c
@@ -354,8 +368,93 @@ def _robust(part: dict) -> dict:
     return r
 
 
+def select2(figs: dict[str, dict], diag: dict[str, tuple] | None) -> tuple[str | None, str]:
+    """Amendment 2's rule. ``figs``: arm -> :func:`pooled` over seeds 5-9 (``metrics``,
+    ``current`` and candidates); ``diag``: variant -> (accuracy, false alarms named, unseen
+    answered unknown) on the diagnosis benchmark's seeds 30-34 pooled (``full`` and the
+    candidates; None: not run, no candidate is eligible). Returns the adopted candidate (None:
+    the default stays) and why."""
+    fa_cap = figs["metrics"]["fa_per_entity_day"] + 1e-12
+    named_cap = max(FA_NAMED_GOAL, figs["current"]["fa_named_share"] or 0.0) + 1e-12
+    now = quiet_figure(figs["current"])
+    why, eligible = [], []
+    for c in (n for n in CANDIDATES2 if n != "current"):
+        if c not in figs:
+            continue
+        r, d, _ = quiet_figure(figs[c])
+        fails = []
+        if r < GOAL or d < GOAL:
+            fails.append(f"bad_deploy recall {r:.3f} / diagnosis {d:.3f}")
+        if figs[c]["fa_per_entity_day"] > fa_cap:
+            fails.append(f"false alarms {figs[c]['fa_per_entity_day']:.3f} > metrics "
+                         f"{fa_cap:.3f}")
+        if (figs[c]["fa_named_share"] or 0.0) > named_cap:
+            fails.append(f"false alarms named {figs[c]['fa_named_share']:.3f} > "
+                         f"{named_cap:.3f}")
+        if diag is None or c not in diag or "full" not in diag:
+            fails.append("diagnosis benchmark seeds 30-34 not run")
+        else:
+            (a, f, u), (a0, f0, u0) = diag[c], diag["full"]
+            if (f or 0.0) > (f0 or 0.0) + 1e-12 or (u or 0.0) < (u0 or 0.0) - 1e-12 \
+                    or (a or 0.0) < (a0 or 0.0) - 0.03:
+                fails.append(f"diagnosis benchmark A/F/U {a:.3f}/{f:.3f}/{u:.3f} against "
+                             f"full's {a0:.3f}/{f0:.3f}/{u0:.3f}")
+        if fails:
+            why.append(f"{c}: " + "; ".join(fails))
+        else:
+            eligible.append(c)
+    if not eligible:
+        return None, "no candidate is eligible (" + " | ".join(why) + ")"
+    order = list(CANDIDATES2)
+    best = min(eligible, key=lambda c: (-quiet_figure(figs[c])[2], order.index(c),
+                                        figs[c]["fa_per_entity_day"]))
+    if quiet_figure(figs[best])[1] <= now[1] + 1e-12:
+        return None, (f"{best} is eligible but its bad_deploy diagnosis "
+                      f"{quiet_figure(figs[best])[1]:.3f} is not above current's {now[1]:.3f}")
+    return best, f"{best} is adopted (eligible: {', '.join(eligible)})" + \
+        (f"; not eligible: {' | '.join(why)}" if why else "")
+
+
+def select2_report(folder: Path, diag: dict[str, tuple] | None) -> str:
+    """Amendment 2's selection table (markdown) and the rule's outcome."""
+    arms = _load_arms(folder)
+    figs = {a: pooled([{"x": p} for p in parts], "x") for a, parts in arms.items()}
+    lines = ["| arm | seeds | bad_deploy n | recall | diagnosis | min | recall, all causes | "
+             "false alarms / entity-day | false alarms named | robust z FA / entity-day |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for a in ("metrics", *CANDIDATES2):
+        if a not in arms:
+            continue
+        fig = figs[a]
+        rz = pooled([{"x": {**p, **_robust(p)}} for p in arms[a]], "x")
+        r, d, m = quiet_figure(fig)
+        n = fig["causes"].get(QUIET_CAUSES[0], {}).get("n", 0)
+        named = "-" if fig["fa_named_share"] is None else f"{fig['fa_named_share']:.3f}"
+        lines.append(f"| {a} | {len(arms[a])} | {n} | {r:.3f} | {d:.3f} | {m:.3f} | "
+                     f"{fig['recall']:.3f} | {fig['fa_per_entity_day']:.3f} | {named} | "
+                     f"{rz['fa_per_entity_day']:.3f} |")
+    chosen, why = select2(figs, diag) if "metrics" in figs and "current" in figs else \
+        (None, "the metrics and current arms are needed")
+    return "\n".join(lines) + f"\n\nRule: {why}; adopted: {chosen or 'none'}.\n"
+
+
+def diagnosis_selection2(variants=("full", "N1", "N2")) -> dict[str, tuple]:
+    """Amendment 2's check on the simulator diagnosis benchmark's selection seeds 30-34
+    (metrics only, its splits and judging): variant -> (accuracy, false alarms named, unseen
+    answered unknown), pooled."""
+    from bench import bench_diagnosis as bd
+
+    with tempfile.TemporaryDirectory(prefix="ftml-logs-diag2-") as tmp:
+        pool = bd.pooled([bd.rows_of(s, variants)
+                          for s in bd.sim_splits(Path(tmp), bd.SELECTION2_SEEDS)])
+    return {n: (r[0]["diag"]["accuracy"], r[0]["fa_named"], r[1]) for n, r in pool.items()}
+
+
 def _select_arm(folder: Path, arm: str, entities: int) -> None:
-    settings = None if arm == "metrics" else CANDIDATES[arm]
+    if arm in CANDIDATES2:  # amendment 2: logs, LogConfig's defaults, a diagnoser setting
+        settings = {"diagnose": {"open_set_ignore": CANDIDATES2[arm]}}
+    else:
+        settings = None if arm == "metrics" else CANDIDATES[arm]
     with tempfile.TemporaryDirectory(prefix="ftml-logs-select-") as tmp:
         for seed in SELECTION_SEEDS:
             out = judge_seed(Path(tmp), seed, entities, {arm: settings})
@@ -373,6 +472,19 @@ if __name__ == "__main__":
         i = sys.argv.index("--select")
         for arm in sys.argv[i + 2:]:
             _select_arm(Path(sys.argv[i + 1]), arm, ENTITIES)
+    elif "--diagnosis2" in sys.argv:  # --diagnosis2 FILE: amendment 2's seeds 30-34 check
+        import json
+
+        out = diagnosis_selection2()
+        Path(sys.argv[sys.argv.index("--diagnosis2") + 1]).write_text(json.dumps(out))
+        print(out)
+    elif "--select2-report" in sys.argv:  # --select2-report DIR [DIAG.json]
+        import json
+
+        i = sys.argv.index("--select2-report")
+        diag = json.loads(Path(sys.argv[i + 2]).read_text()) if len(sys.argv) > i + 2 \
+            else None
+        print(select2_report(Path(sys.argv[i + 1]), diag))
     elif "--select-report" in sys.argv:
         print(select_report(Path(sys.argv[sys.argv.index("--select-report") + 1])))
     else:

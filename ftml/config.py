@@ -122,6 +122,11 @@ class DiagnoseConfig:
     # Where the open-set distance is taken: "all" features, or "used": those the classifier
     # splits on (a wide set's ignored features cannot make an event far; amendment 2).
     open_set_space: str = "all"
+    # Features left out of the open-set distance: "none"; "novelty", those of log:unseen (0
+    # in training by construction, so any later value would make an event far); "still",
+    # every feature whose spread over the training windows is at the scale floor. Logs
+    # ablation, amendment 2 (bench/bench_logs_ablation.py, bench/SELECTION_logs.md).
+    open_set_ignore: str = "none"
 
 
 @dataclass
