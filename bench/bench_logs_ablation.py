@@ -110,6 +110,27 @@ the default stays ``none``. Then, if a candidate is adopted, the judged seeds 20
 once with it and reported in docs/benchmarks.md (they were run once with C2 and reported;
 nothing is chosen on them). The selection figures go to ``bench/SELECTION_logs.md``
 (``--select DIR ARM...`` with ARM among ``metrics current N1 N2``; ``--select-report DIR``).
+
+Amendment 3 (2026-12-06, written after amendment 2's selection and committed before its
+candidate was run). Amendment 2 adopted nothing: N1 named every bad deploy found on seeds 5-9
+(diagnosis 1.00, current .917) but the share of false alarms named rose from .068 to .227 (seed
+9: 8 of 27 named, 1 with current), mostly ``slow_dependency`` just inside its cut; N2 changed
+nothing (bench/SELECTION_logs.md). Without the ``log:unseen`` features, what holds a false
+alarm back is the distance to the cause it is given, and some false alarms lie as near the
+training incidents of a cause as its own incidents do. The diagnoser already has the
+mechanism for that, unused by default: ``no_fault_margin`` (issue 19, amendment 1 of
+bench/PROTOCOL_diagnosis.md, ``nf_margin``: value 1.0 fixed there before any result): an event
+named a cause that lies farther from that cause's training incidents than from the nearest
+flagged-but-healthy run of training is ``no_fault``. One candidate, no value new:
+
+- ``N3``: N1 (``open_set_ignore="novelty"``) with ``no_fault_margin=1.0``.
+
+Selection and rule: amendment 2's, unchanged, on the same seeds (5-9; they are selection
+seeds, and N3 was fixed after seeing N1 there, which this amendment says), with N3 in place
+of the candidates and ``current`` and ``metrics`` as measured in amendment 2 (same code for
+them); the diagnosis benchmark's seeds 30-34 with the variant N3 (``nf_margin`` was never run
+on seeds 30-34). If N3 is adopted, the judged seeds 20-24 are run once with it; if not, the
+default stays and they are not run again.
 """
 
 from __future__ import annotations
@@ -137,6 +158,8 @@ GOAL = 0.9
 #: Amendment 2: the candidates (DiagnoseConfig.open_set_ignore, logs with LogConfig's
 #: defaults), fixed beforehand; ``current`` is the default.
 CANDIDATES2 = {"current": "none", "N1": "novelty", "N2": "still"}
+#: Amendment 3's candidate: DiagnoseConfig settings (N1 with the no_fault margin of issue 19).
+CANDIDATES3 = {"N3": {"open_set_ignore": "novelty", "no_fault_margin": 1.0}}
 #: Amendment 2: the share of false alarms named may not pass this (or current's, if higher).
 FA_NAMED_GOAL = 0.10
 #: The causes that barely move metrics (the target of the ablation).
