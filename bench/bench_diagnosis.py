@@ -47,7 +47,8 @@ VARIANTS = {"full": (True, True, True, 0.0, 0.0, "all"),
             "used_space+rate_cut": (True, True, True, 0.05, 0.0, "used"),
             # Logs ablation amendment 2 (bench/bench_logs_ablation.py): open_set_ignore.
             "N1": (True, True, True, 0.0, 0.0, "all", "novelty"),
-            "N2": (True, True, True, 0.0, 0.0, "all", "still")}
+            "N2": (True, True, True, 0.0, 0.0, "all", "still"),
+            "N3": (True, True, True, 0.0, 1.0, "all", "novelty")}
 CANDIDATES = ("rate_cut", "nf_margin", "rate_cut+nf_margin")
 CANDIDATES2 = ("rate_cut", "used_space", "used_space+rate_cut")
 #: What the report runs since amendment 2 (the ablation rows of amendment 1 stay recorded

@@ -401,7 +401,7 @@ def select2(figs: dict[str, dict], diag: dict[str, tuple] | None) -> tuple[str |
     named_cap = max(FA_NAMED_GOAL, figs["current"]["fa_named_share"] or 0.0) + 1e-12
     now = quiet_figure(figs["current"])
     why, eligible = [], []
-    for c in (n for n in CANDIDATES2 if n != "current"):
+    for c in (n for n in (*CANDIDATES2, *CANDIDATES3) if n != "current"):
         if c not in figs:
             continue
         r, d, _ = quiet_figure(figs[c])
@@ -428,7 +428,7 @@ def select2(figs: dict[str, dict], diag: dict[str, tuple] | None) -> tuple[str |
             eligible.append(c)
     if not eligible:
         return None, "no candidate is eligible (" + " | ".join(why) + ")"
-    order = list(CANDIDATES2)
+    order = [*CANDIDATES2, *CANDIDATES3]
     best = min(eligible, key=lambda c: (-quiet_figure(figs[c])[2], order.index(c),
                                         figs[c]["fa_per_entity_day"]))
     if quiet_figure(figs[best])[1] <= now[1] + 1e-12:
@@ -445,7 +445,7 @@ def select2_report(folder: Path, diag: dict[str, tuple] | None) -> str:
     lines = ["| arm | seeds | bad_deploy n | recall | diagnosis | min | recall, all causes | "
              "false alarms / entity-day | false alarms named | robust z FA / entity-day |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for a in ("metrics", *CANDIDATES2):
+    for a in ("metrics", *CANDIDATES2, *CANDIDATES3):
         if a not in arms:
             continue
         fig = figs[a]
@@ -476,6 +476,8 @@ def diagnosis_selection2(variants=("full", "N1", "N2")) -> dict[str, tuple]:
 def _select_arm(folder: Path, arm: str, entities: int) -> None:
     if arm in CANDIDATES2:  # amendment 2: logs, LogConfig's defaults, a diagnoser setting
         settings = {"diagnose": {"open_set_ignore": CANDIDATES2[arm]}}
+    elif arm in CANDIDATES3:  # amendment 3: the same, diagnoser settings
+        settings = {"diagnose": dict(CANDIDATES3[arm])}
     else:
         settings = None if arm == "metrics" else CANDIDATES[arm]
     with tempfile.TemporaryDirectory(prefix="ftml-logs-select-") as tmp:
@@ -498,8 +500,9 @@ if __name__ == "__main__":
     elif "--diagnosis2" in sys.argv:  # --diagnosis2 FILE: amendment 2's seeds 30-34 check
         import json
 
-        out = diagnosis_selection2()
-        Path(sys.argv[sys.argv.index("--diagnosis2") + 1]).write_text(json.dumps(out))
+        i = sys.argv.index("--diagnosis2")  # --diagnosis2 FILE [VARIANT...]
+        out = diagnosis_selection2(tuple(sys.argv[i + 2:]) or ("full", "N1", "N2"))
+        Path(sys.argv[i + 1]).write_text(json.dumps(out))
         print(out)
     elif "--select2-report" in sys.argv:  # --select2-report DIR [DIAG.json]
         import json
