@@ -275,8 +275,9 @@ def test_no_fault_margin_turns_an_event_like_a_false_alarm_into_no_fault():
     # Between the healthy runs (2, 2) and cpu (8, 0), nearer the former in the embedding: the
     # tree's cpu region reaches it, the margin does not let it act.
     event = np.random.default_rng(5).normal((6.0, 2.0), 0.3, size=(10, 2))
-    plain = Diagnoser(open_set=False).fit(X, y, groups=g)
+    plain = Diagnoser(open_set=False, no_fault_margin=0.0).fit(X, y, groups=g)
     margin = Diagnoser(open_set=False, no_fault_margin=1.0).fit(X, y, groups=g)
+    assert Diagnoser().no_fault_margin == 1.0  # the default (logs ablation, amendment 3)
     assert plain.diagnose(event)[0] == "cpu"
     a = margin.assess(event)
     assert (a["cause"], a["why"]) == (NO_FAULT, "looks_healthy")
@@ -449,7 +450,7 @@ def test_open_set_ignore_novelty_leaves_the_novelty_columns_out_of_the_distance(
     Xn = _with_novelty(X, rng)
     # A cpu fault that also writes lines of templates never seen (tens of lines a step).
     event = _with_novelty(rng.normal((8, 0), 0.5, size=(10, 2)), rng, event_level=20.0)
-    plain = Diagnoser().fit(Xn, y, groups=g)
+    plain = Diagnoser(open_set_ignore="none").fit(Xn, y, groups=g)
     a = plain.assess(event)
     assert (a["cause"], a["why"]) == (UNKNOWN, "far_from_training")
     assert plain.ignored_.size == 0
@@ -466,7 +467,8 @@ def test_open_set_ignore_novelty_leaves_the_novelty_columns_out_of_the_distance(
     assert novel.assess(far)["why"] == "far_from_training"
     # "novelty" without columns, or "none" with some, leaves the distance as it was.
     for d in (Diagnoser(open_set_ignore="novelty").fit(Xn, y, groups=g),
-              Diagnoser(novelty_features=(2, 3, 4)).fit(Xn, y, groups=g)):
+              Diagnoser(open_set_ignore="none", novelty_features=(2, 3, 4)).fit(
+                  Xn, y, groups=g)):
         np.testing.assert_array_equal(d.space_, np.arange(5))
         np.testing.assert_allclose(d.distance_cut_, plain.distance_cut_)
 
@@ -518,6 +520,8 @@ def test_fit_diagnoser_gives_the_log_unseen_columns_as_novelty():
     d, info = fit_diagnoser(Xn, label, inc, cfg, None, names)
     np.testing.assert_array_equal(d.ignored_, [2, 3])
     assert info["open_set_ignored"] == 2
-    # The default leaves every feature in.
-    d, info = fit_diagnoser(Xn, label, inc, Config(), None, names)
+    # "none" leaves every feature in; the default is "novelty".
+    assert Config().diagnose.open_set_ignore == "novelty"
+    cfg.diagnose.open_set_ignore = "none"
+    d, info = fit_diagnoser(Xn, label, inc, cfg, None, names)
     assert d.ignored_.size == 0 and info["open_set_ignored"] == 0
