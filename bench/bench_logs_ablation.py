@@ -131,6 +131,18 @@ of the candidates and ``current`` and ``metrics`` as measured in amendment 2 (sa
 them); the diagnosis benchmark's seeds 30-34 with the variant N3 (``nf_margin`` was never run
 on seeds 30-34). If N3 is adopted, the judged seeds 20-24 are run once with it; if not, the
 default stays and they are not run again.
+
+Outcome of amendments 2-3 (bench/SELECTION_logs.md has the selection tables). Amendment 2
+adopted nothing (N1 named .227 of false alarms; N2 changed nothing); amendment 3's N3 met the
+rule on seeds 5-9 (bad_deploy recall 1.00, diagnosis 1.00 against current's .917, .183 false
+alarms per entity-day against .188 metrics only, .045 of them named; diagnosis benchmark seeds
+30-34: accuracy .890, false alarms named 0.000, unseen answered unknown .840 against ``full``'s
+.890 / .025 / .834) and is the default (``DiagnoseConfig.open_set_ignore="novelty"``,
+``no_fault_margin=1.0``). The judged seeds 20-24, run once with it (the table below; both arms
+with the new defaults): bad_deploy recall 1.00 (metrics only .833, robust z 1.00), diagnosis
+1.00 (with C2 and the old defaults .792; metrics only 1.00, robust z 1.00), false alarms .233
+per entity-day (metrics only .313, robust z .433); every other ftml and metrics-only
+figure as with C2 (robust z: slow_dependency diagnosis .955 -> 1.00).
 """
 
 from __future__ import annotations
