@@ -44,7 +44,11 @@ VARIANTS = {"full": (True, True, True, 0.0, 0.0, "all"),
             "nf_margin": (True, True, True, 0.0, 1.0, "all"),
             "rate_cut+nf_margin": (True, True, True, 0.05, 1.0, "all"),
             "used_space": (True, True, True, 0.0, 0.0, "used"),
-            "used_space+rate_cut": (True, True, True, 0.05, 0.0, "used")}
+            "used_space+rate_cut": (True, True, True, 0.05, 0.0, "used"),
+            # Logs ablation amendment 2 (bench/bench_logs_ablation.py): open_set_ignore.
+            "N1": (True, True, True, 0.0, 0.0, "all", "novelty"),
+            "N2": (True, True, True, 0.0, 0.0, "all", "still"),
+            "N3": (True, True, True, 0.0, 1.0, "all", "novelty")}
 CANDIDATES = ("rate_cut", "nf_margin", "rate_cut+nf_margin")
 CANDIDATES2 = ("rate_cut", "used_space", "used_space+rate_cut")
 #: What the report runs since amendment 2 (the ablation rows of amendment 1 stay recorded
@@ -61,6 +65,7 @@ class Training:
     label: np.ndarray  # their incident
     incidents: pd.DataFrame
     healthy: tuple[np.ndarray, np.ndarray] | None
+    feature_names: list[str] | None = None
 
 
 class Fixed:
@@ -95,16 +100,18 @@ def majority(tr: Training) -> Fixed:
 def fit_variant(tr: Training, config, name: str, drop: str | None = None):
     from ftml.pipeline import fit_diagnoser
 
-    no_fault, open_set, calibrate, rate, margin, space = VARIANTS[name]
+    no_fault, open_set, calibrate, rate, margin, space, *ignore = VARIANTS[name]
     cfg = copy.deepcopy(config)
     cfg.diagnose.open_set, cfg.diagnose.calibrate = open_set, calibrate
     cfg.diagnose.open_set_rate, cfg.diagnose.no_fault_margin = rate, margin
     cfg.diagnose.open_set_space = space
+    cfg.diagnose.open_set_ignore = ignore[0] if ignore else "none"
     X, label, inc = tr.X, tr.label, tr.incidents
     if drop is not None:  # the cause is never seen: its incidents' windows go
         keep = inc["cause"].astype(str).to_numpy()[label] != drop
         X, label = X[keep], label[keep]
-    d, _ = fit_diagnoser(X, label, inc, cfg, tr.healthy if no_fault else None)
+    d, _ = fit_diagnoser(X, label, inc, cfg, tr.healthy if no_fault else None,
+                         tr.feature_names)
     return d
 
 
@@ -125,7 +132,7 @@ def training_of(model, data, incidents, config) -> Training:
     healthy = pl.healthy_windows(
         pl.healthy_candidates(fz, frame, cal_rows, cal_scores, incidents, config),
         cal_scores, int(fz.step_.value), config)
-    return Training(X, label, incidents, healthy)
+    return Training(X, label, incidents, healthy, list(fz.feature_names_))
 
 
 def raw_events(model, path: Path) -> list:

@@ -116,7 +116,8 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     healthy = healthy_windows(
         healthy_candidates(featurizer, frame, cal_rows, cal_scores, incidents, config),
         cal_scores, int(featurizer.step_.value), config) if X is not None else None
-    diagnoser, diag_info = fit_diagnoser(X, label, incidents, config, healthy)
+    diagnoser, diag_info = fit_diagnoser(X, label, incidents, config, healthy,
+                                         featurizer.feature_names_)
     model, thresholder = finish_training(
         featurizer, detector, cal_entity, ts[cal_rows], cal_scores, incident_spans(incidents),
         diagnoser, load_rules(rules_path, featurizer.metrics_), config)

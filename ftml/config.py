@@ -117,11 +117,20 @@ class DiagnoseConfig:
     # (left out one at a time) would be unknown (bench/PROTOCOL_diagnosis.md, amendment 1).
     open_set_rate: float = 0.0
     # > 0: named but farther from the cause's incidents than this x its distance to the
-    # nearest flagged-but-healthy run: no_fault (0: off).
-    no_fault_margin: float = 0.0
+    # nearest flagged-but-healthy run: no_fault (0: off). 1.0 (amendment 1's nf_margin value)
+    # by the logs ablation's amendment 3 (bench/bench_logs_ablation.py,
+    # bench/SELECTION_logs.md), with open_set_ignore "novelty": without log:unseen in the
+    # distance, it is what keeps false alarms from being named.
+    no_fault_margin: float = 1.0
     # Where the open-set distance is taken: "all" features, or "used": those the classifier
     # splits on (a wide set's ignored features cannot make an event far; amendment 2).
     open_set_space: str = "all"
+    # Features left out of the open-set distance: "none"; "novelty", those of log:unseen (0
+    # in training by construction, so any later value would make an event far; a model
+    # without logs has none); "still", every feature whose spread over the training windows
+    # is at the scale floor. "novelty" (with no_fault_margin 1.0) by the logs ablation's
+    # amendment 3 (bench/bench_logs_ablation.py, bench/SELECTION_logs.md).
+    open_set_ignore: str = "novelty"
 
 
 @dataclass

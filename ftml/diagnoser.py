@@ -25,6 +25,7 @@ from ftml.diagnose import (
     _GC,
     CLASSIFIERS,
     MIN_CALIBRATION_EVENTS,
+    MIN_SCALE,
     NO_FAULT,
     SVM_MAX_TRAIN,
     TREE_MAX_TRAIN,
@@ -40,6 +41,11 @@ from ftml.diagnose import (
 
 #: Where the open-set distance is taken: every feature, or those the classifier splits on.
 OPEN_SET_SPACES = ("all", "used")
+#: Features left out of the open-set distance: none; ``novelty``, the columns given as
+#: ``novelty_features`` (the pipeline gives those of ``log:unseen``: 0 in training by
+#: construction); ``still``, every feature whose spread over the training windows is at the
+#: scale floor (it did not move in training). Logs ablation, amendment 2.
+OPEN_SET_IGNORES = ("none", "novelty", "still")
 
 
 def split_features(model) -> np.ndarray | None:
@@ -73,7 +79,11 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
       a time) would be answered unknown; with ``open_set_space`` ``used`` the distance is
       taken over the features the classifier splits on only (:attr:`space_`), so features it
       ignores (a thousand of them on a wide data set, most barely moving in training) cannot
-      make an event far;
+      make an event far; ``open_set_ignore`` leaves features out of that distance (see
+      :data:`OPEN_SET_IGNORES`; :attr:`ignored_`): a feature that is 0 in training by
+      construction (lines of templates never seen) sits at the scale floor there, so any
+      later value is tens of floors away and would make every event that has it far,
+      however like its cause it is otherwise;
     - ``no_fault_margin`` > 0: an event named a cause that lies farther from that cause's
       training incidents than ``no_fault_margin`` times its distance to the nearest
       flagged-but-healthy run (:attr:`healthy_reference_`) is ``no_fault``: it looks more like
@@ -87,6 +97,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                  open_set_rate: float = _GC.open_set_rate,
                  no_fault_margin: float = _GC.no_fault_margin,
                  open_set_space: str = _GC.open_set_space,
+                 open_set_ignore: str = _GC.open_set_ignore,
+                 novelty_features: tuple[int, ...] = (),
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
@@ -97,6 +109,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.open_set_rate = open_set_rate
         self.no_fault_margin = no_fault_margin
         self.open_set_space = open_set_space
+        self.open_set_ignore = open_set_ignore
+        self.novelty_features = novelty_features
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
@@ -131,6 +145,9 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         if self.open_set_space not in OPEN_SET_SPACES:
             raise ValueError(f"open_set_space must be one of {', '.join(OPEN_SET_SPACES)}, "
                              f"got {self.open_set_space!r}")
+        if self.open_set_ignore not in OPEN_SET_IGNORES:
+            raise ValueError(f"open_set_ignore must be one of {', '.join(OPEN_SET_IGNORES)}, "
+                             f"got {self.open_set_ignore!r}")
         X, y = validate_data(self, X, y, dtype=np.float64)
         self.classes_ = unique_labels(y)
         y = np.asarray(y)
@@ -145,6 +162,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             else float("nan")
         self.model_ = self._make(y).fit(X, y)
         self.scale_center_, self.scale_width_ = _scale_of(X)
+        self.ignored_ = self._ignored(X.shape[1])
         self.space_ = self._space_of(self.model_, X.shape[1])
         self._fit_references(X, y, groups)
         self.unseen_unknown_ = self._leave_cause_out(X, y, groups)
@@ -234,15 +252,36 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
 
     # -- open set --------------------------------------------------------------------
 
+    def _ignored(self, n_features: int) -> np.ndarray:
+        """The feature columns ``open_set_ignore`` leaves out of the distance (sorted)."""
+        how = getattr(self, "open_set_ignore", "none")
+        if how == "novelty":
+            cols = np.asarray(self.novelty_features, dtype=np.int64).reshape(-1)
+            if cols.size and (cols.min() < 0 or cols.max() >= n_features):
+                raise ValueError(f"novelty_features must be columns of X (0..{n_features - 1}),"
+                                 f" got {sorted(set(cols.tolist()))}")
+            return np.unique(cols)
+        if how == "still":
+            # At the floor: the training windows' spread was below it (see _scale_of).
+            return np.flatnonzero(self.scale_width_ <= MIN_SCALE).astype(np.int64)
+        return np.empty(0, dtype=np.int64)
+
     def _space_of(self, model, n_features: int) -> np.ndarray:
         """The feature columns distances are taken over: every one, or with
         ``open_set_space`` ``used`` those ``model`` splits on (all of them when it splits on
-        none, or is a classifier without splits)."""
+        none, or is a classifier without splits); less :attr:`ignored_` (unless that would
+        leave none)."""
+        space = np.arange(n_features)
         if getattr(self, "open_set_space", "all") == "used":
             used = split_features(model)
             if used is not None and used.size:
-                return used
-        return np.arange(n_features)
+                space = used
+        ignored = getattr(self, "ignored_", None)
+        if ignored is not None and ignored.size:
+            kept = space[~np.isin(space, ignored)]
+            if kept.size:
+                return kept
+        return space
 
     def _embed(self, X: np.ndarray, space: np.ndarray | None = None) -> np.ndarray:
         """Windows -> the space distances are taken in: signed log (a fault's z of 300 and of

@@ -633,3 +633,37 @@ def test_band_scores_need_every_previous_day_to_count():
     one = band_scores(ent, end, s, _MIN, 0.5, 0.1, 1)
     np.testing.assert_allclose(two[-10:], 0.9)
     np.testing.assert_allclose(one[-10:], 0.9 - 0.3)
+
+
+def _arm2(recall, diagnosis, fa, named):
+    return {**_arm(recall, diagnosis, fa), "fa_named_share": named}
+
+
+def test_logs_ablation_amendment2_rule():
+    """Amendment 2: eligible when bad_deploy recall and diagnosis >= .9, false alarms <= the
+    metrics arm's, false alarms named <= max(.10, current's), and on the diagnosis benchmark
+    F <= full's, U >= full's, A >= full's - .03; the best min wins (ties: N1); adopted only
+    if its diagnosis beats current's."""
+    from bench.bench_logs_ablation import select2
+
+    base = {"metrics": _arm2(0.95, 0.95, 0.20, 0.2), "current": _arm2(1.0, 0.90, 0.18, 0.05)}
+    diag = {"full": (0.89, 0.025, 0.83), "N1": (0.89, 0.025, 0.83), "N2": (0.90, 0.02, 0.85)}
+    figs = {**base, "N1": _arm2(1.0, 0.95, 0.18, 0.08), "N2": _arm2(1.0, 0.97, 0.19, 0.09)}
+    assert select2(figs, diag)[0] == "N2"  # the better min
+    figs["N2"] = _arm2(1.0, 0.95, 0.17, 0.05)
+    assert select2(figs, diag)[0] == "N1"  # a tie on min: N1 first
+    diag["N1"] = (0.89, 0.05, 0.83)  # names more false alarms on the diagnosis benchmark
+    assert select2(figs, diag)[0] == "N2"
+    diag["N2"] = (0.90, 0.02, 0.80)  # unseen answered unknown falls
+    chosen, why = select2(figs, diag)
+    assert chosen is None and "no candidate is eligible" in why
+    diag = {"full": (0.89, 0.025, 0.83), "N1": (0.89, 0.025, 0.83), "N2": (0.85, 0.0, 0.9)}
+    assert select2(figs, diag)[0] == "N1"  # N2 loses more than .03 of accuracy
+    figs["N1"] = _arm2(1.0, 0.95, 0.21, 0.05)  # more false alarms than metrics only
+    assert select2(figs, diag)[0] is None
+    figs["N1"] = _arm2(1.0, 0.95, 0.18, 0.15)  # names more than max(.10, current's)
+    assert select2(figs, diag)[0] is None
+    figs["N1"] = _arm2(1.0, 0.90, 0.18, 0.05)  # eligible but no better than current
+    chosen, why = select2(figs, diag)
+    assert chosen is None and "not above current" in why
+    assert select2({**figs, "N1": _arm2(1.0, 0.95, 0.1, 0.0)}, None)[0] is None

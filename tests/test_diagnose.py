@@ -275,8 +275,9 @@ def test_no_fault_margin_turns_an_event_like_a_false_alarm_into_no_fault():
     # Between the healthy runs (2, 2) and cpu (8, 0), nearer the former in the embedding: the
     # tree's cpu region reaches it, the margin does not let it act.
     event = np.random.default_rng(5).normal((6.0, 2.0), 0.3, size=(10, 2))
-    plain = Diagnoser(open_set=False).fit(X, y, groups=g)
+    plain = Diagnoser(open_set=False, no_fault_margin=0.0).fit(X, y, groups=g)
     margin = Diagnoser(open_set=False, no_fault_margin=1.0).fit(X, y, groups=g)
+    assert Diagnoser().no_fault_margin == 1.0  # the default (logs ablation, amendment 3)
     assert plain.diagnose(event)[0] == "cpu"
     a = margin.assess(event)
     assert (a["cause"], a["why"]) == (NO_FAULT, "looks_healthy")
@@ -426,3 +427,101 @@ def test_selection_rule_2_table(sim, pet, winner):
     n = {k: (0.0, 0.0, 1.0) for k in _NAMES2}
     p = {k: (pet.get(k, 0.05), None, None) for k in _NAMES2}
     assert choose2(*_sets(s, n, p))[0] == winner
+
+
+# --------------------------------------------------------------------------- logs ablation, amendment 2
+
+
+def _with_novelty(X, rng, event_level=None):
+    """Two informative features, then three that are 0 in training but for a rare stray line
+    (like log:unseen's window statistics); ``event_level``: their value in an event."""
+    n = len(X)
+    extra = np.zeros((n, 3))
+    stray = rng.random(n) < 0.02
+    extra[stray] = 1.0
+    if event_level is not None:
+        extra[:] = event_level
+    return np.hstack([X, extra])
+
+
+def test_open_set_ignore_novelty_leaves_the_novelty_columns_out_of_the_distance():
+    X, y, g = _clusters(0, CENTRES)
+    rng = np.random.default_rng(0)
+    Xn = _with_novelty(X, rng)
+    # A cpu fault that also writes lines of templates never seen (tens of lines a step).
+    event = _with_novelty(rng.normal((8, 0), 0.5, size=(10, 2)), rng, event_level=20.0)
+    plain = Diagnoser(open_set_ignore="none").fit(Xn, y, groups=g)
+    a = plain.assess(event)
+    assert (a["cause"], a["why"]) == (UNKNOWN, "far_from_training")
+    assert plain.ignored_.size == 0
+    novel = Diagnoser(open_set_ignore="novelty", novelty_features=(2, 3, 4)).fit(
+        Xn, y, groups=g)
+    np.testing.assert_array_equal(novel.ignored_, [2, 3, 4])
+    np.testing.assert_array_equal(novel.space_, [0, 1])
+    a = novel.assess(event)
+    assert (a["cause"], a["why"]) == ("cpu", "named")
+    # The classifier still sees every feature: the same probabilities as without.
+    np.testing.assert_allclose(novel.predict_proba(event), plain.predict_proba(event))
+    # An event far on the features left in is still far.
+    far = _with_novelty(rng.normal((30, -20), 0.5, size=(10, 2)), rng, event_level=0.0)
+    assert novel.assess(far)["why"] == "far_from_training"
+    # "novelty" without columns, or "none" with some, leaves the distance as it was.
+    for d in (Diagnoser(open_set_ignore="novelty").fit(Xn, y, groups=g),
+              Diagnoser(open_set_ignore="none", novelty_features=(2, 3, 4)).fit(
+                  Xn, y, groups=g)):
+        np.testing.assert_array_equal(d.space_, np.arange(5))
+        np.testing.assert_allclose(d.distance_cut_, plain.distance_cut_)
+
+
+def test_open_set_ignore_still_leaves_out_what_did_not_move_in_training():
+    X, y, g = _clusters(0, CENTRES)
+    rng = np.random.default_rng(2)
+    Xs = np.hstack([X, np.zeros((len(X), 1)), rng.normal(0, 0.001, size=(len(X), 1))])
+    d = Diagnoser(open_set_ignore="still").fit(Xs, y, groups=g)
+    np.testing.assert_array_equal(d.ignored_, [2, 3])
+    np.testing.assert_array_equal(d.space_, [0, 1])
+    # A mem incident of training, but the two still features moved.
+    event = np.hstack([X[g == 1001], np.full((int((g == 1001).sum()), 2), 9.0)])
+    assert Diagnoser().fit(Xs, y, groups=g).assess(event)["why"] == "far_from_training"
+    assert d.assess(event)["cause"] == "mem"
+
+
+def test_open_set_ignore_everything_falls_back_to_every_feature():
+    X, y, g = _clusters(0, CENTRES)
+    d = Diagnoser(open_set_ignore="novelty", novelty_features=(0, 1)).fit(X, y, groups=g)
+    np.testing.assert_array_equal(d.space_, [0, 1])
+
+
+def test_open_set_ignore_must_be_known_and_columns_in_range():
+    X, y, g = _clusters(0, CENTRES)
+    with pytest.raises(ValueError, match="open_set_ignore"):
+        Diagnoser(open_set_ignore="logs").fit(X, y, groups=g)
+    with pytest.raises(ValueError, match="novelty_features"):
+        Diagnoser(open_set_ignore="novelty", novelty_features=(5,)).fit(X, y, groups=g)
+
+
+def test_fit_diagnoser_gives_the_log_unseen_columns_as_novelty():
+    import pandas as pd
+
+    from ftml.config import Config
+    from ftml.pipeline.training import fit_diagnoser, novelty_features
+
+    names = ["cpu:mean", "cpu:max", "log:unseen:mean", "log:unseen:max", "log:unseen_x:mean",
+             "log:error:mean"]
+    assert novelty_features(names) == (2, 3)
+    assert novelty_features(["cpu:mean"]) == () and novelty_features(None) == ()
+    X, y, g = _clusters(0, {"cpu": (8.0, 0.0), "mem": (0.0, 8.0)})
+    rng = np.random.default_rng(0)
+    Xn = np.hstack([X, _with_novelty(X, rng)[:, 2:4], rng.normal(size=(len(X), 2))])
+    _, label = np.unique(g, return_inverse=True)
+    inc = pd.DataFrame({"cause": [y[g == k][0] for k in np.unique(g)]})
+    cfg = Config()
+    cfg.diagnose.open_set_ignore = "novelty"
+    d, info = fit_diagnoser(Xn, label, inc, cfg, None, names)
+    np.testing.assert_array_equal(d.ignored_, [2, 3])
+    assert info["open_set_ignored"] == 2
+    # "none" leaves every feature in; the default is "novelty".
+    assert Config().diagnose.open_set_ignore == "novelty"
+    cfg.diagnose.open_set_ignore = "none"
+    d, info = fit_diagnoser(Xn, label, inc, cfg, None, names)
+    assert d.ignored_.size == 0 and info["open_set_ignored"] == 0

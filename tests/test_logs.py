@@ -372,3 +372,25 @@ def test_unseen_is_kept_and_counts_are_scaled_in_lines(fleet, trained, tmp_path)
                     logs=[str(fleet / "logs")], log_config=LogConfig(count_scale_floor=0.0))
     assert off.summary["dropped_metrics"].get(UNSEEN) == "constant"
     assert UNSEEN not in off.model.featurizer.metrics_
+
+
+def test_novelty_leaves_the_log_unseen_features_out_of_the_open_set_distance(fleet, tmp_path):
+    """Logs ablation amendments 2-3: with diagnose.open_set_ignore 'novelty' the diagnoser's
+    distance leaves out exactly the features of log:unseen (0 in training by construction);
+    "none" leaves every feature in. "novelty" is the default (amendment 3)."""
+    from ftml import api
+    from ftml.config import Config
+
+    res = api.train([fleet / "metrics.csv"], tmp_path / "m", incidents=fleet / "incidents.csv",
+                    logs=[str(fleet / "logs")])
+    d, names = res.model.diagnoser, res.model.featurizer.feature_names_
+    assert d is not None
+    left_out = sorted(names[i] for i in d.ignored_)
+    assert left_out and left_out == sorted(n for n in names if n.startswith(UNSEEN + ":"))
+    assert not set(d.space_) & set(d.ignored_)
+    cfg = Config()
+    cfg.diagnose.open_set_ignore = "none"
+    plain = api.train([fleet / "metrics.csv"], tmp_path / "p",
+                      incidents=fleet / "incidents.csv", logs=[str(fleet / "logs")], config=cfg)
+    assert plain.model.diagnoser.ignored_.size == 0
+    assert len(plain.model.diagnoser.space_) == len(names)

@@ -237,7 +237,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
                               cal_scores, int(step.value), config) if inc is not None else None
     diagnoser, diag_info = fit_diagnoser(np.vstack([r["X"] for r in scored]),
                                          np.concatenate([r["label"] for r in scored]), inc,
-                                         config, healthy)
+                                         config, healthy, featurizer.feature_names_)
     model, thresholder = finish_training(featurizer, detector, cal_entity, cal_end, cal_scores,
                                          incident_spans(inc), diagnoser,
                                          load_rules(rules, featurizer.metrics_),

@@ -378,13 +378,25 @@ def healthy_windows(cand: HealthyCandidates | None, cal_scores: np.ndarray, step
     return cand.X[idx[keep]], group[keep]
 
 
+def novelty_features(feature_names: list[str] | None) -> tuple[int, ...]:
+    """The feature columns of ``log:unseen`` (lines of templates training did not know): the
+    ones ``diagnose.open_set_ignore`` ``novelty`` leaves out of the open-set distance."""
+    from ftml.logs.series import UNSEEN
+
+    if not feature_names:
+        return ()
+    return tuple(i for i, n in enumerate(feature_names) if str(n).startswith(UNSEEN + ":"))
+
+
 def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | None,
-                  config: Config, healthy: tuple[np.ndarray, np.ndarray] | None = None
+                  config: Config, healthy: tuple[np.ndarray, np.ndarray] | None = None,
+                  feature_names: list[str] | None = None
                   ) -> tuple[Diagnoser | None, dict[str, Any]]:
     """The diagnoser, trained on the incidents' windows (``label``: each window's incident)
     and the flagged-but-healthy windows (``healthy``: features and run, see
     :func:`healthy_windows`) as class ``no_fault``, or None when there is nothing to learn
-    from; and what the manifest says of it."""
+    from; and what the manifest says of it. ``feature_names``: the columns' names (the
+    featurizer's), for ``diagnose.open_set_ignore`` ``novelty``."""
     if incidents is None or not len(label):
         return None, {}
     y = incidents["cause"].to_numpy(dtype=object)[label].astype(str)
@@ -406,13 +418,16 @@ def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | No
                           open_set=gc.open_set, open_set_margin=gc.open_set_margin,
                           open_set_rate=gc.open_set_rate, no_fault_margin=gc.no_fault_margin,
                           open_set_space=gc.open_set_space,
+                          open_set_ignore=gc.open_set_ignore,
+                          novelty_features=novelty_features(feature_names),
                           random_state=config.detect.random_state).fit(X, y, groups=groups)
     return diagnoser, {"windows": int(len(label)), "incidents": int(len(np.unique(label))),
                        "no_fault_windows": int(len(y) - len(label)),
                        "no_fault_runs": n_healthy,
                        "min_confidence": diagnoser.min_confidence_,
                        "calibration_error": diagnoser.ece_,
-                       "unseen_cause_unknown": diagnoser.unseen_unknown_rate_}
+                       "unseen_cause_unknown": diagnoser.unseen_unknown_rate_,
+                       "open_set_ignored": int(len(diagnoser.ignored_))}
 
 
 def finish_training(featurizer: Featurizer, detector: IsolationDetector,
