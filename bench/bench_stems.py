@@ -1,0 +1,189 @@
+"""Stem baselines (``read.stem_baselines``) on and off, on the second family of simulated
+worlds with renamed pods, by bench/PROTOCOL_generalization.md's amendment of 2026-12-06 22:35
+(and bench/PROTOCOL_diagnosis.md's line of the same time): detection through the runner
+``python -m bench generalization`` uses for worlds 3-4 (``run_part``: ftml and the same
+baselines under the same event rule and budget), diagnosis through ``bench diagnosis``'s
+(``prepare``, ``judge``: ``full``, the plain tree and the majority answer).
+
+    python -m bench.bench_stems selection   # world 3, seeds 40 and 41 (never used before)
+    python -m bench.bench_stems held-out    # worlds 3-4, the benches' own seeds
+    python -m bench.bench_stems unseen      # every other set: entities not in training
+
+Nothing here chooses anything by itself: it prints the figures the protocol's rule reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SELECTION_SEEDS = (40, 41)
+#: Off is the product as it was (every unseen entity on the fleet-wide baseline).
+CONFIGS = {"off": {"read": {"stem_baselines": False}}, "on": {"read": {"stem_baselines": True}}}
+
+
+def detection(work: Path, world: int, seeds) -> dict:
+    """Per seed and pooled: {on/off: {detector: Counts}} through bench generalization's
+    runner."""
+    from bench import bench_generalization as bg
+    from bench import datasets
+
+    out = {}
+    for seed in seeds:
+        split = datasets.simulated(work, seed, world=world)
+        for name, extra in CONFIGS.items():
+            os.environ["FTML_BENCH_CONFIG"] = json.dumps(extra)
+            out.setdefault(seed, {})[name] = bg.run_part([split], work / name)
+    os.environ.pop("FTML_BENCH_CONFIG", None)
+    return out
+
+
+def diagnosis(work: Path, world: int, seeds) -> dict:
+    """Pooled over seeds: {on/off: bench diagnosis's pooled() entry of full, plain tree and
+    majority} (leave-one-cause-out is not run: the model, its training windows and so every
+    diagnoser are the same on and off; only the judged events differ)."""
+    from bench import bench_diagnosis as bd
+    from ftml.config import Config
+    from ftml.simulate import simulate_fleet
+
+    out = {}
+    for name, extra in CONFIGS.items():
+        config = Config.from_dict(extra)
+        res = []
+        for seed in seeds:
+            tr, tr_inc = simulate_fleet(entities=8, days=bd.TRAIN_DAYS, seed=seed,
+                                        start=str(bd.START), world=world)
+            te, te_inc = simulate_fleet(
+                entities=8, days=bd.TEST_DAYS, seed=seed + 1000, fleet_seed=seed, world=world,
+                start=str(bd.START + bd.pd.Timedelta(days=bd.TRAIN_DAYS)))
+            split = bd.prepare(f"{name} world {world} seed {seed}", tr, tr_inc, te, te_inc,
+                               config, work)
+            full = bd.fit_variant(split.training, split.model.config, "full")
+            res.append({"full": (bd.judge(split, full), None, 0),
+                        "plain tree": (bd.judge(split, bd.plain_tree(split.training)), 0.0, 0),
+                        "majority": (bd.judge(split, bd.majority(split.training)), 0.0, 0)})
+        out[name] = bd.pooled(res)
+    return out
+
+
+def _det_line(label: str, per: dict) -> str:
+    from bench.bench_generalization import LABELS
+
+    parts = []
+    for name in CONFIGS:
+        c = per[name]
+        f = c["ftml"]
+        parts.append(f"{name}: ftml F1 {f.f1:.3f} (R/P {f.recall or 0:.2f}/"
+                     f"{f.precision or 0:.2f}, FA {f.fa_judged or 0:.2f}/entity-day)")
+    base = per["off"]
+    parts.append(", ".join(f"{LABELS[k]} {base[k].f1:.3f}" for k in ("robust_z", "ecod",
+                                                                       "iforest")))
+    return f"  {label}: " + "; ".join(parts)
+
+
+def _diag_line(label: str, per: dict) -> str:
+    parts = []
+    for name in CONFIGS:
+        r = per[name]
+        full = r["full"][0]
+        fa = full["fa_named"]
+        parts.append(f"{name}: accuracy {full['diag']['accuracy'] or 0:.3f} "
+                     f"(n={full['diag']['n']}), false alarms named "
+                     f"{'-' if fa is None else f'{fa:.3f}'} of {full['false_alarms']}, "
+                     f"majority {r['majority'][0]['diag']['accuracy'] or 0:.3f}, plain tree "
+                     f"{r['plain tree'][0]['diag']['accuracy'] or 0:.3f}")
+    return f"  {label}: " + "; ".join(parts)
+
+
+def report(worlds_seeds_det: list[tuple[int, tuple]], worlds_seeds_diag: list[tuple[int, tuple]]
+           ) -> None:
+    with tempfile.TemporaryDirectory(prefix="ftml-stems-") as tmp:
+        work = Path(tmp)
+        for world, seeds in worlds_seeds_det:
+            t = time.perf_counter()
+            det = detection(work / f"det{world}", world, seeds)
+            pooled = {name: {k: None for k in det[seeds[0]][name]} for name in CONFIGS}
+            for seed in seeds:
+                print(_det_line(f"detection world {world} seed {seed}", det[seed]), flush=True)
+                for name in CONFIGS:
+                    for k, c in det[seed][name].items():
+                        pooled[name][k] = c if pooled[name][k] is None else pooled[name][k].add(c)
+            print(_det_line(f"detection world {world} seeds {seeds} pooled", pooled),
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+        for world, seeds in worlds_seeds_diag:
+            t = time.perf_counter()
+            diag = diagnosis(work / f"diag{world}", world, seeds)
+            print(_diag_line(f"diagnosis world {world} seeds {seeds} pooled", diag),
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def unseen() -> None:
+    """Every other set of both benches: how many test entities were not in training, and how
+    many of those have a trained stem (they alone can score differently on and off)."""
+    from bench import bench_generalization as bg
+    from bench import datasets
+    from bench.common import data_dir
+    from ftml.config import Config
+    from ftml.io import entity_stem, map_entities
+
+    root = data_dir()
+
+    def names(frame, cfg):
+        col = cfg.read.entity_col or "entity"
+        s = frame[col].astype("string") if col in frame else frame["entity"].astype("string")
+        return set(map(str, map_entities(s, cfg.read.entity_map)))
+
+    def line(label, splits):
+        tot = stem = 0
+        for sp in splits:
+            cfg = Config.from_dict(sp.config) if sp.config else Config()
+            tr, te = names(sp.train, cfg), names(sp.test, cfg)
+            new = te - tr
+            trained = {entity_stem(n) for n in tr}
+            tot += len(new)
+            stem += sum(entity_stem(n) in trained for n in new)
+        print(f"  {label}: {tot} test entities not in training, {stem} of them with a "
+              "trained stem", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ftml-stems-") as tmp:
+        work = Path(tmp)
+        for name, parts in bg._parts(root, work, quick=False):
+            for part, make in parts.items():
+                line(f"generalization {name} {part}", make())
+        import bench.bench_diagnosis as bd
+        for seeds in (bd.SEEDS, bd.SELECTION_SEEDS, bd.SELECTION2_SEEDS):
+            line(f"diagnosis sim seeds {seeds}",
+                 [datasets.simulated(work, s) for s in seeds])
+        if (root / "nezha").is_dir():
+            import dataclasses
+
+            sp = datasets.nezha(root)
+            line("diagnosis Nezha OB 08-22->08-23", [sp])
+            line("diagnosis Nezha OB 08-23->08-22",
+                 [dataclasses.replace(sp, train=sp.test, test=sp.train)])
+        if (root / "petshop").is_dir():
+            line("diagnosis PetShop", datasets.petshop(root))
+
+
+def main(argv: list[str]) -> None:
+    what = argv[0] if argv else "selection"
+    if what == "selection":
+        report([(3, SELECTION_SEEDS)], [(3, SELECTION_SEEDS)])
+    elif what == "held-out":
+        from bench import bench_diagnosis as bd
+        from bench import bench_generalization as bg
+
+        report([(w, bg.WORLD_SEEDS) for w in bg.WORLD_PARTS["held-out"]],
+               [(w, bd.WORLD_SEEDS) for w in bd.WORLDS2])
+    elif what == "unseen":
+        unseen()
+    else:
+        raise SystemExit(f"unknown: {what} (selection, held-out or unseen)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
