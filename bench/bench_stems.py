@@ -8,14 +8,13 @@ baselines under the same event rule and budget), diagnosis through ``bench diagn
     python -m bench.bench_stems selection   # world 3, seeds 40 and 41 (never used before)
     python -m bench.bench_stems held-out    # worlds 3-4, the benches' own seeds
     python -m bench.bench_stems unseen      # every other set: entities not in training
+    python -m bench.bench_stems nezha       # Nezha OB both ways (pods renamed between days)
 
 Nothing here chooses anything by itself: it prints the figures the protocol's rule reads.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 import time
@@ -29,16 +28,32 @@ CONFIGS = {"off": {"read": {"stem_baselines": False}}, "on": {"read": {"stem_bas
 def detection(work: Path, world: int, seeds) -> dict:
     """Per seed and pooled: {on/off: {detector: Counts}} through bench generalization's
     runner."""
-    from bench import bench_generalization as bg
     from bench import datasets
 
+    return {seed: detect_split(work, datasets.simulated(work, seed, world=world))
+            for seed in seeds}
+
+
+def detect_split(work: Path, split) -> dict:
+    """{on/off: {detector: Counts}} of one split, as bench generalization's ``run_part``
+    computes them; ftml's also with ``flagged`` (entity-hours inside ftml's events, of the
+    judged entity-hours): a detector that stays on for hours finds every incident in its span,
+    which event F1 alone rewards."""
+    from bench import bench_generalization as bg
+    from bench.common import run_split
+
     out = {}
-    for seed in seeds:
-        split = datasets.simulated(work, seed, world=world)
-        for name, extra in CONFIGS.items():
-            os.environ["FTML_BENCH_CONFIG"] = json.dumps(extra)
-            out.setdefault(seed, {})[name] = bg.run_part([split], work / name)
-    os.environ.pop("FTML_BENCH_CONFIG", None)
+    for name, extra in CONFIGS.items():
+        sp = bg.with_config(split, extra)
+        res = run_split(sp, work / name, baselines=False)
+        per = {"ftml": bg.ftml_counts(res),
+               **bg.baselines_on(bg._split_dir(work / name, sp), res.evaluation)}
+        events = next(iter(res.evaluation.runs.values())).events
+        hours = sum((e.end - e.start).total_seconds() for e in events) / 3600
+        span = split.test.groupby("entity")["timestamp"].agg(lambda t: (t.max() - t.min())
+                                                              .total_seconds() / 3600).sum()
+        per["ftml"].flagged = (hours, float(span))
+        out[name] = per
     return out
 
 
@@ -77,11 +92,13 @@ def _det_line(label: str, per: dict) -> str:
     for name in CONFIGS:
         c = per[name]
         f = c["ftml"]
+        auc = "-" if f.auc is None else f"{f.auc:.2f}"
+        hours, span = getattr(f, "flagged", (0.0, 0.0))
         parts.append(f"{name}: ftml F1 {f.f1:.3f} (R/P {f.recall or 0:.2f}/"
-                     f"{f.precision or 0:.2f}, FA {f.fa_judged or 0:.2f}/entity-day)")
-    base = per["off"]
-    parts.append(", ".join(f"{LABELS[k]} {base[k].f1:.3f}" for k in ("robust_z", "ecod",
-                                                                       "iforest")))
+                     f"{f.precision or 0:.2f}, FA {f.fa_judged or 0:.2f}/entity-day, AUC-PR "
+                     f"{auc}, flagged {hours / span if span else 0:.1%} of entity-hours); "
+                     + ", ".join(f"{LABELS[k]} {c[k].f1:.3f}" for k in ("robust_z", "ecod",
+                                                                         "iforest")))
     return f"  {label}: " + "; ".join(parts)
 
 
@@ -112,6 +129,8 @@ def report(worlds_seeds_det: list[tuple[int, tuple]], worlds_seeds_diag: list[tu
                 for name in CONFIGS:
                     for k, c in det[seed][name].items():
                         pooled[name][k] = c if pooled[name][k] is None else pooled[name][k].add(c)
+                    fl = [det[sd][name]["ftml"].flagged for sd in seeds]
+                    pooled[name]["ftml"].flagged = (sum(h for h, _ in fl), sum(s for _, s in fl))
             print(_det_line(f"detection world {world} seeds {seeds} pooled", pooled),
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
         for world, seeds in worlds_seeds_diag:
@@ -169,6 +188,38 @@ def unseen() -> None:
             line("diagnosis PetShop", datasets.petshop(root))
 
 
+def nezha() -> None:
+    """Nezha OB both directions (its pods are renamed between the two days), on and off:
+    detection as bench generalization, diagnosis as bench diagnosis."""
+    import dataclasses
+
+    from bench import bench_diagnosis as bd
+    from bench import datasets
+    from bench.common import data_dir
+    from ftml.config import Config
+
+    root = data_dir()
+    sp = datasets.nezha(root)
+    rev = dataclasses.replace(sp, train=sp.test, test=sp.train,
+                              train_incidents=sp.test_incidents, test_incidents=sp.train_incidents)
+    with tempfile.TemporaryDirectory(prefix="ftml-stems-") as tmp:
+        work = Path(tmp)
+        for label, split in (("08-22->08-23", sp), ("08-23->08-22", rev)):
+            split = dataclasses.replace(split, name=f"nezha {label}")
+            print(_det_line(f"detection Nezha OB {label}", detect_split(work / "det", split)),
+                  flush=True)
+            diag = {}
+            for name, extra in CONFIGS.items():
+                cfg = Config.from_dict(extra)
+                s = bd.prepare(f"{name} nezha {label}", split.train, split.train_incidents,
+                               split.test, split.test_incidents, cfg, work / "diag")
+                full = bd.fit_variant(s.training, s.model.config, "full")
+                diag[name] = {"full": (bd.judge(s, full), None, 0),
+                              "plain tree": (bd.judge(s, bd.plain_tree(s.training)), 0.0, 0),
+                              "majority": (bd.judge(s, bd.majority(s.training)), 0.0, 0)}
+            print(_diag_line(f"diagnosis Nezha OB {label}", diag), flush=True)
+
+
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "selection"
     if what == "selection":
@@ -181,6 +232,8 @@ def main(argv: list[str]) -> None:
                [(w, bd.WORLD_SEEDS) for w in bd.WORLDS2])
     elif what == "unseen":
         unseen()
+    elif what == "nezha":
+        nezha()
     else:
         raise SystemExit(f"unknown: {what} (selection, held-out or unseen)")
 
