@@ -91,7 +91,7 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     ts = to_ns(frame["timestamp"])
     codes, names = data.entity_codes()
     row_label = incident_of_rows(codes, names, ts, incidents)
-    featurizer = featurizer_of(fc).fit(
+    featurizer = featurizer_of(fc, config.read).fit(
         data, exclude_rows=row_label >= 0,
         min_scale=logs.scale_floors() if logs is not None else None)
     t_min, t_max = ts.min(), ts.max()

@@ -33,6 +33,11 @@ class ReadConfig:
     # Regex that maps entity names to stable ones (its group 'entity', or its one group):
     # Kubernetes pods 'ts-order-service-5d8f9c7b6-x2x4z' -> 'ts-order-service'. None: as read.
     entity_map: str | None = None
+    # An entity not in training whose name less a generated suffix (ftml.io.entity_stem: a
+    # pod's deploy hash, 'checkout-b21c0' -> 'checkout') is the stem of trained entities is
+    # scored against their baseline, not the fleet-wide one (a mixture of all services).
+    # Names the entity_map maps are its stable names first. False: the fleet-wide one.
+    stem_baselines: bool = True
     # Training leaves out metrics that cannot help (ftml.pipeline.screen_metrics): a metric
     # missing in at least this share of the fleet's observed rows (rows with any reading) ...
     drop_missing_fraction: float = 0.95

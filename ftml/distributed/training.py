@@ -103,7 +103,7 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, fractio
     data = _group_data(task, read, metrics, step, chunk_rows)
     frame = data.frame
     ts, row_label = _labels(data, incidents)
-    fz = featurizer_of(config.features).fit(data, exclude_rows=row_label >= 0,
+    fz = featurizer_of(config.features, config.read).fit(data, exclude_rows=row_label >= 0,
                                             counters=counters)
     fit_rows, _, _ = split_windows(fz, frame, row_label, fraction)
     n_fit = len(fit_rows)
@@ -207,7 +207,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
             (*args, counters, inc_f, dc.calibration_fraction, keep_p, config),
             ahead, "features", quiet)]
         # One featurizer of the groups' baselines: the fleet fallback over all entities.
-        featurizer = featurizer_of(fc).with_baseline(
+        featurizer = featurizer_of(fc, config.read).with_baseline(
             usable, step, counters, Baseline.concat([p["baseline"] for p in parts]))
         require_fit_windows(sum(p["n_fit"] for p in parts),
                             str(given[0]) if len(given) == 1 else "metrics", fc.window)

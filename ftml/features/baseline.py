@@ -1,5 +1,7 @@
 """Each entity's normal: robust centre (median) and scale (IQR / 1.349) of each metric,
-optionally per hour of day, with a fleet-wide fallback (:class:`Baseline`, :func:`fit_baseline`)."""
+optionally per hour of day, with fallbacks for entities not seen in training: the baseline of
+the trained entities of their stem (a pod renamed by a deploy), else the fleet's
+(:class:`Baseline`, :func:`fit_baseline`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ftml.io import entity_stem
+
 # IQR of a normal distribution is 1.349 sigma: dividing by it makes z read like a z-score.
 IQR_TO_SIGMA = 1.349
 P01_P99_TO_SIGMA = 4.653
@@ -17,13 +21,19 @@ P01_P99_TO_SIGMA = 4.653
 @dataclass
 class Baseline:
     """Robust per-entity centre (median) and scale (IQR / 1.349) of each metric, optionally per
-    hour of day; a fleet-wide fallback serves entities not seen in training."""
+    hour of day. An entity not seen in training borrows, with ``stems``
+    (``read.stem_baselines``), the baseline of the trained entities of its stem
+    (:func:`ftml.io.entity_stem`: 'checkout-b21c0' that of 'checkout-7f3a9', or the median of
+    several such pods); else, or without ``stems``, a fleet-wide fallback serves it."""
 
     entities: list[str]
     center: np.ndarray  # (entities, hours, metrics); hours = 24 or 1
     scale: np.ndarray
     fleet_center: np.ndarray  # (hours, metrics)
     fleet_scale: np.ndarray
+    # A bundle from before stems existed decodes with this class default (its events change
+    # only for entities it never saw, which got the fleet's baseline).
+    stems: bool = True
 
     @classmethod
     def of_entities(cls, entities: list[str], center: np.ndarray, scale: np.ndarray
@@ -54,11 +64,16 @@ class Baseline:
         return center[index], scale[index]
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """Centre and scale, one row per (entity, hour) then per fleet hour: what
-        :meth:`row_index` points into."""
+        """Centre and scale, one row per (entity, hour), then per fleet hour, then (``stems``)
+        per hour of each stem shared by several trained entities: what :meth:`row_index`
+        points into. The rows of trained entities and the fleet's are the same with stems or
+        without, so are their z."""
         m = self.center.shape[2]
-        return (np.concatenate([self.center.reshape(-1, m), self.fleet_center]),
-                np.concatenate([self.scale.reshape(-1, m), self.fleet_scale]))
+        _, s_center, s_scale = self._stem_table()
+        return (np.concatenate([self.center.reshape(-1, m), self.fleet_center,
+                                s_center.reshape(-1, m)]),
+                np.concatenate([self.scale.reshape(-1, m), self.fleet_scale,
+                                s_scale.reshape(-1, m)]))
 
     def row_index(self, entity_names, timestamps_ns: np.ndarray) -> np.ndarray:
         """Per row, its row in :meth:`tables`: the entity's own baseline (for its hour), or the
@@ -67,10 +82,65 @@ class Baseline:
         return self.row_index_of(self.entity_index(names)[inverse], timestamps_ns)
 
     def entity_index(self, names) -> np.ndarray:
+        """Per distinct name, whose baseline it gets: its own place in the baseline; for one
+        not seen in training (``stems``) that of the one trained entity of its stem, or
+        ``len(entities) + 1 + k`` for the k-th stem shared by several (the rows after the
+        fleet's in :meth:`tables`); else -1 (the fleet's)."""
+        index = self.own_index(names)
+        if self.stems and (index < 0).any():
+            by_stem, _, _ = self._stem_table()
+            unseen = np.flatnonzero(index < 0)
+            index[unseen] = [by_stem.get(entity_stem(str(names[i])), -1) for i in unseen]
+        return index
+
+    def own_index(self, names) -> np.ndarray:
         """Per distinct name, the entity's place in the baseline, or -1 if not seen in
         training."""
         index = {e: i for i, e in enumerate(self.entities)}
         return np.array([index.get(str(n), -1) for n in names], dtype=np.int64)
+
+    def borrowed_stems(self, names) -> list[str | None]:
+        """Per name not seen in training, the stem whose trained entities' baseline it is
+        scored against (None: the fleet's)."""
+        names = [str(n) for n in names]
+        if not self.stems:
+            return [None] * len(names)
+        by_stem, _, _ = self._stem_table()
+        return [s if s in by_stem else None for s in map(entity_stem, names)]
+
+    def _stem_table(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """{stem of trained entities: its :meth:`entity_index`} and the centre and scale
+        (stems, hours, metrics) of the stems shared by several: the median over them, as the
+        fleet's is over all. Derived from the fitted baseline once, not stored."""
+        cached = self.__dict__.get("_stem_cache")
+        if cached is not None and cached[0] is self.center and cached[1] == self.stems:
+            return cached[2]
+        n, hours, m = self.center.shape
+        by_stem: dict[str, int] = {}
+        if self.stems and n:
+            codes, stems = pd.factorize(pd.Series([entity_stem(e) for e in self.entities]))
+            sizes = np.bincount(codes, minlength=len(stems))
+            shared = np.flatnonzero(sizes > 1)
+            s_center = np.empty((len(shared), hours, m))
+            s_scale = np.empty((len(shared), hours, m))
+            for k, g in enumerate(shared):  # distinct stems: few, once per baseline
+                members = codes == g
+                s_center[k] = np.median(self.center[members], axis=0)
+                s_scale[k] = _floor_scale(np.median(self.scale[members], axis=0), s_center[k])
+            _, first = np.unique(codes, return_index=True)  # each stem's (first) entity
+            place = first.astype(np.int64)
+            place[shared] = n + 1 + np.arange(len(shared))
+            by_stem = dict(zip(map(str, stems), place.tolist(), strict=True))
+        else:
+            s_center = s_scale = np.empty((0, hours, m))
+        table = (by_stem, s_center, s_scale)
+        self.__dict__["_stem_cache"] = (self.center, self.stems, table)
+        return table
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_stem_cache", None)  # derived: not part of the model
+        return state
 
     def row_index_of(self, known: np.ndarray, timestamps_ns: np.ndarray) -> np.ndarray:
         """:meth:`row_index` from each row's :meth:`entity_index`."""

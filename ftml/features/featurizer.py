@@ -36,12 +36,13 @@ class Featurizer:
 
     def __init__(self, *, window: int = _FC.window, stride: int = _FC.stride,
                  hour_of_day: bool = _FC.hour_of_day, level_window: int = _FC.level_window,
-                 level_clip: float = _FC.level_clip):
+                 level_clip: float = _FC.level_clip, stem_baselines: bool = True):
         self.window = window
         self.stride = stride
         self.hour_of_day = hour_of_day
         self.level_window = level_window
         self.level_clip = level_clip
+        self.stem_baselines = stem_baselines  # Baseline.stems (read.stem_baselines)
 
     @property
     def history_steps(self) -> int:
@@ -82,6 +83,7 @@ class Featurizer:
             floor = np.array([float(min_scale.get(m, 0.0)) for m in self.metrics_])
         self.baseline_ = fit_baseline(values, codes, names, to_ns(data.frame["timestamp"]),
                                       self.hour_of_day, min_scale=floor)
+        self.baseline_.stems = bool(self.stem_baselines)
         self.stats_ = STATS
         self.feature_names_ = feature_names(self.metrics_, self.stats_)
         return self
@@ -94,6 +96,7 @@ class Featurizer:
         self.step_ = step
         self.counters_ = [c for c in self.metrics_ if c in set(counters)]
         self.baseline_ = baseline
+        self.baseline_.stems = bool(self.stem_baselines)
         self.stats_ = STATS
         self.feature_names_ = feature_names(self.metrics_, self.stats_)
         return self

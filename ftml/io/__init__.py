@@ -27,7 +27,7 @@ Every public name is importable from ``ftml.io`` itself.
 from __future__ import annotations
 
 from ftml.io.contract import MetricData
-from ftml.io.entities import entity_pattern, map_entities
+from ftml.io.entities import entity_pattern, entity_stem, map_entities
 from ftml.io.files import FORMAT_HINT, FORMATS, expand_paths, file_format
 from ftml.io.grid import fill_short_gaps, infer_step, normalise
 from ftml.io.incidents import INCIDENT_COLUMNS, incident_spans, label_times, read_incidents
@@ -49,7 +49,7 @@ from ftml.io.writers import atomic_path, write_bytes, write_records, write_table
 __all__ = [
     "DEFAULT_ENTITY", "ENTITY_NAMES", "FORMATS", "FORMAT_HINT", "INCIDENT_COLUMNS",
     "LONG_COLUMNS", "TEXT_SHARE", "TIMESTAMP_HINT", "TIMESTAMP_NAMES", "MetricData",
-    "atomic_path", "entity_pattern", "expand_paths", "file_format", "fill_short_gaps",
+    "atomic_path", "entity_pattern", "entity_stem", "expand_paths", "file_format", "fill_short_gaps",
     "incident_spans", "infer_step", "is_text_column", "iter_metric_rows", "label_times",
     "map_entities", "normalise", "parse_timestamps", "read_incidents", "read_metrics",
     "read_table", "resolve_column", "rows_to_data", "step_from_config", "to_ns", "to_rows",

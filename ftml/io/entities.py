@@ -60,3 +60,29 @@ def map_entities(names: pd.Series, pattern: str | None) -> pd.Series:
         stable = m.group(group) if m else None
         mapped.append(stable if stable else name)
     return pd.Series(pd.array(mapped, dtype="string").take(codes), index=names.index)
+
+
+# Kubernetes names a pod of a Deployment <deployment>-<pod-template-hash>-<5 chars>, of a
+# DaemonSet, Job or bare ReplicaSet <owner>-<5 chars>, of a CronJob <cronjob>-<minutes since
+# the epoch>-<5 chars>. The 5 chars are utilrand.String(5) and the hash is
+# rand.SafeEncodeString, both drawn from this alphabet (no vowels, no 0, 1 or 3, so that no
+# word is spelt); hashes before Kubernetes 1.8 were decimal. A StatefulSet's pod is
+# <name>-<ordinal>: a stable identity, which a suffix of digits alone never loses here.
+_K8S_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+_POD_OF_DEPLOYMENT = re.compile(
+    rf"^(?P<stem>.+?)-(?:[{_K8S_SAFE}]{{6,10}}|[0-9]{{6,10}})-[{_K8S_SAFE}]{{5}}$")
+# One generated suffix: 4 or more letters and digits, with at least one of each (a random
+# hex or base-36 id: 7f3a9, x2k9q), or Kubernetes' 5 chars (which may hold no digit).
+_GENERATED_SUFFIX = re.compile(
+    rf"^(?P<stem>.+)-(?:(?=[a-z0-9]*[0-9])(?=[a-z0-9]*[a-z])[a-z0-9]{{4,}}"
+    rf"|(?=[{_K8S_SAFE}]*[a-z])[{_K8S_SAFE}]{{5}})$")
+
+
+def entity_stem(name: str) -> str:
+    """The name without a trailing suffix that looks generated (a new one per deploy): the
+    Kubernetes pod 'ts-order-service-5d8f7c9b4-x2k9q' -> 'ts-order-service', 'checkout-7f3a9'
+    -> 'checkout', 'fluentd-x2kqb' -> 'fluentd'. A suffix of digits alone ('web-1', a
+    StatefulSet's ordinal; 'node-2024') or a word ('redis-master') stays: the name is its
+    own stem. Lower-case letters and digits only, as Kubernetes names are (RFC 1123)."""
+    m = _POD_OF_DEPLOYMENT.match(name) or _GENERATED_SUFFIX.match(name)
+    return m.group("stem") if m else name

@@ -44,10 +44,13 @@ def chunk_carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
     return int(featurizer.window) + 2 * int(read.max_fill_steps)
 
 
-def featurizer_of(fc: FeatureConfig) -> Featurizer:
-    """An unfitted featurizer with the settings of a ``FeatureConfig``."""
+def featurizer_of(fc: FeatureConfig, read: ReadConfig | None = None) -> Featurizer:
+    """An unfitted featurizer with the settings of a ``FeatureConfig`` (and of ``read``:
+    ``stem_baselines``)."""
+    stems = ReadConfig.stem_baselines if read is None else bool(read.stem_baselines)
     return Featurizer(window=fc.window, stride=fc.stride, hour_of_day=fc.hour_of_day,
-                      level_window=fc.level_window, level_clip=fc.level_clip)
+                      level_window=fc.level_window, level_clip=fc.level_clip,
+                      stem_baselines=stems)
 
 
 def detector_of(dc: DetectConfig) -> IsolationDetector:

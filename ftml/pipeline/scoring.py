@@ -198,9 +198,10 @@ class ScoreResult:
 
 def unseen_entities(model: Model, names: Iterable[str]) -> list[str]:
     """Of these entities, those the model has no baseline of (sorted): they are scored
-    against the fleet's fallback baseline (:class:`ftml.features.Baseline`)."""
+    against the baseline of their stem's trained entities or the fleet's fallback
+    (:class:`ftml.features.Baseline`)."""
     names = sorted(map(str, names))
-    known = model.featurizer.baseline_.entity_index(names)
+    known = model.featurizer.baseline_.own_index(names)
     return [n for n, k in zip(names, known.tolist(), strict=True) if k < 0]
 
 
@@ -210,14 +211,29 @@ def unseen_entities_warning(model: Model, unseen: list[str], of: int | None = No
     there are none); ``of``: how many entities were scored, when known."""
     if not unseen:
         return None
-    shown = ", ".join(unseen[:10]) + (f" and {len(unseen) - 10} more" if len(unseen) > 10
-                                      else "")
-    hours = ", per hour of day" if model.featurizer.baseline_.by_hour else ""
+    baseline = model.featurizer.baseline_
+    hours = ", per hour of day" if baseline.by_hour else ""
+    stems = baseline.borrowed_stems(unseen)
+    fleet = [n for n, s in zip(unseen, stems, strict=True) if s is None]
+    if len(fleet) < len(unseen):  # some borrow their stem's baseline
+        pairs = [f"{n} -> {s}-*" for n, s in zip(unseen, stems, strict=True) if s is not None]
+        shown = ", ".join(pairs[:3]) + (", ..." if len(pairs) > 3 else "")
+        count = f"{len(unseen)} of {of} entities" if of else f"{len(unseen)} entities"
+        rest = ("none against the fleet-wide baseline" if not fleet else
+                f"the rest against the fleet-wide baseline (all training entities pooled"
+                f"{hours}): {_names(fleet)}")
+        return (f"{count} not in training: {len(pairs)} scored against the baseline of "
+                f"their stem ({shown}), {rest}")
     one = len(unseen) == 1 and not of
     count = f"{len(unseen)} of {of} entities were" if of else (
         f"{len(unseen)} entit{'y was' if one else 'ies were'}")
     return (f"{count} not in training and {'is' if one else 'are'} scored against the "
-            f"fleet-wide baseline (all training entities pooled{hours}): {shown}")
+            f"fleet-wide baseline (all training entities pooled{hours}): {_names(unseen)}")
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10
+                                    else "")
 
 
 def write_events(events: list[Event], out: str | Path | None) -> None:
