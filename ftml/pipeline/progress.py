@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
-
-if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
-    pass
 
 
 def progress(total: int | None, desc: str, quiet: bool, unit: str = "chunk"):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,6 @@ from ftml.features import (
 from ftml.incidents import Grouping, assign_groups, groups_table
 from ftml.io import to_ns, write_records, write_table
 from ftml.pipeline.plan import gate_of
-
-if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
-    pass
 
 # Rows a batch score holds at most per chunk by default.
 SCORE_CHUNK_ROWS = 1_000_000

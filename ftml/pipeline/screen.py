@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
 from ftml.config import Config, ReadConfig
 from ftml.errors import InputError
@@ -14,11 +13,6 @@ from ftml.features import (
     metrics_to_drop,
 )
 from ftml.io import MetricData
-
-if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs them
-    pass
-
-
 
 
 def screen_metrics(data: MetricData, read: ReadConfig, window: int,
