@@ -53,6 +53,7 @@ from ftml.pipeline import (
     fit_view,
     healthy_candidates,
     healthy_windows,
+    hold_steps,
     incident_of_rows,
     incident_windows,
     progress,
@@ -199,7 +200,7 @@ def _frames(files: list[Path], read: ReadConfig, step: pd.Timedelta, metrics: li
             ) -> Iterator[tuple[pd.DataFrame, dict[str, int], dict[str, int] | None]]:
     source = ", ".join(map(str, files))
     step_ns = int(step.value)
-    hold_ns = read.max_fill_steps * step_ns
+    hold_ns = hold_steps(read) * step_ns
     since: dict[str, int] = {}
     carry: pd.DataFrame | None = None
     for rows in iter_metric_rows(files, read, chunk_rows):

@@ -151,7 +151,8 @@ def test_chunks_carry_a_window_and_the_fill_reach_not_the_levels_span(trained, t
     assert n_normalised <= len(rows) + len(seen) * entities * (k + 1)
 
 
-@pytest.mark.parametrize("level_window, fill, window", [(0, 2, 6), (3, 1, 2), (200, 3, 15)])
+@pytest.mark.parametrize("level_window, fill, window", [(0, 2, 6), (3, 1, 2), (200, 3, 15),
+                                                       (200, 0, 15), (3, 0, 2)])
 def test_chunked_scoring_is_one_piece_for_other_spans(tmp_path, level_window, fill, window):
     # No level (the carry keeps only commits and first slots), a span shorter than a window,
     # and the defaults' window and fill reach; chunks as small as a few rows of each entity.

@@ -27,6 +27,7 @@ from ftml.pipeline.plan import (
     event_rules_of,
     featurizer_of,
     gate_of,
+    hold_steps,
     window_history,
 )
 from ftml.pipeline.progress import (
@@ -96,6 +97,7 @@ __all__ = [
     "calibration_scores",
     "carry_steps",
     "chunk_carry_steps",
+    "hold_steps",
     "detector_of",
     "dropped_text",
     "dropped_warning",

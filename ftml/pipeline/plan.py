@@ -16,6 +16,12 @@ if TYPE_CHECKING:  # scikit-learn's estimators: imported where training needs th
     from ftml.detect import IsolationDetector
 
 
+def hold_steps(read: ReadConfig) -> int:
+    """Steps before an entity's newest row whose windows a chunk of a file cannot make final:
+    a trailing gap there may still be filled (``max_fill_steps``), and even without filling
+    the newest step itself may have another reading in the next chunk (two readings of one
+    step, a row off the step), so at least one."""
+    return max(int(read.max_fill_steps), 1)
 
 
 def window_history(featurizer: Featurizer, read: ReadConfig) -> int:
@@ -38,10 +44,10 @@ def chunk_carry_steps(featurizer: Featurizer, read: ReadConfig) -> int:
     """Raw rows of an entity chunked scoring carries from chunk to chunk when the trailing
     level's state goes along (:class:`~ftml.features.LevelCarry`, ``WindowScorer(carry=True)``):
     the windows not yet final start ``window - 1`` rows before the last final one, which is
-    ``max_fill_steps`` before the newest row; their first row may be filled from up to
+    :func:`hold_steps` before the newest row; their first row may be filled from up to
     ``max_fill_steps`` rows before it and its rate needs the row before. The level's span is
     not among them: the z of its last ``level_window`` rows are carried instead."""
-    return int(featurizer.window) + 2 * int(read.max_fill_steps)
+    return int(featurizer.window) + int(read.max_fill_steps) + hold_steps(read)
 
 
 def featurizer_of(fc: FeatureConfig, read: ReadConfig | None = None) -> Featurizer:
