@@ -388,9 +388,155 @@ done:
     return result;
 }
 
+/* The trailing level of rows that continue from a carried ring (ftml.features.LevelCarry):
+ * the rows come in runs (runs[r] is the first row of run r; a run ends where the next begins);
+ * a run with base[r] >= 0 is preceded, as if they were rows of its segment, by the `span` rows
+ * ring[base[r] + (turn[r] + q) % span] for q = 0 .. span - 1 (the ring in slot order). Gives the
+ * bits level_rows gives on the ring's rows followed by the run's, without copying the ring or
+ * computing its rows' levels: the ring's units are summed once, and each of its rows is read
+ * again only when it leaves a run row's span. */
+FTML_CLONES static void
+level_rows_ring(const double *restrict z, Py_ssize_t n, Py_ssize_t m,
+                const int64_t *restrict runs, const int64_t *restrict base,
+                const int64_t *restrict turn, Py_ssize_t k, const double *restrict ring,
+                Py_ssize_t span, double clip, int64_t shrink, double *restrict out,
+                int64_t *restrict sum, int64_t *restrict count)
+{
+    for (Py_ssize_t r = 0; r < k; r++) {
+        const Py_ssize_t first = runs[r], stop = r + 1 < k ? runs[r + 1] : n;
+        const double *prime = base[r] >= 0 ? ring + base[r] * m : NULL;
+        const Py_ssize_t t = prime ? turn[r] : 0;
+        for (Py_ssize_t j = 0; j < m; j++)
+            sum[j] = count[j] = 0;
+        if (prime)
+            for (Py_ssize_t q = 0; q < span; q++) {
+                const double *row = prime + ((t + q) % span) * m;
+                for (Py_ssize_t j = 0; j < m; j++)
+                    if (row[j] == row[j]) {
+                        sum[j] += level_units(row[j], clip);
+                        count[j]++;
+                    }
+            }
+        for (Py_ssize_t i = first; i < stop; i++) {
+            const double *row = z + i * m;
+            double *o = out + i * m;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                double total = (double)sum[j];
+                total *= 1.0 / 1048576.0;
+                o[j] = total / (double)(count[j] > shrink ? count[j] : shrink);
+            }
+            for (Py_ssize_t j = 0; j < m; j++)
+                if (row[j] == row[j]) {
+                    sum[j] += level_units(row[j], clip);
+                    count[j]++;
+                }
+            /* The row leaving the next row's span: the ring's p-th while p < span. */
+            const Py_ssize_t p = i - first;
+            const double *old = NULL;
+            if (prime)
+                old = p < span ? prime + ((t + p) % span) * m : z + (i - span) * m;
+            else if (p >= span)
+                old = z + (i - span) * m;
+            if (old)
+                for (Py_ssize_t j = 0; j < m; j++)
+                    if (old[j] == old[j]) {
+                        sum[j] -= level_units(old[j], clip);
+                        count[j]--;
+                    }
+        }
+    }
+}
+
+PyDoc_STRVAR(trailing_level_ring_doc,
+"trailing_level_ring(z, runs, base, turn, ring, span, clip, out)\n--\n\n"
+"Fill out (float64, n x m) with the trailing level of z's rows (float64, C order, n x m), in\n"
+"runs starting at the rows runs (int64, ascending, runs[0] == 0); run r with base[r] >= 0\n"
+"continues from the span rows ring[base[r] + (turn[r] + q) % span], q = 0 .. span - 1 (ring:\n"
+"float64, C order, R x m). The bits of trailing_level on the ring's rows followed by the\n"
+"run's. The GIL is released while it runs.");
+
+static int
+int64_vector(const Py_buffer *b, Py_ssize_t k)
+{
+    return b->ndim == 1 && b->itemsize == 8 && b->shape[0] == k &&
+           (strcmp(native_format(b), "q") == 0 || strcmp(native_format(b), "l") == 0);
+}
+
+static PyObject *
+trailing_level_ring(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *z_obj, *runs_obj, *base_obj, *turn_obj, *ring_obj, *out_obj, *result = NULL;
+    Py_buffer z = {0}, runs = {0}, base = {0}, turn = {0}, ring = {0}, out = {0};
+    Py_ssize_t span;
+    double clip;
+    int64_t *work = NULL;
+
+    if (!PyArg_ParseTuple(args, "OOOOOndO", &z_obj, &runs_obj, &base_obj, &turn_obj, &ring_obj,
+                          &span, &clip, &out_obj))
+        return NULL;
+    if (PyObject_GetBuffer(z_obj, &z, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(runs_obj, &runs, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(base_obj, &base, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(turn_obj, &turn, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(ring_obj, &ring, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0 ||
+        PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        goto done;
+    if (z.ndim != 2 || strcmp(native_format(&z), "d") != 0 || ring.ndim != 2 ||
+        strcmp(native_format(&ring), "d") != 0 || ring.shape[1] != z.shape[1]) {
+        PyErr_SetString(PyExc_TypeError, "z and ring must be 2-D C-contiguous float64 arrays "
+                        "with as many columns");
+        goto done;
+    }
+    Py_ssize_t n = z.shape[0], m = z.shape[1], k = runs.ndim == 1 ? runs.shape[0] : -1;
+    if (!int64_vector(&runs, k) || !int64_vector(&base, k) || !int64_vector(&turn, k)) {
+        PyErr_SetString(PyExc_TypeError, "runs, base and turn must be 1-D int64 arrays of one "
+                        "length");
+        goto done;
+    }
+    if (out.ndim != 2 || strcmp(native_format(&out), "d") != 0 || out.shape[0] != n ||
+        out.shape[1] != m) {
+        PyErr_SetString(PyExc_ValueError, "out must be float64 of z's shape");
+        goto done;
+    }
+    if (span < 1 || !(clip >= 0.0 && clip <= 2147483648.0)) {
+        PyErr_SetString(PyExc_ValueError, "span must be >= 1 and clip in [0, 2^31]");
+        goto done;
+    }
+    const int64_t *rs = runs.buf, *bs = base.buf, *ts = turn.buf;
+    if (n > 0 && (k < 1 || rs[0] != 0)) {
+        PyErr_SetString(PyExc_ValueError, "runs must start at row 0");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < k; r++)
+        if (rs[r] < 0 || rs[r] > n || (r && rs[r] < rs[r - 1]) ||
+            bs[r] < -1 || (bs[r] >= 0 && bs[r] + span > ring.shape[0]) ||
+            (bs[r] >= 0 && (ts[r] < 0 || ts[r] >= span))) {
+            PyErr_SetString(PyExc_ValueError, "a run, ring base or turn is out of range");
+            goto done;
+        }
+    work = PyMem_Malloc(2 * ((size_t)m + 1) * sizeof(int64_t));
+    if (!work) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t shrink = span / 2 > 1 ? span / 2 : 1;
+    Py_BEGIN_ALLOW_THREADS
+    level_rows_ring(z.buf, n, m, rs, bs, ts, k, ring.buf, span, clip, shrink, out.buf, work,
+                    work + m + 1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+
+done:
+    PyMem_Free(work);
+    release_views(&z, &runs, &base);
+    release_views(&turn, &ring, &out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"window_stats", window_stats, METH_VARARGS, window_stats_doc},
     {"trailing_level", trailing_level, METH_VARARGS, trailing_level_doc},
+    {"trailing_level_ring", trailing_level_ring, METH_VARARGS, trailing_level_ring_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -177,3 +177,35 @@ def test_chunked_scoring_is_one_piece_for_other_spans(tmp_path, level_window, fi
                         windows_out=tmp_path / "w.csv")
         assert [e.to_dict() for e in got.events] == want, chunk_rows
         assert got.window_table["score"].to_numpy().tobytes() == scores[order].tobytes()
+
+
+@pytest.mark.parametrize("span", [1, 5, 90])
+def test_ring_kernel_is_the_bits_of_the_ring_copied_in_front(monkeypatch, span):
+    # The compiled path reads the carried ring where it lies; the numpy path copies it in front
+    # of each run and takes the levels of both. Runs primed and not, rows with NaN, runs
+    # shorter and longer than the span, every turn of the ring.
+    from types import SimpleNamespace
+
+    from ftml.features import level as lv
+
+    if getattr(lv._window_kernel, "trailing_level_ring", None) is None:
+        pytest.skip("the window kernel is not built")
+    rng = np.random.default_rng(span)
+    m, n_ent = 3, 6
+    carry = lv.LevelCarry(span=span, clip=3.0, n_metrics=m)
+    carry.codes([f"e{k}" for k in range(n_ent)])
+    carry.ring[:] = rng.normal(0, 2, carry.ring.shape)
+    carry.ring[rng.random(carry.ring.shape) < 0.2] = np.nan
+    carry.commit[:] = [100, 101, 102, 103, lv._NONE, 110 + span]  # e4: never committed
+    lengths = [3, span + 7, 1, 2 * span + 3, 5, span]
+    ent = np.repeat(np.arange(n_ent), lengths)
+    start = np.where(carry.commit == lv._NONE, 50, carry.commit + 1)
+    start[2] += 1  # e2's rows do not follow its commit: no ring in front
+    slot = np.concatenate([s + np.arange(k) for s, k in zip(start, lengths, strict=True)])
+    z = rng.normal(0, 2, (len(ent), m))
+    z[rng.random(z.shape) < 0.1] = np.nan
+    got = carry.remove_level(z.copy(), ent.copy(), ent, slot)[0]
+    numpy_only = SimpleNamespace(trailing_level=lv._window_kernel.trailing_level)
+    monkeypatch.setattr(lv, "_window_kernel", numpy_only)
+    want = carry.remove_level(z.copy(), ent.copy(), ent, slot)[0]
+    assert got.tobytes() == want.tobytes()

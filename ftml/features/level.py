@@ -190,9 +190,18 @@ class LevelCarry:
         run = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
         # The ring goes in front of a run that starts right after its entity's commit.
         primed = (cu[run] != _NONE) & (sl[run] == cu[run] + 1)
+        kernel = getattr(_window_kernel, "trailing_level_ring", None)
         if not primed.any():
             level = trailing_level(z[use] if len(use) < len(z) else z, segments[use],
                                    self.span, self.clip)
+        elif kernel is not None and 0.0 <= self.clip <= 2.0**31:
+            # In C, the ring read where it lies: its units summed once per run, each of its
+            # rows again only when it leaves a row's span (no copy, no levels of ring rows).
+            zu = np.ascontiguousarray(z[use] if len(use) < len(z) else z)
+            base = np.where(primed, e[run] * self.span, -1).astype(np.int64)
+            turn = np.where(primed, (cu[run] + 1) % self.span, 0).astype(np.int64)
+            level = np.empty_like(zu)
+            kernel(zu, run.astype(np.int64), base, turn, self.ring, self.span, self.clip, level)
         else:
             # Runs are contiguous rows of the block (an entity's context rows come first):
             # the kernel's input is, run by run, the ring's rows in slot order (two slices of
