@@ -77,8 +77,10 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def _run_in_order(client, fn: Callable, tasks: Sequence, args: tuple, ahead: int,
-                  desc: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
-    """``fn(*args, task)`` for each task on the cluster; yields ``(task, result)`` in task order
+                  desc: str, quiet: bool, extra: Sequence[tuple] | None = None
+                  ) -> Iterator[tuple[Any, Any]]:
+    """``fn(*args, task, *extra[i])`` for each task on the cluster (``extra``: arguments of
+    each task's own, e.g. futures of its log cells); yields ``(task, result)`` in task order
     with at most ``ahead`` tasks submitted beyond the one awaited. A task whose worker died is
     re-run by Dask; an exception in a task is raised here."""
     run = uuid.uuid4().hex[:8]
@@ -89,8 +91,10 @@ def _run_in_order(client, fn: Callable, tasks: Sequence, args: tuple, ahead: int
         item = next(todo, None)
         if item is not None:
             i, task = item
+            own = extra[i] if extra is not None else ()
             # Earlier tasks first: the driver consumes them in order.
-            pending.append((task, client.submit(fn, *args, task, key=f"ftml-{desc}-{run}-{i}",
+            pending.append((task, client.submit(fn, *args, task, *own,
+                                                key=f"ftml-{desc}-{run}-{i}",
                                                 priority=-i, pure=False)))
 
     for _ in range(max(1, ahead)):
