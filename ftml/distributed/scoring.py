@@ -173,15 +173,21 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
 def _score_logs(client, shared, model: Model, logs, the_plan, quiet: bool):
     """The log files read by the workers (templates looked up there), cut by entity group
     and time slice with the slice's margins; each task's extra argument."""
-    read = model.config.read
-    before, after = margins(model.featurizer, read)
-    reach = model.event_rules.reach
-    group_of, of_task = group_ids(the_plan.tasks)
-    # A slice's rows are read from reach + before steps ahead of it to after steps past it.
-    ranges = [(row[0].start - reach - before, row[0].stop + after) for row in the_plan.slices]
-    slice_of = [s for s, row in enumerate(the_plan.slices) for _ in row]
-    files = read_logs(client, logs, logs.config(model.logs.config), read,
+    group_of, ranges, keys = log_pieces(model, the_plan)
+    files = read_logs(client, logs, logs.config(model.logs.config), model.config.read,
                       model.logs.step_ns, group_of, ranges, shared, quiet)
     warn_skipped(files.stats)
-    return files, [((files.lo, files.hi, files.parts(g, s)),)
-                   for g, s in zip(of_task, slice_of, strict=True)]
+    return files, [((files.lo, files.hi, files.parts(g, s)),) for g, s in keys]
+
+
+def log_pieces(model: Model, the_plan) -> tuple[dict[str, int], list[tuple[int, int]],
+                                                 list[tuple[int, int]]]:
+    """How scoring cuts log cells: entity -> group, each time slice's range of slots (the
+    rows its tasks read: ``reach + before`` steps ahead, ``after`` past it) and each task's
+    (group, slice)."""
+    before, after = margins(model.featurizer, model.config.read)
+    reach = model.event_rules.reach
+    group_of, of_task = group_ids(the_plan.tasks)
+    ranges = [(row[0].start - reach - before, row[0].stop + after) for row in the_plan.slices]
+    slice_of = [s for s, row in enumerate(the_plan.slices) for _ in row]
+    return group_of, ranges, list(zip(of_task, slice_of, strict=True))
