@@ -4,7 +4,8 @@ EventBuilder on the driver fed in time order (:class:`EventCollector`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,14 @@ def _score_logs(client, shared, model: Model, logs, the_plan, quiet: bool):
     files = read_logs(client, logs, logs.config(model.logs.config), model.config.read,
                       model.logs.step_ns, group_of, ranges, shared, quiet)
     warn_skipped(files.stats)
-    return files, [((files.lo, files.hi, files.parts(g, s)),) for g, s in keys]
+    items = deque(((files.lo, files.hi, files.parts(g, s)),) for g, s in keys)
+    files.pieces = {}  # the items hold the pieces now, and let go of each once it is used
+    return files, _taken(items)
+
+
+def _taken(items: deque) -> Iterator[tuple]:
+    while items:
+        yield items.popleft()
 
 
 def log_pieces(model: Model, the_plan) -> tuple[dict[str, int], list[tuple[int, int]],
