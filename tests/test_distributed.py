@@ -377,6 +377,59 @@ def test_bad_logs_on_the_cluster_are_the_local_one_line(cluster, log_fleet, tmp_
     assert outs["remote"] == outs["local"]
 
 
+def test_a_killed_worker_holding_log_pieces_has_them_made_again(cluster, log_fleet, tmp_path):
+    """The log pieces live in the workers' memory: when the worker holding most of them dies
+    mid-scoring, Dask reads their files again and the events are still the local ones. A
+    new worker takes the dead one's place (the test below kills one too)."""
+    d = log_fleet
+    address, client = _ready(cluster)
+    trained = _train_logs(d, tmp_path / "model")
+    assert trained.exit_code == 0, trained.output + trained.stderr
+    metrics, logs = str(d / "test" / "parts" / "*.parquet"), [str(d / "test" / "jsonl")]
+    api.score(tmp_path / "model", [metrics], out=tmp_path / "local.jsonl", logs=logs)
+    pids = client.run(os.getpid)
+    failure: list[BaseException] = []
+
+    def job():
+        try:
+            fd.score(tmp_path / "model", [metrics], address, out=tmp_path / "remote.jsonl",
+                     chunk_rows=1000, logs=logs)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    spare = None
+    try:
+        held: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while runner.is_alive() and time.monotonic() < deadline:
+            if any(str(k).startswith("ftml-scoring") for keys in client.processing().values()
+                   for k in keys):
+                for key, workers in client.who_has().items():
+                    if str(key).startswith("ftml-piece"):
+                        for w in workers:
+                            held[w] = held.get(w, 0) + 1
+                if held:
+                    break
+            time.sleep(0.01)
+        assert held, "no scoring task was seen running while log pieces were held"
+        os.kill(pids[max(held, key=held.get)], signal.SIGKILL)
+        assert runner.is_alive()
+    finally:
+        runner.join(timeout=180)
+        info = client.scheduler_info()  # a spare worker for the tests after this one
+        spare = subprocess.Popen(_dask("worker", info["address"], "--nthreads", "1",
+                                       "--memory-limit", "1GB", "--no-dashboard", "--no-nanny",
+                                       "--host", "127.0.0.1", "--name", "spare"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 cwd=tmp_path)
+    assert not runner.is_alive() and not failure, failure
+    assert (tmp_path / "remote.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    client.wait_for_workers(2, timeout=120)
+    assert spare.poll() is None
+
+
 def test_a_killed_worker_has_its_tasks_rerun_and_the_result_is_complete(cluster, fleet,
                                                                       tmp_path):
     tmp, glob = fleet
