@@ -146,6 +146,8 @@ def read_logs(client, logs: LogInput, cfg: LogConfig, read: ReadConfig, step_ns:
                              list(ranges), others, lookup, name, os.path.abspath(name),
                              key=f"ftml-logs-{run}-{i}", pure=False)
                for i, name in enumerate(names)]
+    asked = [client.submit(_summary, fut, key=f"ftml-logsum-{run}-{i}", pure=False)
+             for i, fut in enumerate(futures)]
     pieces: list[dict] = []
     summaries: list[dict] = []
     try:
@@ -153,17 +155,16 @@ def read_logs(client, logs: LogInput, cfg: LogConfig, read: ReadConfig, step_ns:
         bar.unit = "file"
         with bar:
             for i, fut in enumerate(futures):
-                summary = client.submit(_summary, fut, key=f"ftml-logsum-{run}-{i}",
-                                        pure=False).result()
+                summary = asked[i].result()  # in file order: the first bad file's error
                 summaries.append(summary)
                 pieces.append({k: client.submit(_piece, fut, k, key=f"ftml-piece-{run}-{i}-"
                                                 f"{k[0]}-{k[1]}", pure=False)
                                for k in summary["keys"]})
                 bar.update(1)
     except BaseException:
-        client.cancel(futures + [f for p in pieces for f in p.values()])
+        client.cancel(futures + asked + [f for p in pieces for f in p.values()])
         raise
-    del futures  # the pieces hold what the tasks need; the rest of each result goes
+    del futures, asked  # the pieces hold what the tasks need; the rest of each result goes
     stats = ReadStats()
     for s in summaries:
         stats.merge(s["stats"])
