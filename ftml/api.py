@@ -142,13 +142,12 @@ def train(metrics: Iterable[str | Path], out: str | Path, incidents: str | Path 
     :func:`ftml.distributed.connect`), on a Dask cluster. ``logs`` (paths or a
     :class:`ftml.logs.LogInput`): log files whose series join the metrics, read and turned
     into series by ``log_config`` (a :class:`ftml.config.LogConfig`; default its defaults)."""
-    if logs:
-        _local_only(scheduler)
     if scheduler is not None:
         from ftml import distributed
 
         return distributed.train(metrics, out, scheduler, incidents=incidents, config=config,
-                                 rules=rules, quiet=quiet, sign_key=sign_key)
+                                 rules=rules, quiet=quiet, sign_key=sign_key,
+                                 logs=logs or None, log_config=log_config)
     config = config or Config()
     started = time.perf_counter()
     stages = Stages(TRAIN_STAGES, quiet)
@@ -325,14 +324,12 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     events are the same however the input is chunked, and with ``scheduler`` on a Dask
     cluster (:func:`ftml.distributed.score`). A model trained with logs needs ``logs``, the
     log files of the scored period (:mod:`ftml.logs`)."""
-    if logs:
-        _local_only(scheduler)
     if scheduler is not None:
         from ftml import distributed
 
         return distributed.score(model, metrics, scheduler, out=out, windows_out=windows_out,
                                  playbooks=playbooks, chunk_rows=chunk_rows, quiet=quiet,
-                                 topology=topology, groups_out=groups_out)
+                                 topology=topology, groups_out=groups_out, logs=logs or None)
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
@@ -361,12 +358,6 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
                           window_table=scorer.window_table, windows=scorer.n_windows,
                           entities=scorer.entities, rows=scorer.n_rows,
                           flagged=scorer.n_flagged, started=started)
-
-
-def _local_only(scheduler: Any) -> None:
-    if scheduler is not None:
-        raise InputError("logs are not read on a Dask cluster yet", where="--logs",
-                         hint="leave out --scheduler to train or score with --logs")
 
 
 def _file_metrics(model: Model) -> list[str]:

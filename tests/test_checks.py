@@ -188,3 +188,87 @@ def test_every_driver_gives_the_one_piece_events(fleet, driver):
     reference = _events(api.score(model, [tmp / "live.csv"], chunk_rows=10**9).events)
     assert len(reference) >= 3
     assert _events(DRIVERS[driver](tmp, model, live)) == reference
+
+
+# --------------------------------------------------------------------------- drivers, with logs
+
+
+@pytest.fixture(scope="module")
+def log_fleet(tmp_path_factory):
+    """A model trained with logs (simulated: bad deploys write new templates), and a later
+    period of the same fleet with its logs."""
+    from ftml.simulate import write_split_simulation
+
+    tmp = tmp_path_factory.mktemp("checks-logs")
+    write_split_simulation(tmp, test_days=1.5, days=3, entities=6, seed=2, logs=True,
+                           format="parquet")
+    (tmp / "ftml.yaml").write_text("features: {level_window: 60}\n")  # slices, as fd's tests
+    # Half the fleet writes no line in the last third of the period: the other half's lines
+    # still cover those steps (their series are 0, not missing), which a task that holds
+    # only quiet entities must know too.
+    files = sorted((tmp / "test" / "logs").glob("*.log"))
+    for f in files[:len(files) // 2]:
+        lines = f.read_text().splitlines()
+        f.write_text("\n".join(lines[:2 * len(lines) // 3]) + "\n")
+    from ftml.config import load_config
+
+    api.train([tmp / "train" / "metrics.parquet"], tmp / "model",
+              incidents=tmp / "train" / "incidents.csv", logs=[tmp / "train" / "logs"],
+              config=load_config(tmp / "ftml.yaml"))
+    return tmp, load_model(tmp / "model")
+
+
+def _dask_log_partitions(groups, slices):
+    """The cluster's tasks run in-process: each log file cut into pieces by a worker's
+    function, each scoring task given its pieces, the events built by the driver's
+    collector."""
+    def run(tmp, model):
+        from ftml.logs import file_metrics
+
+        read = model.config.read
+        path = str(tmp / "test" / "metrics.parquet")
+        table = fd.index_table([fd.index_file(path, read, file_metrics(model.metrics,
+                                                                       model.logs), 5000)],
+                               int(model.step.value))
+        before, after = fd.margins(model.featurizer, read)
+        the_plan = fd.plan(table, [path], 10**9, 2, before, after, shape=(groups, slices))
+        group_of, ranges, keys = fd.log_pieces(model, the_plan)
+        cut = [fd.log_file_task(model.logs.config, read.entity_map, model.logs.step_ns,
+                                group_of, ranges, None, model, str(f), str(f))
+               for f in sorted((tmp / "test" / "logs").glob("*.log"))]
+        lo = min(s["lo"] for s, _ in cut if s["lo"] is not None)
+        hi = max(s["hi"] for s, _ in cut if s["hi"] is not None)
+        collector = fd.EventCollector(model)
+        for task, key in zip(the_plan.tasks, keys, strict=True):
+            parts = [(pieces[key], None) for _, pieces in cut if key in pieces]
+            collector.add(fd.score_task(model, 5000, False, task, (lo, hi, parts)))
+        events = collector.finish()
+        publish_events(events, lambda ev: None, grouping_for(model))  # as fd.score does
+        return events, collector.windows
+    return run
+
+
+def _scored(tmp, model, chunk_rows):
+    res = api.score(model, [tmp / "test" / "metrics.parquet"], chunk_rows=chunk_rows,
+                    logs=[tmp / "test" / "logs"])
+    return res.events, res.windows
+
+
+# name -> (tmp, model) -> (events, windows scored)
+LOG_DRIVERS = {
+    "batch, chunked (997 rows)": lambda tmp, model: _scored(tmp, model, 997),
+    "dask tasks, 2 groups x 3 slices": _dask_log_partitions(2, 3),
+    "dask tasks, 4 groups x 1 slice": _dask_log_partitions(4, 1),
+}
+
+
+@pytest.mark.parametrize("driver", sorted(LOG_DRIVERS))
+def test_every_driver_with_logs_gives_the_one_piece_events(log_fleet, driver):
+    tmp, model = log_fleet
+    events, windows = _scored(tmp, model, 10**9)
+    reference = _events(events)
+    assert len(reference) >= 3
+    assert any(m.startswith("log:") for e in reference for m in e["top_metrics"])
+    got, got_windows = LOG_DRIVERS[driver](tmp, model)
+    assert _events(got) == reference
+    assert got_windows == windows

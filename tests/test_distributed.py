@@ -222,6 +222,214 @@ def test_bad_input_on_the_cluster_is_one_line_and_exit_2(cluster, fleet, tmp_pat
     assert not (tmp_path / "e.jsonl").exists()
 
 
+# --------------------------------------------------------------------------- logs
+
+
+def _as_jsonl(log_dir, out_dir, ghost: str | None = None) -> None:
+    """Simulated per-entity logs -> JSON Lines of the whole fleet (the entity a field), cut
+    in two by time: each file holds every entity, so it spans every entity group and time
+    slice. ``ghost``: an entity with lines and no metrics, in the first file."""
+    from ftml.logs import read_log_lines
+
+    lines = pd.concat([b.frame() for b in read_log_lines([log_dir])], ignore_index=True)
+    lines = lines.sort_values(["ts", "entity"], kind="stable", ignore_index=True)
+    if ghost is not None:
+        extra = lines.iloc[::50].assign(entity=ghost)
+        lines = pd.concat([lines, extra]).sort_values("ts", kind="stable", ignore_index=True)
+    frame = pd.DataFrame({"timestamp": pd.to_datetime(lines["ts"], utc=True).dt.strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"), "level": lines["level"], "entity": lines["entity"],
+        "message": lines["msg"]})
+    out_dir.mkdir()
+    half = len(frame) // 2
+    for i, part in enumerate((frame.iloc[:half], frame.iloc[half:])):
+        part.to_json(out_dir / f"fleet-{i}.jsonl", orient="records", lines=True)
+
+
+@pytest.fixture(scope="module")
+def log_fleet(tmp_path_factory):
+    """A simulated fleet with logs: train/ and test/ (metrics as Parquet), the logs as JSON
+    Lines of the whole fleet (with an entity that has no metrics in training)."""
+    from ftml.simulate import write_split_simulation
+
+    d = tmp_path_factory.mktemp("logfleet")
+    write_split_simulation(d, test_days=1.5, days=3, entities=6, seed=2, logs=True,
+                           format="parquet")
+    _as_jsonl(d / "train" / "logs", d / "train" / "jsonl", ghost="svc-ghost-99")
+    _as_jsonl(d / "test" / "logs", d / "test" / "jsonl")
+    # As the fleet above: a one-hour trailing level, and the scored period split by day and
+    # half of the fleet, so that scoring makes entity groups and time slices.
+    (d / "ftml.yaml").write_text("features: {level_window: 60}\n")
+    later = pd.read_parquet(d / "test" / "metrics.parquet")
+    (d / "test" / "parts").mkdir()
+    day = later["timestamp"].dt.strftime("%Y%m%d")
+    first_half = later["entity"].isin(sorted(later["entity"].unique())[:3])
+    for (dd, half), part in later.groupby([day, first_half]):
+        part.to_parquet(d / "test" / "parts" / f"{dd}-{'a' if half else 'b'}.parquet",
+                        index=False)
+    return d
+
+
+def _train_logs(d, out, *extra):
+    return CliRunner().invoke(main, [
+        "train", "--metrics", str(d / "train" / "metrics.parquet"), "--incidents",
+        str(d / "train" / "incidents.csv"), "--logs", str(d / "train" / "jsonl"),
+        "--log-templates", "3", "--config", str(d / "ftml.yaml"), "--out", str(out), "--quiet",
+        *extra])
+
+
+def _same_bundle(a, b) -> None:
+    """The model itself byte for byte; the manifest as well, but for the cluster's size and
+    the time taken (and the digest over them)."""
+    for name in ("model.json", "arrays.npz"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((x / MANIFEST_FILE).read_text()) for x in (a, b))
+    for m in (ma, mb):
+        m["training"].pop("seconds")
+        m["training"].pop("dask_threads", None)
+        m.pop("digest")
+    assert ma == mb
+
+
+def test_train_and_score_with_logs_on_the_cluster_are_the_local_runs(cluster, log_fleet,
+                                                                       tmp_path, caplog):
+    d = log_fleet
+    address, _ = _ready(cluster)
+    warned = {}
+    for name, extra in (("local", ()), ("remote", ("--scheduler", address))):
+        caplog.clear()
+        run = _train_logs(d, tmp_path / name, *extra)
+        assert run.exit_code == 0, run.output + run.stderr
+        warned[name] = [r.getMessage() for r in caplog.records if r.name == "ftml.logs"]
+    _same_bundle(tmp_path / "local", tmp_path / "remote")
+    model = load_model(tmp_path / "remote")
+    assert any(m.startswith("log:tpl:") for m in model.metrics)
+    # The same warnings: here, for the entity with logs and no metrics.
+    assert warned["remote"] == warned["local"] == [
+        "ftml: warning: log lines of 1 entity without metrics left out: svc-ghost-99"]
+    runs = {}
+    for name, extra in (("local", ()), ("remote", ("--scheduler", address, "--chunk-rows",
+                                                   "1500"))):
+        runs[name] = _score(tmp_path / "local", str(d / "test" / "parts" / "*.parquet"),
+                            tmp_path / f"{name}.jsonl", "--logs", str(d / "test" / "jsonl"),
+                            "--windows-out", str(tmp_path / f"{name}-windows.csv"), *extra)
+        assert runs[name].exit_code == 0, runs[name].output + runs[name].stderr
+    groups, slices = map(int, re.search(r"(\d+) entity groups x (\d+) time slices",
+                                        runs["remote"].stderr).groups())
+    assert groups > 1 and slices > 1  # each log file spans several tasks of both kinds
+    events = (tmp_path / "local.jsonl").read_text().splitlines()
+    assert len(events) >= 3 and any('"log:' in e for e in events)
+    assert (tmp_path / "remote.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert (tmp_path / "remote-windows.csv").read_bytes() == \
+        (tmp_path / "local-windows.csv").read_bytes()
+
+
+def test_entity_from_the_path_on_the_cluster_is_the_given_path(cluster, log_fleet, tmp_path,
+                                                               monkeypatch):
+    """Logs named by relative paths (pods/<entity>/app.log): the workers, whose working
+    directory is another, read them at their absolute path, and the entity and the names in
+    the bundle come from the path as given."""
+    d = log_fleet
+    address, _ = _ready(cluster)
+    for f in sorted((d / "train" / "logs").glob("*.log")):
+        (tmp_path / "pods" / f.stem).mkdir(parents=True)
+        (tmp_path / "pods" / f.stem / "app.log").write_bytes(f.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--metrics", str(d / "train" / "metrics.parquet"), "--logs", "pods",
+            "--log-entity-from", "pods/{entity}/*.log", "--quiet"]
+    for name, extra in (("local", ()), ("remote", ("--scheduler", address))):
+        run = CliRunner().invoke(main, [*args, "--out", name, *extra])
+        assert run.exit_code == 0, run.output + run.stderr
+    _same_bundle(tmp_path / "local", tmp_path / "remote")
+    sources = json.loads((tmp_path / "remote" / MANIFEST_FILE).read_text())["training"][
+        "log_sources"]
+    assert sources and all(s.startswith("pods/") for s in sources)
+
+
+@pytest.mark.parametrize("case", ["binary", "out of order", "no date"])
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_bad_logs_on_the_cluster_are_the_local_one_line(cluster, log_fleet, tmp_path, case,
+                                                         command):
+    from tests.test_logs import _bad_cases
+
+    d = log_fleet
+    address, _ = _ready(cluster)
+    bad, _ = _bad_cases(tmp_path)[case]
+    logs = [str(d / "test" / "jsonl" / "fleet-0.jsonl"), str(bad)]  # the bad one second
+    if command == "score":
+        trained = _train_logs(d, tmp_path / "model")
+        assert trained.exit_code == 0, trained.output + trained.stderr
+    outs = {}
+    for name, extra in (("local", ()), ("remote", ("--scheduler", address))):
+        out = tmp_path / f"{name}-out"
+        if command == "train":
+            args = ["train", "--metrics", str(d / "train" / "metrics.parquet"),
+                    "--out", str(out)]
+        else:
+            args = ["score", "--model", str(tmp_path / "model"), "--metrics",
+                    str(d / "test" / "metrics.parquet"), "--out", str(out)]
+        run = CliRunner().invoke(main, [*args, *(x for p in logs for x in ("--logs", p)),
+                                        "--quiet", *extra])
+        assert run.exit_code == 2, run.output + run.stderr
+        assert "Traceback" not in run.output + run.stderr
+        assert not out.exists()  # nothing half-written
+        outs[name] = [x for x in run.stderr.splitlines() if x.startswith("ftml: error")]
+    assert len(outs["local"]) == 1 and outs["local"][0].startswith(f"ftml: error: {bad}: ")
+    assert outs["remote"] == outs["local"]
+
+
+def test_a_killed_worker_holding_log_pieces_has_them_made_again(cluster, log_fleet, tmp_path):
+    """The log pieces live in the workers' memory: when the worker holding most of them dies
+    mid-scoring, Dask reads their files again and the events are still the local ones. A
+    new worker takes the dead one's place (the test below kills one too)."""
+    d = log_fleet
+    address, client = _ready(cluster)
+    trained = _train_logs(d, tmp_path / "model")
+    assert trained.exit_code == 0, trained.output + trained.stderr
+    metrics, logs = str(d / "test" / "parts" / "*.parquet"), [str(d / "test" / "jsonl")]
+    api.score(tmp_path / "model", [metrics], out=tmp_path / "local.jsonl", logs=logs)
+    pids = client.run(os.getpid)
+    failure: list[BaseException] = []
+
+    def job():
+        try:
+            fd.score(tmp_path / "model", [metrics], address, out=tmp_path / "remote.jsonl",
+                     chunk_rows=1000, logs=logs)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    spare = None
+    try:
+        held: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while runner.is_alive() and time.monotonic() < deadline:
+            if any(str(k).startswith("ftml-scoring") for keys in client.processing().values()
+                   for k in keys):
+                for key, workers in client.who_has().items():
+                    if str(key).startswith("ftml-piece"):
+                        for w in workers:
+                            held[w] = held.get(w, 0) + 1
+                if held:
+                    break
+            time.sleep(0.01)
+        assert held, "no scoring task was seen running while log pieces were held"
+        os.kill(pids[max(held, key=held.get)], signal.SIGKILL)
+        assert runner.is_alive()
+    finally:
+        runner.join(timeout=180)
+        info = client.scheduler_info()  # a spare worker for the tests after this one
+        spare = subprocess.Popen(_dask("worker", info["address"], "--nthreads", "1",
+                                       "--memory-limit", "1GB", "--no-dashboard", "--no-nanny",
+                                       "--host", "127.0.0.1", "--name", "spare"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 cwd=tmp_path)
+    assert not runner.is_alive() and not failure, failure
+    assert (tmp_path / "remote.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    client.wait_for_workers(2, timeout=120)
+    assert spare.poll() is None
+
+
 def test_a_killed_worker_has_its_tasks_rerun_and_the_result_is_complete(cluster, fleet,
                                                                       tmp_path):
     tmp, glob = fleet

@@ -93,7 +93,7 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
     "io": ["contract", "files", "tables", "timestamps", "entities", "rows", "grid", "metrics",
            "incidents", "writers"],
     "playbooks": ["text", "templates", "schema", "reader", "loading", "checks"],
-    "distributed": ["cluster", "index", "slices", "scoring", "training"],
+    "distributed": ["cluster", "index", "slices", "logs", "scoring", "training"],
     "simulate": ["catalog", "worlds", "fleet", "logs", "files"],
     "pipeline": ["progress", "plan", "screen", "scoring", "training"],
     # The parts of the online loop never reach the loop (``loop``: Watcher) composed of them.

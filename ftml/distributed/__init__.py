@@ -17,6 +17,9 @@ cluster run writes the events a local run writes. docs/dask.md explains the desi
   windows an event could use, with their features. The driver takes results in time order and
   pushes them into one EventBuilder, whose output does not depend on how windows are chunked;
   the builder keeps only what an open event may still use, so the driver's memory is bounded.
+- Log files (``--logs``) are read once each, on the workers, into cells (counts per entity,
+  step and template) cut into the pieces each task needs, which stay on the cluster; a task
+  joins its pieces to its rows as the local path joins them (``ftml.distributed.logs``).
 - Training partitions by entity (an entity's baseline needs all of its history): counters are
   detected from fleet-wide counts, baselines and the fit-window sample come from the workers,
   the IsolationForest is fitted through joblib's Dask backend, and calibration and diagnosis
@@ -28,6 +31,9 @@ One module per seam; each imports only the ones above it:
 * ``index``: the index pass, one task per file (``FileIndex``, ``infer_step_from``);
 * ``slices``: the partition into entity groups x time slices (``plan``, ``Task``) and the rows
   of one task's slice (``read_task_rows``, ``margins``);
+* ``logs``: log files read on the workers into cells, cut into the pieces tasks join
+  (``read_logs``, ``log_file_task``; training's templates mined on the driver in the local
+  order);
 * ``scoring``: ``score``: ``score_task`` on the workers, ``EventCollector`` on the driver;
 * ``training``: ``train``: its three worker phases (stats, fit, calibration scores) and the
   driver that joins them into the usual bundle.
@@ -39,7 +45,8 @@ from __future__ import annotations
 
 from ftml.distributed.cluster import AHEAD_PER_THREAD, CONNECT_TIMEOUT, connect
 from ftml.distributed.index import FileIndex, index_file, infer_step_from
-from ftml.distributed.scoring import EventCollector, score, score_task
+from ftml.distributed.logs import LogFiles, group_ids, log_file_task, log_group_task, read_logs
+from ftml.distributed.scoring import EventCollector, log_pieces, score, score_task
 from ftml.distributed.slices import (
     READ_COST,
     TASK_COST,
@@ -55,7 +62,8 @@ from ftml.distributed.training import train, train_fit_task, train_score_task, t
 
 __all__ = [
     "AHEAD_PER_THREAD", "CONNECT_TIMEOUT", "READ_COST", "TASK_COST", "TASK_ROWS",
-    "EventCollector", "FileIndex", "Plan", "Task", "connect", "index_file", "index_table",
-    "infer_step_from", "margins", "plan", "read_task_rows", "score", "score_task", "train",
-    "train_fit_task", "train_score_task", "train_stats_task",
+    "EventCollector", "FileIndex", "LogFiles", "Plan", "Task", "connect", "group_ids",
+    "index_file", "index_table", "infer_step_from", "log_file_task", "log_group_task",
+    "log_pieces", "margins", "plan", "read_logs", "read_task_rows", "score", "score_task",
+    "train", "train_fit_task", "train_score_task", "train_stats_task",
 ]

@@ -7,7 +7,7 @@ import os
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,20 +77,27 @@ def _say(quiet: bool, text: str) -> None:
 
 
 def _run_in_order(client, fn: Callable, tasks: Sequence, args: tuple, ahead: int,
-                  desc: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
-    """``fn(*args, task)`` for each task on the cluster; yields ``(task, result)`` in task order
-    with at most ``ahead`` tasks submitted beyond the one awaited. A task whose worker died is
-    re-run by Dask; an exception in a task is raised here."""
+                  desc: str, quiet: bool, extra: Iterable[tuple] | None = None
+                  ) -> Iterator[tuple[Any, Any]]:
+    """``fn(*args, task, *own)`` for each task on the cluster, ``own`` the task's item of
+    ``extra`` (arguments of its own, e.g. futures of its log cells: taken one by one as tasks
+    are submitted, so that an iterator that lets go of them lets Dask free what they hold
+    once the tasks that need it have run); yields ``(task, result)`` in task order with at
+    most ``ahead`` tasks submitted beyond the one awaited. A task whose worker died is re-run
+    by Dask; an exception in a task is raised here."""
     run = uuid.uuid4().hex[:8]
     pending: deque = deque()
     todo = iter(enumerate(tasks))
+    owns = iter(extra) if extra is not None else None
 
     def submit() -> None:
         item = next(todo, None)
         if item is not None:
             i, task = item
+            own = next(owns) if owns is not None else ()
             # Earlier tasks first: the driver consumes them in order.
-            pending.append((task, client.submit(fn, *args, task, key=f"ftml-{desc}-{run}-{i}",
+            pending.append((task, client.submit(fn, *args, task, *own,
+                                                key=f"ftml-{desc}-{run}-{i}",
                                                 priority=-i, pure=False)))
 
     for _ in range(max(1, ahead)):

@@ -4,7 +4,8 @@ EventBuilder on the driver fed in time order (:class:`EventCollector`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from ftml.bundle import Model, load_model
 from ftml.detect import EventBuilder, RawEvent
 from ftml.distributed.cluster import AHEAD_PER_THREAD, _run_in_order, _say, _threads, connect
 from ftml.distributed.index import _index
+from ftml.distributed.logs import group_ids, read_logs
 from ftml.distributed.slices import TASK_ROWS, Task, index_table, margins, plan, read_task_rows
+from ftml.errors import InputError
 from ftml.events import Event
 from ftml.incidents import grouping_for
 from ftml.io import expand_paths, normalise, to_ns
+from ftml.logs import file_metrics, mapped_cells, require_logs, warn_skipped
 from ftml.pipeline import (
     SCORE_CHUNK_ROWS,
     ScoreResult,
@@ -30,20 +34,27 @@ from ftml.pipeline import (
 from ftml.playbooks import playbook_matcher
 
 
-def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task) -> dict:
+def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task,
+               logs: tuple | None = None) -> dict:
     """One task on a worker: the scoring core (:class:`ftml.pipeline.WindowScorer`) over the
     task's slice, recording what it hands to the event builder: the windows the gate lets
     through, with their features. Which windows before the slice were flagged (what the gate
     needs) comes from scoring the last of them first, as the local path knows it from the
-    chunk before."""
+    chunk before. ``logs`` (a model with logs): ``(lo, hi, parts)``, the steps all the logs
+    cover and the task's pieces of log cells (:mod:`ftml.distributed.logs`), joined to the
+    rows as ``score`` joins them."""
     read = model.config.read
     step_ns = int(model.step.value)
     before, after = margins(model.featurizer, read)
     reach = model.event_rules.reach
-    rows = read_task_rows(task, read, model.metrics, step_ns, task.start - reach - before,
+    own = file_metrics(model.metrics, getattr(model, "logs", None))  # in metric files
+    rows = read_task_rows(task, read, own, step_ns, task.start - reach - before,
                           task.stop + after, chunk_rows, required=True)
-    frame, _ = normalise(rows, model.step, read.max_fill_steps, model.metrics)
+    frame, _ = normalise(rows, model.step, read.max_fill_steps, own)
     del rows
+    if logs is not None:
+        lo, hi, parts = logs
+        frame, _ = model.logs.view(lo, hi).join(frame, mapped_cells(parts))
     ts = to_ns(frame["timestamp"])
     t0, t1 = task.start * step_ns, task.stop * step_ns
     recorder = WindowRecorder()
@@ -111,15 +122,21 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
           out: str | Path | None = None, windows_out: str | Path | None = None,
           playbooks: str | Path | None = None, chunk_rows: int = SCORE_CHUNK_ROWS,
           task_rows: int = TASK_ROWS, quiet: bool = True, topology: str | Path | None = None,
-          groups_out: str | Path | None = None) -> ScoreResult:
+          groups_out: str | Path | None = None, logs: Any = None) -> ScoreResult:
     """:func:`ftml.api.score` on a Dask cluster (see :func:`connect` for ``scheduler``): the
     same events, sorted the same way. A task holds at most ``min(task_rows, chunk_rows)`` rows.
-    Input files must be readable at the same path on every worker."""
+    Input files must be readable at the same path on every worker; so must ``logs``, the log
+    files of a model trained with logs, which the workers read (:mod:`ftml.distributed.logs`)."""
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
     matcher = playbook_matcher(playbooks)
     grouping = grouping_for(model, topology)  # a bad call graph fails before the work
+    log_model = getattr(model, "logs", None)
+    if log_model is None and logs:
+        raise InputError("the model was trained without logs", where="--logs",
+                         hint="leave out --logs, or train with --logs")
+    logs = require_logs(log_model, logs) if log_model is not None else None
     read = model.config.read
     files = [str(p.resolve()) for p in expand_paths(metrics)]
     step_ns = int(model.step.value)
@@ -128,7 +145,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         threads = _threads(client)
         _say(quiet, f"dask: {len(client.nthreads())} workers ({threads} threads); "
                     f"indexing {len(files)} files")
-        indexes = _index(client, files, read, model.metrics, chunk_rows, False, quiet)
+        indexes = _index(client, files, read, file_metrics(model.metrics, log_model),
+                         chunk_rows, False, quiet)
         before, after = margins(model.featurizer, read)
         the_plan = plan(index_table(indexes, step_ns), files, limit, threads, before, after)
         tasks = the_plan.tasks
@@ -136,13 +154,48 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                     f"{len(the_plan.slices)} time slices)")
         collector = EventCollector(model)
         shared = client.scatter(model, broadcast=True, hash=False)  # the model, sent once
+        extra, log_files = None, None
+        if logs is not None:
+            log_files, extra = _score_logs(client, shared, model, logs, the_plan, quiet)
         for _, res in _run_in_order(client, score_task, tasks,
                                     (shared, chunk_rows, windows_out is not None),
-                                    AHEAD_PER_THREAD * threads, "scoring", quiet):
+                                    AHEAD_PER_THREAD * threads, "scoring", quiet, extra):
             collector.add(res)
+        if log_files is not None:
+            log_files.release()
     events = collector.finish()
     return finish_scoring(model, events, matcher=matcher, grouping=grouping, out=out,
                           groups_out=groups_out, windows_out=windows_out,
                           window_table=collector.window_table, windows=collector.windows,
                           entities=collector.entities, rows=collector.rows,
                           flagged=collector.flagged, started=started)
+
+
+def _score_logs(client, shared, model: Model, logs, the_plan, quiet: bool):
+    """The log files read by the workers (templates looked up there), cut by entity group
+    and time slice with the slice's margins; each task's extra argument."""
+    group_of, ranges, keys = log_pieces(model, the_plan)
+    files = read_logs(client, logs, logs.config(model.logs.config), model.config.read,
+                      model.logs.step_ns, group_of, ranges, shared, quiet)
+    warn_skipped(files.stats)
+    items = deque(((files.lo, files.hi, files.parts(g, s)),) for g, s in keys)
+    files.pieces = {}  # the items hold the pieces now, and let go of each once it is used
+    return files, _taken(items)
+
+
+def _taken(items: deque) -> Iterator[tuple]:
+    while items:
+        yield items.popleft()
+
+
+def log_pieces(model: Model, the_plan) -> tuple[dict[str, int], list[tuple[int, int]],
+                                                 list[tuple[int, int]]]:
+    """How scoring cuts log cells: entity -> group, each time slice's range of slots (the
+    rows its tasks read: ``reach + before`` steps ahead, ``after`` past it) and each task's
+    (group, slice)."""
+    before, after = margins(model.featurizer, model.config.read)
+    reach = model.event_rules.reach
+    group_of, of_task = group_ids(the_plan.tasks)
+    ranges = [(row[0].start - reach - before, row[0].stop + after) for row in the_plan.slices]
+    slice_of = [s for s, row in enumerate(the_plan.slices) for _ in row]
+    return group_of, ranges, list(zip(of_task, slice_of, strict=True))

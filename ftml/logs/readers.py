@@ -129,6 +129,18 @@ class ReadStats:
     first_bad: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 
+    def merge(self, other: ReadStats) -> ReadStats:
+        """Another file's stats added after these (the first bad line of each reason stays
+        the earliest file's, as one pass over the files in order finds it)."""
+        self.lines += other.lines
+        self.records += other.records
+        self.continuation += other.continuation
+        for reason, n in other.bad.items():
+            self.bad[reason] = self.bad.get(reason, 0) + n
+            self.first_bad.setdefault(reason, other.first_bad[reason])
+        self.files.extend(other.files)
+        return self
+
     def warning(self) -> str | None:
         """The one line saying which lines were skipped (None: none)."""
         if not self.bad:
@@ -254,6 +266,17 @@ def read_log_lines(paths, cfg: LogConfig | None = None, entity_map: str | None =
         yield from _read_file(path, cfg, fixed, entity_map, stats)
 
 
+def read_log_file(path: str | Path, cfg: LogConfig, entity_map: str | None, stats: ReadStats,
+                  name: str | None = None) -> Iterator[Lines]:
+    """One file's records, as :func:`read_log_lines` reads it; ``name``: the path as the user
+    gave it (a Dask worker reads the absolute path), which entity-from-path, the stem entity
+    and every message use, so that they are those of a local run."""
+    name = str(name if name is not None else path)
+    stats.files.append(name)
+    yield from _read_file(Path(path), cfg, _given_format(cfg.format), entity_map, stats,
+                          name=Path(name))
+
+
 def parse_lines(lines: list[str], *, fmt: Any = None, entity: str | None = None,
                 path: str | None = None, config: Any = None,
                 entity_map: str | None = None) -> pd.DataFrame:
@@ -313,7 +336,7 @@ def _given_format(fmt: str | None) -> Format | str | None:
     return Format("custom", fmt, "iso")
 
 
-def _open(path: Path):
+def _open(path: Path, source: str):
     try:
         fh = open(path, "rb")
         head = fh.read(2)
@@ -321,20 +344,21 @@ def _open(path: Path):
         return gzip.open(fh) if head == b"\x1f\x8b" else fh
     except OSError as exc:
         raise InputError(f"cannot read the log file: {exc.strerror or exc}",
-                         source=str(path)) from None
+                         source=source) from None
 
 
-def _read_file(path: Path, cfg: LogConfig, fixed, entity_map, stats: ReadStats
-               ) -> Iterator[Lines]:
-    source = str(path)
+def _read_file(path: Path, cfg: LogConfig, fixed, entity_map, stats: ReadStats,
+               name: Path | None = None) -> Iterator[Lines]:
+    name = name if name is not None else path
+    source = str(name)
     bad = _BadLines(source, cfg, stats)
-    entity = file_entity(path, cfg)
-    fallback = stem_entity(path)
+    entity = file_entity(name, cfg)
+    fallback = stem_entity(name)
     fmt = fixed
     latest = np.iinfo(np.int64).min  # newest time so far: a line far before it is out of order
     records = 0
     last_line = 0
-    with _open(path) as fh:
+    with _open(path, source) as fh:
         for block, first_line, n_lines, long_lines in _blocks(fh, cfg, source):
             bad.add("too long", long_lines)
             if first_line == 1 and b"\x00" in block[:8192]:

@@ -67,6 +67,11 @@ def cells(lines: Lines, tpl: np.ndarray, step_ns: int) -> pd.DataFrame:
     return _count(frame)
 
 
+def recount(cell: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose keys may repeat (e.g. two messages of one template) -> one row per key."""
+    return _count(cell, weights="n")
+
+
 def _count(frame: pd.DataFrame, weights: str | None = None) -> pd.DataFrame:
     keys = list(CELL_COLUMNS[:-1])
     grouped = frame.groupby(keys, sort=False, observed=True)

@@ -44,6 +44,13 @@ def mask(messages: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(messages, MASK, PARAM)
 
 
+def encode(messages: pa.Array) -> tuple[list[str], np.ndarray]:
+    """Messages -> their distinct masked texts in the order they first occur, and each
+    message's position in that list (a null message takes the first)."""
+    enc = pc.dictionary_encode(mask(messages))
+    return enc.dictionary.to_pylist(), np.asarray(pc.fill_null(enc.indices, 0), dtype=np.int64)
+
+
 class Templates:
     """A Drain parse tree and the cache of masked message -> cluster id. Plain data (its
     state is JSON text); the drain3 objects are built from it on first use."""
@@ -123,8 +130,13 @@ class Templates:
         message no cluster takes is :data:`UNSEEN`."""
         if not len(messages):
             return np.zeros(0, dtype=np.int64)
-        enc = pc.dictionary_encode(mask(messages))
-        distinct = enc.dictionary.to_pylist()
+        distinct, codes = encode(messages)
+        return self.masked_ids(distinct, learn)[codes]
+
+    def masked_ids(self, distinct: list[str], learn: bool) -> np.ndarray:
+        """Cluster id per masked message of ``distinct`` (:func:`encode`), mined in that order
+        with ``learn``: mining masked messages in the order they first occur is what mining
+        the lines they came from does (Dask training mines each file's list on the driver)."""
         drain = self.drain
         cache: dict[str, int] = self.__dict__["_cache"][bool(learn)]
         table = np.empty(len(distinct), dtype=np.int64)
@@ -134,8 +146,7 @@ class Templates:
                 cid = self._mine(drain, text) if learn else self._match(drain, text)
                 cache[text] = cid
             table[i] = cid
-        codes = np.asarray(pc.fill_null(enc.indices, 0), dtype=np.int64)
-        return table[codes]
+        return table
 
     def _mine(self, drain, text: str) -> int:
         cluster, _ = drain.add_log_message(text)

@@ -55,6 +55,7 @@ from ftml.pipeline.scoring import (
 from ftml.pipeline.screen import (
     dropped_text,
     dropped_warning,
+    metrics_to_screen,
     remember_dropped,
     require_metrics,
     screen_metrics,
@@ -119,6 +120,7 @@ __all__ = [
     "incident_windows",
     "MAX_FIT_WINDOWS",
     "MIN_FIT_WINDOWS",
+    "metrics_to_screen",
     "observed_rows",
     "progress",
     "publish_events",

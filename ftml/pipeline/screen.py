@@ -24,11 +24,19 @@ def screen_metrics(data: MetricData, read: ReadConfig, window: int,
     they are so by construction and any other value later is news (``log:unseen``, the lines
     of templates training never saw, is 0 throughout training)."""
     codes, names = data.entity_codes()
-    drop = metrics_to_drop([metric_presence(data.values(), codes, names, window)], data.metrics,
-                           read.drop_missing_fraction, read.drop_gappy_fraction)
+    return without_metrics(data, metrics_to_screen(
+        [metric_presence(data.values(), codes, names, window)], data.metrics, read,
+        keep_constant))
+
+
+def metrics_to_screen(presences: list, metrics: list[str], read: ReadConfig,
+                      keep_constant: Collection[str] = ()) -> dict[str, str]:
+    """Metric -> why it is left out, from the presence counts of one or more disjoint sets of
+    entities (Dask training's groups): the one rule of :func:`screen_metrics`."""
+    drop = metrics_to_drop(presences, metrics, read.drop_missing_fraction,
+                           read.drop_gappy_fraction)
     keep = set(keep_constant)
-    drop = {m: why for m, why in drop.items() if not (m in keep and why == "constant")}
-    return without_metrics(data, drop)
+    return {m: why for m, why in drop.items() if not (m in keep and why == "constant")}
 
 
 def without_metrics(data: MetricData, drop: dict[str, str]) -> MetricData:
