@@ -33,8 +33,15 @@ import pandas as pd
 
 from bench import datasets
 from bench.bench_generalization import (
-    SIM_PARTS, WORLD_PARTS, WORLD_SEEDS, _robust_z, _split_dir, _touches, _view,
-    count_false_alarms)
+    SIM_PARTS,
+    WORLD_PARTS,
+    WORLD_SEEDS,
+    _robust_z,
+    _split_dir,
+    _touches,
+    _view,
+    count_false_alarms,
+)
 from bench.common import require_data, run_split
 
 SETS = ("smd", "asd", "nab", "skab", "sim", "worlds")

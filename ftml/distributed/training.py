@@ -29,6 +29,7 @@ from ftml.distributed.logs import (
     template_totals,
 )
 from ftml.distributed.slices import TASK_ROWS, Task, index_table, plan, read_task_rows
+from ftml.errors import ConfigError
 from ftml.features import (
     Baseline,
     counter_counts,
@@ -60,6 +61,7 @@ from ftml.pipeline import (
     HealthyCandidates,
     TrainInfo,
     TrainResult,
+    budget_scaled,
     calibration_cuts,
     calibration_info,
     calibration_scores,
@@ -193,6 +195,10 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
     logs = as_log_input(logs)
     started = time.perf_counter()
     read, fc, dc = config.read, config.features, config.detect
+    if budget_scaled(dc):  # its scales need every group's calibration parts first
+        raise ConfigError("detect.ensemble_scale 'budget' is not built for Dask training",
+                          source="config", where="detect.ensemble_scale",
+                          hint="train locally (ftml train), or use ensemble_scale 'fit'")
     step = step_from_config(read)
     given = expand_paths(metrics)
     files = [str(p.resolve()) for p in given]
