@@ -107,12 +107,3 @@ def test_an_unknown_ensemble_scale_is_refused_in_one_line(tmp_path):
         api.train([metrics], tmp_path / "m", quiet=True,
                   config=Config.from_dict({"detect": {"ensemble_scale": "nope"}}))
 
-
-def test_dask_training_refuses_budget_scales_before_connecting(tmp_path):
-    from ftml.distributed.training import train
-
-    metrics, _ = _fleet(tmp_path, days=2)
-    config = Config.from_dict({"detect": {"ensemble": "forest|robust",
-                                          "ensemble_scale": "budget"}})
-    with pytest.raises(ConfigError, match="not built for Dask"):
-        train([metrics], tmp_path / "m", scheduler="tcp://127.0.0.1:1", config=config)
