@@ -152,12 +152,12 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, fractio
 
 
 def train_parts_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, fraction,
-                     config, task: Task) -> dict:
+                     config, task: Task, logs=None) -> dict:
     """With ``detect.ensemble_scale: budget``, before phase 3: the forest's score and the
     robust statistic of the group's calibration windows (``calibration_parts``), from which
     the driver puts each part on its own half-budget scale. ``fitted``: (featurizer, detector)."""
     fz, detector = fitted
-    data = _group_data(task, read, metrics, step, chunk_rows)
+    data, _ = _group_data(task, read, metrics, step, chunk_rows, logs)
     frame = data.frame
     ts, row_label = _labels(data, incidents)
     _, cal_rows, _ = split_windows(fz, frame, row_label, fraction)
@@ -298,7 +298,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
             parted = [r for _, r in _run_in_order(
                 client, train_parts_task, groups,
                 (*args, shared, inc_f, dc.calibration_fraction, config), ahead,
-                "calibration parts", quiet)]
+                "calibration parts", quiet, extra)]
             detector.scales_ = budget_scales(
                 detector.scales_,
                 np.concatenate([np.asarray(r["names"], dtype=object)[r["code"]]
