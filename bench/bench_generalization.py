@@ -23,7 +23,11 @@ round 3 (amendment 2026-12-06 21:54): each entity's score corrected by its own p
 day's median and spread (bench/drift.py), of the forest (Y1; Y1s the median shift alone)
 or of X2 (Y1X2). ``Z1``-``Z3``: round 4 (amendment 2026-12-06 22:24): the previous day's
 median shift only beyond a dead band (the 99 % of healthy training days' median excess), of
-the forest (Z1), of X2 (Z2), of the forest with two days' persistence (Z3). Each cell: F1 (event recall / precision), FA, AUC-PR.
+the forest (Z1), of X2 (Z2), of the forest with two days' persistence (Z3). ``W1``, ``V1``,
+``W1V1``: round 5 (amendment 2026-12-07 00:59), ftml itself with a candidate setting: the forest
+on the balanced view (the cross-metric deviation columns as many as the per-metric ones, W1),
+the forest and the robust statistic each scaled by its own threshold at half the budget, their
+max (V1), both (W1V1). Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -67,6 +71,13 @@ DRIFT = ("drift", "drift shift", "drift xfit")
 #: training days' 99 % wobble), of the forest (Z1), of X2 (Z2), and of the forest with the
 #: smaller of the two previous days' excess (Z3).
 BAND = ("band", "band xfit", "band 2d")
+#: Round 5 (amendment 2026-12-07 00:59): product settings, each trained and judged by ftml
+#: itself as the ``ftml`` column is: the forest on the balanced view (W1), the forest and the
+#: robust statistic each on its own half-budget scale, their max (V1), and both (W1V1).
+ROUND5 = {"balanced": {"detect": {"view": "balanced"}},
+          "budget|": {"detect": {"ensemble": "forest|robust", "ensemble_scale": "budget"}},
+          "balanced budget|": {"detect": {"view": "balanced", "ensemble": "forest|robust",
+                                          "ensemble_scale": "budget"}}}
 XFIT_BLOCKS = 8
 XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
@@ -75,7 +86,9 @@ LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IF
           "rank|/entity": "R3 rank max, entity thr", "forest/entity": "R4 forest, entity thr",
           "xfit": "X1 xfit forest", "xfit rank|": "X2 xfit rank max",
           "drift": "Y1 drift", "drift shift": "Y1s drift shift", "drift xfit": "Y1X2 drift on X2",
-          "band": "Z1 band", "band xfit": "Z2 band on X2", "band 2d": "Z3 band 2 days"}
+          "band": "Z1 band", "band xfit": "Z2 band on X2", "band 2d": "Z3 band 2 days",
+          "balanced": "W1 balanced forest", "budget|": "V1 budget max",
+          "balanced budget|": "W1V1 balanced budget max"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -646,6 +659,10 @@ def run_part(splits, work: Path) -> dict[str, Counts]:
         out = run_split(split, work, baselines=False)
         per = {"ftml": ftml_counts(out), **baselines_on(_split_dir(work, split),
                                                          out.evaluation)}
+        for kind, settings in ROUND5.items():  # the product with the candidate's settings
+            tag = "".join(c if c.isalnum() else "_" for c in kind)
+            per[kind] = ftml_counts(run_split(with_config(split, settings), work / tag,
+                                              baselines=False))
         for k, c in per.items():
             total[k] = total[k].add(c) if k in total else c
         print(f"  generalization: {split.name}: " + ", ".join(
@@ -675,7 +692,7 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
                **{LABELS[k]: _cell(counts[k])
-                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND)
+                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND, *ROUND5)
                   if k in counts},
                seconds=round(f.seconds, 1))
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ftml.bundle import Model, data_digest, load_model, save_model
 from ftml.config import Config, ReadConfig, parse_duration
+from ftml.detect import combine_scores
 from ftml.diagnose import load_rules
 from ftml.errors import InputError
 from ftml.events import Event
@@ -39,8 +40,11 @@ from ftml.pipeline import (
     TrainInfo,
     TrainResult,
     WindowScorer,
+    budget_scaled,
+    budget_scales,
     calibration_cuts,
     calibration_info,
+    calibration_parts,
     calibration_scores,
     chunk_carry_steps,
     detector_of,
@@ -109,8 +113,15 @@ def fit_model(data: MetricData, incidents: pd.DataFrame | None, config: Config,
     stage("forest")
     detector = detector_of(dc).fit(fit_view(featurizer, frame, fit_rows, dc))
     stage("calibration")
-    cal_scores = calibration_scores(featurizer, detector, frame, cal_rows, dc, quiet)
     cal_entity = np.asarray(names, dtype=object)[codes[cal_rows]]
+    if budget_scaled(dc):  # each part on its own budget's scale first, then the one score
+        parts = calibration_parts(featurizer, detector, frame, cal_rows, dc, quiet)
+        detector.scales_ = budget_scales(detector.scales_, cal_entity, ts[cal_rows], parts,
+                                         int(featurizer.step_.value),
+                                         incident_spans(incidents), dc)
+        cal_scores = combine_scores(*parts, detector.scales_, dc.ensemble)
+    else:
+        cal_scores = calibration_scores(featurizer, detector, frame, cal_rows, dc, quiet)
     stage("diagnosis")
     X, label = (incident_windows(featurizer, detector, frame, inc_rows, row_label, config)
                 if incidents is not None and len(inc_rows) else (None, np.empty(0, np.int64)))

@@ -80,6 +80,16 @@ class DetectConfig:
     # "forest+robust" their mean, "forest|robust" the larger. Not the default: neither met
     # every rule of bench/PROTOCOL_generalization.md on the selection data (docs/benchmarks.md).
     ensemble: str = "forest"
+    # How an ensemble's two parts are put on one scale: "fit" (each part's median and 99.9 %
+    # on the fit windows) or "budget" (each part's median on the fit windows and its own
+    # threshold at half the alarm budget on the calibration slice, so that either part flags
+    # where its own events make its half of the false alarms; bench/PROTOCOL_generalization.md
+    # round 5, V1).
+    ensemble_scale: str = "fit"
+    # What the forest sees of the detector view: "plain", or "balanced" (the two cross-metric
+    # deviation columns repeated until they are as many as the per-metric columns, so that a
+    # tree splits on "the farthest metric" about half the time; round 5, W1).
+    view: str = "plain"
     calibration_fraction: float = 0.25  # later slice of training held out for the threshold
     min_windows: int = 5  # k of ...
     of_windows: int = 8  # ... n flagged windows open an event

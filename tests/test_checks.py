@@ -63,6 +63,11 @@ ESTIMATORS = {
     "IsolationDetector": (lambda: IsolationDetector(n_estimators=20, max_samples=64),
                           lambda est: est.fit(_xy()[0]),
                           lambda est: est.anomaly_score(_xy(1)[0])),
+    "IsolationDetector[balanced, forest|robust]": (
+        lambda: IsolationDetector(n_estimators=20, max_samples=64, view="balanced",
+                                  ensemble="forest|robust"),
+        lambda est: est.fit(_xy(n=240)[0]),
+        lambda est: est.anomaly_score(_xy(1)[0])),
     **{f"Diagnoser[{c}]": (lambda c=c: Diagnoser(classifier=c),
                            lambda est: est.fit(*_xy()[:2], groups=_xy()[2]),
                            lambda est: est.predict_proba(_xy(1)[0]))
@@ -137,6 +142,26 @@ def fleet(tmp_path_factory):
     live.to_csv(tmp / "live.csv", index=False)
     live.to_parquet(tmp / "live.parquet", index=False)
     return tmp, load_model(tmp / "model"), live
+
+
+#: Round 5's settings (bench/PROTOCOL_generalization.md): the forest on the balanced view and
+#: the ensemble's parts on their own half-budget scales. Scoring is the same code, so every
+#: driver must still give the one-piece events.
+ROUND5 = {"detect": {"view": "balanced", "ensemble": "forest|robust",
+                     "ensemble_scale": "budget"}}
+
+
+@pytest.fixture(scope="module")
+def fleet_round5(fleet, tmp_path_factory):
+    from ftml.config import Config
+
+    tmp, _, live = fleet
+    out = tmp_path_factory.mktemp("checks5")
+    for name in ("live.csv", "live.parquet"):
+        (out / name).write_bytes((tmp / name).read_bytes())
+    api.train([tmp / "train.csv"], out / "model", incidents=tmp / "incidents.csv",
+              config=Config.from_dict(ROUND5))
+    return out, load_model(out / "model"), live
 
 
 def _watch(per):
@@ -272,3 +297,12 @@ def test_every_driver_with_logs_gives_the_one_piece_events(log_fleet, driver):
     got, got_windows = LOG_DRIVERS[driver](tmp, model)
     assert _events(got) == reference
     assert got_windows == windows
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_every_driver_gives_the_one_piece_events_with_round5_settings(fleet_round5, driver):
+    tmp, model, live = fleet_round5
+    assert model.detector.view == "balanced" and model.config.detect.ensemble_scale == "budget"
+    reference = _events(api.score(model, [tmp / "live.csv"], chunk_rows=10**9).events)
+    assert len(reference) >= 3
+    assert _events(DRIVERS[driver](tmp, model, live)) == reference

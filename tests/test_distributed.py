@@ -179,6 +179,28 @@ def test_train_on_the_cluster_writes_a_bundle_like_the_local_one(cluster, fleet,
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) >= 1
 
 
+def test_budget_scales_train_on_the_cluster_as_locally(cluster, fleet, tmp_path):
+    """``detect.ensemble_scale: budget`` (each ensemble part's scale its own half-budget
+    threshold over every group's calibration windows): the cluster's scales and threshold are
+    the local ones (the fit sample is all windows here, so the forest is the local one)."""
+    tmp, _ = fleet
+    address, _ = _ready(cluster)
+    cfg = tmp_path / "ftml.yaml"
+    cfg.write_text("features: {level_window: 60}\n"
+                   "detect: {ensemble: 'forest|robust', ensemble_scale: budget}\n")
+    for where, extra in (("local", []), ("remote", ["--scheduler", address])):
+        run = CliRunner().invoke(main, ["train", "--metrics", str(tmp / "train.parquet"),
+                                        "--incidents", str(tmp / "incidents.csv"), "--out",
+                                        str(tmp_path / where), "--quiet", "--config", str(cfg),
+                                        *extra])
+        assert run.exit_code == 0, run.output
+    local, remote = load_model(tmp_path / "local"), load_model(tmp_path / "remote")
+    assert np.allclose(remote.detector.scales_, local.detector.scales_, rtol=0, atol=1e-12)
+    plain = load_model(tmp / "model")  # the forest alone: no scales at all
+    assert getattr(plain.detector, "scales_", None) is None
+    assert remote.threshold == pytest.approx(local.threshold, abs=1e-9)
+
+
 def test_messy_data_trains_on_the_cluster_as_locally(cluster, tmp_path):
     # Redis-shaped: runs days apart, a text column, constant, empty and gappy metrics; the
     # runs in two files (the text only in the first) and four entities in two groups.

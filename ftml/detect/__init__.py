@@ -30,7 +30,7 @@ from ftml.detect.builder import (
     find_runs,
 )
 from ftml.detect.gate import GATE_STATE_VERSION, FlagGate
-from ftml.detect.scorer import ENSEMBLES, ForestScorer, combine_scores
+from ftml.detect.scorer import ENSEMBLES, VIEWS, ForestScorer, balanced_view, combine_scores
 from ftml.detect.threshold import (
     MAX_TAIL_EXTRAPOLATION,
     MIN_TAIL_PEAKS,
@@ -46,9 +46,9 @@ from ftml.detect.threshold import (
 __all__ = [
     "BUILDER_STATE_VERSION", "ENSEMBLES", "GATE_STATE_VERSION", "MAX_TAIL_EXTRAPOLATION",
     "MIN_TAIL_PEAKS", "NS_PER_DAY", "TAIL_PEAKS", "TAIL_SHAPE", "AlarmThreshold",
-    "EventBuilder", "EventRules", "FlagGate", "ForestScorer", "IsolationDetector", "RawEvent",
-    "build_events", "combine_scores", "find_runs", "opening_scores", "overlaps",
-    "tail_threshold",
+    "VIEWS", "EventBuilder", "EventRules", "FlagGate", "ForestScorer", "IsolationDetector",
+    "RawEvent", "balanced_view", "build_events", "combine_scores", "find_runs",
+    "opening_scores", "overlaps", "tail_threshold",
 ]
 
 

@@ -14,7 +14,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ftml.config import DetectConfig
-from ftml.detect.scorer import ENSEMBLES, ForestScorer
+from ftml.detect.scorer import ENSEMBLES, VIEWS, ForestScorer
 
 _DC = DetectConfig()  # the defaults' one home
 
@@ -29,23 +29,28 @@ class IsolationDetector(ForestScorer, BaseEstimator):
     def __init__(self, *, n_estimators: int = _DC.n_estimators,
                  max_samples: int | float | str = _DC.max_samples,
                  random_state: int | None = _DC.random_state, n_jobs: int | None = None,
-                 ensemble: str = _DC.ensemble):
+                 ensemble: str = _DC.ensemble, view: str = _DC.view):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.ensemble = ensemble
+        self.view = view
 
     def fit(self, X, y=None):
         X = validate_data(self, X, dtype=np.float64)
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"unknown ensemble {self.ensemble!r}; use one of "
                              f"{', '.join(ENSEMBLES)}")
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown view {self.view!r}; use one of {', '.join(VIEWS)}")
         max_samples = self.max_samples
         if isinstance(max_samples, int):
             max_samples = min(max_samples, X.shape[0])
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples,
-                                       random_state=self.random_state, n_jobs=self.n_jobs).fit(X)
+                                       random_state=self.random_state, n_jobs=self.n_jobs).fit(
+            self._forest_input(X))
+        self.__dict__.pop("_fast", None)  # a refit forest is compiled afresh
         self.scales_ = None
         if self.ensemble != "forest" and X.shape[0]:
             # Each part's typical value and its 99.9 % on the fit windows: the two become one

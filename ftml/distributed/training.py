@@ -60,8 +60,11 @@ from ftml.pipeline import (
     HealthyCandidates,
     TrainInfo,
     TrainResult,
+    budget_scaled,
+    budget_scales,
     calibration_cuts,
     calibration_info,
+    calibration_parts,
     calibration_scores,
     detector_of,
     featurizer_of,
@@ -148,6 +151,24 @@ def train_fit_task(read, metrics, step, chunk_rows, counters, incidents, fractio
             "X": fit_view(fz, frame, fit_rows, config.detect)}
 
 
+def train_parts_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, fraction,
+                     config, task: Task, logs=None) -> dict:
+    """With ``detect.ensemble_scale: budget``, before phase 3: the forest's score and the
+    robust statistic of the group's calibration windows (``calibration_parts``), from which
+    the driver puts each part on its own half-budget scale. ``fitted``: (featurizer, detector)."""
+    fz, detector = fitted
+    data, _ = _group_data(task, read, metrics, step, chunk_rows, logs)
+    frame = data.frame
+    ts, row_label = _labels(data, incidents)
+    _, cal_rows, _ = split_windows(fz, frame, row_label, fraction)
+    forest, robust = calibration_parts(fz, detector, frame, cal_rows, config.detect)
+    names = list(task.entities)
+    entity = frame["entity"].to_numpy(dtype=object)[cal_rows]
+    return {"names": names,
+            "code": pd.Categorical(entity, categories=names).codes.astype(np.int32),
+            "end_ns": ts[cal_rows], "forest": forest, "robust": robust}
+
+
 def train_score_task(read, metrics, step, chunk_rows, fitted: tuple, incidents, fraction,
                      config, task: Task, logs=None) -> dict:
     """Phase 3 on a worker, as ``fit_model`` does it: scores of the calibration windows (only
@@ -193,6 +214,7 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
     logs = as_log_input(logs)
     started = time.perf_counter()
     read, fc, dc = config.read, config.features, config.detect
+    budget = budget_scaled(dc)  # (refuses an unknown ensemble_scale before any work)
     step = step_from_config(read)
     given = expand_paths(metrics)
     files = [str(p.resolve()) for p in given]
@@ -268,6 +290,24 @@ def train(metrics: Iterable[str | Path], out: str | Path, scheduler: Any,
             detector = detector_of(dc).fit(fit_X)
         n_fit_used = len(fit_X)
         del fit_X
+        if budget:
+            # Each part's scale is its threshold over every group's calibration windows: one
+            # pass for the two parts first, then the pass below scores with the final scales
+            # (and so picks the diagnoser's and the healthy windows by them), as locally.
+            shared = client.scatter((featurizer, detector), broadcast=True, hash=False)
+            parted = [r for _, r in _run_in_order(
+                client, train_parts_task, groups,
+                (*args, shared, inc_f, dc.calibration_fraction, config), ahead,
+                "calibration parts", quiet, extra)]
+            detector.scales_ = budget_scales(
+                detector.scales_,
+                np.concatenate([np.asarray(r["names"], dtype=object)[r["code"]]
+                                for r in parted]),
+                np.concatenate([r["end_ns"] for r in parted]),
+                (np.concatenate([r["forest"] for r in parted]),
+                 np.concatenate([r["robust"] for r in parted])),
+                int(step.value), incident_spans(inc), dc)
+            del parted
         shared = client.scatter((featurizer, detector), broadcast=True, hash=False)
         scored = [r for _, r in _run_in_order(
             client, train_score_task, groups,

@@ -63,15 +63,19 @@ from ftml.pipeline.screen import (
 )
 from ftml.pipeline.training import (
     CAL_BLOCK_WINDOWS,
+    ENSEMBLE_SCALES,
     MAX_FIT_WINDOWS,
     MIN_FIT_WINDOWS,
     HealthyCandidates,
     TrainInfo,
     TrainResult,
     active_time,
+    budget_scaled,
+    budget_scales,
     calibration_cut,
     calibration_cuts,
     calibration_info,
+    calibration_parts,
     calibration_scores,
     few_windows_cause,
     finish_training,
@@ -91,6 +95,10 @@ from ftml.pipeline.training import (
 
 __all__ = [
     "active_time",
+    "budget_scaled",
+    "budget_scales",
+    "calibration_parts",
+    "ENSEMBLE_SCALES",
     "CAL_BLOCK_WINDOWS",
     "calibration_cut",
     "calibration_cuts",

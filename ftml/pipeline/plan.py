@@ -63,7 +63,8 @@ def detector_of(dc: DetectConfig) -> IsolationDetector:
     from ftml.detect import IsolationDetector
 
     return IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
-                             random_state=dc.random_state, ensemble=dc.ensemble)
+                             random_state=dc.random_state, ensemble=dc.ensemble,
+                             view=dc.view)
 
 
 def event_rules_of(dc: DetectConfig) -> EventRules:

@@ -14,7 +14,7 @@ from ftml.bundle import Model
 from ftml.config import RUN_GAP_NS, Config, DetectConfig
 from ftml.detect import AlarmThreshold
 from ftml.diagnose import NO_FAULT
-from ftml.errors import InputError
+from ftml.errors import ConfigError, InputError
 from ftml.features import (
     Featurizer,
     detector_view,
@@ -280,6 +280,54 @@ def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
         S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
         scores[a:a + CAL_BLOCK_WINDOWS] = detector.anomaly_score(stats_view(S, n_met))
     return scores
+
+
+#: How an ensemble's two parts are put on one scale (DetectConfig.ensemble_scale).
+ENSEMBLE_SCALES = ("fit", "budget")
+
+
+def budget_scaled(dc: DetectConfig) -> bool:
+    """Whether training puts the ensemble's parts on their own budget's scale (round 5, V1)."""
+    if dc.ensemble_scale not in ENSEMBLE_SCALES:
+        raise ConfigError(f"unknown ensemble_scale {dc.ensemble_scale!r}",
+                          source="config", where="detect.ensemble_scale",
+                          hint=f"use one of {', '.join(ENSEMBLE_SCALES)}")
+    return dc.ensemble_scale == "budget" and dc.ensemble != "forest"
+
+
+def calibration_parts(featurizer: Featurizer, detector: IsolationDetector,
+                      frame: pd.DataFrame, rows: np.ndarray, dc: DetectConfig,
+                      quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The forest's score and the robust statistic of the calibration windows ending at
+    ``rows`` (:func:`calibration_scores`, the two parts apart), block by block."""
+    n_met = len(featurizer.metrics_)
+    forest, robust = np.empty(len(rows)), np.empty(len(rows))
+    blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
+    for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
+        S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
+        part = slice(a, a + CAL_BLOCK_WINDOWS)
+        forest[part], robust[part] = detector.component_scores(stats_view(S, n_met))
+    return forest, robust
+
+
+def budget_scales(scales: np.ndarray, entity: np.ndarray, end_ns: np.ndarray,
+                  parts: tuple[np.ndarray, np.ndarray], step_ns: int, spans: dict,
+                  dc: DetectConfig) -> np.ndarray:
+    """The ensemble's scales with each part's upper anchor its own threshold at half the
+    alarm budget on the calibration windows (the budget shared by the two parts; the same
+    event rule, incidents not counted), its median on the fit windows kept.
+
+    Why: at the same share of healthy windows above a cut, the forest's exceedances come in
+    runs that the event rule turns into false alarms, the robust statistic's in spikes it
+    mostly does not, so a quantile puts the two on scales the event rule does not see alike
+    (bench/PROTOCOL_generalization.md, round 5)."""
+    out = np.array(scales, dtype=np.float64, copy=True)
+    rules = event_rules_of(dc)
+    for i, s in enumerate(parts):
+        out[i, 1] = AlarmThreshold(budget=dc.alarm_budget / 2, rules=rules,
+                                   tail=dc.threshold_tail).fit(
+            entity, end_ns, s, step_ns, spans).threshold_
+    return out
 
 
 def incident_windows(featurizer: Featurizer, detector: IsolationDetector, frame: pd.DataFrame,
