@@ -294,18 +294,27 @@ level_units(double x, double clip)
     return (int64_t)rint(c * 1048576.0); /* 2^20: features._LEVEL_BITS */
 }
 
-FTML_CLONES static void
-level_rows(const double *restrict z, const int64_t *restrict seg, Py_ssize_t n, Py_ssize_t m,
-           Py_ssize_t span, double clip, int64_t shrink, double *restrict out,
-           int64_t *restrict sum, int64_t *restrict count)
+/* One run of rows [first, stop) of a segment: each row's level from the sums of the rows before
+ * it, then its own units in and the leaving row's out. With `prime`, the run continues from the
+ * `span` rows prime[((turn + q) % span) * m], q = 0 .. span - 1, as if they came before it in
+ * its segment: their units are summed first, and the p-th of them leaves row first + p's span. */
+FTML_INLINE void
+level_run(const double *restrict z, Py_ssize_t first, Py_ssize_t stop, Py_ssize_t m,
+          const double *restrict prime, Py_ssize_t turn, Py_ssize_t span, double clip,
+          int64_t shrink, double *restrict out, int64_t *restrict sum, int64_t *restrict count)
 {
-    Py_ssize_t first = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (i == 0 || seg[i] != seg[i - 1]) {
-            first = i;
+    for (Py_ssize_t j = 0; j < m; j++)
+        sum[j] = count[j] = 0;
+    if (prime)
+        for (Py_ssize_t q = 0; q < span; q++) {
+            const double *row = prime + ((turn + q) % span) * m;
             for (Py_ssize_t j = 0; j < m; j++)
-                sum[j] = count[j] = 0;
+                if (row[j] == row[j]) { /* not NaN */
+                    sum[j] += level_units(row[j], clip);
+                    count[j]++;
+                }
         }
+    for (Py_ssize_t i = first; i < stop; i++) {
         const double *row = z + i * m;
         double *o = out + i * m;
         for (Py_ssize_t j = 0; j < m; j++) {
@@ -314,19 +323,36 @@ level_rows(const double *restrict z, const int64_t *restrict seg, Py_ssize_t n, 
             o[j] = total / (double)(count[j] > shrink ? count[j] : shrink);
         }
         for (Py_ssize_t j = 0; j < m; j++)
-            if (row[j] == row[j]) { /* not NaN */
+            if (row[j] == row[j]) {
                 sum[j] += level_units(row[j], clip);
                 count[j]++;
             }
-        if (i - span >= first) { /* row i - span leaves the next row's span */
-            const double *old = z + (i - span) * m;
+        /* The row leaving the next row's span: the prime's p-th while p < span. */
+        const Py_ssize_t p = i - first;
+        const double *old = NULL;
+        if (prime)
+            old = p < span ? prime + ((turn + p) % span) * m : z + (i - span) * m;
+        else if (p >= span)
+            old = z + (i - span) * m;
+        if (old)
             for (Py_ssize_t j = 0; j < m; j++)
                 if (old[j] == old[j]) {
                     sum[j] -= level_units(old[j], clip);
                     count[j]--;
                 }
-        }
     }
+}
+
+FTML_CLONES static void
+level_rows(const double *restrict z, const int64_t *restrict seg, Py_ssize_t n, Py_ssize_t m,
+           Py_ssize_t span, double clip, int64_t shrink, double *restrict out,
+           int64_t *restrict sum, int64_t *restrict count)
+{
+    for (Py_ssize_t first = 0, i = 1; first < n; i++)
+        if (i == n || seg[i] != seg[i - 1]) {
+            level_run(z, first, i, m, NULL, 0, span, clip, shrink, out, sum, count);
+            first = i;
+        }
 }
 
 PyDoc_STRVAR(trailing_level_doc,
@@ -402,49 +428,10 @@ level_rows_ring(const double *restrict z, Py_ssize_t n, Py_ssize_t m,
                 Py_ssize_t span, double clip, int64_t shrink, double *restrict out,
                 int64_t *restrict sum, int64_t *restrict count)
 {
-    for (Py_ssize_t r = 0; r < k; r++) {
-        const Py_ssize_t first = runs[r], stop = r + 1 < k ? runs[r + 1] : n;
-        const double *prime = base[r] >= 0 ? ring + base[r] * m : NULL;
-        const Py_ssize_t t = prime ? turn[r] : 0;
-        for (Py_ssize_t j = 0; j < m; j++)
-            sum[j] = count[j] = 0;
-        if (prime)
-            for (Py_ssize_t q = 0; q < span; q++) {
-                const double *row = prime + ((t + q) % span) * m;
-                for (Py_ssize_t j = 0; j < m; j++)
-                    if (row[j] == row[j]) {
-                        sum[j] += level_units(row[j], clip);
-                        count[j]++;
-                    }
-            }
-        for (Py_ssize_t i = first; i < stop; i++) {
-            const double *row = z + i * m;
-            double *o = out + i * m;
-            for (Py_ssize_t j = 0; j < m; j++) {
-                double total = (double)sum[j];
-                total *= 1.0 / 1048576.0;
-                o[j] = total / (double)(count[j] > shrink ? count[j] : shrink);
-            }
-            for (Py_ssize_t j = 0; j < m; j++)
-                if (row[j] == row[j]) {
-                    sum[j] += level_units(row[j], clip);
-                    count[j]++;
-                }
-            /* The row leaving the next row's span: the ring's p-th while p < span. */
-            const Py_ssize_t p = i - first;
-            const double *old = NULL;
-            if (prime)
-                old = p < span ? prime + ((t + p) % span) * m : z + (i - span) * m;
-            else if (p >= span)
-                old = z + (i - span) * m;
-            if (old)
-                for (Py_ssize_t j = 0; j < m; j++)
-                    if (old[j] == old[j]) {
-                        sum[j] -= level_units(old[j], clip);
-                        count[j]--;
-                    }
-        }
-    }
+    for (Py_ssize_t r = 0; r < k; r++)
+        level_run(z, runs[r], r + 1 < k ? runs[r + 1] : n, m,
+                  base[r] >= 0 ? ring + base[r] * m : NULL, base[r] >= 0 ? turn[r] : 0, span,
+                  clip, shrink, out, sum, count);
 }
 
 PyDoc_STRVAR(trailing_level_ring_doc,
