@@ -355,6 +355,24 @@ level_rows(const double *restrict z, const int64_t *restrict seg, Py_ssize_t n, 
         }
 }
 
+/* The level entry points' common checks: out is float64 of z's shape (n x m); span >= 1 and
+ * 0 <= clip <= 2^31. Within these bounds every clipped value times 2^20 is below 2^51: rint is
+ * exact and no sum of a realistic frame can overflow. 0 with the exception set if not. */
+static int
+level_out_ok(const Py_buffer *out, Py_ssize_t n, Py_ssize_t m, Py_ssize_t span, double clip)
+{
+    if (out->ndim != 2 || strcmp(native_format(out), "d") != 0 || out->shape[0] != n ||
+        out->shape[1] != m) {
+        PyErr_SetString(PyExc_ValueError, "out must be float64 of z's shape");
+        return 0;
+    }
+    if (span < 1 || !(clip >= 0.0 && clip <= 2147483648.0)) {
+        PyErr_SetString(PyExc_ValueError, "span must be >= 1 and clip in [0, 2^31]");
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(trailing_level_doc,
 "trailing_level(z, segments, span, clip, out)\n--\n\n"
 "Fill out (float64, C order, n x m) with ftml.features.trailing_level(z, segments, span,\n"
@@ -386,17 +404,8 @@ trailing_level(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_TypeError, "segments must be a 1-D int64 array, one per row");
         goto done;
     }
-    if (out.ndim != 2 || strcmp(native_format(&out), "d") != 0 || out.shape[0] != n ||
-        out.shape[1] != m) {
-        PyErr_SetString(PyExc_ValueError, "out must be float64 of z's shape");
+    if (!level_out_ok(&out, n, m, span, clip))
         goto done;
-    }
-    /* Within these bounds every clipped value times 2^20 is below 2^51: rint is exact and
-     * no sum of a realistic frame can overflow. */
-    if (span < 1 || !(clip >= 0.0 && clip <= 2147483648.0)) {
-        PyErr_SetString(PyExc_ValueError, "span must be >= 1 and clip in [0, 2^31]");
-        goto done;
-    }
     work = PyMem_Malloc(2 * ((size_t)m + 1) * sizeof(int64_t));
     if (!work) {
         PyErr_NoMemory();
@@ -480,15 +489,8 @@ trailing_level_ring(PyObject *Py_UNUSED(module), PyObject *args)
                         "length");
         goto done;
     }
-    if (out.ndim != 2 || strcmp(native_format(&out), "d") != 0 || out.shape[0] != n ||
-        out.shape[1] != m) {
-        PyErr_SetString(PyExc_ValueError, "out must be float64 of z's shape");
+    if (!level_out_ok(&out, n, m, span, clip))
         goto done;
-    }
-    if (span < 1 || !(clip >= 0.0 && clip <= 2147483648.0)) {
-        PyErr_SetString(PyExc_ValueError, "span must be >= 1 and clip in [0, 2^31]");
-        goto done;
-    }
     const int64_t *rs = runs.buf, *bs = base.buf, *ts = turn.buf;
     if (n > 0 && (k < 1 || rs[0] != 0)) {
         PyErr_SetString(PyExc_ValueError, "runs must start at row 0");
