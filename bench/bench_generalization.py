@@ -27,7 +27,11 @@ the forest (Z1), of X2 (Z2), of the forest with two days' persistence (Z3). ``W1
 ``W1V1``: round 5 (amendment 2026-12-07 00:59), ftml itself with a candidate setting: the forest
 on the balanced view (the cross-metric deviation columns as many as the per-metric ones, W1),
 the forest and the robust statistic each scaled by its own threshold at half the budget, their
-max (V1), both (W1V1). Each cell: F1 (event recall / precision), FA, AUC-PR.
+max (V1), both (W1V1). ``W1X``, ``W1XZ``, ``W1V1X``: round 6 (amendment 2026-12-07 01:43),
+W1's balanced forest cross-fitted as X1 (the threshold on out-of-fold scores of the whole
+training period; judged by the mean of the two forests), the same under Z3's two-day dead band
+(W1XZ), and V1's budget max with that forest part (W1V1X); where the folds are too short to
+cross-fit, W1's (W1V1's) column. Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -78,6 +82,11 @@ ROUND5 = {"balanced": {"detect": {"view": "balanced"}},
           "budget|": {"detect": {"ensemble": "forest|robust", "ensemble_scale": "budget"}},
           "balanced budget|": {"detect": {"view": "balanced", "ensemble": "forest|robust",
                                           "ensemble_scale": "budget"}}}
+#: Round 6 (amendment 2026-12-07 01:43): W1's balanced forest cross-fitted as X1 (W1X), under
+#: Z3's two-day band (W1XZ), and V1's budget max with it as the forest part (W1V1X); each falls
+#: back to the round 5 column named here where the folds are too short to cross-fit.
+ROUND6 = {"xfit balanced": "balanced", "xfit balanced band 2d": "balanced",
+          "xfit balanced budget|": "balanced budget|"}
 XFIT_BLOCKS = 8
 XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
@@ -88,7 +97,9 @@ LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IF
           "drift": "Y1 drift", "drift shift": "Y1s drift shift", "drift xfit": "Y1X2 drift on X2",
           "band": "Z1 band", "band xfit": "Z2 band on X2", "band 2d": "Z3 band 2 days",
           "balanced": "W1 balanced forest", "budget|": "V1 budget max",
-          "balanced budget|": "W1V1 balanced budget max"}
+          "balanced budget|": "W1V1 balanced budget max",
+          "xfit balanced": "W1X xfit balanced", "xfit balanced band 2d": "W1XZ xfit balanced band 2d",
+          "xfit balanced budget|": "W1V1X xfit balanced budget max"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -348,9 +359,10 @@ def cross_fit(V: np.ndarray, fold: np.ndarray, fit_ok: np.ndarray, fit_forest,
     return oof, scorers
 
 
-def _fold_forest(model):
+def _fold_forest(model, view: str = "plain"):
     """A fit function: the default's forest (forest alone) on the given rows, its product
-    fit sample; returns the forest part's score function."""
+    fit sample; returns the forest part's score function. ``view="balanced"``: W1's forest
+    (round 6), the same with the balanced view."""
     from ftml.detect import IsolationDetector
     from ftml.pipeline import fit_sample
 
@@ -359,7 +371,8 @@ def _fold_forest(model):
     def fit(V: np.ndarray):
         pick = fit_sample(len(V), dc.random_state)
         det = IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
-                                random_state=dc.random_state, ensemble="forest").fit(
+                                random_state=dc.random_state, ensemble="forest",
+                                view=view).fit(
             V if pick is None else V[pick])
         return lambda X: det.component_scores(X)[0]
     return fit
@@ -491,6 +504,23 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
                                                               thr.entity_days_)
     seconds["xfit"] = seconds["xfit rank|"] = time.perf_counter() - t0
+    # Round 6: W1's balanced forest on the same folds; the threshold over all training, as X1.
+    t0 = time.perf_counter()
+    bxfit = cross_fit(tr_V, fold, tr_clean & inside, _fold_forest(model, view="balanced"))
+    bxfit_scorers, round6 = None, {}
+    if bxfit is not None:  # else run_part takes W1's / W1V1's columns (the amendment)
+        boof, bxfit_scorers = bxfit
+        round6 = round6_references(tr_entity, tr_end_ns, boof, tr_V[:, -2].astype(np.float64),
+                                   tr_clean, int(model.step.value), spans, model)
+        for kind, s in round6.pop("train").items():
+            thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
+                                 rules=model.event_rules,
+                                 tail=model.config.detect.threshold_tail).fit(
+                tr_entity, tr_end_ns, s, int(model.step.value), spans)
+            thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
+                                                              thr.entity_days_)
+    for kind in ROUND6:
+        seconds[kind] = time.perf_counter() - t0
     del tr_V
     # Round 3: drift-following scores, each day corrected by the entity's previous day in the
     # same scored data (training for the calibration windows, the judged period for itself).
@@ -550,7 +580,9 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                                                                         thr.entity_days_)
     # The judged period.
     test = read_metrics([split_dir / "test.parquet"], read, model.metrics)
-    te_ent, te_end, te_scores = [], [], {k: [] for k in (*BASELINES, *ABLATIONS, "xfit")}
+    te_ent, te_end = [], []
+    te_scores = {k: [] for k in (*BASELINES, *ABLATIONS, "xfit", "xfit balanced",
+                                 "xfit robust")}
     for w in model.featurizer.iter_windows(test):
         V = _view(w.X, n_met, stats)
         te_ent.append(w.entity)
@@ -567,6 +599,12 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
             Vf = V.astype(np.float32)  # as the folds' windows were stored and scored
             te_scores["xfit"].append(0.5 * (xfit_scorers[0](Vf) + xfit_scorers[1](Vf)))
             seconds["xfit"] += time.perf_counter() - t0
+        if bxfit_scorers is not None and len(V):
+            t0 = time.perf_counter()
+            Vf = V.astype(np.float32)
+            te_scores["xfit balanced"].append(0.5 * (bxfit_scorers[0](Vf) + bxfit_scorers[1](Vf)))
+            te_scores["xfit robust"].append(Vf[:, -2].astype(np.float64))  # as in training
+            seconds["xfit balanced"] += time.perf_counter() - t0
     entity, end_ns = np.concatenate(te_ent), np.concatenate(te_end)
     days = entity_days_of(test.frame, test.step)
     judged = {k: np.concatenate(v) for k, v in te_scores.items() if v}
@@ -592,14 +630,49 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     judged["band xfit"] = band_scores(entity, end_ns, judged["xfit rank|"] if xfit is not None
                                       else judged["forest"], step_ns, band_ref["band xfit"],
                                       band["band xfit"])
+    if bxfit_scorers is not None:
+        judged.update(round6_judged(entity, end_ns, judged["xfit balanced"],
+                                    judged["xfit robust"], step_ns, round6))
     out = {}
-    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND):
+    for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND,
+                 *(ROUND6 if bxfit_scorers is not None else ())):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
                            m["entity_days"], cal_fa[kind][0], cal_fa[kind][1],
                            round(seconds.get(kind, 0.0), 2), [auc])
     return out
+
+
+def round6_references(entity, end_ns, oof, robust, clean, step_ns, spans, model) -> dict:
+    """Round 6's references from the training period (amendment 2026-12-07 01:43): W1XZ's
+    median ``M`` and dead band ``B`` of the balanced out-of-fold score (as Z2 took them on X2),
+    W1V1X's scales (each part's median on the windows clear of incidents, its upper anchor its
+    own half-budget threshold over all training windows, the product's ``budget_scales``), and
+    under ``train`` each candidate's training score, which its threshold is found on."""
+    from bench.drift import dead_band
+    from ftml.pipeline.training import budget_scales
+
+    M = float(np.median(oof[clean]))
+    B = dead_band(entity[clean], end_ns[clean], oof[clean], step_ns, M)
+    medians = np.array([[M, M], [float(np.median(robust[clean]))] * 2])
+    scales = budget_scales(medians, entity, end_ns, (oof, robust), step_ns, spans,
+                           model.config.detect)
+    ref = {"band": (M, B), "scales": scales}
+    ref["train"] = {"xfit balanced": oof,
+                    **round6_judged(entity, end_ns, oof, robust, step_ns, ref)}
+    return ref
+
+
+def round6_judged(entity, end_ns, forest, robust, step_ns, ref) -> dict:
+    """W1XZ's and W1V1X's scores of one scored period from W1X's forest score and the robust
+    statistic (the band's previous days from the same period, as Z3's)."""
+    from bench.drift import band_scores
+
+    M, B = ref["band"]
+    return {"xfit balanced band 2d": band_scores(entity, end_ns, forest, step_ns, M, B, 2),
+            "xfit balanced budget|": combine_scores(forest, robust, ref["scales"],
+                                                    "forest|robust")}
 
 
 def fit_sample_of(model, n: int):
@@ -663,6 +736,8 @@ def run_part(splits, work: Path) -> dict[str, Counts]:
             tag = "".join(c if c.isalnum() else "_" for c in kind)
             per[kind] = ftml_counts(run_split(with_config(split, settings), work / tag,
                                               baselines=False))
+        for kind, base in ROUND6.items():  # folds too short to cross-fit: W1's / W1V1's
+            per.setdefault(kind, per[base])
         for k, c in per.items():
             total[k] = total[k].add(c) if k in total else c
         print(f"  generalization: {split.name}: " + ", ".join(
@@ -692,7 +767,8 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                fa_judged=f.fa_judged, fa_judged_over_cal=fa_ratio,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
                **{LABELS[k]: _cell(counts[k])
-                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND, *ROUND5)
+                  for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND, *ROUND5,
+                            *ROUND6)
                   if k in counts},
                seconds=round(f.seconds, 1))
 
@@ -728,6 +804,19 @@ def _parts(root: Path, work: Path, quick: bool) -> list[tuple[str, dict[str, cal
     return out
 
 
+def dump_counts(name: str, results: dict[str, dict[str, Counts]]) -> None:
+    """With ``$FTML_BENCH_COUNTS`` (a file path), each data set's exact counts per part and
+    column are appended to it as one JSON line: the protocol reads ratios near 2 from the
+    counts, not from the printed two-decimal figures, and this saves a second run for them."""
+    path = os.environ.get("FTML_BENCH_COUNTS", "").strip()
+    if not path:
+        return
+    line = {"set": name, "parts": {part: {k: dataclasses.asdict(c) for k, c in cols.items()}
+                                   for part, cols in results.items()}}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def run(quick: bool = False) -> list[dict]:
     root = require_data()
     try:
@@ -752,6 +841,7 @@ def run(quick: bool = False) -> list[dict]:
                 results[part] = run_part(splits, work / part)
             if not results:
                 continue
+            dump_counts(name, results)
             rows = []
             order = [p for p in ("held-out", "selection") if p in results]
             for part in order:

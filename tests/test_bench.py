@@ -667,3 +667,82 @@ def test_logs_ablation_amendment2_rule():
     chosen, why = select2(figs, diag)
     assert chosen is None and "not above current" in why
     assert select2({**figs, "N1": _arm2(1.0, 0.95, 0.1, 0.0)}, None)[0] is None
+
+
+# --------------------------------------------------------------------------- round 6
+
+
+def test_fold_forest_balanced_is_w1s_forest():
+    from bench.bench_generalization import _fold_forest
+    from ftml.config import DetectConfig
+    from ftml.detect import IsolationDetector
+
+    rng = np.random.default_rng(0)
+    V = rng.normal(size=(2000, 8))
+    dc = DetectConfig()
+    model = types.SimpleNamespace(config=types.SimpleNamespace(detect=dc))
+    got = _fold_forest(model, view="balanced")(V)(V[:50])
+    want = IsolationDetector(n_estimators=dc.n_estimators, max_samples=dc.max_samples,
+                             random_state=dc.random_state, ensemble="forest",
+                             view="balanced").fit(V).component_scores(V[:50])[0]
+    np.testing.assert_array_equal(got, want)
+    plain = _fold_forest(model)(V)(V[:50])
+    assert not np.array_equal(got, plain)  # the view reaches the forest
+
+
+def test_round6_references_are_z3s_band_and_v1s_half_budget_scales_over_all_training():
+    from bench.bench_generalization import round6_judged, round6_references
+    from bench.drift import band_scores, dead_band
+    from ftml.config import DetectConfig
+    from ftml.detect import AlarmThreshold, EventRules, combine_scores
+
+    rng = np.random.default_rng(1)
+    # Three days of one entity at 1-min steps; day 2's forest score sits .3 higher (a moved
+    # regime), one incident on day 0 (its windows are not clean).
+    ent, end, _ = _days([np.zeros(1440)] * 3)
+    oof = 0.45 + 0.02 * rng.standard_normal(len(end))
+    oof[2 * 1440:] += 0.3
+    robust = rng.standard_normal(len(end))
+    clean = np.ones(len(end), dtype=bool)
+    clean[100:160] = False
+    spans = {"a": np.array([[end[100], end[159]]], dtype=np.int64)}
+    dc = DetectConfig()
+    model = types.SimpleNamespace(config=types.SimpleNamespace(detect=dc))
+    ref = round6_references(ent, end, oof, robust, clean, _MIN, spans, model)
+    M, B = ref["band"]
+    assert M == np.median(oof[clean])
+    assert B == dead_band(ent[clean], end[clean], oof[clean], _MIN, M)
+    rules = EventRules(min_windows=dc.min_windows, of_windows=dc.of_windows,
+                       merge_gap=dc.merge_gap, cooldown=dc.cooldown)
+    for i, s in enumerate((oof, robust)):
+        half = AlarmThreshold(budget=dc.alarm_budget / 2, rules=rules,
+                              tail=dc.threshold_tail).fit(ent, end, s, _MIN, spans)
+        assert ref["scales"][i, 1] == half.threshold_  # its own half-budget threshold
+        assert ref["scales"][i, 0] == np.median(s[clean])  # its median clear of incidents
+    train = ref["train"]
+    np.testing.assert_array_equal(train["xfit balanced"], oof)
+    np.testing.assert_array_equal(train["xfit balanced band 2d"],
+                                  band_scores(ent, end, oof, _MIN, M, B, 2))
+    np.testing.assert_array_equal(train["xfit balanced budget|"],
+                                  combine_scores(oof, robust, ref["scales"], "forest|robust"))
+    # The judged period gets the same transforms with the training references.
+    judged = round6_judged(ent, end, oof, robust, _MIN, ref)
+    for k, v in judged.items():
+        np.testing.assert_array_equal(v, train[k])
+
+
+def test_dump_counts_appends_one_json_line_per_set(tmp_path, monkeypatch):
+    import json
+
+    from bench.bench_generalization import Counts, dump_counts
+
+    c = Counts(incidents=3, found=1, events=2, false_alarms=1, entity_days=2.5,
+               cal_false_alarms=0, cal_entity_days=1.0, seconds=0.5, auc_pr=[0.4])
+    dump_counts("A", {"selection": {"ftml": c}})  # no path set: nothing written
+    path = tmp_path / "counts.jsonl"
+    monkeypatch.setenv("FTML_BENCH_COUNTS", str(path))
+    dump_counts("A", {"selection": {"ftml": c}})
+    dump_counts("B", {"held-out": {"ftml": c}})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["set"] for x in lines] == ["A", "B"]
+    assert Counts(**lines[0]["parts"]["selection"]["ftml"]) == c
