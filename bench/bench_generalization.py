@@ -31,7 +31,11 @@ max (V1), both (W1V1). ``W1X``, ``W1XZ``, ``W1V1X``: round 6 (amendment 2026-12-
 W1's balanced forest cross-fitted as X1 (the threshold on out-of-fold scores of the whole
 training period; judged by the mean of the two forests), the same under Z3's two-day dead band
 (W1XZ), and V1's budget max with that forest part (W1V1X); where the folds are too short to
-cross-fit, W1's (W1V1's) column. Each cell: F1 (event recall / precision), FA, AUC-PR.
+cross-fit, W1's (W1V1's) column. ``W1X-hi``, ``W1XZ-hi``: round 7 (amendment 2026-12-07 02:06),
+W1X's and W1XZ's scores with the higher of two thresholds, the one over all training windows'
+out-of-fold scores and the one over the calibration slice's alone; their calibration figure
+over all training, and beside it (``slice cal``) the same threshold's over the slice alone.
+Each cell: F1 (event recall / precision), FA, AUC-PR.
 ``$FTML_BENCH_CONFIG`` (JSON config sections) tries candidate settings; ``$FTML_BENCH_PARTS``
 (``selection``) runs one part only: how defaults are chosen (the selection parts only).
 """
@@ -87,6 +91,12 @@ ROUND5 = {"balanced": {"detect": {"view": "balanced"}},
 #: back to the round 5 column named here where the folds are too short to cross-fit.
 ROUND6 = {"xfit balanced": "balanced", "xfit balanced band 2d": "balanced",
           "xfit balanced budget|": "balanced budget|"}
+#: Round 7 (amendment 2026-12-07 02:06): W1X's and W1XZ's scores (named here), each with the
+#: higher of its whole-training threshold and the calibration slice's; ``ROUND7_SLICE`` are the
+#: same columns with the calibration figure over the slice alone (the same judged counts).
+ROUND7 = {"xfit balanced hi": "xfit balanced",
+          "xfit balanced band 2d hi": "xfit balanced band 2d"}
+ROUND7_SLICE = {f"{k} /slice": k for k in ROUND7}
 XFIT_BLOCKS = 8
 XFIT_MIN_FIT = 50
 LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IForest",
@@ -99,7 +109,11 @@ LABELS = {"ftml": "ftml", "robust_z": "robust z", "ecod": "ECOD", "iforest": "IF
           "balanced": "W1 balanced forest", "budget|": "V1 budget max",
           "balanced budget|": "W1V1 balanced budget max",
           "xfit balanced": "W1X xfit balanced", "xfit balanced band 2d": "W1XZ xfit balanced band 2d",
-          "xfit balanced budget|": "W1V1X xfit balanced budget max"}
+          "xfit balanced budget|": "W1V1X xfit balanced budget max",
+          "xfit balanced hi": "W1X-hi xfit balanced, higher thr",
+          "xfit balanced band 2d hi": "W1XZ-hi xfit balanced band 2d, higher thr",
+          "xfit balanced hi /slice": "W1X-hi (slice cal)",
+          "xfit balanced band 2d hi /slice": "W1XZ-hi (slice cal)"}
 #: Per-entity thresholds: an entity's own threshold weighs d / (d + PRIOR_DAYS) against the
 #: fleet's, d its calibration entity-days (a day of its own counts as much as the fleet).
 PRIOR_DAYS = 1.0
@@ -505,6 +519,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
                                                               thr.entity_days_)
     seconds["xfit"] = seconds["xfit rank|"] = time.perf_counter() - t0
     # Round 6: W1's balanced forest on the same folds; the threshold over all training, as X1.
+    tr_cal = np.concatenate(all_cal)
     t0 = time.perf_counter()
     bxfit = cross_fit(tr_V, fold, tr_clean & inside, _fold_forest(model, view="balanced"))
     bxfit_scorers, round6 = None, {}
@@ -512,14 +527,21 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         boof, bxfit_scorers = bxfit
         round6 = round6_references(tr_entity, tr_end_ns, boof, tr_V[:, -2].astype(np.float64),
                                    tr_clean, int(model.step.value), spans, model)
-        for kind, s in round6.pop("train").items():
+        train6 = round6.pop("train")
+        for kind, s in train6.items():
             thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
                                  rules=model.event_rules,
                                  tail=model.config.detect.threshold_tail).fit(
                 tr_entity, tr_end_ns, s, int(model.step.value), spans)
             thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
                                                               thr.entity_days_)
-    for kind in ROUND6:
+        # Round 7: the same scores, the higher of that threshold and the slice's.
+        for kind, base in ROUND7.items():
+            hi, cal_fa[kind], cal_fa[f"{kind} /slice"] = higher_threshold(
+                tr_entity, tr_end_ns, train6[base], tr_cal, thresholds[base], cal_fa[base][1],
+                model, spans)
+            thresholds[kind] = thresholds[f"{kind} /slice"] = hi
+    for kind in (*ROUND6, *ROUND7, *ROUND7_SLICE):
         seconds[kind] = time.perf_counter() - t0
     del tr_V
     # Round 3: drift-following scores, each day corrected by the entity's previous day in the
@@ -527,7 +549,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     from bench.drift import DRIFT_QUANTILE, drift_scores
 
     step_ns = int(model.step.value)
-    tr_forest, tr_cal = np.concatenate(all_forest), np.concatenate(all_cal)
+    tr_forest = np.concatenate(all_forest)
     pick = fit_sample_of(model, len(fit_V))
     fit_forest = model.detector.component_scores(fit_V if pick is None else fit_V[pick])[0]
     drift_ref = {k: tuple(np.quantile(fit_forest, [0.5, DRIFT_QUANTILE]))
@@ -633,9 +655,11 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     if bxfit_scorers is not None:
         judged.update(round6_judged(entity, end_ns, judged["xfit balanced"],
                                     judged["xfit robust"], step_ns, round6))
+        for kind, base in ROUND7.items():  # round 7 moves the threshold only
+            judged[kind] = judged[f"{kind} /slice"] = judged[base]
     out = {}
     for kind in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND,
-                 *(ROUND6 if bxfit_scorers is not None else ())):
+                 *((*ROUND6, *ROUND7, *ROUND7_SLICE) if bxfit_scorers is not None else ())):
         m, auc = _judge(entity, end_ns, judged[kind], thresholds[kind],
                         model, ev.incidents, days)
         out[kind] = Counts(m["incidents"], m["found"], m["events"], m["false_alarms"],
@@ -662,6 +686,27 @@ def round6_references(entity, end_ns, oof, robust, clean, step_ns, spans, model)
     ref["train"] = {"xfit balanced": oof,
                     **round6_judged(entity, end_ns, oof, robust, step_ns, ref)}
     return ref
+
+
+def higher_threshold(entity, end_ns, scores, in_slice, t_all, all_days, model, spans):
+    """Round 7 (amendment 2026-12-07 02:06): the higher of ``t_all`` (AlarmThreshold on
+    ``scores`` of all training windows) and AlarmThreshold on the calibration slice's windows
+    (``in_slice``) alone, the same budget, event rule and tail. Returns (threshold, its false
+    alarms / entity-days over all training windows (``all_days``, t_all's AlarmThreshold's),
+    the same over the slice alone), counted as AlarmThreshold counts them (training incidents
+    not counted)."""
+    from ftml.detect import AlarmThreshold
+
+    dc, step_ns = model.config.detect, int(model.step.value)
+    on_slice = AlarmThreshold(budget=dc.alarm_budget, rules=model.event_rules,
+                              tail=dc.threshold_tail).fit(entity[in_slice], end_ns[in_slice],
+                                                          scores[in_slice], step_ns, spans)
+    hi = max(float(t_all), float(on_slice.threshold_))
+    every = np.ones(len(scores), dtype=bool)
+    figures = [(count_false_alarms(entity[m], end_ns[m], scores[m], hi, model.event_rules,
+                                   step_ns, spans), days)
+               for m, days in ((every, all_days), (in_slice, on_slice.entity_days_))]
+    return hi, figures[0], figures[1]
 
 
 def round6_judged(entity, end_ns, forest, robust, step_ns, ref) -> dict:
@@ -738,6 +783,8 @@ def run_part(splits, work: Path) -> dict[str, Counts]:
                                               baselines=False))
         for kind, base in ROUND6.items():  # folds too short to cross-fit: W1's / W1V1's
             per.setdefault(kind, per[base])
+        for kind in (*ROUND7, *ROUND7_SLICE):  # and round 7 then takes W1's (amendment)
+            per.setdefault(kind, per["balanced"])
         for k, c in per.items():
             total[k] = total[k].add(c) if k in total else c
         print(f"  generalization: {split.name}: " + ", ".join(
@@ -768,7 +815,7 @@ def part_row(label: str, counts: dict[str, Counts], entities: int,
                fa_judged_over_budget=over_budget, auc_pr=f.auc,
                **{LABELS[k]: _cell(counts[k])
                   for k in (*BASELINES, *ABLATIONS, *CANDIDATES, *XFIT, *DRIFT, *BAND, *ROUND5,
-                            *ROUND6)
+                            *ROUND6, *ROUND7, *ROUND7_SLICE)
                   if k in counts},
                seconds=round(f.seconds, 1))
 

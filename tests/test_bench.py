@@ -731,6 +731,49 @@ def test_round6_references_are_z3s_band_and_v1s_half_budget_scales_over_all_trai
         np.testing.assert_array_equal(v, train[k])
 
 
+def test_round7_threshold_is_the_higher_of_all_training_and_the_slice_and_counts_both():
+    from bench.bench_generalization import count_false_alarms, higher_threshold
+    from ftml.config import DetectConfig
+    from ftml.detect import AlarmThreshold, EventRules
+
+    rng = np.random.default_rng(2)
+    dc = DetectConfig()
+    rules = EventRules(min_windows=dc.min_windows, of_windows=dc.of_windows,
+                       merge_gap=dc.merge_gap, cooldown=dc.cooldown)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(detect=dc), event_rules=rules,
+                                  step=pd.Timedelta(minutes=1))
+    spans = {}
+
+    def fit(ent, end, s, mask):
+        return AlarmThreshold(budget=dc.alarm_budget, rules=rules, tail=dc.threshold_tail).fit(
+            ent[mask], end[mask], s[mask], _MIN, spans)
+
+    # Twenty calm days (the whole period's budget allows two false alarms), then a 21st (the
+    # slice, whose budget allows none) with bursts of high scores: the slice's own threshold is
+    # the higher one; and the reverse (bursts in the first days only).
+    for noisy_slice in (True, False):
+        days = [0.02 * rng.standard_normal(1440) for _ in range(21)]
+        for d in ([20] if noisy_slice else [0, 1, 2]):
+            for k in range(0, 1440, 120):
+                days[d][k:k + 10] += 1.0 + rng.random()
+        ent, end, s = _days(days)
+        in_slice = end >= 20 * _DAY
+        every = np.ones(len(s), dtype=bool)
+        t_all, t_cal = fit(ent, end, s, every), fit(ent, end, s, in_slice)
+        hi, on_all, on_slice = higher_threshold(ent, end, s, in_slice, t_all.threshold_,
+                                                t_all.entity_days_, model, spans)
+        assert hi == max(t_all.threshold_, t_cal.threshold_)
+        assert (hi == t_cal.threshold_) == noisy_slice and t_cal.threshold_ != t_all.threshold_
+        assert on_all == (count_false_alarms(ent, end, s, hi, rules, _MIN, spans),
+                          t_all.entity_days_)
+        assert on_slice == (count_false_alarms(ent[in_slice], end[in_slice], s[in_slice], hi,
+                                               rules, _MIN, spans), t_cal.entity_days_)
+        if not noisy_slice:  # t_all is the final one: its own count
+            assert on_all[0] == t_all.false_alarms_
+        else:  # the slice's is: its own count there
+            assert on_slice[0] == t_cal.false_alarms_
+
+
 def test_dump_counts_appends_one_json_line_per_set(tmp_path, monkeypatch):
     import json
 
