@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ftml.diagnose import NOT_A_CAUSE
 from ftml.events import Event
 
 log = logging.getLogger("ftml.watch")  # one logger for the whole loop: what users filter on
@@ -41,12 +42,18 @@ class WorkersMixin:
         return int(self.model.config.diagnose.group_gap) + 1 if wait is None else int(wait)
 
     def _hold(self, ev: Event) -> bool:
-        """Hold ``ev`` back if its incident group is still gathering (its hold has not ended);
-        a held event is replaced by its latest version. True when held."""
+        """Hold ``ev`` back if its incident group is still gathering: the group's first event
+        that a playbook takes starts the hold, and every event of the group that comes before
+        it ends is held with it; a held event is replaced by its latest version. True when
+        held."""
         wait = self.group_wait
         if wait <= 0 or not ev.group:
             return False
         book = self.book
+        if ev.id not in book.held and (ev.cause in NOT_A_CAUSE or ev.playbook is None):
+            # The engine skips it whatever its group (no fault named, or no playbook takes
+            # it): decided now, and no hold starts for its group.
+            return False
         with book.lock:
             held = book.held.get(ev.id)
             if held is not None:
