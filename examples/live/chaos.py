@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the cascade (a fault in a callee that a caller waits on)")
     p.add_argument("--cascade-only", action="store_true",
                    help="only the cascade: no other fault, no benign disturbance")
-    p.add_argument("--cascade-kind", default="bad_config",
-                   help="the fault injected in the callee (default bad_config)")
+    p.add_argument("--cascade-kind", default="latency",
+                   help="the fault injected in the callee (default latency)")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
