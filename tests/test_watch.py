@@ -1340,3 +1340,30 @@ def test_a_lone_event_is_decided_after_the_hold_and_dry_run_is_still_the_default
     _tick_through(w)
     assert _by_entity(w.engine)["db-1"] == [("dry_run", "dry_run")]  # once
     w.engine.close()
+
+
+def test_a_held_event_is_decided_on_its_sure_diagnosis_not_a_later_wavering_one(
+        cascade, tmp_path):
+    """A young event's diagnosis wavers: named (a playbook takes it) in one tick, `unknown` in
+    the next. The alert keeps the named cause (never back to unknown); so does the hold:
+    without it the engine would have acted on the named one at once, and with it it must
+    still act (seen live: a bad config named once, then unknown, was skipped after the hold)."""
+    rows, _ = watch_data.fleet(800, 5, (("db-1", 332, 60, "cpu_hog"),), start="2026-02-01")
+    w, ran = _cascade_watcher(cascade, tmp_path, None, rows=rows)
+    diagnose = w._diagnose
+    named: set[str] = set()
+
+    def wavering(raw, status):
+        ev = diagnose(raw, status)
+        if ev.entity == "db-1" and ev.cause == "cpu_hog":
+            if ev.id in named:  # named once already: now it wavers
+                ev.cause, ev.confidence, ev.playbook = "unknown", 0.0, None
+            named.add(ev.id)
+        return ev
+
+    w._diagnose = wavering
+    _tick_through(w)
+    assert named, "db-1's fault was never named"
+    assert _by_entity(w.engine)["db-1"] == [("act", "auto")]
+    assert (ran / "db-1").exists()
+    w.engine.close()

@@ -1227,6 +1227,11 @@ class Lab:
             if any(a["entity"] == r.entity and lo - self.s.window * self.s.step <= start <= hi
                    for r in results for lo, hi in [self.fault_span(r)]):
                 continue
+            c = self.cascade
+            if c is not None and a["entity"] in (c.fault.entity, c.caller):
+                lo, hi = self.fault_span(c.fault)
+                if lo - self.s.window * self.s.step <= start <= hi:
+                    continue  # the cascade's: its root's alert, or its caller's symptom
             if any(a in self._benign_alerts(b) for b in self.benign):
                 continue
             out.append(a)

@@ -76,14 +76,24 @@ class WorkersMixin:
         return True
 
     def _refresh_held(self, events: list[Event]) -> None:
-        """The latest diagnosis of held events (re-diagnosed every tick while open)."""
+        """The latest diagnosis of held events (re-diagnosed every tick while open), by the
+        alert's rule: a held event takes a new diagnosis that a playbook takes too, never one
+        that falls back to ``unknown`` (a young event's diagnosis wavers; without the hold
+        the engine would have decided on the sure one). One that has ended is held as ended."""
         book = self.book
         with book.lock:
             for ev in events:
                 held = book.held.get(ev.id)
-                if held is not None:
+                if held is None:
+                    continue
+                if ev.status == "resolved":
+                    held["event"] = {**held["event"], "status": "resolved",
+                                     "end": ev.to_dict()["end"]}
+                elif ev.cause not in NOT_A_CAUSE and ev.playbook is not None:
                     held["event"] = ev.to_dict()
-                    book.dirty = True
+                else:
+                    continue
+                book.dirty = True
 
     def _release_held(self, now: float, everything: bool = False) -> None:
         """Hand the events of every incident group whose hold has ended to the engine, with the
