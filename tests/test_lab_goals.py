@@ -20,12 +20,14 @@ def test_without_a_cascade_only_the_fault_goals_are_rated():
 
 
 def test_the_cascade_is_met_only_at_the_root_with_the_caller_untouched_and_recovered():
-    ok = {"acted_on_root": True, "caller_actions": 0, "caller_recovered_after_s": 16.4}
+    ok = {"acted_on_root": True, "caller_actions": 0, "caller_recovered_after_s": 16.4,
+          "grouped": True}
     goals = dict(goals_met({**FAULTS, "cascade": ok}))
     assert goals["cascade: acted on the root"] and goals["cascade: 0 actions on the caller"]
     assert goals["cascade: the caller recovered with the root"]
+    assert goals["cascade: one incident group"]
     for bad in ({"acted_on_root": False}, {"caller_actions": 1},
-                {"caller_recovered_after_s": None}):
+                {"caller_recovered_after_s": None}, {"grouped": False}):
         goals = dict(goals_met({**FAULTS, "cascade": {**ok, **bad}}))
         assert not all(goals.values()), bad
 
@@ -35,7 +37,7 @@ def test_the_cascade_alone_rates_no_fault_goal():
              "recovery_rate": None, "mttr_median_s": None, "wrong_actions": 0,
              "benign_actions": 0, "repeated_actions": 0,
              "cascade": {"acted_on_root": True, "caller_actions": 0,
-                         "caller_recovered_after_s": 3.0}}
+                         "caller_recovered_after_s": 3.0, "grouped": True}}
     goals = dict(goals_met(alone))
     assert all(goals.values()) and "all faults detected" not in goals
 

@@ -1306,6 +1306,7 @@ CASCADE_GOALS = (
     ("acted_on_root", "is", True, "cascade: acted on the root"),
     ("caller_actions", "<=", 0, "cascade: 0 actions on the caller"),
     ("caller_recovered_after_s", "<=", None, "cascade: the caller recovered with the root"),
+    ("grouped", "is", True, "cascade: one incident group"),
 )
 
 
