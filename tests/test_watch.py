@@ -753,9 +753,10 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
     t_cut = live["timestamp"].min() + pd.Timedelta(minutes=s + 30)  # inside web-1's fault
     t_more = t_cut + pd.Timedelta(minutes=10)  # the hold's steps of data, the fault goes on
     live[live["timestamp"] < t_cut].to_csv(path, index=False)
+    (tmp_path / "ftml.yaml").write_text("watch:\n  group_wait: auto\n")  # the hold is opt-in
     cmd = _watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink", f"jsonl:{out}",
                      "--state", str(state), "--interval", "1s", "--playbooks",
-                     str(tmp_path / "pb.yaml"))
+                     str(tmp_path / "pb.yaml"), "--config", str(tmp_path / "ftml.yaml"))
 
     def records():
         return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
@@ -1247,7 +1248,7 @@ def _by_entity(engine):
     return out
 
 
-@pytest.mark.parametrize("group_wait", [0, None], ids=["no-hold", "default-hold"])
+@pytest.mark.parametrize("group_wait", [0, None], ids=["no-hold", "auto-hold"])
 def test_a_cascade_is_acted_on_at_its_root_once_the_hold_has_seen_the_callee(
         cascade, tmp_path, group_wait):
     """Without the hold (group_wait 0, the old behaviour) the caller's event is decided
@@ -1367,3 +1368,9 @@ def test_a_held_event_is_decided_on_its_sure_diagnosis_not_a_later_wavering_one(
     assert _by_entity(w.engine)["db-1"] == [("act", "auto")]
     assert (ran / "db-1").exists()
     w.engine.close()
+
+
+def test_the_incident_hold_is_off_unless_asked_for():
+    assert WatchConfig().group_wait == 0
+    assert WatchConfig.from_section({"group_wait": "auto"}).group_wait is None
+    assert WatchConfig.from_section({"group_wait": 4}).group_wait == 4

@@ -4,10 +4,11 @@
     python -m examples.live.chaos                 # make chaos: 12 faults, 1 s steps
     python -m examples.live.chaos --faults 4 --step 0.5 --keep   # quicker; keep the run folder
 
-After the faults, a cascade: a fault in a service that another one calls (over loopback), so
-that both alert; ftml must act on the callee only, and the caller recover with it (counted
-apart; ``--no-cascade`` skips it, ``--cascade-only`` runs it alone, after the history and
-training, with no other fault). Then benign disturbances (a deploy's restart, a traffic burst)
+With ``--cascade``, after the faults, a cascade: a fault in a service that another one calls
+(over loopback), so that both alert; ftml must act on the callee only, and the caller recover
+with it (counted apart; ``--cascade-only`` runs it alone, after the history and training, with
+no other fault). It turns on the incident hold (``watch.group_wait: auto``), which is off by
+default: see docs/chaos.md. Then benign disturbances (a deploy's restart, a traffic burst)
 are injected the same way: an alert on them is allowed, an action is a wrong action
 (``--benign none`` skips them).
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benign", default=",".join(BENIGN),
                    help="benign disturbances after the faults, comma-separated, or 'none' "
                         f"(default {','.join(BENIGN)}): an alert at most, never an action")
-    p.add_argument("--no-cascade", action="store_true",
-                   help="leave out the cascade (a fault in a callee that a caller waits on)")
+    p.add_argument("--cascade", action="store_true",
+                   help="add the cascade (a fault in a callee that a caller waits on) and the "
+                        "incident hold it needs (watch.group_wait: auto)")
     p.add_argument("--cascade-only", action="store_true",
                    help="only the cascade: no other fault, no benign disturbance")
     p.add_argument("--cascade-kind", default="latency",
@@ -117,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in benign if k not in BENIGN]
     if unknown:
         p.error(f"unknown disturbances {unknown}; known: {', '.join(BENIGN)}")
-    if args.cascade_only and args.no_cascade:
-        p.error("--cascade-only and --no-cascade contradict each other")
     if args.cascade_kind not in kinds:
         p.error(f"--cascade-kind {args.cascade_kind} is not among --kinds: the model would "
                 "not know it")
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     benign = () if args.cascade_only else benign
     settings = replace(Settings(), step=args.step, services=args.services, kinds=kinds,
                        train_per_kind=args.train_per_kind, benign=benign,
-                       cascade=not args.no_cascade, cascade_kind=args.cascade_kind)
+                       cascade=args.cascade or args.cascade_only,
+                       cascade_kind=args.cascade_kind)
 
     def terminate(signum, frame):  # run the lab's clean-up, as Ctrl-C does
         raise KeyboardInterrupt

@@ -803,6 +803,9 @@ class Lab:
             "local": {"host": HOST, "processes": [i.name for i in self.instances]},
             "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
             "checkpoint_every": "60s",
+            # The incident hold is off by default (ftml/watch/config.py says why); the
+            # cascade needs it, to know its root before acting.
+            "group_wait": "auto" if self.s.cascade else 0,
         }}))
         # What the services wrote while the model trained is not the watcher's business (and
         # the training burst of CPU would show in its first windows): new files from here.
