@@ -1278,16 +1278,45 @@ def test_target_root_acts_on_the_groups_top_suspect_and_symptoms_are_aftermath(t
     # Another symptom of the same incident: its root is already being recovered.
     again = engine.handle(grouped("checkout"))
     assert again.decision == "skip" and again.entity == "cart"
-    # A symptom whose playbook acts where it alerts is the recovery's aftermath.
+    # A symptom whose playbook acts where it alerts: not the top suspect, so not acted on.
     here = engine.handle(grouped("checkout", cause="cpu"))
-    assert (here.decision, here.reason) == ("skip", "aftermath")
-    assert "incident g1" in here.detail and "cart" in here.detail
+    assert (here.decision, here.reason) == ("skip", "symptom")
+    assert "incident g1" in here.detail and "root cart" in here.detail
+    # Ranked first itself (the ranking changed) while its group's root is being recovered:
+    # the recovery's aftermath.
+    late = engine.handle(grouped("checkout", cause="cpu", root="checkout"))
+    assert (late.decision, late.reason) == ("skip", "aftermath")
+    assert "incident g1" in late.detail and "cart" in late.detail
     assert len(runner.calls) == 1
     # Another incident is not held back by this one.
     other = engine.handle(grouped("payment", cause="cpu", group="g2", root="payment"))
     assert other.decision == "act"
     groups = {r["group_id"] for r in engine.audit.read() if r["kind"] == "decision"}
     assert groups == {"g1", "g2"}
+    engine.close()
+
+
+def test_only_the_groups_top_suspect_is_acted_on_by_a_playbook_that_acts_where_it_alerts(
+        tmp_path):
+    # No run in the group yet: the caller's event (ranked second) is a symptom whatever its
+    # playbook, the root's own event is acted on, and the audit names the group of each.
+    runner = FakeRunner()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=runner,
+                            metrics=ScriptedReader(clock, {}), state_dir=tmp_path / "state")
+    caller = engine.handle(grouped("frontend", cause="cpu", root="cart"))
+    assert (caller.decision, caller.reason, caller.entity) == ("skip", "symptom", "frontend")
+    assert caller.detail == "a symptom of incident g1; root cart (its top suspect)"
+    assert runner.calls == []
+    root = engine.handle(grouped("cart", cause="cpu", root="cart"))
+    assert root.decision == "act" and runner.calls[0][1]["entity"] == "cart"
+    # A false alarm ranked first is still not acted on.
+    quiet = engine.handle(grouped("payment", cause="no_fault", group="g2", root="payment"))
+    assert (quiet.decision, quiet.reason) == ("skip", "not_diagnosed")
+    rows = [r for r in engine.audit.read() if r["kind"] == "decision"]
+    assert [(r["entity"], r["reason"], r["group_id"]) for r in rows] == [
+        ("frontend", "symptom", "g1"), ("cart", "auto", "g1"), ("payment", "not_diagnosed", "g2")]
+    assert len(runner.calls) == 1
     engine.close()
 
 

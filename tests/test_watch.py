@@ -420,9 +420,12 @@ def test_crash_and_restart_neither_realerts_nor_repeats_actions(fleet, tmp_path)
 
     def watcher():
         src = FileSource(path, model.config.read)
+        # group_wait 0: the event is decided in the tick it opens, before the crash (the
+        # rows come in big appends; a held group across a crash has its own test).
         return Watcher(model, [src], [JsonlSink(tmp_path / "alerts.jsonl")],
                        engine=_engine(state, clock), state_dir=state, clock=clock,
-                       registry=CollectorRegistry(), config=WatchConfig(checkpoint_every=1e9))
+                       registry=CollectorRegistry(),
+                       config=WatchConfig(checkpoint_every=1e9, group_wait=0))
 
     head.to_csv(path, index=False)
     a = watcher()
@@ -740,17 +743,20 @@ def test_a_signal_finishes_the_tick_writes_state_and_exits_zero(fleet, tmp_path,
 
 
 def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
-    """The real thing: kill -9 while an event is open, restart, end the fault: one alert,
-    one resolve, one recovery decision."""
+    """The real thing: kill -9 while an event is open and held for its incident group (no
+    data after it yet), restart, more data: the hold ends and the event is decided once; end
+    the fault: one alert, one resolve, one recovery decision."""
     tmp, model, live = fleet
     path, state, out = tmp_path / "m.csv", tmp_path / "state", tmp_path / "alerts.jsonl"
     (tmp_path / "pb.yaml").write_text(textwrap.dedent(PLAYBOOKS))
     s = watch_data.LIVE_FAULTS[0][1]
     t_cut = live["timestamp"].min() + pd.Timedelta(minutes=s + 30)  # inside web-1's fault
+    t_more = t_cut + pd.Timedelta(minutes=10)  # the hold's steps of data, the fault goes on
     live[live["timestamp"] < t_cut].to_csv(path, index=False)
+    (tmp_path / "ftml.yaml").write_text("watch:\n  group_wait: auto\n")  # the hold is opt-in
     cmd = _watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink", f"jsonl:{out}",
                      "--state", str(state), "--interval", "1s", "--playbooks",
-                     str(tmp_path / "pb.yaml"))
+                     str(tmp_path / "pb.yaml"), "--config", str(tmp_path / "ftml.yaml"))
 
     def records():
         return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
@@ -763,9 +769,17 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
         _wait_for(web1_firing, proc=proc)
         from ftml.audit import read_audit
 
-        _wait_for(lambda: any(r["kind"] == "decision" and r["decision"] != "skip"
-                              for r in read_audit(state)), proc=proc)
-        time.sleep(1.5)  # a tick or two more
+        def held():
+            book = json.loads((state / ALERTS_FILE).read_text())
+            return [h["entity"] for h in book.get("held", {}).values()]
+
+        def acted_now():
+            return [r["event_id"] for r in read_audit(state)
+                    if r["kind"] == "decision" and r["decision"] != "skip"]
+
+        _wait_for(lambda: "web-1" in held(), proc=proc)
+        time.sleep(1.5)  # a tick or two more: no data comes, the group stays held
+        assert acted_now() == []
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         n_before = len(records())
@@ -779,9 +793,14 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
 
         _wait_for(lambda: ticks() >= 2, proc=proc)  # resumed, re-read the rows since
         assert len(records()) == n_before  # nothing raised again
-        with open(path, "a") as fh:
-            live[live["timestamp"] >= t_cut].to_csv(fh, header=False, index=False)
+        assert "web-1" in held() and acted_now() == []  # the hold survived the kill
         fired = web1_firing()[0]["id"]
+        with open(path, "a") as fh:
+            live[(live["timestamp"] >= t_cut) & (live["timestamp"] < t_more)].to_csv(
+                fh, header=False, index=False)
+        _wait_for(lambda: acted_now() == [fired], proc=proc)  # the hold is over
+        with open(path, "a") as fh:
+            live[live["timestamp"] >= t_more].to_csv(fh, header=False, index=False)
         _wait_for(lambda: any(r["id"] == fired and r["status"] == "resolved"
                               for r in records()), proc=proc)
         proc.send_signal(signal.SIGTERM)
@@ -825,6 +844,7 @@ def test_bad_options_are_one_line_errors(fleet, args, message):
     ("watch:\n  intreval: 60s\n", "unknown key 'intreval'"),
     ("watch: 60s\n", "section must be a mapping"),
     ("watch:\n  wait_for_source: sometimes\n", "watch.wait_for_source"),
+    ("watch:\n  group_wait: 30s\n", "watch.group_wait"),
 ])
 def test_watch_config_errors_are_one_line(fleet, tmp_path, config, message):
     tmp, _, _ = fleet
@@ -1147,3 +1167,210 @@ def test_events_opening_in_one_tick_are_alerted_and_decided_with_the_group_they_
     assert len({json.dumps(r["event"]["suspects"]) for r in firing}) == 1
     assert len(opened_together[0].suspects) == len(opened_together[1].suspects) == 2
     assert opened_together[0].group == opened_together[1].group
+
+
+# --------------------------------------------------------------------------- incident hold
+
+# The callee (db-1) goes wrong; web-1 calls it and shows the fault too, its event opening a
+# tick or two before the callee's own (both start within diagnose.group_gap of each other).
+CASCADE = (("web-1", 329, 60, "cpu_hog"), ("db-1", 332, 60, "cpu_hog"))
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    """A model whose events are named when they open (short windows, no open-set cut), with
+    the call graph web-1 -> db-1, and the live rows of CASCADE."""
+    tmp = tmp_path_factory.mktemp("cascade")
+    rows, inc = watch_data.training()
+    rows.to_csv(tmp / "train.csv", index=False)
+    inc.to_csv(tmp / "incidents.csv", index=False)
+    (tmp / "calls.csv").write_text("source,target\nweb-1,db-1\n")
+    from ftml.config import Config, DetectConfig, DiagnoseConfig, FeatureConfig
+
+    config = Config(features=FeatureConfig(window=5),
+                    detect=DetectConfig(min_windows=2, of_windows=3),
+                    diagnose=DiagnoseConfig(open_set=False, topology=str(tmp / "calls.csv")))
+    api.train([tmp / "train.csv"], tmp / "model", incidents=tmp / "incidents.csv",
+              config=config)
+    live, _ = watch_data.fleet(800, 5, CASCADE, start="2026-02-01")
+    return load_model(tmp / "model"), live
+
+
+def _cascade_book(ran: Path, mode: str | None = "auto") -> str:
+    modes = f"mode: {mode}, " if mode else ""
+    return textwrap.dedent(f"""
+        version: 1
+        defaults: {{{modes}min_confidence: 0.0, cooldown: 10m}}
+        playbooks:
+          - name: hog
+            cause: cpu_hog
+            steps:
+              - exec: [/usr/bin/touch, "{ran}/{{entity}}"]
+        """)
+
+
+def _cascade_watcher(cascade, tmp_path, group_wait, state=None, mode="auto", clock=None,
+                     rows=None, sinks=()):
+    model, live = cascade
+    ran = tmp_path / "ran"
+    ran.mkdir(exist_ok=True)
+    clock = clock or FakeClock(START)
+    engine = RecoveryEngine(parse_playbooks(_cascade_book(ran, mode), source="pb.yaml"),
+                            state_dir=state or tmp_path / "state", clock=clock)
+    return Watcher(model, [Feed(live if rows is None else rows, 1)], list(sinks),
+                   engine=engine, state_dir=state, clock=clock, registry=CollectorRegistry(),
+                   config=WatchConfig(group_wait=group_wait)), ran
+
+
+def _tick_through(w, until=None):
+    """Tick one step at a time (the engine done after each) until ``until(tick)`` or the
+    end; returns {entity: tick its event opened}."""
+    opened_at = {}
+    while not w.exhausted:
+        out = w.tick()
+        w.clock.advance(60)
+        w.wait_engine()
+        for e in out.opened:
+            if pd.Timestamp(e.start) >= pd.Timestamp(START + 320 * 60, unit="s", tz="UTC"):
+                opened_at.setdefault(e.entity, w.ticks)
+        if until is not None and until(w):
+            return opened_at
+    w.finish()
+    w.wait_engine()
+    return opened_at
+
+
+def _by_entity(engine):
+    out: dict[str, list[tuple[str, str]]] = {}
+    for d in _decisions(engine):
+        if pd.Timestamp(d["ts"]) >= pd.Timestamp(START + 320 * 60, unit="s", tz="UTC"):
+            out.setdefault(d["entity"], []).append((d["decision"], d["reason"]))
+    return out
+
+
+@pytest.mark.parametrize("group_wait", [0, None], ids=["no-hold", "auto-hold"])
+def test_a_cascade_is_acted_on_at_its_root_once_the_hold_has_seen_the_callee(
+        cascade, tmp_path, group_wait):
+    """Without the hold (group_wait 0, the old behaviour) the caller's event is decided
+    before the callee's has arrived: ranked alone, the caller is its own top suspect and is
+    restarted, a wrong action. With the default hold both events are in before anything is
+    decided: the callee, top suspect by the call graph, is acted on once; the caller's event
+    is audited as its symptom, and both alerted at once."""
+    sink = ListSink()
+    w, ran = _cascade_watcher(cascade, tmp_path, group_wait, sinks=[sink])
+    opened_at = _tick_through(w)
+    assert opened_at["web-1"] < opened_at["db-1"], opened_at  # the caller alerted first
+    decided = _by_entity(w.engine)
+    acted = {e for e, ds in decided.items() if ("act", "auto") in ds}
+    groups = {d["group_id"] for d in _decisions(w.engine) if d["entity"] in ("web-1", "db-1")
+              and pd.Timestamp(d["ts"]) >= pd.Timestamp(START + 320 * 60, unit="s", tz="UTC")}
+    assert len(groups) == 1  # one incident, recorded on every decision
+    if group_wait == 0:
+        assert acted == {"web-1"}, decided
+        assert (ran / "web-1").exists() and not (ran / "db-1").exists()
+        assert ("skip", "aftermath") in decided["db-1"]  # the callee waits on a wrong restart
+        return
+    assert acted == {"db-1"}, decided
+    assert decided["db-1"].count(("act", "auto")) == 1
+    assert (ran / "db-1").exists() and not (ran / "web-1").exists()
+    assert decided["web-1"] == [("skip", "symptom")]
+    symptom = next(d for d in _decisions(w.engine) if d["entity"] == "web-1"
+                   and d["reason"] == "symptom")
+    assert "root db-1" in symptom["detail"] and symptom["group_id"] in symptom["detail"]
+    # Alerts were not held: each went out in the tick its event opened.
+    firing = {r["entity"]: r for r in sink.records if r["status"] == "firing"
+              and r["revision"] == 0 and r["entity"] in ("web-1", "db-1")
+              and pd.Timestamp(r["starts_at"]) >= pd.Timestamp(START + 320 * 60, unit="s",
+                                                               tz="UTC")}
+    assert set(firing) == {"web-1", "db-1"}
+    for entity, tick in opened_at.items():
+        assert pd.Timestamp(firing[entity]["at"]).timestamp() == START + (tick - 1) * 60
+    w.engine.close()
+
+
+def test_a_held_group_survives_a_restart_and_is_decided_once(cascade, tmp_path):
+    """The loop stops (no clean shutdown: as kill -9, the alert ledger saved by its last tick)
+    while the incident is held; a new loop resumes from the state and decides the group once,
+    at its root."""
+    state = tmp_path / "state"
+    clock = FakeClock(START)
+    a, ran = _cascade_watcher(cascade, tmp_path, None, state=state, clock=clock)
+    a.checkpoint()
+    _tick_through(a, until=lambda w: {h["entity"] for h in w.book.held.values()}
+                  == {"web-1", "db-1"})
+    assert _by_entity(a.engine) == {}  # held: nothing decided yet
+    saved = json.loads((state / ALERTS_FILE).read_text())
+    assert {h["entity"] for h in saved["held"].values()} == {"web-1", "db-1"}
+    a.engine.close()
+    b, _ = _cascade_watcher(cascade, tmp_path, None, state=state, clock=clock)
+    assert {h["entity"] for h in b.book.held.values()} == {"web-1", "db-1"}
+    _tick_through(b)
+    decided = _by_entity(b.engine)
+    assert decided["db-1"].count(("act", "auto")) == 1 and decided["web-1"] == [
+        ("skip", "symptom")], decided
+    assert (ran / "db-1").exists() and not (ran / "web-1").exists()
+    assert not b.book.held
+    b.engine.close()
+
+
+def test_a_lone_event_is_decided_after_the_hold_and_dry_run_is_still_the_default(
+        cascade, tmp_path):
+    """A fault on one entity: its incident is a group of one, decided once the hold's steps of
+    data have come (not before), on that entity; a playbook file that names no mode records
+    what it would do and runs nothing."""
+    model, _ = cascade
+    rows, _ = watch_data.fleet(800, 5, (("db-1", 332, 60, "cpu_hog"),), start="2026-02-01")
+    w, ran = _cascade_watcher(cascade, tmp_path, None, mode=None, rows=rows)
+    wait = w.group_wait
+    assert wait == model.config.diagnose.group_gap + 1
+    seen = {}
+
+    def decided_or_held(w):
+        held = [h for h in w.book.held.values() if h["entity"] == "db-1"]
+        if held and "held" not in seen:
+            seen["held"] = w.ticks
+        if _by_entity(w.engine).get("db-1"):
+            seen["decided"] = w.ticks
+            return True
+        return False
+
+    _tick_through(w, until=decided_or_held)
+    assert seen["decided"] - seen["held"] == wait, seen
+    assert _by_entity(w.engine)["db-1"] == [("dry_run", "dry_run")]
+    assert not any(ran.iterdir())  # dry-run: nothing ran
+    _tick_through(w)
+    assert _by_entity(w.engine)["db-1"] == [("dry_run", "dry_run")]  # once
+    w.engine.close()
+
+
+def test_a_held_event_is_decided_on_its_sure_diagnosis_not_a_later_wavering_one(
+        cascade, tmp_path):
+    """A young event's diagnosis wavers: named (a playbook takes it) in one tick, `unknown` in
+    the next. The alert keeps the named cause (never back to unknown); so does the hold:
+    without it the engine would have acted on the named one at once, and with it it must
+    still act (seen live: a bad config named once, then unknown, was skipped after the hold)."""
+    rows, _ = watch_data.fleet(800, 5, (("db-1", 332, 60, "cpu_hog"),), start="2026-02-01")
+    w, ran = _cascade_watcher(cascade, tmp_path, None, rows=rows)
+    diagnose = w._diagnose
+    named: set[str] = set()
+
+    def wavering(raw, status):
+        ev = diagnose(raw, status)
+        if ev.entity == "db-1" and ev.cause == "cpu_hog":
+            if ev.id in named:  # named once already: now it wavers
+                ev.cause, ev.confidence, ev.playbook = "unknown", 0.0, None
+            named.add(ev.id)
+        return ev
+
+    w._diagnose = wavering
+    _tick_through(w)
+    assert named, "db-1's fault was never named"
+    assert _by_entity(w.engine)["db-1"] == [("act", "auto")]
+    assert (ran / "db-1").exists()
+    w.engine.close()
+
+
+def test_the_incident_hold_is_off_unless_asked_for():
+    assert WatchConfig().group_wait == 0
+    assert WatchConfig.from_section({"group_wait": "auto"}).group_wait is None
+    assert WatchConfig.from_section({"group_wait": 4}).group_wait == 4

@@ -4,8 +4,13 @@
     python -m examples.live.chaos                 # make chaos: 12 faults, 1 s steps
     python -m examples.live.chaos --faults 4 --step 0.5 --keep   # quicker; keep the run folder
 
-After the faults, benign disturbances (a deploy's restart, a traffic burst) are injected the same
-way: an alert on them is allowed, an action is a wrong action (``--benign none`` skips them).
+With ``--cascade``, after the faults, a cascade: a fault in a service that another one calls
+(over loopback), so that both alert; ftml must act on the callee only, and the caller recover
+with it (counted apart; ``--cascade-only`` runs it alone, after the history and training, with
+no other fault). It turns on the incident hold (``watch.group_wait: auto``), which is off by
+default: see docs/chaos.md. Then benign disturbances (a deploy's restart, a traffic burst)
+are injected the same way: an alert on them is allowed, an action is a wrong action
+(``--benign none`` skips them).
 
 Prints one line per fault, the figures (detection rate, diagnosis accuracy, recovery success,
 MTTR median and max, wrong and repeated actions, false alarms), the goals met or missed, and
@@ -77,6 +82,7 @@ def run(settings: Settings, faults: int, root: str | Path, log=None,
     return {"results": results, "summary": summary, "report": text, "history": history,
             "model": model, "timings": timings, "audit": audit, "pages": pages,
             "alerts": alerts, "benign": list(lab.benign), "playbooks": playbooks,
+            "cascade": lab.cascade,
             "left_running": left,
             "goals": goals_met(summary)}
 
@@ -93,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benign", default=",".join(BENIGN),
                    help="benign disturbances after the faults, comma-separated, or 'none' "
                         f"(default {','.join(BENIGN)}): an alert at most, never an action")
+    p.add_argument("--cascade", action="store_true",
+                   help="add the cascade (a fault in a callee that a caller waits on) and the "
+                        "incident hold it needs (watch.group_wait: auto)")
+    p.add_argument("--cascade-only", action="store_true",
+                   help="only the cascade: no other fault, no benign disturbance")
+    p.add_argument("--cascade-kind", default="latency",
+                   help="the fault injected in the callee (default latency)")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
@@ -106,8 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in benign if k not in BENIGN]
     if unknown:
         p.error(f"unknown disturbances {unknown}; known: {', '.join(BENIGN)}")
+    if args.cascade_kind not in kinds:
+        p.error(f"--cascade-kind {args.cascade_kind} is not among --kinds: the model would "
+                "not know it")
+    faults = 0 if args.cascade_only else args.faults
+    benign = () if args.cascade_only else benign
     settings = replace(Settings(), step=args.step, services=args.services, kinds=kinds,
-                       train_per_kind=args.train_per_kind, benign=benign)
+                       train_per_kind=args.train_per_kind, benign=benign,
+                       cascade=args.cascade or args.cascade_only,
+                       cascade_kind=args.cascade_kind)
 
     def terminate(signum, frame):  # run the lab's clean-up, as Ctrl-C does
         raise KeyboardInterrupt
@@ -115,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     root = args.dir or Path(tempfile.mkdtemp(prefix="ftml-chaos-"))
     try:
-        out = run(settings, args.faults, root, trail=not args.no_trail)
+        out = run(settings, faults, root, trail=not args.no_trail)
     except (LabError, OSError) as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2

@@ -109,6 +109,16 @@ class Settings:
     # allowed: other work on the machine then slows the service under test less. Its
     # latency is what is watched, and a busy neighbour otherwise reads as a latency fault.
     priority_boost: int = 5
+    # The cascade (issue 18): two more instances, a caller whose upstream is the other (the
+    # callee), real HTTP over loopback; after the faults, `cascade_kind` is injected in the
+    # callee. Both alert; ftml must act on the callee only, and the caller recover with it.
+    cascade: bool = False
+    cascade_kind: str = "latency"
+    # Events starting this many steps apart still form one incident (diagnose.group_gap). Not
+    # the library's 2: the service's figures cover its last `stats_window` (2) seconds, and a
+    # window's median moves only half a window (5 steps) after its rows do, so a caller's
+    # event may start a few steps after its callee's (3 seen in the first cascade run).
+    group_gap: int = 5
 
     @property
     def fade(self) -> float:
@@ -212,6 +222,33 @@ class FaultResult:
 
 
 @dataclass
+class CascadeResult:
+    """The cascade: a fault in the callee (``fault``, followed as any fault) and what became
+    of the caller, which alerts with it and must not be acted on."""
+
+    fault: FaultResult
+    caller: str
+    caller_alerts: list[str] = field(default_factory=list)  # ids of its alerts meanwhile
+    caller_first_cause: str | None = None
+    caller_actions: int = 0  # act decisions on the caller: each a wrong action
+    caller_skips: list[str] = field(default_factory=list)  # "reason: detail" of its skips
+    caller_recovered_at: float | None = None  # its own figures normal again
+    groups: dict[str, str] = field(default_factory=dict)  # entity -> group of its first alert
+
+    @property
+    def grouped(self) -> bool:
+        """The caller's and the callee's alerts carry one incident group."""
+        return len(self.groups) == 2 and len(set(self.groups.values())) == 1
+
+    @property
+    def acted_on_root(self) -> bool:
+        return self.fault.actions >= 1 and not self.fault.wrong_action
+
+    def since(self, t: float | None) -> float | None:
+        return self.fault.since(t)
+
+
+@dataclass
 class BenignResult:
     """What a disturbance that is not a fault led to: alerts are allowed, actions are not."""
 
@@ -263,6 +300,10 @@ class Lab:
         self._stop = threading.Event()
         self.stray_actions: list[dict[str, Any]] = []
         self.benign: list[BenignResult] = []
+        self.cascade: CascadeResult | None = None
+        self.shops: list[Instance] = []  # the instances faults rotate over (not the cascade's)
+        self.callee: Instance | None = None
+        self.caller: Instance | None = None
         self.calibration_fraction = 0.25
         self.alarm_threshold = 1.0  # the model's, once trained
         self._logs: list[Any] = []  # log files handed to children
@@ -287,8 +328,10 @@ class Lab:
         self.root.mkdir(parents=True, exist_ok=True)
         self._boost_priority()
         self.points = RecoveryPoints(self.state_dir / "checkpoints")
-        for i in range(self.s.services):
-            name = f"shop{i + 1}-{self.token}"
+        names = [f"shop{i + 1}-{self.token}" for i in range(self.s.services)]
+        if self.s.cascade:
+            names += [f"api-{self.token}", f"front-{self.token}"]  # callee, caller
+        for name in names:
             inst = Instance(name, f"{HOST}/{name}", free_port(), self.root / "services" / name)
             inst.dir.mkdir(parents=True, exist_ok=True)
             # The local source finds processes by name: the service runs as a link named
@@ -304,16 +347,27 @@ class Lab:
                 "leak_records_per_s": 40_000, "leak_cap_records": 1_500_000,
                 "stats_window": self.s.stats_window,
             })
-            write_json(inst.config, GOOD_CONFIG)
+            self.instances.append(inst)
+        self.shops = self.instances[:self.s.services]
+        if self.s.cascade:
+            self.callee, self.caller = self.instances[-2:]
+            # Every request of the caller calls the callee, over loopback (no cache of its own:
+            # with one, its median would sit between its cache hits and the callee's answers
+            # and flip between them), so its figures are the callee's answers'.
+            self.caller_config = {**GOOD_CONFIG, "cache_ratio": 0.0,
+                                  "upstream_url": f"{self.callee.url}/api/item"}
+        for inst in self.instances:
+            write_json(inst.config, self.good_config(inst))
             # The deployed config is the known good recovery point rollbacks return to.
             self.points.create(inst.checkpoint, [inst.config], good=True)
-            self.instances.append(inst)
         self.restart(*self.instances)
         self.loadgen = subprocess.Popen(
             [PY, str(HERE / "loadgen.py"), "--rate", str(self.s.rate), "--threads", "4",
              "--swing", str(self.s.swing), "--period", f"{self.s.swing_steps * self.s.step:g}",
              "--out", str(self.root / "services" / "loadgen.jsonl"),
-             *[i.url for i in self.instances]],
+             # The callee's load is the caller's requests: as much as any instance gets, so
+             # that it looks like the instances the model learnt faults on.
+             *[i.url for i in self.instances if i is not self.callee]],
             stdin=subprocess.DEVNULL, stdout=self._log_file("loadgen.log"),
             stderr=subprocess.STDOUT, start_new_session=True)
         self._start_pager()
@@ -408,6 +462,9 @@ class Lab:
         if failed:
             raise LabError("restart failed: " + "; ".join(failed))
 
+    def good_config(self, inst: Instance) -> dict[str, Any]:
+        return self.caller_config if inst is self.caller else GOOD_CONFIG
+
     def switch(self, inst: Instance, kind: str) -> None:
         post_json(f"{inst.url}/fault", {"kind": kind})
 
@@ -430,7 +487,8 @@ class Lab:
             self.restart(inst)
         elif kind == "bad_config":
             cfg = json.loads(inst.config.read_text())
-            write_json(inst.config, {**GOOD_CONFIG, "version": int(cfg.get("version", 1)) + 1})
+            write_json(inst.config, {**self.good_config(inst),
+                                     "version": int(cfg.get("version", 1)) + 1})
             self.points.create(inst.checkpoint, [inst.config], good=True)
         else:
             self.switch(inst, "none")
@@ -483,12 +541,19 @@ class Lab:
         fault does to them (a CPU hog slows them, a stalled neighbour frees the host and
         makes them faster)."""
         faults = [k for _ in range(self.s.train_per_kind) for k in self.s.kinds]
-        n = len(self.instances)
+        # The cascade's callee has faults in the history too, as any instance of a fleet
+        # would (its caller is left as it is: what a callee's fault does to a caller is not
+        # a fault of the caller). Without its own, a live fault of the callee lay just
+        # beyond the open-set cut of the 3 incidents per cause the lab learns from (0.22-0.56
+        # against a cut of 0.2 in the first cascade runs): answered unknown, acted on by
+        # nobody.
+        where_to = self.shops + ([self.callee] if self.callee is not None else [])
+        n = len(where_to)
         per = max(1, min(self.s.train_round, n - 1))
         kinds = len(self.s.kinds)
 
         def where(p: int) -> Instance:  # the p-th fault: each repeat of a kind moves on by one
-            return self.instances[(p % kinds + p // kinds) % n]
+            return where_to[(p % kinds + p // kinds) % n]
 
         return [[(where(p), faults[p]) for p in range(r, min(r + per, len(faults)))]
                 for r in range(0, len(faults), per)]
@@ -646,6 +711,7 @@ class Lab:
         # (a slow upstream shows in a median of 2 s of requests only after a second or two),
         # and learnt under its name they would teach that "nearly normal" means that fault.
         cfg.diagnose.max_event_windows = s.diagnose_windows
+        cfg.diagnose.group_gap = s.group_gap
         paths = [self.history_dir / "service.csv", self.history_dir / "local.csv"]
         started = time.perf_counter()
         result = api.train(paths, self.model_dir, incidents=self.history_dir / "incidents.csv",
@@ -737,6 +803,9 @@ class Lab:
             "local": {"host": HOST, "processes": [i.name for i in self.instances]},
             "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
             "checkpoint_every": "60s",
+            # The incident hold is off by default (ftml/watch/config.py says why); the
+            # cascade needs it, to know its root before acting.
+            "group_wait": "auto" if self.s.cascade else 0,
         }}))
         # What the services wrote while the model trained is not the watcher's business (and
         # the training burst of CPU would show in its first windows): new files from here.
@@ -745,7 +814,12 @@ class Lab:
                 os.replace(inst.metrics, self.history_dir / "raw" / f"{inst.name}.training.txt")
         self._wait_history_start()
         self.watch_port = free_port()
-        argv = [PY, "-m", "ftml", "watch", "--model", str(self.model_dir),
+        topology = []
+        if self.s.cascade:  # the call graph, as a service mesh or tracing would give it
+            (self.root / "topology.csv").write_text(
+                f"source,target\n{self.caller.entity},{self.callee.entity}\n")
+            topology = ["--topology", str(self.root / "topology.csv")]
+        argv = [PY, "-m", "ftml", "watch", "--model", str(self.model_dir), *topology,
                 *[a for i in self.instances for a in ("--source", f"file:{i.metrics}")],
                 "--source", "local", "--playbooks", str(playbooks), "--mode", "auto",
                 "--state", str(self.state_dir), "--sink", f"jsonl:{self.root / 'alerts.jsonl'}",
@@ -875,8 +949,8 @@ class Lab:
         """Fault i has kind i mod K, on instance (i + i // K) mod N: never twice in a row on
         one instance, and with 3 instances and 3 or 4 kinds every instance gets every kind
         once before any pair repeats."""
-        k, m = self.s.kinds, len(self.instances)
-        return [(self.instances[(i + i // len(k)) % m], k[i % len(k)]) for i in range(n)]
+        k, m = self.s.kinds, len(self.shops)
+        return [(self.shops[(i + i // len(k)) % m], k[i % len(k)]) for i in range(n)]
 
     def run_chaos(self, n: int) -> list[FaultResult]:
         results = []
@@ -894,10 +968,63 @@ class Lab:
                     self.active.pop(inst.entity, None)
             self.log("  " + describe(r))
             results.append(r)
+        if self.s.cascade:
+            self.cascade = self.run_cascade()
         self.benign = self.run_benign()
         self.settle()
         self.attribute(results)
         return results
+
+    def run_cascade(self) -> CascadeResult:
+        """The callee goes wrong (``cascade_kind``) while the caller calls it: both alert.
+        The callee is followed as any fault; the caller must recover with it, untouched."""
+        s = self.s
+        callee, caller = self.callee, self.caller
+        self.wait_ready(callee)
+        self.wait_ready(caller)
+        kind = s.cascade_kind
+        r = FaultResult(index=0, kind=kind, entity=callee.entity, injected_at=time.time())
+        c = CascadeResult(fault=r, caller=caller.entity)
+        self.read_alerts()
+        before = self._alert_state(caller.entity)[0]
+        with self.lock:
+            self.active[callee.entity] = r
+        self.inject(callee, kind)
+        self.log(f"cascade: {kind} on {callee.name}, which {caller.name} calls")
+        try:
+            self.follow(r, callee)
+        finally:
+            with self.lock:
+                self.active.pop(callee.entity, None)
+        deadline = r.injected_at + s.deadline_steps * s.step
+        while time.time() < deadline:
+            if self.healthy(caller):
+                c.caller_recovered_at = time.time()
+                break
+            time.sleep(0.1)
+        # The caller's alert resolves, and every decision on it is in the audit.
+        settle = time.monotonic() + (s.window + 2 * s.rules["merge_gap"]) * s.step + 2
+        while time.monotonic() < settle:
+            self.read_alerts()
+            if not self._alert_state(caller.entity)[0] - before:
+                break
+            time.sleep(0.25)
+        for a in self.alerts:
+            if a["status"] != "firing" or a["id"] in before or a["seen_at"] < r.injected_at:
+                continue
+            if a["entity"] == caller.entity and a["id"] not in c.caller_alerts:
+                c.caller_alerts.append(a["id"])
+                c.caller_first_cause = c.caller_first_cause or a["cause"]
+            if a["entity"] in (caller.entity, callee.entity) and a["revision"] == 0:
+                c.groups.setdefault(a["entity"], a.get("group"))
+        for x in self.audit(since=r.injected_at - 1):
+            if x["entity"] == caller.entity and x["kind"] == "decision" and \
+                    x["at"] >= r.injected_at and x["decision"] == "skip":
+                text = f"{x['reason']}: {x['detail']}"
+                if text not in c.caller_skips:
+                    c.caller_skips.append(text)
+        self.log("  " + describe_cascade(c))
+        return c
 
     def run_benign(self) -> list[BenignResult]:
         """Each of ``Settings.benign`` once, on the instances in turn, each after the instance
@@ -906,7 +1033,7 @@ class Lab:
         s = self.s
         out = []
         for i, kind in enumerate(s.benign):
-            inst = self.instances[i % len(self.instances)]
+            inst = self.shops[i % len(self.shops)]
             self.wait_ready(inst)
             b = BenignResult(index=i + 1, kind=kind, entity=inst.entity, started_at=time.time())
             self.log(f"benign {i + 1}/{len(s.benign)}: {kind} on {inst.name}")
@@ -1054,12 +1181,20 @@ class Lab:
                 if a["id"] not in b.alerts:
                     b.alerts.append(a["id"])
                     b.first_cause = b.first_cause or a["cause"]
+        c = self.cascade
+        if c is not None:
+            c.fault.actions, c.fault.wrong_action, c.caller_actions = 0, False, 0
         for x in acts:
             owner = None
-            for r in results:
+            for r in [*results, *([c.fault] if c is not None else [])]:
                 lo, hi = self.fault_span(r)
                 if x["entity"] == r.entity and lo <= x["at"] <= hi:
                     owner = r
+            if owner is None and c is not None and x["entity"] == c.caller:
+                lo, hi = self.fault_span(c.fault)
+                if lo <= x["at"] <= hi:
+                    c.caller_actions += 1  # a symptom acted on: wrong, counted with the cascade
+                    continue
             if owner is None:
                 self.stray_actions.append(x)
                 for b in self.benign:
@@ -1095,6 +1230,11 @@ class Lab:
             if any(a["entity"] == r.entity and lo - self.s.window * self.s.step <= start <= hi
                    for r in results for lo, hi in [self.fault_span(r)]):
                 continue
+            c = self.cascade
+            if c is not None and a["entity"] in (c.fault.entity, c.caller):
+                lo, hi = self.fault_span(c.fault)
+                if lo - self.s.window * self.s.step <= start <= hi:
+                    continue  # the cascade's: its root's alert, or its caller's symptom
             if any(a in self._benign_alerts(b) for b in self.benign):
                 continue
             out.append(a)
@@ -1114,7 +1254,22 @@ def summarize(lab: Lab, results: list[FaultResult]) -> dict[str, Any]:
     stray = getattr(lab, "stray_actions", [])
     wrong = sum(r.wrong_action for r in results) + len(stray)
     repeated = sum(max(0, r.actions - 1) for r in results)
-    return {
+    c = getattr(lab, "cascade", None)
+    cascade = None
+    if c is not None:
+        # Counted apart from the faults' figures; its wrong and repeated actions count too.
+        wrong += c.caller_actions + int(c.fault.wrong_action)
+        repeated += max(0, c.fault.actions - 1)
+        cascade = {
+            "kind": c.fault.kind, "root": c.fault.entity, "caller": c.caller,
+            "root_detected": c.fault.detected, "root_diagnosis": c.fault.diagnosis,
+            "root_actions": c.fault.actions, "root_playbook": c.fault.playbook,
+            "acted_on_root": c.acted_on_root, "root_recovered": c.fault.recovered,
+            "root_mttr_s": c.fault.mttr, "caller_alerted": bool(c.caller_alerts),
+            "caller_first_cause": c.caller_first_cause, "caller_actions": c.caller_actions,
+            "caller_skips": c.caller_skips, "grouped": c.grouped,
+            "caller_recovered_after_s": c.since(c.caller_recovered_at)}
+    out = {
         "faults": n,
         "detected": len(detected),
         "detection_rate": len(detected) / n if n else None,
@@ -1135,6 +1290,9 @@ def summarize(lab: Lab, results: list[FaultResult]) -> dict[str, Any]:
         "benign_actions": sum(b.actions for b in lab.benign),
         "step_s": lab.s.step,
     }
+    if cascade is not None:
+        out["cascade"] = cascade
+    return out
 
 
 GOALS = (
@@ -1146,14 +1304,30 @@ GOALS = (
     ("benign_actions", "<=", 0, "no action on a benign disturbance"),
     ("repeated_actions", "<=", 0, "no repeated actions"),
 )
+#: Goals of the cascade, when it ran (keys of summary["cascade"]).
+CASCADE_GOALS = (
+    ("acted_on_root", "is", True, "cascade: acted on the root"),
+    ("caller_actions", "<=", 0, "cascade: 0 actions on the caller"),
+    ("caller_recovered_after_s", "<=", None, "cascade: the caller recovered with the root"),
+    ("grouped", "is", True, "cascade: one incident group"),
+)
 
 
 def goals_met(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for key, op, target, text in GOALS:
         v = summary.get(key)
+        if v is None and not summary.get("faults"):
+            continue  # no fault injected (the cascade alone): nothing to rate
         ok = v is not None and (v >= target if op == ">=" else v <= target)
         out.append((text, ok))
+    cascade = summary.get("cascade")
+    if cascade is not None:
+        for key, op, target, text in CASCADE_GOALS:
+            v = cascade.get(key)
+            ok = (v is target if op == "is" else
+                  v is not None and (target is None or v <= target))
+            out.append((text, ok))
     return out
 
 
@@ -1172,6 +1346,20 @@ def describe(r: FaultResult) -> str:
     if r.note:
         parts.append(r.note)
     return ", ".join(parts)
+
+
+def describe_cascade(c: CascadeResult) -> str:
+    def t(x: float | None) -> str:
+        return "-" if x is None else f"+{x:.1f}s"
+
+    r = c.fault
+    caller = c.caller.split("/")[-1]
+    said = (f"alerted as {c.caller_first_cause}" if c.caller_alerts else "no alert")
+    skips = "; ".join(x.split(":", 1)[0] for x in c.caller_skips) or "none"
+    return (f"root {r.entity.split('/')[-1]}: {describe(r)}, {r.actions} action(s); caller "
+            f"{caller}: {said}, {c.caller_actions} action(s) (skips: {skips}), recovered "
+            f"{t(c.since(c.caller_recovered_at))}; "
+            f"{'one incident group' if c.grouped else 'NOT one group: ' + str(c.groups)}")
 
 
 def describe_benign(b: BenignResult) -> str:
@@ -1224,6 +1412,17 @@ def report(lab: Lab, results: list[FaultResult], summary: dict[str, Any],
         "Goals: " + "; ".join(f"{text}: {'met' if ok else 'MISSED'}"
                               for text, ok in goals_met(s)),
     ]
+    c = getattr(lab, "cascade", None)
+    if c is not None:
+        cs = s["cascade"]
+        lines += ["", "Cascade (counted apart from the faults above):",
+                  f"  {c.fault.kind} in {cs['root'].split('/')[-1]}, called by "
+                  f"{cs['caller'].split('/')[-1]}: "
+                  + (f"acted on root ({str(cs['root_playbook']).split('.')[0]}), "
+                     if cs["acted_on_root"] else "NOT acted on the root, ")
+                  + f"{cs['caller_actions']} action(s) on the caller",
+                  "  " + describe_cascade(c)]
+        lines += [f"  caller skipped: {x}" for x in c.caller_skips]
     if lab.benign:
         lines += ["", "Benign disturbances (an alert is allowed, an action is not):"]
         lines += [f"  {b.index}. {b.kind} on {b.entity.split('/')[-1]}: {describe_benign(b)}"

@@ -10,7 +10,9 @@ What it serves (127.0.0.1 only):
 
 * ``GET /api/item?id=N``: the work. 30 % of requests are cache hits; the others call a
   (simulated) upstream named in the config, a few milliseconds away (lognormal), busy for 3 %
-  of them (a 503: real services always have a few errors).
+  of them (a 503: real services always have a few errors); or, when the config has an
+  ``upstream_url``, that real service (another instance: the lab's cascade), whose failure
+  is then a 502 here.
 * ``GET /healthz``: ``{"ok": true, "pid": ...}`` once it serves.
 * ``GET /stats``: the figures of the last step (below), the pid, the fault and the config.
 * ``POST /fault`` ``{"kind": K}``: the fault switch. ``memory_leak`` (the process keeps
@@ -42,7 +44,9 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -148,6 +152,17 @@ class State:
         body = {"id": item_id}
         if self.rng.random() < float(cfg.get("cache_ratio", 0.3)):
             body["cached"] = True
+        elif cfg.get("upstream_url"):
+            # The upstream is another instance of this service (the lab's cascade): its
+            # answer, slow or failed, is ours.
+            try:
+                with urllib.request.urlopen(f"{cfg['upstream_url']}?id={item_id}",
+                                            timeout=2.0) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as exc:
+                return 502, {"error": f"upstream answered {exc.code}"}
+            except OSError as exc:
+                return 502, {"error": f"upstream unreachable: {exc}"}
         else:
             if cfg.get("upstream") not in UPSTREAMS:
                 return 502, {"error": f"upstream {cfg.get('upstream')!r} unreachable"}

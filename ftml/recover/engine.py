@@ -80,7 +80,9 @@ class RecoveryEngine:
 
     def handle(self, event: Event) -> Decision:
         """Decide for one event and, if the decision is to act, run the ladder. A playbook with
-        ``target: root`` acts on the event's incident group's top suspect instead."""
+        ``target: root`` acts on the event's incident group's top suspect instead; an event of
+        another entity than its group's top suspect is a symptom and is not acted on
+        (``Reason.SYMPTOM``)."""
         event = self._aim(event)
         now = self.clock.now()
         self._expire(now)
@@ -163,9 +165,9 @@ class RecoveryEngine:
     def _aim(self, event: Event) -> Event:
         """The event as the engine acts on it: for a ``target: root`` playbook, on the top
         suspect of the event's group (when the same playbook applies there too)."""
-        if not event.group or not event.suspects or event.status == "resolved":
+        root = _top_suspect(event)
+        if root is None or event.status == "resolved":
             return event
-        root = str(event.suspects[0][0])
         playbook = self.playbooks.match(event)
         if playbook is None or playbook.target != "root" or root == event.entity:
             return event
@@ -193,6 +195,13 @@ class RecoveryEngine:
                 return skip(Reason.NOT_DIAGNOSED,
                             f"cause '{event.cause}' ({event.cause_source}): not a diagnosed "
                             "fault, so no playbook acts on it")
+            top = _top_suspect(event)
+            if top is not None and top != event.entity:
+                # One incident, one recovery, aimed where it began: the root's own event (or a
+                # `target: root` playbook, which _aim has pointed there) is acted on, never
+                # the entities that alert because they wait on it. It still alerts.
+                return skip(Reason.SYMPTOM, f"a symptom of incident {event.group}; root {top} "
+                            "(its top suspect)")
             root = self._group_recovery(conn, event, now)
             if root is not None:
                 return skip(Reason.AFTERMATH, f"a symptom of incident {event.group}: "
@@ -467,6 +476,13 @@ class RecoveryEngine:
         if decision.decision == DecisionKind.ACT:
             decision.run = self._run_ladder(event, playbook, run_id)
         return decision
+
+
+def _top_suspect(event: Event) -> str | None:
+    """The entity ranked first among the suspects of the event's incident group, if any."""
+    if not event.group or not event.suspects:
+        return None
+    return str(event.suspects[0][0])
 
 
 def _show(value: float | None) -> str:

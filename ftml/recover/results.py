@@ -34,6 +34,7 @@ class Reason:
     CIRCUIT_OPEN = "circuit_open"  # max_attempts within window used up
     COOLDOWN = "cooldown"  # too soon after the last recovery (cooldown or backoff)
     AFTERMATH = "aftermath"  # the event began during a recovery or within the cooldown after
+    SYMPTOM = "symptom"  # its incident group's top suspect (the root) is another entity
     RATE_LIMITED = "rate_limited"  # max_actions_per_hour reached
     PLAYBOOK_CHANGED = "playbook_changed"  # an approved playbook no longer exists as approved
     AUTO = "auto"
@@ -44,7 +45,7 @@ class Reason:
 
 SKIP_REASONS = (Reason.RESOLVED, Reason.NOT_DIAGNOSED, Reason.NO_PLAYBOOK, Reason.LOW_CONFIDENCE, Reason.MAINTENANCE,
                 Reason.SILENCED, Reason.PENDING_APPROVAL, Reason.BUSY, Reason.CIRCUIT_OPEN,
-                Reason.COOLDOWN, Reason.AFTERMATH, Reason.RATE_LIMITED,
+                Reason.COOLDOWN, Reason.AFTERMATH, Reason.SYMPTOM, Reason.RATE_LIMITED,
                 Reason.PLAYBOOK_CHANGED)
 
 

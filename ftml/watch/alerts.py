@@ -70,6 +70,7 @@ class AlertsMixin:
                     rec = book.deferred[ev.id]["record"]
                 book.remember_resolved(ev.id)
             out.resolved.append(ev)
+            self._refresh_held([ev])  # held for its group: decided (as over) when it ends
             self.metrics.alerts.labels("resolved").inc()
             log.info("resolved %s %s %s (started %s)", ev.id, ev.entity, rec["cause"],
                      rec["starts_at"])
@@ -108,6 +109,7 @@ class AlertsMixin:
         grouper = self._incidents()
         for ev, _ in current.values():
             grouper.assign(ev)
+        self._refresh_held([ev for ev, _ in current.values()])
         for ev_id, (ev, raw) in current.items():
             with book.lock:
                 if ev_id in book.resolved:

@@ -1,6 +1,7 @@
-"""The alert ledger: alerts raised (firing, recently resolved), resolves held back, and per
-sink the queue of records not yet delivered; saved atomically to ``STATE/alerts.json`` before
-any of them is sent, then delivered with backoff."""
+"""The alert ledger: alerts raised (firing, recently resolved), resolves held back, events held
+back from recovery while their incident group gathers, and per sink the queue of records not
+yet delivered; saved atomically to ``STATE/alerts.json`` before any of them is sent, then
+delivered with backoff."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ log = logging.getLogger("ftml.watch")  # one logger for the whole loop: what use
 
 
 ALERTS_FILE = "alerts.json"
-STATE_FORMAT = 1
+# 2: with "held" (events waiting for their incident group's hold to end) and "released"
+# (groups whose hold has ended); a format-1 file reads as one with neither.
+STATE_FORMAT = 2
+#: Groups whose hold has ended remembered, so that their later events are decided at once.
+RELEASED_MEMORY = 2_000
 #: Resolved alert ids remembered so that a replay after a restart does not raise them again.
 RESOLVED_MEMORY = 20_000
 
@@ -39,6 +44,12 @@ class AlertBook:
         self.resolved: OrderedDict[str, None] = OrderedDict()
         # Resolves held back (Watcher's min_firing): alert id -> {"due": seconds, "record"}.
         self.deferred: dict[str, dict[str, Any]] = {}
+        # Events held back from recovery (Watcher's group_wait): event id -> {"event": the
+        # latest Event.to_dict(), "entity", "due_slot": the step its entity's data must reach,
+        # "due_at": seconds, the latest the hold lasts if that data does not come}.
+        self.held: dict[str, dict[str, Any]] = {}
+        # Incident groups whose hold has ended: group id -> when (seconds).
+        self.released: OrderedDict[str, float] = OrderedDict()
         self.queues: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.sinks}
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.next_try: dict[str, float] = {s.name: 0.0 for s in self.sinks}
@@ -56,6 +67,8 @@ class AlertBook:
         self.firing = dict(data.get("firing") or {})
         self.resolved = OrderedDict((i, None) for i in data.get("resolved") or [])
         self.deferred = dict(data.get("deferred") or {})
+        self.held = dict(data.get("held") or {})
+        self.released = OrderedDict(data.get("released") or {})
         for name, items in (data.get("queues") or {}).items():
             if name in self.queues:
                 self.queues[name] = list(items)
@@ -70,6 +83,7 @@ class AlertBook:
         with self.lock:  # written under the lock: an older snapshot never lands last
             text = json.dumps({"format": STATE_FORMAT, "firing": self.firing,
                                "resolved": list(self.resolved), "deferred": self.deferred,
+                               "held": self.held, "released": self.released,
                                "queues": self.queues}, default=str)
             try:
                 write_text(self.path, text)
@@ -97,6 +111,13 @@ class AlertBook:
         self.resolved.move_to_end(alert_id)
         while len(self.resolved) > RESOLVED_MEMORY:
             self.resolved.popitem(last=False)
+
+    def remember_released(self, group: str, at: float) -> None:
+        self.released[group] = at
+        self.released.move_to_end(group)
+        while len(self.released) > RELEASED_MEMORY:
+            self.released.popitem(last=False)
+        self.dirty = True
 
     def pending(self) -> int:
         with self.lock:

@@ -151,6 +151,8 @@ class Watcher(PollingMixin, ScoringMixin, AlertsMixin, WorkersMixin, CheckpointM
         now = self.clock.now()
         out = TickResult()
         self._process([], now, out, final=True)
+        # No more data can join a held group: decide it now, while its events are open.
+        self._release_held(now, everything=True)
         closed = self.builder.flush()
         self._closed(closed, now, out)
         self.book.release(None)  # nothing comes after the end of the stream
@@ -214,6 +216,8 @@ class Watcher(PollingMixin, ScoringMixin, AlertsMixin, WorkersMixin, CheckpointM
         b = self._buffers
         if len(b.ts):
             self.metrics.lag.set(now - b.ts.max() / 1e9)
+        if self.engine is not None:
+            self._release_held(now)
         if self.book.dirty:
             self.book.save()  # before any delivery: nothing raised is ever lost
         if self._delivery is None:
