@@ -502,6 +502,18 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
     t0 = time.perf_counter()
     xfit = cross_fit(tr_V, fold, tr_clean & inside, _fold_forest(model))
     xfit_scorers = None
+
+    def over_training(scores: dict) -> None:
+        """Each kind's threshold over all training windows (X1's rule), and its false alarms
+        there."""
+        for kind, s in scores.items():
+            thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
+                                 rules=model.event_rules,
+                                 tail=model.config.detect.threshold_tail).fit(
+                tr_entity, tr_end_ns, s, int(model.step.value), spans)
+            thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
+                                                              thr.entity_days_)
+
     if xfit is None:  # too little training time for two folds: the default's columns
         for kind, base in zip(XFIT, ("forest", "rank|"), strict=True):
             thresholds[kind], cal_fa[kind] = thresholds[base], cal_fa[base]
@@ -510,13 +522,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         tr_robust = tr_V[:, -2].astype(np.float64)
         xranks = (TailRank(oof[tr_clean]), TailRank(tr_robust[tr_clean]))
         tr_scores = {"xfit": oof, "xfit rank|": rank_scores(oof, tr_robust, xranks, "rank|")}
-        for kind, s in tr_scores.items():
-            thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
-                                 rules=model.event_rules,
-                                 tail=model.config.detect.threshold_tail).fit(
-                tr_entity, tr_end_ns, s, int(model.step.value), spans)
-            thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
-                                                              thr.entity_days_)
+        over_training(tr_scores)
     seconds["xfit"] = seconds["xfit rank|"] = time.perf_counter() - t0
     # Round 6: W1's balanced forest on the same folds; the threshold over all training, as X1.
     tr_cal = np.concatenate(all_cal)
@@ -528,13 +534,7 @@ def baselines_on(split_dir: Path, ev, extra: dict | None = None) -> dict[str, Co
         round6 = round6_references(tr_entity, tr_end_ns, boof, tr_V[:, -2].astype(np.float64),
                                    tr_clean, int(model.step.value), spans, model)
         train6 = round6.pop("train")
-        for kind, s in train6.items():
-            thr = AlarmThreshold(budget=model.config.detect.alarm_budget,
-                                 rules=model.event_rules,
-                                 tail=model.config.detect.threshold_tail).fit(
-                tr_entity, tr_end_ns, s, int(model.step.value), spans)
-            thresholds[kind], cal_fa[kind] = thr.threshold_, (thr.false_alarms_,
-                                                              thr.entity_days_)
+        over_training(train6)
         # Round 7: the same scores, the higher of that threshold and the slice's.
         for kind, base in ROUND7.items():
             hi, cal_fa[kind], cal_fa[f"{kind} /slice"] = higher_threshold(
