@@ -40,7 +40,7 @@ class WatchConfig:
     # starts within group_gap steps of the first, and opens as many steps later; one more for
     # the tick it lands in). 0, the default: no hold (each event is decided as it opens). Not
     # on by default yet: in the live lab's test (tests/test_chaos.py) the hold left one fault
-    # of three answered `unknown` and not acted on, in three runs of three, and passed with
+    # of three answered `unknown` and not acted on, in three runs of four, and passed with
     # 0; the cause is not found (docs/watch.md).
     group_wait: int | None = 0
 
