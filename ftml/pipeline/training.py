@@ -268,17 +268,24 @@ def fit_view(featurizer: Featurizer, frame: pd.DataFrame, rows: np.ndarray,
     return detector_view(fit_w.X, len(featurizer.metrics_), dc.stats, featurizer.stats)
 
 
-def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
-                       frame: pd.DataFrame, rows: np.ndarray, dc: DetectConfig,
-                       quiet: bool = True) -> np.ndarray:
-    """Scores of the calibration windows ending at ``rows``: only their scores are kept, so
-    only the forest's stats are computed, block by block."""
+def _calibration_views(featurizer: Featurizer, frame: pd.DataFrame, rows: np.ndarray,
+                       dc: DetectConfig, quiet: bool):
+    """(slice of ``rows``, detector view of those windows), block by block: only the
+    forest's stats are computed, and only a block's windows exist at a time."""
     n_met = len(featurizer.metrics_)
-    scores = np.empty(len(rows))
     blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
     for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
         S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        scores[a:a + CAL_BLOCK_WINDOWS] = detector.anomaly_score(stats_view(S, n_met))
+        yield slice(a, a + CAL_BLOCK_WINDOWS), stats_view(S, n_met)
+
+
+def calibration_scores(featurizer: Featurizer, detector: IsolationDetector,
+                       frame: pd.DataFrame, rows: np.ndarray, dc: DetectConfig,
+                       quiet: bool = True) -> np.ndarray:
+    """Scores of the calibration windows ending at ``rows``, block by block."""
+    scores = np.empty(len(rows))
+    for part, view in _calibration_views(featurizer, frame, rows, dc, quiet):
+        scores[part] = detector.anomaly_score(view)
     return scores
 
 
@@ -300,13 +307,9 @@ def calibration_parts(featurizer: Featurizer, detector: IsolationDetector,
                       quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The forest's score and the robust statistic of the calibration windows ending at
     ``rows`` (:func:`calibration_scores`, the two parts apart), block by block."""
-    n_met = len(featurizer.metrics_)
     forest, robust = np.empty(len(rows)), np.empty(len(rows))
-    blocks = range(0, len(rows), CAL_BLOCK_WINDOWS)
-    for a in with_progress(blocks, progress(len(blocks), "calibration", quiet)):
-        S, _ = featurizer.features_at(frame, rows[a:a + CAL_BLOCK_WINDOWS], stats=dc.stats)
-        part = slice(a, a + CAL_BLOCK_WINDOWS)
-        forest[part], robust[part] = detector.component_scores(stats_view(S, n_met))
+    for part, view in _calibration_views(featurizer, frame, rows, dc, quiet):
+        forest[part], robust[part] = detector.component_scores(view)
     return forest, robust
 
 
