@@ -168,6 +168,26 @@ class Instance:
         return f"{self.name}-config"
 
 
+def detection(alerts: list[dict[str, Any]], entity: str,
+              before: set[str]) -> tuple[str, str, float, str] | None:
+    """The first of ``alerts`` (read after a fault's injection) that detects it on ``entity``:
+    an alert that opens, or one open at injection (ids in ``before``) revised to a fault's
+    cause. The second case is real: a fault injected while a wobble's alert is open joins
+    that alert's event (the detector merges runs within its gap), so what the operator sees
+    is the open alert revised to the fault's cause. Returns (alert id, cause, seen at, note)."""
+    from ftml.diagnose import NOT_A_CAUSE
+
+    for a in alerts:
+        if a["entity"] != entity or a["status"] != "firing":
+            continue
+        if a["id"] not in before and a["revision"] == 0:
+            return a["id"], a["cause"], a["seen_at"], ""
+        if a["id"] in before and a["revision"] > 0 and a["cause"] not in NOT_A_CAUSE:
+            return (a["id"], a["cause"], a["seen_at"],
+                    f"joined the alert open at injection (revised to {a['cause']})")
+    return None
+
+
 @dataclass
 class FaultResult:
     """What happened to one injected fault; times are epoch seconds (wall clock)."""
@@ -1103,10 +1123,13 @@ class Lab:
         deadline = r.injected_at + s.deadline_steps * s.step
         before = self._alert_state(r.entity)[0]  # alerts of the instance open already
         while time.time() < deadline:
-            for a in self.read_alerts():
-                if a["entity"] == r.entity and a["status"] == "firing" and r.alert_id is None \
-                        and a["id"] not in before and a["revision"] == 0:
-                    r.alert_id, r.first_cause, r.detected_at = a["id"], a["cause"], a["seen_at"]
+            if r.alert_id is None:
+                found = detection(self.read_alerts(), r.entity, before)
+                if found is not None:
+                    r.alert_id, r.first_cause, r.detected_at, note = found
+                    r.note = r.note or note
+            else:
+                self.read_alerts()
             self._from_audit(r)
             if r.outcome == "recovered" and r.verified_at is not None:
                 return
