@@ -87,6 +87,14 @@ def run(settings: Settings, faults: int, root: str | Path, log=None,
             "goals": goals_met(summary)}
 
 
+def _group_wait(p: argparse.ArgumentParser, text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit():
+        p.error(f"--group-wait {text!r}: a whole number of steps or 'auto'")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.live.chaos", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the cascade: no other fault, no benign disturbance")
     p.add_argument("--cascade-kind", default="latency",
                    help="the fault injected in the callee (default latency)")
+    p.add_argument("--group-wait", default=None,
+                   help="watch.group_wait, the incident hold: steps or 'auto' (default: auto "
+                        "with the cascade, 0 without)")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
@@ -127,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(Settings(), step=args.step, services=args.services, kinds=kinds,
                        train_per_kind=args.train_per_kind, benign=benign,
                        cascade=args.cascade or args.cascade_only,
-                       cascade_kind=args.cascade_kind)
+                       cascade_kind=args.cascade_kind,
+                       group_wait=_group_wait(p, args.group_wait))
 
     def terminate(signum, frame):  # run the lab's clean-up, as Ctrl-C does
         raise KeyboardInterrupt

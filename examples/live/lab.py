@@ -119,6 +119,16 @@ class Settings:
     # window's median moves only half a window (5 steps) after its rows do, so a caller's
     # event may start a few steps after its callee's (3 seen in the first cascade run).
     group_gap: int = 5
+    # watch.group_wait, the incident hold: None is "auto" with the cascade (it needs the hold
+    # to know its root before acting) and 0 without; else the value itself (steps or "auto").
+    group_wait: int | str | None = None
+
+    @property
+    def hold(self) -> int | str:
+        """watch.group_wait as the watcher is given it (see ``group_wait``)."""
+        if self.group_wait is None:
+            return "auto" if self.cascade else 0
+        return self.group_wait
 
     @property
     def fade(self) -> float:
@@ -823,9 +833,7 @@ class Lab:
             "local": {"host": HOST, "processes": [i.name for i in self.instances]},
             "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
             "checkpoint_every": "60s",
-            # The incident hold is off by default (ftml/watch/config.py says why); the
-            # cascade needs it, to know its root before acting.
-            "group_wait": "auto" if self.s.cascade else 0,
+            "group_wait": self.s.hold,
         }}))
         # What the services wrote while the model trained is not the watcher's business (and
         # the training burst of CPU would show in its first windows): new files from here.
