@@ -54,6 +54,11 @@ VARIANTS = {"full": (True, True, True, 0.0, 0.0, "all"),
             "N3": (True, True, True, 0.0, 1.0, "all", "novelty")}
 CANDIDATES = ("rate_cut", "nf_margin", "rate_cut+nf_margin")
 CANDIDATES2 = ("rate_cut", "used_space", "used_space+rate_cut")
+#: Amendment 4: the product's settings (``default``) with an open-set distance ratio, and
+#: its fresh selection seeds (with Nezha 22->23 and PetShop low_traffic).
+RATIOS = {"ratio_half": 0.5, "ratio_two_thirds": 2 / 3}
+CANDIDATES4 = tuple(RATIOS)
+SELECTION4_SEEDS = (50, 51, 52, 53, 54)
 #: What the report runs since amendment 2 (the ablation rows of amendment 1 stay recorded
 #: in docs/benchmarks.md at its commit).
 #: The product's own diagnose settings, untouched (whatever ftml.config.DiagnoseConfig says at
@@ -109,7 +114,9 @@ def fit_variant(tr: Training, config, name: str, drop: str | None = None):
 
     cfg = copy.deepcopy(config)
     no_fault = True
-    if name != DEFAULT:
+    if name in RATIOS:
+        cfg.diagnose.open_set_ratio = RATIOS[name]
+    elif name != DEFAULT:
         no_fault, open_set, calibrate, rate, margin, space, *ignore = VARIANTS[name]
         cfg.diagnose.open_set, cfg.diagnose.calibrate = open_set, calibrate
         cfg.diagnose.open_set_rate, cfg.diagnose.no_fault_margin = rate, margin
@@ -380,31 +387,36 @@ def _met(sim: tuple, nezha: tuple) -> dict[str, bool]:
             "Nf": nf is not None and nf <= 0.10}
 
 
-def choose2(sim: dict, nezha: dict, petshop: dict) -> tuple[str, dict]:
+def choose2(sim: dict, nezha: dict, petshop: dict, reference: str = "full",
+            candidates: tuple[str, ...] = CANDIDATES2, in_order: bool = False
+            ) -> tuple[str, dict]:
     """Amendment 2's decision rule on the selection sets (name -> pooled() / rows_of()
     entry for simulator seeds 30-34 pooled, Nezha 22->23, PetShop low_traffic): the winner,
-    or ``full`` when no candidate passes; and each candidate's verdict."""
+    or ``reference`` when no candidate passes; and each candidate's verdict. Amendment 4 is
+    the same rule with ``default`` as the reference, and gaps within 0.01 broken by the order
+    of ``candidates`` (``in_order``: the smaller ratio first) instead of accuracy."""
     def acc(n):
         return sim[n][0]["diag"]["accuracy"] or 0.0
 
-    gap = {n: goal_gap2(sim[n], nezha[n], petshop[n]) for n in ("full", *CANDIDATES2)}
-    met_full = _met(sim["full"], nezha["full"])
+    gap = {n: goal_gap2(sim[n], nezha[n], petshop[n]) for n in (reference, *candidates)}
+    met_ref = _met(sim[reference], nezha[reference])
     verdict, eligible = {}, []
-    for n in CANDIDATES2:
+    for n in candidates:
         met = _met(sim[n], nezha[n])
-        kept = all(met[k] for k, v in met_full.items() if v)
-        ok = acc(n) >= 0.90 and acc(n) >= acc("full") - 0.03 and kept
+        kept = all(met[k] for k, v in met_ref.items() if v)
+        ok = acc(n) >= 0.90 and acc(n) >= acc(reference) - 0.03 and kept
         verdict[n] = {"accuracy": acc(n), "gap": gap[n], "eligible": ok,
-                      "keeps_full_goals": kept}
+                      "keeps_reference_goals": kept}
         if ok:
             eligible.append(n)
-    verdict["full"] = {"accuracy": acc("full"), "gap": gap["full"]}
+    verdict[reference] = {"accuracy": acc(reference), "gap": gap[reference]}
     if not eligible:
-        return "full", verdict
+        return reference, verdict
     best_gap = min(gap[n] for n in eligible)
     near = [n for n in eligible if gap[n] <= best_gap + 0.01]
-    best = sorted(near, key=lambda n: (n.count("+"), -acc(n)))[0]
-    return (best if gap[best] <= gap["full"] - 0.03 else "full"), verdict
+    best = sorted(near, key=lambda n: (n.count("+"), candidates.index(n) if in_order else 0,
+                                       -acc(n)))[0]
+    return (best if gap[best] <= gap[reference] - 0.03 else reference), verdict
 
 
 def _line(label: str, name: str, r: tuple) -> str:
@@ -416,21 +428,24 @@ def _line(label: str, name: str, r: tuple) -> str:
             f"unseen {None if r[1] is None else round(r[1], 3)} (n={r[2]})")
 
 
-def selection2() -> None:
+def selection2(reference: str = "full", candidates: tuple[str, ...] = CANDIDATES2,
+               seeds: tuple[int, ...] = SELECTION2_SEEDS, tag: str = "selection2",
+               in_order: bool = False) -> None:
     """Amendment 2: ``full`` and its candidates on the selection sets (simulator seeds 30-34
     pooled, Nezha OB 22->23, PetShop low_traffic) and the rule's choice (printed, and kept in
-    the temporary directory as ftml-diag-selection2.pkl; nothing else is written)."""
+    the temporary directory as ftml-diag-selection2.pkl; nothing else is written). Amendment
+    4 is :func:`selection4`: the same with its reference, candidates and seeds."""
     import pickle
 
     from bench import datasets
     from ftml.config import Config
 
     t = time.perf_counter()
-    names = ("full", *CANDIDATES2)
+    names = (reference, *candidates)
     root = data_dir()
-    with tempfile.TemporaryDirectory(prefix="ftml-bench-diag-sel2-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"ftml-bench-diag-{tag}-") as tmp:
         work = Path(tmp)
-        sim = pooled([rows_of(s, names) for s in sim_splits(work, SELECTION2_SEEDS)])
+        sim = pooled([rows_of(s, names) for s in sim_splits(work, seeds)])
         sp = datasets.nezha(root)
         nezha = rows_of(prepare("Nezha OB 22->23", sp.train, sp.train_incidents, sp.test,
                                 sp.test_incidents, Config(), work), names)
@@ -438,18 +453,25 @@ def selection2() -> None:
         petshop = rows_of(prepare(sp.name, sp.train, sp.train_incidents, sp.test,
                                   sp.test_incidents, Config.from_dict(sp.config, source=sp.name),
                                   work, per_issue=True), names)
-    for label, res in (("sim seeds 30-34", sim), ("Nezha OB 22->23", nezha),
+    for label, res in ((f"sim seeds {seeds[0]}-{seeds[-1]}", sim), ("Nezha OB 22->23", nezha),
                        ("PetShop low_traffic", petshop)):
         for name, r in res.items():
             print(_line(label, name, r))
     keep = {lab: {n: (r[0]["diag"], r[0]["fa_named"], r[0].get("false_alarms"), r[1], r[2])
                   for n, r in res.items()}
             for lab, res in (("sim", sim), ("nezha", nezha), ("petshop", petshop))}
-    with open(Path(tempfile.gettempdir()) / "ftml-diag-selection2.pkl", "wb") as fh:
+    with open(Path(tempfile.gettempdir()) / f"ftml-diag-{tag}.pkl", "wb") as fh:
         pickle.dump(keep, fh)
-    winner, verdict = choose2(sim, nezha, petshop)
+    winner, verdict = choose2(sim, nezha, petshop, reference, candidates, in_order)
     print("verdicts:", verdict)
     print(f"winner: {winner}   ({time.perf_counter() - t:.0f} s)")
+
+
+def selection4() -> None:
+    """Amendment 4: ``default`` and the two open-set ratios on fresh seeds 50-54, Nezha OB
+    22->23 and PetShop low_traffic, and the rule's choice (printed; kept as
+    ftml-diag-selection4.pkl in the temporary directory)."""
+    selection2(DEFAULT, CANDIDATES4, SELECTION4_SEEDS, "selection4", in_order=True)
 
 
 def run(quick: bool = False) -> list[dict]:

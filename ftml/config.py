@@ -146,6 +146,12 @@ class DiagnoseConfig:
     # is at the scale floor. "novelty" (with no_fault_margin 1.0) by the logs ablation's
     # amendment 3 (bench/bench_logs_ablation.py, bench/SELECTION_logs.md).
     open_set_ignore: str = "novelty"
+    # > 0: an event the open-set cut would answer unknown keeps its named cause when it lies at
+    # most this x nearer to that cause's incidents than to any other cause's or any
+    # flagged-but-healthy run (the nearest-neighbour distance ratio; 0: off). With a handful
+    # of incidents per cause the cut alone is too tight (bench/PROTOCOL_diagnosis.md,
+    # amendment 4).
+    open_set_ratio: float = 0.0
 
 
 @dataclass

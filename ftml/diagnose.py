@@ -86,6 +86,22 @@ def _nearest(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq, 0.0)).min(axis=1)
 
 
+def _nearest_else(points: np.ndarray, named: np.ndarray, which: np.ndarray, ref: np.ndarray,
+                  ref_class: np.ndarray, healthy: np.ndarray) -> np.ndarray:
+    """Per point (rows ``which`` of ``points``; inf elsewhere): the RMS distance to the
+    nearest of everything known that is not its named class ``named``: another class's
+    references and the ``healthy`` ones. inf where there is none."""
+    out = np.full(len(points), np.inf)
+    for c in np.unique(named[which]):  # one pass per named class: a handful
+        at = which & (named == c)
+        other = ref[ref_class != c]
+        if len(other):
+            out[at] = _nearest(points[at], other)
+    if len(healthy) and which.any():
+        out[which] = np.minimum(out[which], _nearest(points[which], healthy))
+    return out
+
+
 def _distance_cuts(ref: np.ndarray, ref_class: np.ndarray, n_classes: int, margin: float,
                    rate: float = 0.0) -> np.ndarray:
     """Per class, from each training incident's distance to its nearest sibling (a

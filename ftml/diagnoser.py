@@ -34,6 +34,7 @@ from ftml.diagnose import (
     _distance_cuts,
     _group_mean,
     _nearest,
+    _nearest_else,
     _scale_of,
     _signed_log,
     expected_calibration_error,
@@ -83,7 +84,12 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
       :data:`OPEN_SET_IGNORES`; :attr:`ignored_`): a feature that is 0 in training by
       construction (lines of templates never seen) sits at the scale floor there, so any
       later value is tens of floors away and would make every event that has it far,
-      however like its cause it is otherwise;
+      however like its cause it is otherwise; with ``open_set_ratio`` rho > 0 an event beyond
+      the cut keeps its name when it lies at most rho times as far from its cause's nearest
+      incident as from the nearest incident of any other cause or flagged-but-healthy run
+      (the nearest-neighbour distance ratio): a cause learnt from a handful of incidents has a
+      cut tighter than where its next incident falls, while the gap to everything else known
+      still says which cause it is;
     - ``no_fault_margin`` > 0: an event named a cause that lies farther from that cause's
       training incidents than ``no_fault_margin`` times its distance to the nearest
       flagged-but-healthy run (:attr:`healthy_reference_`) is ``no_fault``: it looks more like
@@ -98,6 +104,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                  no_fault_margin: float = _GC.no_fault_margin,
                  open_set_space: str = _GC.open_set_space,
                  open_set_ignore: str = _GC.open_set_ignore,
+                 open_set_ratio: float = _GC.open_set_ratio,
                  novelty_features: tuple[int, ...] = (),
                  random_state: int | None = 0):
         self.classifier = classifier
@@ -110,6 +117,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.no_fault_margin = no_fault_margin
         self.open_set_space = open_set_space
         self.open_set_ignore = open_set_ignore
+        self.open_set_ratio = open_set_ratio
         self.novelty_features = novelty_features
         self.random_state = random_state
 
@@ -148,6 +156,9 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         if self.open_set_ignore not in OPEN_SET_IGNORES:
             raise ValueError(f"open_set_ignore must be one of {', '.join(OPEN_SET_IGNORES)}, "
                              f"got {self.open_set_ignore!r}")
+        if not 0.0 <= self.open_set_ratio < 1.0:
+            raise ValueError("open_set_ratio must be >= 0 (0: off) and < 1 (nearer to the "
+                             f"named cause than to anything else), got {self.open_set_ratio!r}")
         X, y = validate_data(self, X, y, dtype=np.float64)
         self.classes_ = unique_labels(y)
         y = np.asarray(y)
@@ -339,6 +350,10 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             as_no_fault = dist > margin * _nearest(emb, healthy)
         far = (dist > cuts[named]) if getattr(self, "open_set", False) \
             else np.zeros(len(named), dtype=bool)
+        ratio = getattr(self, "open_set_ratio", 0.0)
+        if ratio > 0 and far.any():
+            other = _nearest_else(emb, named, far, ref, ref_class, healthy)
+            far &= ~(np.isfinite(other) & (dist <= ratio * other))  # nothing else: no vouching
         return dist, as_no_fault, far & ~as_no_fault
 
     def _leave_cause_out(self, X, y, groups) -> np.ndarray:

@@ -270,6 +270,47 @@ def test_open_set_decision_table(event, margin, open_set, no_fault, far):
     assert dist[0] == pytest.approx(min(abs(event[0] - 9.0), abs(event[0] - 10.0)))
 
 
+# One dimension: cause 0's incidents at 9 and 10 (cut 2), cause 1's at 30, a healthy run at -10.
+@pytest.mark.parametrize("event, ratio, healthy, others, far", [
+    ((13.0,), 0.0, True, True, True),  # 3 beyond the cut, the ratio off: unknown
+    ((13.0,), 0.5, True, True, False),  # 3 from its cause, 17 from cause 1, 23 from healthy
+    ((17.0,), 0.5, True, True, True),  # 7 vs 13: nearer its cause, not twice as near
+    ((17.0,), 2 / 3, True, True, False),  # 7 <= 2/3 x 13
+    ((0.0,), 0.5, True, True, True),  # 9 from its cause, 10 from the healthy run
+    ((0.0,), 0.5, False, True, False),  # without healthy runs: 9 vs 30 from cause 1
+    ((13.0,), 0.5, False, False, True),  # nothing else known: the ratio cannot vouch for it
+    ((10.5,), 0.5, True, True, False),  # within the cut: named whatever the ratio
+])
+def test_open_set_ratio_table(event, ratio, healthy, others, far):
+    d = Diagnoser(no_fault_margin=0.0, open_set_ratio=ratio)
+    ref = np.array([[9.0], [10.0], [30.0]]) if others else np.array([[9.0], [10.0]])
+    ref_class = np.array([0, 0, 1]) if others else np.array([0, 0])
+    refs = np.array([[-10.0]]) if healthy else np.empty((0, 1))
+    _, _, fr = d._open_set_why(np.array([event]), np.array([0]), ref, ref_class,
+                               np.array([2.0, 2.0, np.inf]), refs)
+    assert bool(fr[0]) == far
+
+
+def test_open_set_ratio_names_a_new_incident_beyond_a_tight_cut_and_not_a_cause_never_seen():
+    # Three tight clusters (a handful of incidents each, as a short history gives): a new cpu
+    # incident a little beyond cpu's cut is unknown without the ratio and cpu with it, while
+    # leaving a cause out still answers it unknown (it is as far from every trained cause).
+    centres = {"cpu": (8.0, 0.0), "mem": (0.0, 8.0), "disk": (-8.0, 0.0), NO_FAULT: (0.0, -8.0)}
+    X, y, g = _clusters(0, centres, spread=0.05)
+    event = np.random.default_rng(7).normal((9.0, 0.7), 0.05, size=(10, 2))
+    plain = Diagnoser(no_fault_margin=0.0).fit(X, y, groups=g)
+    ratio = Diagnoser(no_fault_margin=0.0, open_set_ratio=0.5).fit(X, y, groups=g)
+    assert plain.assess(event)["why"] == "far_from_training"
+    assert (ratio.assess(event)["cause"], ratio.assess(event)["why"]) == ("cpu", "named")
+    assert ratio.unseen_unknown_rate_ == pytest.approx(1.0)
+
+
+def test_open_set_ratio_must_be_below_one():
+    X, y, g = _clusters(0, CENTRES)
+    with pytest.raises(ValueError, match="open_set_ratio"):
+        Diagnoser(open_set_ratio=1.0).fit(X, y, groups=g)
+
+
 def test_no_fault_margin_turns_an_event_like_a_false_alarm_into_no_fault():
     X, y, g = _clusters(0, CENTRES)
     # Between the healthy runs (2, 2) and cpu (8, 0), nearer the former in the embedding: the

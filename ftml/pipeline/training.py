@@ -470,6 +470,7 @@ def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | No
                           open_set_rate=gc.open_set_rate, no_fault_margin=gc.no_fault_margin,
                           open_set_space=gc.open_set_space,
                           open_set_ignore=gc.open_set_ignore,
+                          open_set_ratio=gc.open_set_ratio,
                           novelty_features=novelty_features(feature_names),
                           random_state=config.detect.random_state).fit(X, y, groups=groups)
     return diagnoser, {"windows": int(len(label)), "incidents": int(len(np.unique(label))),
