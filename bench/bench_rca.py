@@ -141,7 +141,7 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
     from ftml import api
     from ftml.bundle import load_model
     from ftml.config import Config
-    from ftml.incidents import RANKINGS, assign_groups, grouping_for
+    from ftml.incidents import RANKINGS, ScoreTrail, assign_groups, grouping_for
     from ftml.io import write_table
 
     (tr_frame, tr_inc), (te_frame, te_inc) = train, test
@@ -157,16 +157,19 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
     groups = _group_frame(res.groups)
     model = load_model(d / "model")
     grouping = grouping_for(model, topology)
+    # The window scores of the run, as api.score keeps them for a ranking that reads them.
+    trail = ScoreTrail.from_table(res.window_table)
     # The ablation: every ranking of the protocol over the same events (and the chosen one
     # without the call graph); api.score above used the default.
     variants = {r: _group_frame(assign_groups(copy.deepcopy(res.events),
-                                              dataclasses.replace(grouping, ranking=r)))
+                                              dataclasses.replace(grouping, ranking=r), trail))
                 for r in RANKINGS}
     variants["no topology"] = _group_frame(assign_groups(
-        copy.deepcopy(res.events), dataclasses.replace(grouping, topology=None)))
+        copy.deepcopy(res.events), dataclasses.replace(grouping, topology=None), trail))
     # Round 1's group gap (round 2 chose 2 steps), with the default ranking.
     variants["gap5"] = _group_frame(assign_groups(
-        copy.deepcopy(res.events), dataclasses.replace(grouping, gap=model.step * GAP_ROUND1)))
+        copy.deepcopy(res.events), dataclasses.replace(grouping, gap=model.step * GAP_ROUND1),
+        trail))
     windows = res.window_table
     entities = sorted(te_frame["entity"].unique())
     ftml_all, ftml_det, top_all, baro_all, top_det, baro_det = [], [], [], [], [], []

@@ -20,7 +20,7 @@ from ftml.detect import combine_scores
 from ftml.diagnose import load_rules
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.incidents import grouping_for
+from ftml.incidents import ScoreTrail, grouping_for, reads_scores
 from ftml.io import (
     MetricData,
     expand_paths,
@@ -349,7 +349,9 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
     read = model.config.read
     join_logs = _log_joiner(model, logs)
     builder = model.event_builder()
-    scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None, carry=True)
+    trail = ScoreTrail() if reads_scores(grouping) else None
+    scorer = WindowScorer(model, builder, keep_blocks=windows_out is not None, carry=True,
+                          trail=trail)
     events: list[Event] = []  # closed events become Events at once: their features can go
     bar = progress(None, "scoring", quiet)
     with bar:
@@ -368,7 +370,7 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path],
                           groups_out=groups_out, windows_out=windows_out,
                           window_table=scorer.window_table, windows=scorer.n_windows,
                           entities=scorer.entities, rows=scorer.n_rows,
-                          flagged=scorer.n_flagged, started=started)
+                          flagged=scorer.n_flagged, started=started, scores=trail)
 
 
 def _file_metrics(model: Model) -> list[str]:

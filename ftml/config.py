@@ -121,6 +121,9 @@ class DiagnoseConfig:
     rank_size: float = 1.0
     rank_score: float = 0.5
     rank_graph: float = 1.5
+    # How an incident's suspects are ranked: one of ftml.incidents.RANKINGS (chosen by
+    # bench/PROTOCOL_rca.md; the onset_* rankings read every window's score from the onset).
+    ranking: str = "walk_context"
     # Knowing when it does not know (issue 19): the calibration windows the detector scores
     # highest outside any incident teach a `no_fault` class (0: off)...
     healthy_windows: int = 2000  # at most this many, ...

@@ -106,8 +106,10 @@ class Grouping:
     # The entities the model knows (None: any): only they may be suspects without alerting,
     # so the hosts and addresses of a call graph are walked through but never blamed.
     entities: tuple[str, ...] | None = None
-    # How suspects are ranked, one of :data:`RANKINGS`.
+    # How suspects are ranked, one of :data:`RANKINGS` (``diagnose.ranking`` in the config).
     ranking: str = "walk_context"
+    # The model's step: the onset rankings' spans (:data:`ONSET_SPAN`) are counted in it.
+    step: pd.Timedelta = pd.Timedelta(minutes=1)
 
 
 #: Root-cause rankings (bench/PROTOCOL_rca.md): ``members``, the alerting entities of the group
@@ -119,8 +121,21 @@ class Grouping:
 #: so that a hub is not first for being one; ``walk_recent``, an open entity weighs in the
 #: walk by exp(-age / gap) and, begun at most a gap before the group, ranks with the members;
 #: ``blend``, the members by the mean of their walk rank and their member-score rank. Without a
-#: call graph every walk ranking is ``context``.
-RANKINGS = ("members", "context", "walk", "walk_context", "walk_lift", "walk_recent", "blend")
+#: call graph every walk ranking is ``context``. Round 3 (they read the window scores, a
+#: :class:`ScoreTrail`): ``onset_score``, the alerting entities (members and open ones), then
+#: every other, each by its largest window score from the group's onset (its *onset peak*, see
+#: :data:`ONSET_SPAN`); ``onset_walk``, ``walk_context``'s blocks, each ordered by the mean of
+#: the walk rank and the onset-peak rank; ``onset_lift``, ``onset_score`` with each onset peak
+#: less the entity's median score over the lookback before the onset (:data:`ONSET_LOOKBACK`).
+RANKINGS = ("members", "context", "walk", "walk_context", "walk_lift", "walk_recent", "blend",
+            "onset_score", "onset_walk", "onset_lift")
+#: The rankings that read window scores: scoring keeps a :class:`ScoreTrail` only for them.
+ONSET_RANKINGS = ("onset_score", "onset_walk", "onset_lift")
+#: The onset peak is taken over windows ending in [onset - first, onset + second] steps.
+ONSET_SPAN = (1, 5)
+#: ``onset_lift``'s baseline: an entity's median score over windows ending in
+#: [onset - first, onset - second) steps.
+ONSET_LOOKBACK = (31, 1)
 
 
 def grouping_for(model, topology: str | Path | None = None) -> Grouping:
@@ -132,10 +147,127 @@ def grouping_for(model, topology: str | Path | None = None) -> Grouping:
     path = topology if topology is not None else gc.topology
     baseline = getattr(getattr(model, "featurizer", None), "baseline_", None)
     known = getattr(baseline, "entities", None)
+    ranking = str(getattr(gc, "ranking", Grouping.ranking))
+    if ranking not in RANKINGS:
+        raise InputError(f"unknown diagnose.ranking {ranking!r}", where="diagnose.ranking",
+                         hint=f"one of {', '.join(RANKINGS)}")
     return Grouping(gap=model.step * int(gc.group_gap), topology=load_topology(path),
                     model_version=model.version,
                     weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph),
-                    entities=tuple(map(str, known)) if known is not None else None)
+                    entities=tuple(map(str, known)) if known is not None else None,
+                    ranking=ranking, step=pd.Timedelta(model.step))
+
+
+def reads_scores(grouping: Grouping | None) -> bool:
+    """Whether ``grouping``'s ranking reads window scores (scoring then keeps a trail)."""
+    return grouping is not None and grouping.ranking in ONSET_RANKINGS
+
+
+class ScoreTrail:
+    """Window scores over time, for the rankings that read them (:data:`ONSET_RANKINGS`): per
+    scored window its entity, end and detector score. Batch scoring keeps every window of the
+    run (16 bytes each), ``ftml watch``'s live grouper those of its horizon. ``version`` counts
+    the changes, so a cached grouping knows when the scores it read have moved on."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._joined: tuple[np.ndarray, ...] | None = None
+        self.version = 0
+
+    def add(self, names, codes: np.ndarray, end_ns: np.ndarray, scores: np.ndarray) -> None:
+        """Windows of entities ``names[codes]``, ending at ``end_ns`` (ns), scored ``scores``."""
+        if not len(codes):
+            return
+        self._parts.append((np.asarray(names, dtype=object), np.asarray(codes, dtype=np.int32),
+                            np.asarray(end_ns, dtype=np.int64),
+                            np.asarray(scores, dtype=np.float32)))
+        self._joined = None
+        self.version += 1
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> ScoreTrail:
+        """A trail from a per-window table (``--windows-out``: entity, timestamp, score)."""
+        trail = cls()
+        codes, names = pd.factorize(table["entity"].astype(str))
+        trail.add(np.asarray(names, dtype=object), codes,
+                  pd.to_datetime(table["timestamp"], utc=True).astype("int64").to_numpy(),
+                  table["score"].to_numpy(float))
+        return trail
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(names, sorted; per window: code into names, end ns, score), by end."""
+        if self._joined is None:
+            if not self._parts:
+                self._joined = (np.empty(0, dtype=object), np.empty(0, dtype=np.int64),
+                                np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+            else:
+                names = np.unique(np.concatenate([p[0] for p in self._parts]).astype(str))
+                names = names.astype(object)
+                code = np.concatenate([np.searchsorted(names, p[0].astype(str))[p[1]]
+                                       for p in self._parts])
+                end = np.concatenate([p[2] for p in self._parts])
+                score = np.concatenate([p[3] for p in self._parts])
+                order = np.argsort(end, kind="stable")
+                self._joined = (names, code[order], end[order], score[order])
+                # One part from now on: later adds join to it, not to every part again.
+                self._parts = [(names, code[order].astype(np.int32), end[order], score[order])]
+        return self._joined
+
+    def trim(self, before_ns: int) -> None:
+        """Forget the windows ending before ``before_ns``."""
+        names, code, end, score = self.arrays()
+        keep = int(np.searchsorted(end, before_ns, side="left"))
+        if keep:
+            self._parts = [(names, code[keep:].astype(np.int32), end[keep:], score[keep:])]
+            self._joined = None
+            self.version += 1
+
+    def __len__(self) -> int:
+        return len(self.arrays()[1])
+
+
+def onset_scores(trail: ScoreTrail, names: np.ndarray, g_onset: np.ndarray, step_ns: int,
+                 span: tuple[int, int], *, how: str = "max"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per (group, entity) with a window ending in [onset - span[0], onset + span[1]] steps
+    (``how="median"``: in [onset - span[0], onset - span[1]) steps), that largest (median)
+    score: (sorted keys group * len(names) + entity code, values). Entities ``names`` does not
+    hold are left out. Groups go through at most :data:`WALK_CELLS` windows at a time."""
+    t_names, t_code, t_end, t_score = trail.arrays()
+    n_names = len(names)
+    pos = np.searchsorted(names, t_names) if len(names) else np.zeros(len(t_names), np.int64)
+    pos = np.minimum(pos, max(n_names - 1, 0))
+    known = (names[pos] == t_names) if n_names else np.zeros(len(t_names), dtype=bool)
+    ent_of = np.where(known, pos, -1)[t_code] if len(t_code) else np.empty(0, np.int64)
+    lo_t = g_onset - span[0] * step_ns
+    hi_t = g_onset + span[1] * step_ns
+    lo = np.searchsorted(t_end, lo_t, side="left")
+    hi = (np.searchsorted(t_end, hi_t, side="right") if how == "max"
+          else np.searchsorted(t_end, hi_t, side="left"))
+    reps = np.maximum(hi - lo, 0)
+    keys_out, vals_out = [], []
+    bounds = np.searchsorted(np.cumsum(reps), np.arange(0, int(reps.sum()), WALK_CELLS),
+                             side="right")
+    bounds = np.unique(np.r_[0, bounds, len(reps)])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        r = reps[a:b]
+        win = np.repeat(lo[a:b], r) + (np.arange(int(r.sum())) - np.repeat(np.cumsum(r) - r, r))
+        grp = np.repeat(np.arange(a, b, dtype=np.int64), r)
+        ent = ent_of[win]
+        ok = ent >= 0
+        keys_out.append(grp[ok] * n_names + ent[ok])
+        vals_out.append(t_score[win[ok]].astype(float))
+    key = np.concatenate(keys_out) if keys_out else np.empty(0, np.int64)
+    val = np.concatenate(vals_out) if vals_out else np.empty(0)
+    if how == "max":
+        uk, inv = np.unique(key, return_inverse=True)
+        peak = np.full(len(uk), -np.inf)
+        np.maximum.at(peak, inv, val)
+        return uk, peak
+    order = np.lexsort((val, key))
+    key, val = key[order], val[order]
+    uk, first, count = np.unique(key, return_index=True, return_counts=True)
+    return uk, (val[first + (count - 1) // 2] + val[first + count // 2]) / 2
 
 
 def default_weights() -> tuple[float, float, float, float]:
@@ -150,14 +282,19 @@ def group_id(entity: str, start: pd.Timestamp, model_version: str) -> str:
     return "g" + hashlib.sha256(key.encode()).hexdigest()[:15]
 
 
-def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
+def assign_groups(events: list[Event], grouping: Grouping | None,
+                  scores: ScoreTrail | None = None) -> list[dict]:
     """Set ``group``, ``suspects`` and ``evidence`` on every event, in place; returns one
     record per group (see :data:`GROUP_FIELDS`), by start. Vectorized over all groups: only
-    the lists written onto the events (top suspects, evidence) are built per group."""
+    the lists written onto the events (top suspects, evidence) are built per group.
+    ``scores``: the window scores of the run, which the rankings of :data:`ONSET_RANKINGS`
+    read (and need)."""
     if grouping is None or not events:
         return []
     if grouping.ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {grouping.ranking!r}; one of {', '.join(RANKINGS)}")
+    if reads_scores(grouping) and scores is None:
+        raise ValueError(f"ranking {grouping.ranking!r} reads window scores: pass scores=")
     start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
     end = np.array([pd.Timestamp(e.end).value for e in events], dtype=np.int64)
     entity = np.array([str(e.entity) for e in events], dtype=object)
@@ -205,7 +342,7 @@ def assign_groups(events: list[Event], grouping: Grouping | None) -> list[dict]:
     g_onset = np.full(n_groups, np.iinfo(np.int64).max)
     np.minimum.at(g_onset, label, start)
     cand = _candidates(grouping, names, allowed, p_group, p_ent, onset, total, big, start, end,
-                       score, size, ent_code, g_onset)
+                       score, size, ent_code, g_onset, scores)
     c_group, c_ent, c_block, c_key, c_onset, c_shown, c_pair, c_open = cand
     # Suspects: by block, then score, then earlier onset, then name.
     rank = np.lexsort((c_ent, c_onset, -c_key, c_block, c_group))
@@ -282,7 +419,7 @@ def _candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
                 p_group: np.ndarray, p_ent: np.ndarray, p_onset: np.ndarray,
                 total: np.ndarray, big: np.ndarray, start: np.ndarray, end: np.ndarray,
                 score: np.ndarray, size: np.ndarray, ent_code: np.ndarray,
-                g_onset: np.ndarray) -> tuple[np.ndarray, ...]:
+                g_onset: np.ndarray, trail: ScoreTrail | None = None) -> tuple[np.ndarray, ...]:
     """Every suspect of every group, one row each: (group, entity code, block, key, onset,
     shown score, member pair or -1, open event or -1). Members are the group's alerting
     entities (block 0, key = :func:`rank_pairs`' score); see :data:`RANKINGS` for the rest."""
@@ -326,6 +463,12 @@ def _candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
     g_min = np.full(n_groups, np.inf)
     np.minimum.at(g_min, p_group, total)
     topo = grouping.topology
+    peaks = (_onset_peaks(grouping, trail, names, g_onset) if reads_scores(grouping)
+             else None)
+    if grouping.ranking in ("onset_score", "onset_lift") or (
+            grouping.ranking == "onset_walk" and topo is None):
+        return _onset_candidates(names, allowed, members, og, oe, open_ev, start[open_ev],
+                                 peaks)
     if topo is None or grouping.ranking == "context":
         blocks = [members, (og, oe, np.ones(len(uk), dtype=np.int64), best, start[open_ev],
                             best * g_min[og], np.full(len(uk), -1, dtype=np.int64), open_ev)]
@@ -334,7 +477,57 @@ def _candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
                                       p_group, p_ent, total, g_min, n_groups))
         return tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True))
     return _walk_candidates(grouping, names, allowed, p_group, p_ent, p_onset, total,
-                            og, oe, best, open_ev, n_groups, start[open_ev], g_onset)
+                            og, oe, best, open_ev, n_groups, start[open_ev], g_onset, peaks)
+
+
+def _onset_peaks(grouping: Grouping, trail: ScoreTrail, names: np.ndarray,
+                 g_onset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (group, entity)'s onset peak (sorted keys group x entity, values); for
+    ``onset_lift`` less the entity's median over the lookback (none there: less 0)."""
+    step_ns = int(grouping.step.value)
+    keys, peak = onset_scores(trail, names, g_onset, step_ns, ONSET_SPAN)
+    if grouping.ranking == "onset_lift":
+        b_keys, base = onset_scores(trail, names, g_onset, step_ns, ONSET_LOOKBACK,
+                                    how="median")
+        peak = peak - _lookup(b_keys, base, keys, 0.0)
+    return keys, peak
+
+
+def _lookup(sorted_keys: np.ndarray, values: np.ndarray, query: np.ndarray,
+            default: float) -> np.ndarray:
+    """``values`` at each query key of ``sorted_keys``, ``default`` where it is absent."""
+    out = np.full(len(query), default, dtype=float)
+    found = _contains(sorted_keys, query)
+    out[found] = values[np.searchsorted(sorted_keys, query[found])]
+    return out
+
+
+def _onset_candidates(names: np.ndarray, allowed: np.ndarray, members: tuple[np.ndarray, ...],
+                      og: np.ndarray, oe: np.ndarray, open_ev: np.ndarray,
+                      open_start: np.ndarray, peaks: tuple[np.ndarray, np.ndarray]
+                      ) -> tuple[np.ndarray, ...]:
+    """``onset_score`` and ``onset_lift``: the alerting entities (members, then those whose
+    event is open at the onset; block 0) and every other entity with a window in the onset
+    span (block 1), each by its onset peak (shown: over the group's largest, 0 if none)."""
+    n_names = len(names)
+    p_group, p_ent, _, _, p_onset, _, p_pair, p_open = members
+    keys, peak = peaks
+    a_group, a_ent = np.r_[p_group, og], np.r_[p_ent, oe]
+    a_flat = a_group * n_names + a_ent
+    a_key = _lookup(keys, peak, a_flat, -np.inf)
+    rest = ~_contains(np.sort(a_flat), keys) & allowed[keys % n_names]
+    group = np.r_[a_group, keys[rest] // n_names]
+    n_a, n_r = len(a_group), int(rest.sum())
+    key = np.r_[a_key, peak[rest]]
+    lifted = np.maximum(key, 0.0)
+    g_top = np.zeros(int(group.max()) + 1 if len(group) else 0)
+    np.maximum.at(g_top, group, lifted)
+    shown = np.divide(lifted, g_top[group], out=np.zeros(len(key)), where=g_top[group] > 0)
+    none = np.full(len(og) + n_r, -1, dtype=np.int64)
+    return (group, np.r_[a_ent, keys[rest] % n_names],
+            np.r_[np.zeros(n_a, dtype=np.int64), np.ones(n_r, dtype=np.int64)], key,
+            np.r_[p_onset, open_start, np.full(n_r, np.iinfo(np.int64).max)], shown,
+            np.r_[p_pair, none], np.r_[p_open, open_ev, np.full(n_r, -1, dtype=np.int64)])
 
 
 def _contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -354,14 +547,16 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
                      p_group: np.ndarray, p_ent: np.ndarray, p_onset: np.ndarray,
                      total: np.ndarray, og: np.ndarray, oe: np.ndarray, best: np.ndarray,
                      open_ev: np.ndarray, n_groups: int, open_start: np.ndarray,
-                     g_onset: np.ndarray) -> tuple[np.ndarray, ...]:
+                     g_onset: np.ndarray, peaks: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, ...]:
     """``walk``, ``walk_context`` and its variants (:data:`RANKINGS`): a random walk with restart
     along the call graph from each group's members (weighted by their score) and open entities
     (by :data:`OPEN_WEIGHT` times theirs; ``walk_recent``: by theirs times exp(-age / gap));
     members and the :data:`WALK_KEEP` other entities with the most mass are suspects, by mass
     (``walk_context``: members first; ``walk_lift``: mass over the graph's own popularity;
     ``walk_recent``: open entities begun at most a gap before the onset rank with the members;
-    ``blend``: members by the mean of their walk rank and their member-score rank)."""
+    ``blend``: members by the mean of their walk rank and their member-score rank;
+    ``onset_walk``: each block by the mean of its walk rank and its onset-peak rank)."""
     ranking = grouping.ranking
     n_names = len(names)
     gap = max(int(grouping.gap.value), 1)
@@ -417,11 +612,15 @@ def _walk_candidates(grouping: Grouping, names: np.ndarray, allowed: np.ndarray,
         np.maximum.at(g_top, rows, key)
         key = key / np.where(g_top > 0, g_top, 1.0)[rows]
         n_m, n_t = len(m_rows), len(t_rows)
-        shown = key
-        if ranking == "blend":
-            key, shown = _blend(m_rows, key[:n_m], total[pm], key, n_m)
         block = (np.zeros(n_m + n_t, dtype=np.int64) if ranking == "walk"
                  else np.r_[np.zeros(n_m, dtype=np.int64), np.ones(n_t, dtype=np.int64)])
+        shown = key
+        if ranking == "blend" and n_m:
+            key, shown = key.copy(), key.copy()
+            key[:n_m], shown[:n_m] = _mean_rank(m_rows, key[:n_m], total[pm])
+        elif ranking == "onset_walk" and len(rows):
+            peak = _lookup(*peaks, (rows + g0) * n_names + np.r_[m_cols, t_cols], -np.inf)
+            key, shown = _mean_rank(rows * 2 + block, key, peak)
         out.append((rows + g0, np.r_[m_cols, t_cols], block, key,
                     np.r_[m_onset, np.full(n_t, np.iinfo(np.int64).max)], shown,
                     np.r_[m_pair, np.full(n_t, -1, dtype=np.int64)],
@@ -439,19 +638,15 @@ def _ranks_in_group(rows: np.ndarray, value: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _blend(m_rows: np.ndarray, m_mass: np.ndarray, m_score: np.ndarray, key: np.ndarray,
-           n_m: int) -> tuple[np.ndarray, np.ndarray]:
-    """``blend``: the members' order key is minus the mean of their rank by walk mass and by
-    member score in the group, ties by mass (a mass term below half a rank step); shown, the
-    members' (count + 1 - mean rank) / count, so the one first on both shows 1."""
-    if not n_m:
-        return key, key
-    mean = (_ranks_in_group(m_rows, m_mass) + _ranks_in_group(m_rows, m_score)) / 2
-    count = np.bincount(m_rows)[m_rows].astype(float)
-    key, shown = key.copy(), key.copy()
-    key[:n_m] = -mean + 0.49 * m_mass  # m_mass is in 0..1: never reorders distinct means
-    shown[:n_m] = (count + 1 - mean) / count
-    return key, shown
+def _mean_rank(ids: np.ndarray, mass: np.ndarray, other: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``blend`` and ``onset_walk``: within each ``ids`` (a group's block), the order key is
+    minus the mean of the rank by walk mass and the rank by ``other``, ties by mass (a mass
+    term below half a rank step: ``mass`` is in 0..1, so it never reorders distinct means);
+    shown, (count + 1 - mean rank) / count, so the one first on both shows 1."""
+    mean = (_ranks_in_group(ids, mass) + _ranks_in_group(ids, other)) / 2
+    count = np.bincount(ids)[ids].astype(float)
+    return -mean + 0.49 * mass, (count + 1 - mean) / count
 
 
 def _popularity(adj, allowed: np.ndarray) -> np.ndarray:
@@ -693,7 +888,10 @@ class LiveGrouper:
     open ones); :meth:`assign` keeps the latest version of each recent event and groups them
     all again, so an event gets the group and suspects that ``ftml score`` would give over the
     same events. A group can still change while its events arrive: an event that starts
-    earlier but opens later becomes the group's first, and the id follows it."""
+    earlier but opens later becomes the group's first, and the id follows it. A ranking that
+    reads window scores (:data:`ONSET_RANKINGS`) reads those given to :meth:`add_scores`
+    (the watch loop's scored windows, kept over the horizon and the onset lookback); new
+    scores make the next :meth:`assign` group again."""
 
     def __init__(self, grouping: Grouping, horizon: pd.Timedelta = LIVE_HORIZON,
                  max_events: int = LIVE_MAX_EVENTS):
@@ -702,11 +900,25 @@ class LiveGrouper:
         self.max_events = max_events
         self.events_: dict[str, Event] = {}
         self.result_: dict[str, tuple] = {}  # id -> (group, suspects, evidence), while valid
+        self.scores_ = ScoreTrail() if reads_scores(grouping) else None
+        self._scores_seen = -1  # the trail version the cached result was grouped with
+
+    def add_scores(self, names, codes: np.ndarray, end_ns: np.ndarray,
+                   scores: np.ndarray) -> None:
+        """Scored windows (see :meth:`ScoreTrail.add`), when the ranking reads them; those
+        older than the horizon and the onset lookback before the newest are forgotten."""
+        if self.scores_ is None or not len(codes):
+            return
+        self.scores_.add(names, codes, end_ns, scores)
+        keep = self.horizon + self.grouping.step * ONSET_LOOKBACK[0]
+        self.scores_.trim(int(np.max(end_ns)) - int(keep.value))
 
     def assign(self, event: Event) -> Event:
         """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""
         known = self.events_.get(event.id)
-        if known is not None and _same_for_grouping(known, event) and event.id in self.result_:
+        fresh = self.scores_ is None or self.scores_.version == self._scores_seen
+        if (known is not None and fresh and _same_for_grouping(known, event)
+                and event.id in self.result_):
             # Nothing the grouping reads has changed since the last regrouping (the common
             # case: an open event seen again on the next tick).
             event.group, suspects, evidence = self.result_[event.id]
@@ -721,7 +933,8 @@ class LiveGrouper:
         if event.id not in self.events_:  # older than everything kept: grouped on its own
             kept = [dataclasses.replace(event)]
         work = [dataclasses.replace(e) for e in kept]
-        assign_groups(work, self.grouping)
+        assign_groups(work, self.grouping, self.scores_)
+        self._scores_seen = self.scores_.version if self.scores_ is not None else -1
         self.result_ = {e.id: (e.group, e.suspects, e.evidence) for e in work}
         mine = next(e for e in work if e.id == event.id)
         event.group, event.suspects, event.evidence = mine.group, mine.suspects, mine.evidence

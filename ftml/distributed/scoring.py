@@ -3,6 +3,7 @@ EventBuilder on the driver fed in time order (:class:`EventCollector`)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from ftml.distributed.logs import group_ids, read_logs
 from ftml.distributed.slices import TASK_ROWS, Task, index_table, margins, plan, read_task_rows
 from ftml.errors import InputError
 from ftml.events import Event
-from ftml.incidents import grouping_for
+from ftml.incidents import ScoreTrail, grouping_for, reads_scores
 from ftml.io import expand_paths, normalise, to_ns
 from ftml.logs import file_metrics, mapped_cells, require_logs, warn_skipped
 from ftml.pipeline import (
@@ -35,14 +36,15 @@ from ftml.playbooks import playbook_matcher
 
 
 def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task,
-               logs: tuple | None = None) -> dict:
+               logs: tuple | None = None, *, with_scores: bool = False) -> dict:
     """One task on a worker: the scoring core (:class:`ftml.pipeline.WindowScorer`) over the
     task's slice, recording what it hands to the event builder: the windows the gate lets
     through, with their features. Which windows before the slice were flagged (what the gate
     needs) comes from scoring the last of them first, as the local path knows it from the
     chunk before. ``logs`` (a model with logs): ``(lo, hi, parts)``, the steps all the logs
     cover and the task's pieces of log cells (:mod:`ftml.distributed.logs`), joined to the
-    rows as ``score`` joins them."""
+    rows as ``score`` joins them. ``with_scores``: every window's score comes back too (a
+    :class:`~ftml.incidents.ScoreTrail`, for a ranking that reads them)."""
     read = model.config.read
     step_ns = int(model.step.value)
     before, after = margins(model.featurizer, read)
@@ -58,7 +60,8 @@ def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task,
     ts = to_ns(frame["timestamp"])
     t0, t1 = task.start * step_ns, task.stop * step_ns
     recorder = WindowRecorder()
-    scorer = WindowScorer(model, recorder, keep_blocks=with_windows)
+    trail = ScoreTrail() if with_scores else None
+    scorer = WindowScorer(model, recorder, keep_blocks=with_windows, trail=trail)
     head = frame[(ts >= t0 - (reach + before) * step_ns) & (ts < t0)]
     if len(head):  # the slice before's windows: only their flags, for the gate
         scorer.frame(head, _per_entity(task, t0 - reach * step_ns - 1),
@@ -73,7 +76,8 @@ def score_task(model: Model, chunk_rows: int, with_windows: bool, task: Task,
             "windows": scorer.n_windows, "flagged": scorer.n_flagged,
             "entities": sorted(scorer.entities),
             "rows": int(((ts >= t0) & (ts < t1)).sum()),
-            "table": scorer.blocks if with_windows else None}
+            "table": scorer.blocks if with_windows else None,
+            "scores": trail.arrays() if trail is not None else None}
 
 
 def _per_entity(task: Task, t_ns: int) -> dict[str, int]:
@@ -86,8 +90,9 @@ class EventCollector:
     closed events become :class:`Event` s. The builder holds only what an event may still
     use, as in the local path."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, scores: ScoreTrail | None = None):
         self.model = model
+        self.scores = scores  # the tasks' window scores go there, when a ranking reads them
         self.builder: EventBuilder = model.event_builder()
         self.events: list[Event] = []
         self.windows = 0
@@ -103,6 +108,9 @@ class EventCollector:
         self.entities.update(res["entities"])
         if res["table"] is not None:
             self.blocks.extend(res["table"])
+        if self.scores is not None and res.get("scores") is not None:
+            names, code, end_ns, score = res["scores"]
+            self.scores.add(names, code, end_ns, score)
         if len(res["code"]):
             entity = np.asarray(res["names"], dtype=object)[res["code"]]
             self._emit(self.builder.push(entity, res["end_ns"], res["score"], res["payload"]))
@@ -152,12 +160,14 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
         tasks = the_plan.tasks
         _say(quiet, f"dask: scoring in {len(tasks)} tasks ({the_plan.groups} entity groups x "
                     f"{len(the_plan.slices)} time slices)")
-        collector = EventCollector(model)
+        collector = EventCollector(model, ScoreTrail() if reads_scores(grouping) else None)
         shared = client.scatter(model, broadcast=True, hash=False)  # the model, sent once
         extra, log_files = None, None
         if logs is not None:
             log_files, extra = _score_logs(client, shared, model, logs, the_plan, quiet)
-        for _, res in _run_in_order(client, score_task, tasks,
+        task_fn = (functools.partial(score_task, with_scores=True)
+                   if collector.scores is not None else score_task)
+        for _, res in _run_in_order(client, task_fn, tasks,
                                     (shared, chunk_rows, windows_out is not None),
                                     AHEAD_PER_THREAD * threads, "scoring", quiet, extra):
             collector.add(res)
@@ -168,7 +178,8 @@ def score(model: Model | str | Path, metrics: Iterable[str | Path], scheduler: A
                           groups_out=groups_out, windows_out=windows_out,
                           window_table=collector.window_table, windows=collector.windows,
                           entities=collector.entities, rows=collector.rows,
-                          flagged=collector.flagged, started=started)
+                          flagged=collector.flagged, started=started,
+                          scores=collector.scores)
 
 
 def _score_logs(client, shared, model: Model, logs, the_plan, quiet: bool):

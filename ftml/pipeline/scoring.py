@@ -20,7 +20,7 @@ from ftml.features import (
     window_stats,
     window_view,
 )
-from ftml.incidents import Grouping, assign_groups, groups_table
+from ftml.incidents import Grouping, ScoreTrail, assign_groups, groups_table
 from ftml.io import to_ns, write_records, write_table
 from ftml.pipeline.plan import gate_of
 
@@ -86,11 +86,14 @@ class WindowScorer:
     Dask task does that for the windows just before its slice). ``carry=True``: the frames
     come one after another from one stream whose chunks carry only the raw rows of
     :func:`~ftml.pipeline.chunk_carry_steps`; the trailing level's state is carried here
-    (:class:`~ftml.features.LevelCarry`)."""
+    (:class:`~ftml.features.LevelCarry`). ``trail``: every emitted window's score goes there
+    too (a ranking of :data:`ftml.incidents.ONSET_RANKINGS` reads them)."""
 
     def __init__(self, model: Model, sink: EventSink, *, keep_blocks: bool = False,
-                 gate: FlagGate | None = None, carry: bool = False):
+                 gate: FlagGate | None = None, carry: bool = False,
+                 trail: ScoreTrail | None = None):
         self.model = model
+        self.trail = trail
         # Chunked scoring (frames of :func:`ftml.api.stream_frames`, which carry only the raw
         # rows of :func:`chunk_carry_steps`): the trailing level's state goes frame to frame.
         self.carry = model.featurizer.level_carry() if carry else None
@@ -146,6 +149,8 @@ class WindowScorer:
                                           payload))
             if self.keep_blocks:
                 self.blocks.append(ScoredBlock(blk.names[c], blk.end_ns, scores, flags))
+            if self.trail is not None:
+                self.trail.add(blk.names, c, blk.end_ns, scores)
         self.entities.update(np.asarray(names, dtype=object)[seen].tolist())
         return out
 
@@ -239,12 +244,12 @@ def write_events(events: list[Event], out: str | Path | None) -> None:
         write_records([e.to_dict() for e in events], out)
 
 
-def publish_events(events: list[Event], matcher, grouping: Grouping | None = None
-                   ) -> list[dict]:
-    """Scored events, in place: each gets its incident group (:mod:`ftml.incidents`) and
-    recommended playbook, sorted by entity and start (local and Dask scoring alike). Returns
-    the group records."""
-    groups = assign_groups(events, grouping)
+def publish_events(events: list[Event], matcher, grouping: Grouping | None = None,
+                   scores: ScoreTrail | None = None) -> list[dict]:
+    """Scored events, in place: each gets its incident group (:mod:`ftml.incidents`; a
+    ranking that reads window scores reads ``scores``) and recommended playbook, sorted by
+    entity and start (local and Dask scoring alike). Returns the group records."""
+    groups = assign_groups(events, grouping, scores)
     for ev in events:
         ev.playbook = matcher(ev)
     events.sort(key=lambda e: (e.entity, e.start))
@@ -261,11 +266,12 @@ def finish_scoring(model: Model, events: list[Event], *, matcher, grouping: Grou
                    out: str | Path | None, groups_out: str | Path | None,
                    windows_out: str | Path | None, window_table, windows: int,
                    entities: Iterable[str], rows: int, flagged: int | None,
-                   started: float) -> ScoreResult:
+                   started: float, scores: ScoreTrail | None = None) -> ScoreResult:
     """The end of a scoring run, local and Dask alike: groups and playbooks on the events,
     events, groups and (``windows_out``) the per-window table written atomically, and the
-    result. ``window_table``: a callable, called only when the table is wanted."""
-    groups = publish_events(events, matcher, grouping)
+    result. ``window_table``: a callable, called only when the table is wanted; ``scores``:
+    the run's window scores, when the grouping's ranking reads them."""
+    groups = publish_events(events, matcher, grouping, scores)
     write_events(events, out)
     write_groups(groups, groups_out)
     table = None

@@ -233,6 +233,8 @@ class ScoringMixin:
             w, codes, scores, t = w.take(order), codes[order], scores[order], t[order]
         b.last_score[codes] = scores  # in time order per entity: the last one wins
         b.remember_scores(codes, t, scores)
+        # Before the builder: the events it opens now are grouped with these windows' scores.
+        self._incidents().add_scores(b.names, codes, w.end_ns, scores)
         self._score_snapshot = (list(b.names), b.last_score.copy())
         push = self.gate.select(w.entity, w.end_ns, scores)
         if self.book.firing:
