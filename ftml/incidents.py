@@ -240,7 +240,7 @@ def onset_scores(trail: ScoreTrail, names: np.ndarray, g_onset: np.ndarray, step
     known = (names[pos] == t_names) if n_names else np.zeros(len(t_names), dtype=bool)
     ent_of = np.where(known, pos, -1)[t_code] if len(t_code) else np.empty(0, np.int64)
     lo_t = g_onset - span[0] * step_ns
-    hi_t = g_onset + span[1] * step_ns
+    hi_t = g_onset + (span[1] if how == "max" else -span[1]) * step_ns
     lo = np.searchsorted(t_end, lo_t, side="left")
     hi = (np.searchsorted(t_end, hi_t, side="right") if how == "max"
           else np.searchsorted(t_end, hi_t, side="left"))

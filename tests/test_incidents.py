@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,6 +15,7 @@ from ftml.events import Event
 from ftml.incidents import (
     RANKINGS,
     Grouping,
+    ScoreTrail,
     Topology,
     assign_groups,
     group_id,
@@ -170,10 +172,12 @@ def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch, ra
     events = [ev(e, 20 * i + j, 20 * i + j + (25 if j else 5), z=3.0 + i + j)
               for i in range(6) for j, e in enumerate(SERVICES[i % 3:i % 3 + 2])]
     whole = [dataclasses.replace(e) for e in events]
-    assign_groups(whole, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking))
-    monkeypatch.setattr(inc, "WALK_CELLS", 1)  # one group per pass
+    # Window scores (onset_walk reads them): each service rising at its own onsets.
+    trail = _rising_trail(events)
+    assign_groups(whole, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking), trail)
+    monkeypatch.setattr(inc, "WALK_CELLS", 1)  # one group (and one window) per pass
     parts = [dataclasses.replace(e) for e in events]
-    assign_groups(parts, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking))
+    assign_groups(parts, Grouping(GAP, HOSTED, "v1", entities=SERVICES, ranking=ranking), trail)
     assert [(e.group, e.suspects, e.evidence) for e in whole] == \
         [(e.group, e.suspects, e.evidence) for e in parts]
     assert len({e.group for e in whole}) == 6
@@ -183,9 +187,26 @@ def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch, ra
 def test_every_ranking_names_every_alerting_entity_of_a_small_group(ranking):
     events = [ev("frontend", 0, 10), ev("cart", 1, 10, z=7.0)]
     records = assign_groups(events, Grouping(GAP, CALLS, "v1", ranking=ranking,
-                                             entities=SERVICES))
+                                             entities=SERVICES), ScoreTrail())
     assert {"frontend", "cart"} <= {x for x, _ in events[0].suspects}
     assert set(records[0]["entities"]) == {"frontend", "cart"}
+
+
+def _rising_trail(events: list[Event]) -> ScoreTrail:
+    """A score per entity and minute over the events' span: 0.4, and its event's z / 10
+    (at most 0.95) from each of its onsets for 3 minutes."""
+    names = np.array(sorted({e.entity for e in events}), dtype=object)
+    minutes = np.arange(-40, 200)
+    code = np.repeat(np.arange(len(names)), len(minutes))
+    t = np.tile(minutes, len(names))
+    score = np.full(len(code), 0.4)
+    for e in events:
+        m = int((e.start - T0) / pd.Timedelta(minutes=1))
+        hit = (names[code] == e.entity) & (t >= m) & (t < m + 3)
+        score[hit] = np.maximum(score[hit], min(e.top_z[0] / 10, 0.95))
+    trail = ScoreTrail()
+    trail.add(names, code, T0.value + t * 60_000_000_000, score)
+    return trail
 
 
 # Round 2 (bench/PROTOCOL_rca.md): frontend calls checkout and currency; checkout, a hub, calls
