@@ -22,7 +22,11 @@ candidates (``ftml.incidents.RANKINGS``: members, context, walk, walk_context) o
 (walk_context, the default). Round 2 (same file) tried three more rankings (walk_lift,
 walk_recent, blend) and a group gap of 2 steps instead of 5 on the same selection sets; the rule
 chose the gap (``diagnose.group_gap`` 2, the default since), the ranking stays walk_context, and
-the reported sets were run once more with it. Every ranking is shown as an ablation over the
+the reported sets were run once more with it. Round 3 tried three rankings that read every
+entity's window scores from the group's onset (onset_score, onset_walk, onset_lift: a score
+trail that batch, chunked, Dask and watch scoring keep when the ranking reads it; here the
+ablations read it from the run's per-window table); none met the rule (each lowered AC@1 on
+PetShop), so walk_context stays the default. Every ranking is shown as an ablation over the
 same events and the default grouping (``ablation, ranking X``: Avg@5, with AC@1, AC@3 and the
 groups starting per fault beside), the chosen one without the call graph (``ablation, no
 topology``) and with round 1's 5-step gap (``ablation, group gap 5 steps``). With ftml's default settings the event spans on Nezha last
