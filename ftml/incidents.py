@@ -21,6 +21,7 @@ import pandas as pd
 from ftml.config import DiagnoseConfig
 from ftml.errors import InputError
 from ftml.events import Event, iso
+from ftml.io import to_ns
 
 #: Suspects listed per group, and those given evidence.
 MAX_SUSPECTS, EVIDENCE_SUSPECTS = 5, 3
@@ -190,7 +191,7 @@ class ScoreTrail:
         trail = cls()
         codes, names = pd.factorize(table["entity"].astype(str))
         trail.add(np.asarray(names, dtype=object), codes,
-                  pd.to_datetime(table["timestamp"], utc=True).astype("int64").to_numpy(),
+                  to_ns(pd.to_datetime(table["timestamp"], utc=True)),
                   table["score"].to_numpy(float))
         return trail
 
@@ -902,16 +903,23 @@ class LiveGrouper:
         self.result_: dict[str, tuple] = {}  # id -> (group, suspects, evidence), while valid
         self.scores_ = ScoreTrail() if reads_scores(grouping) else None
         self._scores_seen = -1  # the trail version the cached result was grouped with
+        self._scored_until: int | None = None  # the newest scored window's end (ns)
 
     def add_scores(self, names, codes: np.ndarray, end_ns: np.ndarray,
                    scores: np.ndarray) -> None:
-        """Scored windows (see :meth:`ScoreTrail.add`), when the ranking reads them; those
-        older than the horizon and the onset lookback before the newest are forgotten."""
+        """Scored windows (see :meth:`ScoreTrail.add`), when the ranking reads them. The
+        horizon then runs back from the newest window too: events that began before it are
+        forgotten, and scores before it and the onset lookback, so that a kept event is never
+        ranked without the scores of its onset."""
         if self.scores_ is None or not len(codes):
             return
         self.scores_.add(names, codes, end_ns, scores)
-        keep = self.horizon + self.grouping.step * ONSET_LOOKBACK[0]
-        self.scores_.trim(int(np.max(end_ns)) - int(keep.value))
+        newest = max(int(np.max(end_ns)), self._scored_until or np.iinfo(np.int64).min)
+        self._scored_until = newest
+        cut = newest - int(self.horizon.value)
+        self.scores_.trim(cut - int((self.grouping.step * ONSET_LOOKBACK[0]).value))
+        self.events_ = {k: e for k, e in self.events_.items()
+                        if pd.Timestamp(e.start).value >= cut}
 
     def assign(self, event: Event) -> Event:
         """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""
@@ -926,6 +934,8 @@ class LiveGrouper:
             return event
         self.events_[event.id] = dataclasses.replace(event)
         newest = max(pd.Timestamp(e.start) for e in self.events_.values())
+        if self._scored_until is not None:  # the horizon runs back from the newest window too
+            newest = max(newest, pd.Timestamp(self._scored_until, tz="UTC"))
         kept = sorted((e for e in self.events_.values()
                        if pd.Timestamp(e.start) >= newest - self.horizon),
                       key=lambda e: pd.Timestamp(e.start))[-self.max_events:]

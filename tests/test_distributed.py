@@ -28,7 +28,7 @@ from ftml.cli import main  # noqa: E402
 from ftml.config import load_config  # noqa: E402
 from ftml.errors import ConfigError  # noqa: E402
 from ftml.features import counters_from_counts, detect_counters  # noqa: E402
-from ftml.incidents import grouping_for  # noqa: E402
+from ftml.incidents import ScoreTrail, assign_groups, grouping_for  # noqa: E402
 from ftml.io import infer_step, read_metrics  # noqa: E402
 from ftml.pipeline import publish_events, write_events  # noqa: E402
 from ftml.simulate import simulate_fleet  # noqa: E402
@@ -508,6 +508,38 @@ def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
     publish_events(events, lambda ev: None, grouping_for(model))
     write_events(events, tmp_path / "events.jsonl")
     assert (tmp_path / "events.jsonl").read_bytes() == (tmp / "local.jsonl").read_bytes()
+
+
+def test_tasks_return_every_windows_score_for_a_ranking_that_reads_them(fleet):
+    """diagnose.ranking onset_* (bench/PROTOCOL_rca.md round 3): the tasks' window scores,
+    gathered on the driver, are the local run's per-window table, and rank alike."""
+    import copy
+    import dataclasses
+
+    tmp, _ = fleet
+    model = load_model(tmp / "model")
+    read = model.config.read
+    files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
+    table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
+                           int(model.step.value))
+    before, after = fd.margins(model.featurizer, read)
+    the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(2, 5))
+    collector = fd.EventCollector(model, ScoreTrail())
+    for task in the_plan.tasks:
+        collector.add(fd.score_task(model, 5000, False, task, with_scores=True))
+    events = collector.finish()
+    local = ScoreTrail.from_table(pd.read_csv(tmp / "local-windows.csv"))
+
+    def frame(trail):
+        names, code, end, score = trail.arrays()
+        return (pd.DataFrame({"entity": names[code], "end": end, "score": score})
+                .sort_values(["entity", "end"]).reset_index(drop=True))
+
+    pd.testing.assert_frame_equal(frame(collector.scores), frame(local))
+    grouping = dataclasses.replace(grouping_for(model), ranking="onset_score")
+    assert assign_groups(copy.deepcopy(events), grouping, collector.scores) == \
+        assign_groups(copy.deepcopy(events), grouping, local)
+    assert fd.EventCollector(model).scores is None  # kept only when asked for
 
 
 def _table(spans):

@@ -1169,6 +1169,41 @@ def test_events_opening_in_one_tick_are_alerted_and_decided_with_the_group_they_
     assert opened_together[0].group == opened_together[1].group
 
 
+def test_an_onset_ranking_reads_the_scores_of_the_windows_the_loop_scored(fleet):
+    # diagnose.ranking onset_score (bench/PROTOCOL_rca.md round 3): the live grouper keeps the
+    # windows each tick scores, and ranks a group by them as ``ftml score`` ranks its events.
+    from ftml.incidents import assign_groups, onset_scores
+
+    _, model, _ = fleet
+    model = copy.deepcopy(model)
+    model.config.diagnose.ranking = "onset_score"
+    faults = (("web-1", 330, 60, "cpu_hog"), ("web-2", 328, 60, "cpu_hog"))
+    live, _ = watch_data.fleet(420, 5, faults, start="2026-02-01")  # all within the horizon
+    clock = FakeClock(START)
+    w = Watcher(model, [Feed(live, 30)], [ListSink()], clock=clock,
+                registry=CollectorRegistry())
+    while not w.exhausted:
+        w.tick()
+        clock.advance(60 * 30)
+    w.finish()
+    w.shutdown(flush_seconds=0.5)
+    grouper = w._incidents()
+    names, _, ends, _ = grouper.scores_.arrays()
+    assert set(live["entity"]) <= set(names.tolist()) and len(ends) > 100
+    kept = [copy.deepcopy(e) for e in grouper.events_.values()]
+    assign_groups(kept, grouper.grouping, grouper.scores_)
+    assert {e.id: (e.group, e.suspects) for e in kept} == \
+        {e.id: grouper.result_[e.id][:2] for e in kept}
+    pair = [e for e in kept if e.entity in ("web-1", "web-2") and pd.Timestamp(e.start)
+            >= pd.Timestamp("2026-02-01", tz="UTC") + pd.Timedelta(minutes=320)]
+    assert len({e.group for e in pair}) == 1
+    onset = min(pd.Timestamp(e.start) for e in pair)
+    keys, peak = onset_scores(grouper.scores_, np.array(["web-1", "web-2"], dtype=object),
+                              np.array([onset.value]), int(model.step.value), (1, 5))
+    higher = ["web-1", "web-2"][int(keys[np.argmax(peak)])]
+    assert pair[0].suspects[0][0] == higher
+
+
 # --------------------------------------------------------------------------- incident hold
 
 # The callee (db-1) goes wrong; web-1 calls it and shows the fault too, its event opening a
