@@ -1320,6 +1320,51 @@ def test_only_the_groups_top_suspect_is_acted_on_by_a_playbook_that_acts_where_i
     engine.close()
 
 
+@pytest.mark.parametrize("first_cause, acted", [
+    ("no_fault", True),  # the wobble ranked first is healthy by its diagnosis: not the root
+    ("unknown", False),  # a fault never seen may be the root: its symptom is not acted on
+    (None, False),  # the top suspect's own event not decided yet: the ranking stands
+])
+def test_a_top_suspect_diagnosed_no_fault_does_not_make_a_fault_its_symptom(
+        tmp_path, first_cause, acted):
+    runner = FakeRunner()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=runner,
+                            metrics=ScriptedReader(clock, {}), state_dir=tmp_path / "state")
+    if first_cause is not None:
+        wobble = engine.handle(grouped("cart", cause=first_cause, root="cart"))
+        assert (wobble.decision, wobble.reason) == ("skip", "not_diagnosed")
+    fault = engine.handle(grouped("frontend", cause="cpu", root="cart"))
+    if acted:
+        assert fault.decision == "act" and runner.calls[0][1]["entity"] == "frontend"
+    else:
+        assert (fault.decision, fault.reason) == ("skip", "symptom")
+        assert fault.detail == "a symptom of incident g1; root cart (its top suspect)"
+        assert runner.calls == []
+    engine.close()
+
+
+def test_the_root_passed_over_is_named_and_a_later_fault_of_the_healthy_entity_counts(tmp_path):
+    runner = FakeRunner()
+    clock = FakeClock(T0)
+    engine = RecoveryEngine(playbooks(ROOT_BOOK), clock=clock, actions=runner,
+                            metrics=ScriptedReader(clock, {}), state_dir=tmp_path / "state")
+    engine.handle(grouped("cart", cause="no_fault", root="cart"))
+    three = grouped("checkout", cause="cpu", root="cart")
+    three.suspects = [["cart", 0.9], ["frontend", 0.7], ["checkout", 0.5]]
+    skipped = engine.handle(three)
+    assert (skipped.decision, skipped.reason) == ("skip", "symptom")
+    assert skipped.detail == ("a symptom of incident g1; root frontend (its first suspect not "
+                              "diagnosed no_fault; cart was)")
+    # The wobbling entity now has a fault of its own in the group: a root again.
+    assert engine.handle(grouped("cart", cause="cpu", root="cart", at=T0 + 60)).decision == "act"
+    again = engine.handle(grouped("frontend", cause="cpu", root="cart", at=T0 + 120))
+    assert (again.decision, again.reason) == ("skip", "symptom")
+    assert again.detail == "a symptom of incident g1; root cart (its top suspect)"
+    assert [c[1]["entity"] for c in runner.calls] == ["cart"]
+    engine.close()
+
+
 def test_target_root_without_a_group_acts_where_it_alerts():
     runner = FakeRunner()
     clock = FakeClock(T0)

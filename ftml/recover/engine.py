@@ -25,7 +25,7 @@ from typing import Any
 
 from ftml.clock import Clock, SystemClock
 from ftml.config import recovery_mode
-from ftml.diagnose import NOT_A_CAUSE
+from ftml.diagnose import NO_FAULT, NOT_A_CAUSE
 from ftml.errors import ActionError, ConfigError
 from ftml.events import Event, iso
 from ftml.playbooks import (
@@ -165,7 +165,7 @@ class RecoveryEngine:
     def _aim(self, event: Event) -> Event:
         """The event as the engine acts on it: for a ``target: root`` playbook, on the top
         suspect of the event's group (when the same playbook applies there too)."""
-        root = _top_suspect(event)
+        root = self._root(self.audit.conn, event)
         if root is None or event.status == "resolved":
             return event
         playbook = self.playbooks.match(event)
@@ -195,13 +195,16 @@ class RecoveryEngine:
                 return skip(Reason.NOT_DIAGNOSED,
                             f"cause '{event.cause}' ({event.cause_source}): not a diagnosed "
                             "fault, so no playbook acts on it")
-            top = _top_suspect(event)
+            top = self._root(conn, event)
             if top is not None and top != event.entity:
                 # One incident, one recovery, aimed where it began: the root's own event (or a
                 # `target: root` playbook, which _aim has pointed there) is acted on, never
                 # the entities that alert because they wait on it. It still alerts.
+                first = _top_suspect(event)
+                rank = "its top suspect" if top == first else \
+                    f"its first suspect not diagnosed no_fault; {first} was"
                 return skip(Reason.SYMPTOM, f"a symptom of incident {event.group}; root {top} "
-                            "(its top suspect)")
+                            f"({rank})")
             root = self._group_recovery(conn, event, now)
             if root is not None:
                 return skip(Reason.AFTERMATH, f"a symptom of incident {event.group}: "
@@ -385,6 +388,23 @@ class RecoveryEngine:
                             now + budget + self.playbooks.defaults.step_timeout,
                             event.group or None))
         return int(cur.lastrowid)
+
+    def _root(self, conn: Any, event: Event) -> str | None:
+        """The entity the engine takes for the root of the event's incident group: its top
+        suspect, passing over suspects whose every decision in this group was on a
+        ``no_fault`` event. A flagged-but-healthy entity that happened to alert beside a
+        fault (a wobble a few steps before it) is no incident's root; ranked first, it would
+        otherwise make the fault itself a symptom, and nothing would act. An ``unknown`` one
+        stays a root: it may be a fault never seen, whose symptoms must not be acted on."""
+        if not event.group or not event.suspects:
+            return None
+        healthy = {str(row[0]) for row in conn.execute(
+            "SELECT entity FROM audit WHERE kind = 'decision' AND group_id = ? AND entity != ? "
+            "GROUP BY entity HAVING SUM(cause != ?) = 0", (event.group, event.entity, NO_FAULT))}
+        for entity, _ in event.suspects:
+            if str(entity) not in healthy:
+                return str(entity)
+        return None
 
     def _group_recovery(self, conn: Any, event: Event, now: float) -> Any:
         """A run on another entity of the event's incident group, running or ended within the
