@@ -753,7 +753,7 @@ def test_kill_9_and_restart_through_the_cli(fleet, tmp_path):
     t_cut = live["timestamp"].min() + pd.Timedelta(minutes=s + 30)  # inside web-1's fault
     t_more = t_cut + pd.Timedelta(minutes=10)  # the hold's steps of data, the fault goes on
     live[live["timestamp"] < t_cut].to_csv(path, index=False)
-    (tmp_path / "ftml.yaml").write_text("watch:\n  group_wait: auto\n")  # the hold is opt-in
+    (tmp_path / "ftml.yaml").write_text("watch:\n  group_wait: auto\n")  # the default, said
     cmd = _watch_cmd(tmp / "model", "--source", f"file:{path}", "--sink", f"jsonl:{out}",
                      "--state", str(state), "--interval", "1s", "--playbooks",
                      str(tmp_path / "pb.yaml"), "--config", str(tmp_path / "ftml.yaml"))
@@ -1405,7 +1405,8 @@ def test_a_held_event_is_decided_on_its_sure_diagnosis_not_a_later_wavering_one(
     w.engine.close()
 
 
-def test_the_incident_hold_is_off_unless_asked_for():
-    assert WatchConfig().group_wait == 0
+def test_the_incident_hold_is_on_by_default_and_can_be_turned_off():
+    assert WatchConfig().group_wait is None  # auto: diagnose.group_gap + 1
+    assert WatchConfig.from_section({"group_wait": 0}).group_wait == 0
     assert WatchConfig.from_section({"group_wait": "auto"}).group_wait is None
     assert WatchConfig.from_section({"group_wait": 4}).group_wait == 4

@@ -108,15 +108,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="benign disturbances after the faults, comma-separated, or 'none' "
                         f"(default {','.join(BENIGN)}): an alert at most, never an action")
     p.add_argument("--cascade", action="store_true",
-                   help="add the cascade (a fault in a callee that a caller waits on) and the "
-                        "incident hold it needs (watch.group_wait: auto)")
+                   help="add the cascade (a fault in a callee that a caller waits on)")
     p.add_argument("--cascade-only", action="store_true",
                    help="only the cascade: no other fault, no benign disturbance")
     p.add_argument("--cascade-kind", default="latency",
                    help="the fault injected in the callee (default latency)")
     p.add_argument("--group-wait", default=None,
-                   help="watch.group_wait, the incident hold: steps or 'auto' (default: auto "
-                        "with the cascade, 0 without)")
+                   help="watch.group_wait, the incident hold: steps or 'auto' (default: the "
+                        "watcher's, auto)")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")

@@ -119,16 +119,10 @@ class Settings:
     # window's median moves only half a window (5 steps) after its rows do, so a caller's
     # event may start a few steps after its callee's (3 seen in the first cascade run).
     group_gap: int = 5
-    # watch.group_wait, the incident hold: None is "auto" with the cascade (it needs the hold
-    # to know its root before acting) and 0 without; else the value itself (steps or "auto").
+    # watch.group_wait, the incident hold: None leaves it to the watcher's default (auto: the
+    # cascade needs it to know its root before acting); else the value (steps or "auto").
     group_wait: int | str | None = None
 
-    @property
-    def hold(self) -> int | str:
-        """watch.group_wait as the watcher is given it (see ``group_wait``)."""
-        if self.group_wait is None:
-            return "auto" if self.cascade else 0
-        return self.group_wait
 
     @property
     def fade(self) -> float:
@@ -744,7 +738,7 @@ class Lab:
         # Four labelled faults of a kind lie close together (a lab repeats itself), so the
         # open-set cut learnt from them (1.25 x their largest nearest-sibling distance) is
         # tighter than where the next live one falls: batch replays of four lab runs put
-        # live faults 1.1-2.6x beyond their cause's cut and answered them unknown, though
+        # live faults 1.1-2.8x beyond their cause's cut and answered them unknown, though
         # they lay 0.37-0.59 of the way to anything else the model knew (another cause's
         # faults, flagged-but-healthy runs), and a traffic burst 0.95. The distance ratio
         # (bench/PROTOCOL_diagnosis.md, amendment 4: 2/3, one of its two a-priori values;
@@ -843,7 +837,7 @@ class Lab:
             "local": {"host": HOST, "processes": [i.name for i in self.instances]},
             "backoff_max": f"{max(2.0, 2 * self.s.step):g}s",
             "checkpoint_every": "60s",
-            "group_wait": self.s.hold,
+            **({} if self.s.group_wait is None else {"group_wait": self.s.group_wait}),
         }}))
         # What the services wrote while the model trained is not the watcher's business (and
         # the training burst of CPU would show in its first windows): new files from here.
