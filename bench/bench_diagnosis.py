@@ -4,7 +4,7 @@ windows; the share of false alarms named a cause; the share of unseen causes (ea
 training in turn) answered unknown; the calibration error; ``default`` (the product's own
 diagnose settings at the commit measured) and ``full`` (amendment 2's reference: no-fault
 margin 0, no feature left out of the open-set distance, the defaults until the logs ablation's
-amendment 3) beside the candidates of the protocol's amendments 2 and 4 (the ablation of each
+amendment 3) beside the candidates of the protocol's amendments 2, 4 and 5 (the ablation of each
 mechanism is recorded at amendment 1's commit). Sets, worst first by ``default``'s accuracy:
 simulator held-out seeds, the second family of simulated worlds (3 and 4), Nezha OB split by
 day (both directions), PetShop split by case; the sets amendment 2 chose on are marked
@@ -59,13 +59,18 @@ CANDIDATES2 = ("rate_cut", "used_space", "used_space+rate_cut")
 RATIOS = {"ratio_half": 0.5, "ratio_two_thirds": 2 / 3}
 CANDIDATES4 = tuple(RATIOS)
 SELECTION4_SEEDS = (50, 51, 52, 53, 54)
+#: Amendment 5: the product's settings with the diagnoser seeing each metric's change within
+#: the window (``diagnose.change_features``), and its fresh selection seeds.
+CHANGES = {"change_add": "add", "change_only": "only"}
+CANDIDATES5 = tuple(CHANGES)
+SELECTION5_SEEDS = (60, 61, 62, 63, 64)
 #: What the report runs since amendment 2 (the ablation rows of amendment 1 stay recorded
 #: in docs/benchmarks.md at its commit).
 #: The product's own diagnose settings, untouched (whatever ftml.config.DiagnoseConfig says at
 #: the commit measured): the "full" row fixes the amendments' reference values (margin 0, no
 #: features ignored), which stopped being the defaults with the logs ablation's amendment 3.
 DEFAULT = "default"
-REPORT_VARIANTS = (DEFAULT, "full", *CANDIDATES2, *CANDIDATES4)
+REPORT_VARIANTS = (DEFAULT, "full", *CANDIDATES2, *CANDIDATES4, *CANDIDATES5)
 QUICK_VARIANTS = (DEFAULT, "full", "none")
 
 
@@ -116,6 +121,8 @@ def fit_variant(tr: Training, config, name: str, drop: str | None = None):
     no_fault = True
     if name in RATIOS:
         cfg.diagnose.open_set_ratio = RATIOS[name]
+    elif name in CHANGES:
+        cfg.diagnose.change_features = CHANGES[name]
     elif name != DEFAULT:
         no_fault, open_set, calibrate, rate, margin, space, *ignore = VARIANTS[name]
         cfg.diagnose.open_set, cfg.diagnose.calibrate = open_set, calibrate
@@ -472,6 +479,13 @@ def selection4() -> None:
     22->23 and PetShop low_traffic, and the rule's choice (printed; kept as
     ftml-diag-selection4.pkl in the temporary directory)."""
     selection2(DEFAULT, CANDIDATES4, SELECTION4_SEEDS, "selection4", in_order=True)
+
+
+def selection5() -> None:
+    """Amendment 5: ``default`` and the two change-feature views on fresh seeds 60-64, Nezha
+    OB 22->23 and PetShop low_traffic, and the rule's choice (printed; kept as
+    ftml-diag-selection5.pkl in the temporary directory)."""
+    selection2(DEFAULT, CANDIDATES5, SELECTION5_SEEDS, "selection5")
 
 
 def run(quick: bool = False) -> list[dict]:

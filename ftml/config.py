@@ -155,6 +155,12 @@ class DiagnoseConfig:
     # of incidents per cause the cut alone is too tight (bench/PROTOCOL_diagnosis.md,
     # amendment 4).
     open_set_ratio: float = 0.0
+    # What the diagnoser sees of a window: "none", the features as they are; "add", those plus
+    # each metric's change within the window (its last z less its median z); "only", each
+    # metric's change and slope alone. A change within a window is blind to a level that is
+    # not the fault's (a fault just before on the same entity, a day whose level the baseline
+    # does not fit): bench/PROTOCOL_diagnosis.md, amendment 5. Off by default.
+    change_features: str = "none"
 
 
 @dataclass

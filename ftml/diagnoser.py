@@ -47,6 +47,10 @@ OPEN_SET_SPACES = ("all", "used")
 #: construction); ``still``, every feature whose spread over the training windows is at the
 #: scale floor (it did not move in training). Logs ablation, amendment 2.
 OPEN_SET_IGNORES = ("none", "novelty", "still")
+#: What the diagnoser sees of a window (``change_features``): the features as they are; those
+#: plus each metric's change within the window (last less median); or each metric's change and
+#: slope alone (amendment 5 of bench/PROTOCOL_diagnosis.md).
+CHANGE_FEATURES = ("none", "add", "only")
 
 
 def split_features(model) -> np.ndarray | None:
@@ -106,6 +110,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
                  open_set_ignore: str = _GC.open_set_ignore,
                  open_set_ratio: float = _GC.open_set_ratio,
                  novelty_features: tuple[int, ...] = (),
+                 change_features: str = _GC.change_features,
+                 change_columns: tuple[tuple[int, ...], ...] = (),
                  random_state: int | None = 0):
         self.classifier = classifier
         self.max_depth = max_depth
@@ -119,6 +125,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         self.open_set_ignore = open_set_ignore
         self.open_set_ratio = open_set_ratio
         self.novelty_features = novelty_features
+        self.change_features = change_features
+        self.change_columns = change_columns
         self.random_state = random_state
 
     def _make(self, y: np.ndarray):
@@ -160,6 +168,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
             raise ValueError("open_set_ratio must be >= 0 (0: off) and < 1 (nearer to the "
                              f"named cause than to anything else), got {self.open_set_ratio!r}")
         X, y = validate_data(self, X, y, dtype=np.float64)
+        self._check_change_columns()
+        X = self._view(X)
         self.classes_ = unique_labels(y)
         y = np.asarray(y)
         idx = self._subsample(y)
@@ -268,14 +278,76 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         how = getattr(self, "open_set_ignore", "none")
         if how == "novelty":
             cols = np.asarray(self.novelty_features, dtype=np.int64).reshape(-1)
-            if cols.size and (cols.min() < 0 or cols.max() >= n_features):
-                raise ValueError(f"novelty_features must be columns of X (0..{n_features - 1}),"
+            n_raw = self.n_features_in_
+            if cols.size and (cols.min() < 0 or cols.max() >= n_raw):
+                raise ValueError(f"novelty_features must be columns of X (0..{n_raw - 1}),"
                                  f" got {sorted(set(cols.tolist()))}")
-            return np.unique(cols)
+            return self._view_columns(np.unique(cols))
         if how == "still":
             # At the floor: the training windows' spread was below it (see _scale_of).
             return np.flatnonzero(self.scale_width_ <= MIN_SCALE).astype(np.int64)
         return np.empty(0, dtype=np.int64)
+
+    # -- what the diagnoser sees of a window ------------------------------------------
+
+    def _change_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per metric, the columns of its last value, its median and its slope."""
+        last, median, slope = (np.asarray(c, dtype=np.int64) for c in self.change_columns)
+        return last, median, slope
+
+    def _check_change_columns(self) -> None:
+        how = getattr(self, "change_features", "none")
+        if how not in CHANGE_FEATURES:
+            raise ValueError(f"change_features must be one of {', '.join(CHANGE_FEATURES)}, "
+                             f"got {how!r}")
+        if how == "none":
+            return
+        if len(self.change_columns) != 3 or len({len(c) for c in self.change_columns}) != 1 \
+                or not len(self.change_columns[0]):
+            raise ValueError("change_features needs change_columns: per metric the columns of "
+                             "its last value, its median and its slope (three equal lists)")
+        cols = np.concatenate(self._change_parts())
+        if cols.min() < 0 or cols.max() >= self.n_features_in_:
+            raise ValueError(f"change_columns must be columns of X (0..{self.n_features_in_ - 1})")
+
+    def _view(self, X: np.ndarray) -> np.ndarray:
+        """Windows (the featurizer's features) -> what the classifier and every distance see
+        (``change_features``): as they are, with each metric's change within the window
+        appended, or each metric's change and slope alone. A change (last less median, in
+        robust z) is blind to a level the window sits at as a whole."""
+        how = getattr(self, "change_features", "none")  # a diagnoser fitted before it existed
+        if how == "none":
+            return X
+        last, median, slope = self._change_parts()
+        change = X[:, last] - X[:, median]
+        if how == "add":
+            return np.hstack([X, change])
+        return np.hstack([change, X[:, slope]])
+
+    def _view_columns(self, cols: np.ndarray) -> np.ndarray:
+        """Columns of the features -> the columns of the view that come from them (sorted):
+        a metric's change comes from its last value and median, its slope from its slope."""
+        how = getattr(self, "change_features", "none")
+        if how == "none" or not cols.size:
+            return cols
+        last, median, slope = self._change_parts()
+        changed = np.flatnonzero(np.isin(last, cols) | np.isin(median, cols))
+        if how == "add":
+            return np.unique(np.r_[cols, self.n_features_in_ + changed]).astype(np.int64)
+        sloped = np.flatnonzero(np.isin(slope, cols))
+        return np.unique(np.r_[changed, len(last) + sloped]).astype(np.int64)
+
+    def view_names(self, feature_names: list[str]) -> list[str]:
+        """The names of the view's columns, from the features' names."""
+        how = getattr(self, "change_features", "none")
+        if how == "none":
+            return list(feature_names)
+        names = np.asarray(feature_names, dtype=object)
+        last, _, slope = self._change_parts()
+        change = [f"{str(n).rsplit(':', 1)[0]}:change" for n in names[last]]
+        if how == "add":
+            return [*map(str, names), *change]
+        return [*change, *map(str, names[slope])]
 
     def _space_of(self, model, n_features: int) -> np.ndarray:
         """The feature columns distances are taken over: every one, or with
@@ -390,6 +462,10 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._proba(self._view(X))
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities of windows already in the view (:meth:`_view`)."""
         # libsvm's Cython wants a writable buffer; a read-only (memory-mapped) input gets a copy.
         proba = self.model_.predict_proba(np.require(X, requirements="W"))
         # Align to classes_ (a class absent after subsampling gets probability 0).
@@ -409,8 +485,8 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
         named class and its ``distance_cut``, and ``why`` (``named``, ``no_fault``,
         ``low_confidence``, ``looks_healthy``: the no_fault margin, or
         ``far_from_training``)."""
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        proba = self.predict_proba(X).mean(axis=0)
+        X = self._view(validate_data(self, X, dtype=np.float64, reset=False))
+        proba = self._proba(X).mean(axis=0)
         order = np.argsort(-proba, kind="stable")[:3]
         top = [(str(self.classes_[i]), float(proba[i])) for i in order]
         best = int(order[0])
@@ -445,6 +521,7 @@ class Diagnoser(ClassifierMixin, BaseEstimator):
 
     def explain(self, feature_names: list[str]) -> str:
         check_is_fitted(self, "model_")
+        feature_names = self.view_names(feature_names)
         if self.classifier == "tree":
             return export_text(self.model_, feature_names=list(feature_names), decimals=2)
         final = self.model_[-1] if hasattr(self.model_, "steps") else self.model_

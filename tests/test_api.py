@@ -232,3 +232,21 @@ def test_no_fault_windows_are_flagged_calibration_windows_clear_of_incidents(tmp
     off = Config()
     off.diagnose.healthy_windows = 0
     assert NO_FAULT not in api.fit_model(data, inc, off)[0].diagnoser.classes_
+
+
+def test_change_features_train_and_score_alike_whole_and_chunked(tmp_path):
+    # diagnose.change_features is a transform inside the diagnoser of the features every driver
+    # hands it: the events of whole and chunked scoring are the same, and causes are named.
+    metrics, incidents = _fleet(tmp_path)
+    cfg = Config()
+    cfg.diagnose.change_features = "only"
+    api.train([metrics], tmp_path / "model", incidents=incidents, config=cfg)
+    model = load_model(tmp_path / "model")
+    assert model.diagnoser.change_features == "only"
+    assert model.diagnoser.model_.n_features_in_ == 2 * len(model.metrics)
+    whole = api.score(tmp_path / "model", [metrics], out=tmp_path / "a.jsonl")
+    api.score(tmp_path / "model", [metrics], out=tmp_path / "b.jsonl", chunk_rows=1000)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    inc = pd.read_csv(incidents, parse_dates=["start", "end"])
+    named = [e.cause for e in whole.events if e.cause not in ("unknown", NO_FAULT)]
+    assert named and set(named) <= set(inc["cause"])

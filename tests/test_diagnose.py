@@ -566,3 +566,96 @@ def test_fit_diagnoser_gives_the_log_unseen_columns_as_novelty():
     cfg.diagnose.open_set_ignore = "none"
     d, info = fit_diagnoser(Xn, label, inc, cfg, None, names)
     assert d.ignored_.size == 0 and info["open_set_ignored"] == 0
+
+
+# --------------------------------------------------------------------------- change features
+
+# Two metrics, stats last, median, slope (stat-major, as the featurizer names them).
+CHANGE_COLUMNS = ((0, 1), (2, 3), (4, 5))
+
+
+def _level_shifted(seed, per_cause=8, per_group=6, offsets=(0.0, 30.0)):
+    """Incidents whose cause is which metric jumps within the window (last - median = 4), each
+    incident at a level of its own (added to last and median of both metrics alike): the level
+    says nothing of the cause."""
+    rng = np.random.default_rng(seed)
+    X, y, g = [], [], []
+    for c, name in enumerate(("cpu", "mem")):
+        for k in range(per_cause):
+            level = rng.uniform(*offsets)
+            w = np.zeros((per_group, 6))
+            w[:, 2:4] = level + rng.normal(0, 0.3, size=(per_group, 2))  # medians
+            w[:, 0:2] = w[:, 2:4] + rng.normal(0, 0.3, size=(per_group, 2))  # lasts
+            w[:, c] += 4.0  # the jump of the metric the fault is in
+            w[:, 4:6] = rng.normal(0, 0.1, size=(per_group, 2))
+            X.append(w)
+            y += [name] * per_group
+            g += [c * 1000 + k] * per_group
+    return np.vstack(X), np.array(y), np.array(g)
+
+
+def test_change_views_are_the_features_with_each_metrics_change_or_its_change_and_slope():
+    X = np.arange(12.0).reshape(2, 6) ** 2
+    add = Diagnoser(change_features="add", change_columns=CHANGE_COLUMNS)
+    only = Diagnoser(change_features="only", change_columns=CHANGE_COLUMNS)
+    for d in (add, only):
+        d.n_features_in_ = 6
+    np.testing.assert_array_equal(add._view(X), np.hstack([X, X[:, :2] - X[:, 2:4]]))
+    np.testing.assert_array_equal(only._view(X), np.hstack([X[:, :2] - X[:, 2:4], X[:, 4:]]))
+    names = ["cpu:last", "mem:last", "cpu:median", "mem:median", "cpu:slope", "mem:slope"]
+    assert only.view_names(names) == ["cpu:change", "mem:change", "cpu:slope", "mem:slope"]
+    assert add.view_names(names)[6:] == ["cpu:change", "mem:change"]
+    # mem's columns (its last, median, slope) -> the view's columns that come from them.
+    np.testing.assert_array_equal(only._view_columns(np.array([1, 3, 5])), [1, 3])
+    np.testing.assert_array_equal(add._view_columns(np.array([1, 3, 5])), [1, 3, 5, 7])
+    none = Diagnoser()
+    np.testing.assert_array_equal(none._view(X), X)
+
+
+def test_change_only_names_a_fault_at_a_level_never_seen_where_the_features_as_they_are_cannot():
+    X, y, g = _level_shifted(0)
+    plain = Diagnoser(no_fault_margin=0.0).fit(X, y, groups=g)
+    only = Diagnoser(no_fault_margin=0.0, change_features="only",
+                     change_columns=CHANGE_COLUMNS).fit(X, y, groups=g)
+    assert only.n_features_in_ == 6 and only.model_.n_features_in_ == 4
+    # New incidents at the training levels: the change names every one; the levels do not.
+    E, ey, eg = _level_shifted(1, per_cause=10)
+    right = {name: sum(d.assess(E[eg == k])["cause"] == ey[eg == k][0] for k in np.unique(eg))
+             for name, d in (("plain", plain), ("only", only))}
+    assert right["only"] == 20 and right["plain"] < 18
+    # A cpu fault at a level far beyond training: still cpu in the change view.
+    event = _level_shifted(2, per_cause=1, offsets=(200.0, 200.0))[0][:6]
+    assert plain.assess(event)["cause"] != "cpu"
+    a = only.assess(event)
+    assert (a["cause"], a["why"]) == ("cpu", "named")
+    assert only.predict(event[:1])[0] == "cpu"
+
+
+def test_change_features_need_their_columns_and_a_known_name():
+    X, y, g = _level_shifted(0)
+    with pytest.raises(ValueError, match="change_columns"):
+        Diagnoser(change_features="only").fit(X, y, groups=g)
+    with pytest.raises(ValueError, match="change_columns must be columns"):
+        Diagnoser(change_features="add", change_columns=((0, 9), (2, 3), (4, 5))).fit(
+            X, y, groups=g)
+    with pytest.raises(ValueError, match="change_features must be one of"):
+        Diagnoser(change_features="diff", change_columns=CHANGE_COLUMNS).fit(X, y, groups=g)
+
+
+def test_novelty_columns_are_left_out_in_the_change_view_too():
+    X, y, g = _level_shifted(0)
+    d = Diagnoser(change_features="only", change_columns=CHANGE_COLUMNS,
+                  open_set_ignore="novelty", novelty_features=(1, 3, 5)).fit(X, y, groups=g)
+    np.testing.assert_array_equal(d.ignored_, [1, 3])
+    np.testing.assert_array_equal(d.space_, [0, 2])
+
+
+def test_change_columns_are_found_by_name_and_refused_without_the_stats():
+    from ftml.pipeline.training import change_columns
+
+    names = ["cpu:last", "log:unseen:last", "cpu:median", "log:unseen:median", "cpu:slope",
+             "log:unseen:slope", "cpu:max", "log:unseen:max"]
+    assert change_columns(names, "only") == ((0, 1), (2, 3), (4, 5))
+    assert change_columns(names, "none") == ()
+    with pytest.raises(ConfigError, match="change_features"):
+        change_columns(["cpu:last", "cpu:median"], "add")

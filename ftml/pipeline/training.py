@@ -439,6 +439,25 @@ def novelty_features(feature_names: list[str] | None) -> tuple[int, ...]:
     return tuple(i for i, n in enumerate(feature_names) if str(n).startswith(UNSEEN + ":"))
 
 
+def change_columns(feature_names: list[str] | None, how: str
+                   ) -> tuple[tuple[int, ...], ...]:
+    """For ``diagnose.change_features`` other than ``none``: per metric, the columns of its
+    ``last``, ``median`` and ``slope`` stats among the featurizer's ``feature_names``
+    (``metric:stat``), as three lists in the metrics' order; () when off. A featurizer
+    without those stats cannot give a window's change: refused."""
+    if how == "none":
+        return ()
+    names = [str(n).rsplit(":", 1) for n in feature_names or []]
+    at = {(m, st): i for i, (m, st) in enumerate(n for n in names if len(n) == 2)}
+    metrics = list(dict.fromkeys(m for m, st in at if st == "last"))
+    missing = [f"{m}:{st}" for m in metrics for st in ("median", "slope") if (m, st) not in at]
+    if not metrics or missing:
+        raise ConfigError("diagnose.change_features needs each metric's last, median and "
+                          "slope stats", source="config", where="diagnose.change_features",
+                          hint="retrain with every window stat, or set change_features none")
+    return tuple(tuple(at[(m, st)] for m in metrics) for st in ("last", "median", "slope"))
+
+
 def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | None,
                   config: Config, healthy: tuple[np.ndarray, np.ndarray] | None = None,
                   feature_names: list[str] | None = None
@@ -472,6 +491,8 @@ def fit_diagnoser(X: np.ndarray, label: np.ndarray, incidents: pd.DataFrame | No
                           open_set_ignore=gc.open_set_ignore,
                           open_set_ratio=gc.open_set_ratio,
                           novelty_features=novelty_features(feature_names),
+                          change_features=gc.change_features,
+                          change_columns=change_columns(feature_names, gc.change_features),
                           random_state=config.detect.random_state).fit(X, y, groups=groups)
     return diagnoser, {"windows": int(len(label)), "incidents": int(len(np.unique(label))),
                        "no_fault_windows": int(len(y) - len(label)),
