@@ -32,9 +32,10 @@ bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
-# A real service under load, 12 injected faults, ftml watch --mode auto: see docs/chaos.md.
+# A real service under load, 12 injected faults, a cascade (a callee's fault that its caller
+# feels), two benign disturbances, ftml watch --mode auto: see docs/chaos.md.
 chaos: install
-	$(BIN)/python -m examples.live.chaos
+	$(BIN)/python -m examples.live.chaos --cascade
 
 lint: install
 	$(BIN)/ruff check .

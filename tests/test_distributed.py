@@ -489,17 +489,23 @@ def test_a_killed_worker_has_its_tasks_rerun_and_the_result_is_complete(cluster,
 # --------------------------------------------------------------------------- without a cluster
 
 
-@pytest.mark.parametrize("groups, slices", [(1, 1), (2, 5), (6, 8)])
-def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
-    """Entity groups x time slices, run in-process: gaps and events at slice edges included."""
-    tmp, glob = fleet
+def _in_process_plan(tmp, shape):
+    """The fleet's model and a plan of ``shape`` (entity groups, time slices) over its files,
+    to run the tasks in-process."""
     model = load_model(tmp / "model")
     read = model.config.read
     files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
     table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
                            int(model.step.value))
     before, after = fd.margins(model.featurizer, read)
-    the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(groups, slices))
+    return model, fd.plan(table, files, 10**9, 2, before, after, shape=shape)
+
+
+@pytest.mark.parametrize("groups, slices", [(1, 1), (2, 5), (6, 8)])
+def test_any_partition_gives_the_local_events(fleet, tmp_path, groups, slices):
+    """Entity groups x time slices, run in-process: gaps and events at slice edges included."""
+    tmp, _ = fleet
+    model, the_plan = _in_process_plan(tmp, (groups, slices))
     collector = fd.EventCollector(model)
     for task in the_plan.tasks:
         collector.add(fd.score_task(model, 5000, False, task))
@@ -517,13 +523,7 @@ def test_tasks_return_every_windows_score_for_a_ranking_that_reads_them(fleet):
     import dataclasses
 
     tmp, _ = fleet
-    model = load_model(tmp / "model")
-    read = model.config.read
-    files = [str(p) for p in sorted((tmp / "data").glob("*.parquet"))]
-    table = fd.index_table([fd.index_file(f, read, model.metrics, 5000) for f in files],
-                           int(model.step.value))
-    before, after = fd.margins(model.featurizer, read)
-    the_plan = fd.plan(table, files, 10**9, 2, before, after, shape=(2, 5))
+    model, the_plan = _in_process_plan(tmp, (2, 5))
     collector = fd.EventCollector(model, ScoreTrail())
     for task in the_plan.tasks:
         collector.add(fd.score_task(model, 5000, False, task, with_scores=True))
