@@ -94,6 +94,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(_SCHEMA)
     add_column(conn, "audit", "group_id", "TEXT")
+    # The engine reads a group's decisions before each one it takes (its root, RecoveryEngine
+    # ._root): indexed, so that does not scan an audit log that only grows.
+    conn.execute("CREATE INDEX IF NOT EXISTS audit_group ON audit (group_id)")
     return conn
 
 

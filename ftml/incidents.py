@@ -908,9 +908,9 @@ class LiveGrouper:
     def add_scores(self, names, codes: np.ndarray, end_ns: np.ndarray,
                    scores: np.ndarray) -> None:
         """Scored windows (see :meth:`ScoreTrail.add`), when the ranking reads them. The
-        horizon then runs back from the newest window too: events that began before it are
-        forgotten, and scores before it and the onset lookback, so that a kept event is never
-        ranked without the scores of its onset."""
+        horizon then runs back from the newest window too (:meth:`assign` forgets the events
+        that began before it); scores before it and the onset lookback are forgotten here, so
+        that a kept event is never ranked without the scores of its onset."""
         if self.scores_ is None or not len(codes):
             return
         self.scores_.add(names, codes, end_ns, scores)
@@ -918,8 +918,6 @@ class LiveGrouper:
         self._scored_until = newest
         cut = newest - int(self.horizon.value)
         self.scores_.trim(cut - int((self.grouping.step * ONSET_LOOKBACK[0]).value))
-        self.events_ = {k: e for k, e in self.events_.items()
-                        if pd.Timestamp(e.start).value >= cut}
 
     def assign(self, event: Event) -> Event:
         """Set ``group``, ``suspects`` and ``evidence`` on ``event`` (in place; returned)."""

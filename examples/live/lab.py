@@ -1135,13 +1135,11 @@ class Lab:
         deadline = r.injected_at + s.deadline_steps * s.step
         before = self._alert_state(r.entity)[0]  # alerts of the instance open already
         while time.time() < deadline:
-            if r.alert_id is None:
-                found = detection(self.read_alerts(), r.entity, before)
-                if found is not None:
-                    r.alert_id, r.first_cause, r.detected_at, note = found
-                    r.note = r.note or note
-            else:
-                self.read_alerts()
+            new = self.read_alerts()
+            found = detection(new, r.entity, before) if r.alert_id is None else None
+            if found is not None:
+                r.alert_id, r.first_cause, r.detected_at, note = found
+                r.note = r.note or note
             self._from_audit(r)
             if r.outcome == "recovered" and r.verified_at is not None:
                 return
