@@ -113,6 +113,10 @@ class DiagnoseConfig:
     # 2, not 5, by bench/PROTOCOL_rca.md round 2: a wider gap let a group opened minutes
     # before a fault take in the fault's own events.
     group_gap: int = 2
+    # "onset" (only the above), "overlap" or "overlap_callers": a later group whose event starts
+    # while a linked entity's event of an earlier group is open joins it, at most a window
+    # after the group's onset (ftml.incidents.JOINS; bench/PROTOCOL_rca.md, round 4).
+    group_join: str = "onset"
     topology: str | None = None  # call graph CSV (source,target[,weight]) for grouping
     # Weights of the root-cause ranking terms (ftml.incidents.rank_scores): onset order, size
     # of the change, detector score and, with a call graph, "its callers alert, its callees

@@ -111,6 +111,21 @@ class Grouping:
     ranking: str = "walk_context"
     # The model's step: the onset rankings' spans (:data:`ONSET_SPAN`) are counted in it.
     step: pd.Timedelta = pd.Timedelta(minutes=1)
+    # Whether a later group whose events overlap a linked earlier one joins it, one of
+    # :data:`JOINS` (``diagnose.group_join``), and the bound on that: a joined group starts at
+    # most ``window`` steps (the model's ``features.window``) after the merged group's onset.
+    join: str = "onset"
+    window: int = 15
+
+
+#: How groups form (bench/PROTOCOL_rca.md, round 4): ``onset``, events whose onsets are within
+#: the gap of a group's first; ``overlap``, then a later group joins an earlier one when one of
+#: its events starts while (or at most a gap after) an event of the earlier is open on a linked
+#: entity (the same, or at most :data:`MAX_HOPS` apart in the call graph; any without one), and
+#: its onset is at most a window after the merged group's; ``overlap_callers``, the same with
+#: "linked" directed: the later event's entity calls the earlier's (a root's symptoms show in
+#: its callers, later).
+JOINS = ("onset", "overlap", "overlap_callers")
 
 
 #: Root-cause rankings (bench/PROTOCOL_rca.md): ``members``, the alerting entities of the group
@@ -152,11 +167,16 @@ def grouping_for(model, topology: str | Path | None = None) -> Grouping:
     if ranking not in RANKINGS:
         raise InputError(f"unknown diagnose.ranking {ranking!r}", where="diagnose.ranking",
                          hint=f"one of {', '.join(RANKINGS)}")
+    join = str(getattr(gc, "group_join", Grouping.join))
+    if join not in JOINS:
+        raise InputError(f"unknown diagnose.group_join {join!r}", where="diagnose.group_join",
+                         hint=f"one of {', '.join(JOINS)}")
     return Grouping(gap=model.step * int(gc.group_gap), topology=load_topology(path),
                     model_version=model.version,
                     weights=(gc.rank_onset, gc.rank_size, gc.rank_score, gc.rank_graph),
                     entities=tuple(map(str, known)) if known is not None else None,
-                    ranking=ranking, step=pd.Timedelta(model.step))
+                    ranking=ranking, step=pd.Timedelta(model.step), join=join,
+                    window=int(model.config.features.window))
 
 
 def reads_scores(grouping: Grouping | None) -> bool:
@@ -294,6 +314,8 @@ def assign_groups(events: list[Event], grouping: Grouping | None,
         return []
     if grouping.ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {grouping.ranking!r}; one of {', '.join(RANKINGS)}")
+    if grouping.join not in JOINS:
+        raise ValueError(f"unknown join {grouping.join!r}; one of {', '.join(JOINS)}")
     if reads_scores(grouping) and scores is None:
         raise ValueError(f"ranking {grouping.ranking!r} reads window scores: pass scores=")
     start = np.array([pd.Timestamp(e.start).value for e in events], dtype=np.int64)
@@ -302,6 +324,8 @@ def assign_groups(events: list[Event], grouping: Grouping | None,
     score = np.array([float(e.score) for e in events])
     size = np.array([max(e.top_z, default=0.0) for e in events], dtype=float)
     label = _components(start, entity, grouping)
+    if grouping.join != "onset":
+        label = _join_overlapping(label, start, end, entity, grouping)
     n_groups = int(label.max()) + 1
     # Every entity that can be named: the alerting ones, the call graph's, the model's.
     topo = grouping.topology
@@ -788,13 +812,93 @@ def _components(start: np.ndarray, entity: np.ndarray,
     return label
 
 
+def _join_overlapping(label: np.ndarray, start: np.ndarray, end: np.ndarray,
+                      entity: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """Onset groups (``label``) joined as :data:`JOINS` says: a later group B joins an earlier
+    A when an event of B starts while an event of A on a linked entity is open (or at most a
+    gap after it ended) and B's onset is at most a window after the onset of the group A
+    belongs to by then. Candidate pairs of events come from one sorted search (an event and
+    those that started at most a window and a gap before it); only the joins, a few per group,
+    are walked one by one, in onset order. Returns labels 0..k-1 again."""
+    n = len(start)
+    gap, horizon = int(grouping.gap.value), int((grouping.step * grouping.window).value)
+    n_lab = int(label.max()) + 1
+    onset = np.full(n_lab, np.iinfo(np.int64).max)
+    np.minimum.at(onset, label, start)
+    order = np.argsort(start, kind="stable")
+    s = start[order]
+    # Every earlier group member ``m`` that can overlap ``e`` started in
+    # [onset(B) - window, e.start], and e.start <= onset(B) + gap: so in [e.start - window - gap,
+    # e.start].
+    lo = np.searchsorted(s, s - horizon - gap, side="left")
+    hi = np.searchsorted(s, s, side="right")
+    counts = hi - lo
+    e_pos = np.repeat(np.arange(n), counts)
+    m_pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + \
+        np.repeat(lo, counts)
+    e, m = order[e_pos], order[m_pos]
+    le, lm = label[e], label[m]
+    keep = ((le != lm) & (onset[lm] <= onset[le]) & (end[m] + gap >= start[e])
+            & (onset[le] - onset[lm] <= horizon))
+    e, m = e[keep], m[keep]
+    if not len(e):
+        return label
+    linked = _linked_pairs(entity[e], entity[m], grouping)
+    b, a = label[e[linked]], label[m[linked]]
+    if not len(b):
+        return label
+    # Joins walked in the later group's onset order, each into the earliest merged group the
+    # bound allows. A merged group's root is its earliest member, so its onset is the root's.
+    root = np.arange(n_lab)
+    pairs = np.unique(np.stack([b, a], axis=1), axis=0)
+    pairs = pairs[np.lexsort((onset[pairs[:, 1]], pairs[:, 0], onset[pairs[:, 0]]))]
+    bounds = np.r_[np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]), len(pairs)]
+    for i, j in zip(bounds[:-1], bounds[1:], strict=True):
+        later = int(pairs[i, 0])
+        best = -1
+        for earlier in pairs[i:j, 1]:
+            r = int(earlier)
+            while root[r] != r:
+                r = int(root[r])
+            # r == later: an earlier group of the same onset already joined this one.
+            if r != later and onset[later] - onset[r] <= horizon and (
+                    best < 0 or onset[r] < onset[best]):
+                best = r
+        if best >= 0:
+            root[later] = best
+    while True:  # pointer jumping: every group to its root
+        up = root[root]
+        if np.array_equal(up, root):
+            break
+        root = up
+    return np.unique(root[label], return_inverse=True)[1].astype(np.int64)
+
+
+def _linked_pairs(a: np.ndarray, b: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """For event pairs (entities ``a`` of the later, ``b`` of the earlier event): linked as
+    the grouping's join reads it (see :data:`JOINS`)."""
+    linked = np.ones(len(a), dtype=bool)
+    topo = grouping.topology
+    if topo is None:
+        return linked
+    uniq = np.unique(np.r_[a, b])
+    near = _near_entities(topo, uniq, directed=grouping.join == "overlap_callers")
+    ca = np.array([near.index.get(x, -1) for x in a], dtype=np.int64)
+    cb = np.array([near.index.get(x, -1) for x in b], dtype=np.int64)
+    both = (ca >= 0) & (cb >= 0)
+    linked[both] = near.hops[ca[both], cb[both]] <= MAX_HOPS
+    return linked | (a == b)
+
+
 @dataclass
 class _Near:
     index: dict[str, int]
     hops: np.ndarray  # undirected call-graph distance between entities (inf: not connected)
 
 
-def _near_entities(topo: Topology, entities: np.ndarray) -> _Near:
+def _near_entities(topo: Topology, entities: np.ndarray, directed: bool = False) -> _Near:
+    """Call-graph hops between ``entities`` (those in the graph); ``directed``: along call
+    edges only, row = caller side (hops[i, j]: i reaches j by calling)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import shortest_path
 
@@ -806,7 +910,7 @@ def _near_entities(topo: Topology, entities: np.ndarray) -> _Near:
     known = [str(e) for e in entities if str(e) in index]
     cols = np.array([index[e] for e in known], dtype=np.int64)
     # Distances from the alerting entities only (not all pairs of a large graph).
-    hops = (shortest_path(adj, directed=False, unweighted=True, indices=cols)[:, cols]
+    hops = (shortest_path(adj, directed=directed, unweighted=True, indices=cols)[:, cols]
             if len(cols) else np.zeros((0, 0)))
     return _Near({e: i for i, e in enumerate(known)}, hops)
 

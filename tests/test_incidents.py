@@ -13,6 +13,7 @@ from ftml import api
 from ftml.errors import InputError
 from ftml.events import Event
 from ftml.incidents import (
+    JOINS,
     RANKINGS,
     Grouping,
     ScoreTrail,
@@ -78,6 +79,91 @@ def test_grouping(name, events, topology, expected):
     assert groups_of(events) == sorted(expected, key=lambda s: sorted(s))
     assert len(records) == len(expected)
     assert sorted(i for r in records for i in r["events"]) == sorted(e.id for e in events)
+
+
+# api calls db (the cascade of examples/live: a root in the callee, a symptom in its caller).
+CASCADE = Topology.from_edges([("front", "api"), ("api", "db")])
+CHAIN = Topology.from_edges([("a", "b"), ("b", "c"), ("c", "d")])
+JOIN_CASES = [
+    # (name, events, topology, expected groups for each of onset, overlap, overlap_callers).
+    # GAP is 5 steps of 1 min and Grouping's window 15 steps: a join is at most 15 min after.
+    ("a caller's event opening 8 min into its callee's joins it",
+     [ev("api", 0, 30), ev("front", 8, 30)], CASCADE,
+     ([{"api-0"}, {"front-8"}], [{"api-0", "front-8"}], [{"api-0", "front-8"}])),
+    ("a callee's event opening in its caller's: linked, but not its callers",
+     [ev("front", 0, 30), ev("api", 8, 30)], CASCADE,
+     ([{"front-0"}, {"api-8"}], [{"api-8", "front-0"}], [{"front-0"}, {"api-8"}])),
+    ("two hops along the calls still join; the reverse does not for callers",
+     [ev("db", 0, 30), ev("front", 9, 30), ev("d", 0, 30), ev("a", 9, 30)],
+     Topology.from_edges([("front", "api"), ("api", "db"), ("a", "b"), ("b", "c"),
+                          ("c", "d")]),
+     ([{"d-0"}, {"db-0"}, {"a-9"}, {"front-9"}], [{"d-0"}, {"db-0", "front-9"}, {"a-9"}],
+      [{"d-0"}, {"db-0", "front-9"}, {"a-9"}])),
+    ("more than a window after the onset stays apart, though it overlaps",
+     [ev("api", 0, 60), ev("front", 16, 60)], CASCADE,
+     ([{"api-0"}, {"front-16"}],) * 3),
+    ("after the earlier event ended and its gap passed: apart",
+     [ev("api", 0, 2), ev("front", 8, 20)], CASCADE, ([{"api-0"}, {"front-8"}],) * 3),
+    ("within the gap after the earlier event ended: joined",
+     [ev("api", 0, 2), ev("front", 7, 20)], CASCADE,
+     ([{"api-0"}, {"front-7"}], [{"api-0", "front-7"}], [{"api-0", "front-7"}])),
+    ("joins do not chain past a window from the merged group's onset",
+     [ev("a", 0, 100), ev("b", 8, 100), ev("c", 16, 100)], None,
+     ([{"a-0"}, {"b-8"}, {"c-16"}], [{"a-0", "b-8"}, {"c-16"}], [{"a-0", "b-8"}, {"c-16"}])),
+    ("too many hops apart: overlapping events stay apart",
+     [ev("a", 0, 30), ev("d", 8, 30)], CHAIN, ([{"a-0"}, {"d-8"}],) * 3),
+    ("without a call graph any overlapping entity joins",
+     [ev("x", 0, 30), ev("y", 10, 30)], None,
+     ([{"x-0"}, {"y-10"}], [{"x-0", "y-10"}], [{"x-0", "y-10"}])),
+    ("an entity the call graph does not know joins on time alone",
+     [ev("api", 0, 30), ev("host-7", 10, 30)], CASCADE,
+     ([{"api-0"}, {"host-7-10"}], [{"api-0", "host-7-10"}], [{"api-0", "host-7-10"}])),
+    ("a later group joins the earliest group it overlaps",
+     [ev("p", 0, 30), ev("q", 6, 30), ev("r", 12, 30)], None,
+     ([{"p-0"}, {"q-6"}, {"r-12"}], [{"p-0", "q-6", "r-12"}], [{"p-0", "q-6", "r-12"}])),
+    ("the same entity flapping within the gap is one incident",
+     [ev("api", 0, 10), ev("api", 14, 30)], CASCADE,
+     ([{"api-0"}, {"api-14"}], [{"api-0", "api-14"}], [{"api-0", "api-14"}])),
+]
+
+
+@pytest.mark.parametrize("name,events,topology,expected", JOIN_CASES,
+                         ids=[c[0] for c in JOIN_CASES])
+@pytest.mark.parametrize("join", JOINS)
+def test_joining_overlapping_groups(join, name, events, topology, expected):
+    want = expected[JOINS.index(join)]
+    events = [dataclasses.replace(e) for e in events]
+    records = assign_groups(events, Grouping(GAP, topology, "v1", join=join))
+    assert groups_of(events) == sorted(want, key=lambda s: sorted(s))
+    assert len(records) == len(want)
+    for r in records:  # the id is the earliest member's; every member has the group's suspects
+        members = [e for e in events if e.group == r["group"]]
+        first = min(members, key=lambda e: (e.start, e.entity))
+        assert r["group"] == group_id(first.entity, first.start, "v1")
+        assert all(e.suspects == members[0].suspects for e in members)
+
+
+def test_an_unknown_join_is_refused():
+    with pytest.raises(ValueError, match="unknown join"):
+        assign_groups([ev("a", 0, 5)], Grouping(GAP, None, "v1", join="chain"))
+
+
+@pytest.mark.parametrize("join", JOINS)
+def test_live_grouper_joins_as_batch_does(join):
+    """watch regroups with the same function: a caller's event that opens while its callee's
+    runs gets the callee's group, as ``ftml score`` gives it."""
+    from ftml.incidents import LiveGrouper
+
+    events = [ev("api", 0, 30), ev("front", 8, 30), ev("db", 50, 60), ev("api", 58, 70)]
+    grouping = Grouping(GAP, CASCADE, "v1", join=join)
+    batch = [dataclasses.replace(e) for e in events]
+    assign_groups(batch, grouping)
+    live = LiveGrouper(grouping)
+    for e in events:  # first seen while open (ending at its onset), then with its final state
+        live.assign(dataclasses.replace(e, end=e.start))
+    got = [live.assign(dataclasses.replace(e)) for e in events]
+    assert [(g.group, g.suspects) for g in got] == [(b.group, b.suspects) for b in batch]
+    assert len({g.group for g in got}) == (4 if join == "onset" else 2)
 
 
 RANKING_CASES = [

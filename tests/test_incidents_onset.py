@@ -160,8 +160,8 @@ def test_a_ranking_that_reads_scores_needs_them(ranking):
         assign_groups([ev("a", 0, 5)], Grouping(GAP, None, "v1", ranking=ranking))
 
 
-def _model(ranking: str):
-    config = Config.from_dict({"diagnose": {"ranking": ranking}}, source="test")
+def _model(ranking: str, **diagnose):
+    config = Config.from_dict({"diagnose": {"ranking": ranking, **diagnose}}, source="test")
     return types.SimpleNamespace(config=config, step=MINUTE, version="v1", featurizer=None)
 
 
@@ -171,6 +171,14 @@ def test_grouping_reads_the_ranking_and_the_step_from_the_config():
     assert grouping_for(_model("walk_context")).ranking == Grouping.ranking
     with pytest.raises(InputError, match="diagnose.ranking"):
         grouping_for(_model("pagerank"))
+
+
+def test_grouping_reads_the_join_and_the_window_from_the_config():
+    grouping = grouping_for(_model("walk_context", group_join="overlap_callers"))
+    assert (grouping.join, grouping.window) == ("overlap_callers", 15)
+    assert grouping_for(_model("walk_context")).join == Grouping.join
+    with pytest.raises(InputError, match="diagnose.group_join"):
+        grouping_for(_model("walk_context", group_join="chain"))
 
 
 def test_live_grouper_reads_its_scores_and_regroups_when_they_move():
