@@ -29,7 +29,10 @@ ablations read it from the run's per-window table); none met the rule (each lowe
 PetShop), so walk_context stays the default. Every ranking is shown as an ablation over the
 same events and the default grouping (``ablation, ranking X``: Avg@5, with AC@1, AC@3 and the
 groups starting per fault beside), the chosen one without the call graph (``ablation, no
-topology``) and with round 1's 5-step gap (``ablation, group gap 5 steps``). With ftml's default settings the event spans on Nezha last
+topology``), with round 1's 5-step gap (``ablation, group gap 5 steps``) and, round 4,
+with each way of joining groups (``ablation, join X``: ``ftml.incidents.JOINS``; none met
+the rule, ``onset`` stays the default). ``incidents per alerted fault``: for each fault with an
+event starting in its span, the distinct groups holding those events (goal 1). With ftml's default settings the event spans on Nezha last
 hours (a fault every ~8.5 min, a 30-step cooldown, 15-step windows), so most faults would start
 no new incident; the callers-share term of the member score is off on Nezha (``rank_graph`` 0,
 it lowered AC@1 when the detection settings were chosen).
