@@ -252,7 +252,7 @@ def test_an_entity_whose_event_is_still_open_is_a_suspect_with_evidence():
 
 @pytest.mark.parametrize("ranking", [r for r in RANKINGS if "walk" in r or r == "blend"])
 def test_walk_is_the_same_however_many_groups_go_through_at_once(monkeypatch, ranking):
-    import ftml.incidents as inc
+    import ftml.incidents.trail as inc  # the walk and the onset scores read it there
 
     # Some events outlast the next group's onset, so walk_recent has open entities to weigh.
     events = [ev(e, 20 * i + j, 20 * i + j + (25 if j else 5), z=3.0 + i + j)

@@ -72,7 +72,7 @@ def test_onset_scores(name, scores, span, how, expected):
 
 
 def test_onset_scores_are_the_same_a_window_at_a_time(monkeypatch):
-    import ftml.incidents as inc
+    import ftml.incidents.trail as inc  # the walk and the onset scores read it there
 
     rng = np.random.default_rng(4)
     trail = trail_of({e: {m: float(rng.uniform()) for m in range(-40, 60)}

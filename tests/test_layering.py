@@ -96,6 +96,7 @@ PACKAGE_FLOWS: dict[str, list[str]] = {
     "distributed": ["cluster", "index", "slices", "logs", "scoring", "training"],
     "simulate": ["catalog", "worlds", "fleet", "logs", "files"],
     "pipeline": ["progress", "plan", "screen", "scoring", "training"],
+    "incidents": ["topology", "trail", "grouping", "rank", "groups", "live"],
     # The parts of the online loop never reach the loop (``loop``: Watcher) composed of them.
     "watch": ["waker", "config", "results", "health", "metrics", "buffers", "book", "alerts",
               "scoring", "polling", "workers", "checkpoint", "server", "lifecycle", "loop"],
