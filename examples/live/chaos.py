@@ -42,6 +42,7 @@ from examples.live.lab import (
     results_table,
     summarize,
 )
+from ftml.incidents import JOINS
 
 
 def run(settings: Settings, faults: int, root: str | Path, log=None,
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-wait", default=None,
                    help="watch.group_wait, the incident hold: steps or 'auto' (default: the "
                         "watcher's, auto)")
+    p.add_argument("--group-join", default=None, choices=JOINS,
+                   help="diagnose.group_join of the lab's model (default: the library's, onset)")
     p.add_argument("--dir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folder")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                        train_per_kind=args.train_per_kind, benign=benign,
                        cascade=args.cascade or args.cascade_only,
                        cascade_kind=args.cascade_kind,
-                       group_wait=_group_wait(p, args.group_wait))
+                       group_wait=_group_wait(p, args.group_wait), group_join=args.group_join)
 
     def terminate(signum, frame):  # run the lab's clean-up, as Ctrl-C does
         raise KeyboardInterrupt

@@ -122,6 +122,10 @@ class Settings:
     # watch.group_wait, the incident hold: None leaves it to the watcher's default (auto: the
     # cascade needs it to know its root before acting); else the value (steps or "auto").
     group_wait: int | str | None = None
+    # diagnose.group_join (ftml.incidents.JOINS): None leaves the library's default (onset;
+    # bench/PROTOCOL_rca.md round 4 kept it); "overlap_callers" lets the cascade's caller,
+    # whose event opens a few steps into its callee's, join the callee's incident.
+    group_join: str | None = None
 
 
     @property
@@ -746,6 +750,8 @@ class Lab:
         # and leaves what lies between causes unknown.
         cfg.diagnose.open_set_ratio = 2 / 3
         cfg.diagnose.group_gap = s.group_gap
+        if s.group_join is not None:
+            cfg.diagnose.group_join = s.group_join
         paths = [self.history_dir / "service.csv", self.history_dir / "local.csv"]
         started = time.perf_counter()
         result = api.train(paths, self.model_dir, incidents=self.history_dir / "incidents.csv",
