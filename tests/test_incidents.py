@@ -504,3 +504,35 @@ def test_live_grouper_forgets_events_beyond_its_horizon():
     assert set(live.events_) == {"b-200"}
     late = live.assign(ev("c", 1, 4))  # older than the horizon: its own group
     assert late.group == group_id("c", T0 + pd.Timedelta(minutes=1), "v1")
+
+
+def test_score_groups_with_the_models_join_in_every_driver_alike(tmp_path):
+    """diagnose.group_join is read from the model: a fault on web-1 that web-2 feels 8 min
+    later (beyond the onset gap, while web-1's event is open) is one incident, in local and
+    chunked scoring alike, where onsets alone make two."""
+    import copy
+
+    from ftml.bundle import load_model
+    from ftml.config import Config
+    from ftml.incidents import grouping_for
+    from tests.test_api import _fleet
+
+    metrics, incidents = _fleet(tmp_path, days=3, seed=3)
+    config = Config.from_dict({"diagnose": {"group_join": "overlap"}}, source="test")
+    api.train([metrics], tmp_path / "model", incidents=incidents, config=config)
+    frame = pd.read_csv(metrics, parse_dates=["timestamp"])
+    minute = (frame["timestamp"] - frame["timestamp"].min()) // pd.Timedelta(minutes=1)
+    for entity, first in (("web-1", 3300), ("web-2", 3308)):  # quiet hours of both
+        frame.loc[(frame["entity"] == entity) & minute.between(first, 3360), "cpu"] += 40
+    cascade = tmp_path / "cascade.csv"
+    frame[minute >= 2200].to_csv(cascade, index=False)
+    whole = api.score(tmp_path / "model", [cascade])
+    chunked = api.score(tmp_path / "model", [cascade], chunk_rows=1000)
+    grouping = grouping_for(load_model(tmp_path / "model"))
+    assert grouping.join == "overlap"
+    assert whole.groups == chunked.groups == assign_groups(copy.deepcopy(whole.events), grouping)
+    by_onset = assign_groups(copy.deepcopy(whole.events),
+                             dataclasses.replace(grouping, join="onset"))
+    assert len(whole.groups) == len(by_onset) - 1
+    hit = [g for g in whole.groups if set(g["entities"]) == {"web-1", "web-2"}]
+    assert len(hit) == 1 and hit[0]["suspects"][0][0] == "web-1"
