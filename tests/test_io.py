@@ -254,6 +254,34 @@ def test_trailing_commas_are_not_an_index(tmp_path):
     assert raw["timestamp"].tolist() == ["2026-01-05T00:00:00Z", "2026-01-05T00:01:00Z"]
 
 
+@pytest.mark.parametrize("name,text,sep", [
+    ("semicolons.csv", "datetime;cpu;mem\n2026-01-05 00:00:00;1.5;2\n2026-01-05 00:01:00;2;3\n",
+     ";"),
+    ("tabs.txt.csv", "timestamp\tcpu\tmem\n2026-01-05T00:00:00Z\t1.5\t2\n"
+     "2026-01-05T00:01:00Z\t2\t3\n", "\t"),
+    ("pipes.csv.gz", "timestamp|cpu|mem\n2026-01-05T00:00:00Z|1.5|2\n2026-01-05T00:01:00Z|2|3\n",
+     "|"),
+    # A comma in the header decides: a ';' inside a value is a value.
+    ("commas.csv", "timestamp,cpu,note\n2026-01-05T00:00:00Z,1.5,a;b\n"
+     "2026-01-05T00:01:00Z,2,c\n", ","),
+])
+def test_field_separator_comes_from_the_header_line(tmp_path, caplog, name, text, sep):
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        raw = read_table(path)
+    assert list(raw.columns)[1] == "cpu" and raw.shape == (2, 3)
+    assert raw.iloc[:, 1].tolist() == [1.5, 2.0]
+    notes = [r.getMessage() for r in caplog.records if "separated by" in r.getMessage()]
+    assert notes == ([] if sep == "," else [f"ftml: note: {path}: fields separated by {sep!r} "
+                                            "(no comma in its header line), read so"])
+    if sep != ",":  # the whole read, to metrics on their grid
+        assert read_metrics([path]).frame["cpu"].tolist() == [1.5, 2.0]
+
+
 @pytest.mark.parametrize("lines,problem,place", [
     (['{"timestamp": 1, "cpu": 1}', '{"timestamp": 2, "cpu":'], "not valid JSON", "line 2"),
     (['{"timestamp": 1, "cpu": 1}', "", "[1, 2]"], "JSON array", "line 3"),

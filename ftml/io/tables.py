@@ -7,6 +7,7 @@ import gzip
 import io as _io
 import itertools
 import json
+import logging
 import re
 import warnings
 import zlib
@@ -104,9 +105,37 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+#: Field separators a CSV may use besides the comma (SKAB's are ';'; exports from spreadsheets
+#: in many locales too): the header line decides.
+OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def field_separator(path: Path, gz: bool) -> str:
+    """The CSV's field separator: ``,`` unless its header line has none and holds one of
+    :data:`OTHER_SEPARATORS` (the most frequent); a ``.tsv`` file is tab-separated. Said on
+    stderr when not a comma, since the file reads as one column otherwise and the error would
+    blame a missing timestamp column."""
+    if ".tsv" in path.name.lower():
+        return "\t"
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline(65536)
+    except (OSError, EOFError, zlib.error):
+        return ","  # the reader itself reports a broken file
+    if "," in header:
+        return ","
+    count, sep = max((header.count(c), c) for c in OTHER_SEPARATORS)
+    if not count:
+        return ","
+    logging.getLogger("ftml.io").warning("ftml: note: %s: fields separated by %r (no comma in "
+                                         "its header line), read so", path, sep)
+    return sep
+
+
 def _iter_csv(path: Path, gz: bool, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     """CSV in chunks (or whole with ``chunk_rows=None``), a too-long first row an error."""
-    sep = "\t" if ".tsv" in path.name.lower() else ","
+    sep = field_separator(path, gz)
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)
         # index_col=False: trailing commas do not turn the first column into an index.
