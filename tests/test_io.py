@@ -112,11 +112,54 @@ def test_other_column_names_by_option(tmp_path):
         read_metrics([path])
 
 
-def test_known_entity_and_timestamp_names_are_found(tmp_path):
+@pytest.mark.parametrize("time_col,entity_col,note", [
+    ("Time", "host", None),
+    ("TimeStamp", "PodName", None),  # Nezha's exports
+    ("time", "pod_name", None),
+    ("Date Time", "Service Name", None),
+    ("ts", "kubernetes.pod.name", "entity column 'kubernetes.pod.name' (by its name"),
+    ("timestamp", "agent.hostname", "entity column 'agent.hostname' (by its name"),
+])
+def test_known_entity_and_timestamp_names_are_found(tmp_path, caplog, time_col, entity_col,
+                                                    note):
     path = tmp_path / "m.csv"
-    path.write_text("Time,host,cpu\n2026-01-05T00:00:00Z,a,1\n2026-01-05T00:01:00Z,b,2\n")
-    data = read_metrics([path], ReadConfig(step="60s"))
-    assert data.entities == ["a", "b"]
+    path.write_text(f"{time_col},{entity_col},cpu\n2026-01-05T00:00:00Z,a,1\n"
+                    "2026-01-05T00:01:00Z,b,2\n")
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        data = read_metrics([path], ReadConfig(step="60s"))
+    assert data.entities == ["a", "b"] and data.metrics == ["cpu"]
+    said = [r.getMessage() for r in caplog.records if "entity column" in r.getMessage()]
+    assert (said[0] if said else None) is None if note is None else note in said[0]
+
+
+def test_two_entity_like_columns_choose_none_and_say_so(tmp_path, caplog):
+    path = tmp_path / "two.csv"
+    path.write_text("timestamp,host.hostname,kubernetes.pod.name,cpu\n"
+                    "2026-01-05T00:00:00Z,h,a,1\n2026-01-05T00:01:00Z,h,a,2\n")
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        data = read_metrics([path], ReadConfig(step="60s"), drop_text=True)
+    assert data.entities == ["default"]
+    assert any("no entity column chosen among 'host.hostname', 'kubernetes.pod.name'"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_an_entity_read_years_from_the_others_is_named(tmp_path, caplog):
+    """One pod's epochs 2e8 s off (one of Nezha's exports): read, and said on stderr."""
+    lines = ["timestamp,entity,cpu"]
+    for entity, t0 in (("a", 1661140000), ("b", 1661140000), ("c", 1661140000 + 200_000_000)):
+        lines += [f"{t0 + 60 * k},{entity},{k % 3}" for k in range(5)]
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        data = read_metrics([path])
+    assert data.entities == ["a", "b", "c"]
+    said = [r.getMessage() for r in caplog.records if "far from the others" in r.getMessage()]
+    assert len(said) == 1 and "1 entity read far" in said[0] and " c (2028-12-" in said[0]
+    caplog.clear()
+    path.write_text("\n".join(lines[:11]) + "\n")  # a and b alone: nothing to say
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        read_metrics([path])
+    assert not [r for r in caplog.records if "far from the others" in r.getMessage()]
 
 
 def test_excluded_text_column_is_dropped(tmp_path):
@@ -317,6 +360,9 @@ def test_missing_file_and_unmatched_glob(tmp_path):
     ([1767607200000, 1767607260000], ["2026-01-05T10:00Z", "2026-01-05T10:01Z"]),
     ([1767607200.5, 1767607260.25], ["2026-01-05T10:00:00.5Z", "2026-01-05T10:01:00.25Z"]),
     (["1767607200", "1767607260000"], ["2026-01-05T10:00Z", "2026-01-05T10:01Z"]),
+    # Go's time.Time.String(): zone abbreviation and monotonic reading after the offset.
+    (["2026-01-05 10:00:00.25 +0000 UTC m=+0.113112869",
+      "2026-01-05 12:01:00 +0200 CEST m=+60.1"], ["2026-01-05T10:00:00.25Z", "2026-01-05T10:01Z"]),
     # Mixed precision and forms within one column.
     (["2026-01-05T10:00:00Z", "2026-01-05T10:00:00.123Z", "2026-01-05T10:00:00.123456789Z",
       "2026-01-05T12:00:01+02:00", "2026-01-05 10:00:02", "1767607203", "1767607204000"],
@@ -326,7 +372,8 @@ def test_missing_file_and_unmatched_glob(tmp_path):
     (pd.Series(pd.to_datetime(["2026-01-05T12:00:00+02:00"])), ["2026-01-05T10:00Z"]),
     (pd.Series(pd.to_datetime(["2026-01-05T10:00:00"])), ["2026-01-05T10:00Z"]),
 ], ids=["iso-z", "iso-offset", "iso-naive", "epoch-s", "epoch-ms", "epoch-s-fraction",
-        "epoch-text-mixed-units", "mixed-forms", "datetime-aware", "datetime-naive"])
+        "epoch-text-mixed-units", "go-time-string", "mixed-forms", "datetime-aware",
+        "datetime-naive"])
 def test_timestamp_forms_become_utc(values, expected):
     out = parse_timestamps(pd.Series(values), source="f", column="t")
     assert str(out.dtype) == "datetime64[ns, UTC]"

@@ -38,6 +38,8 @@ from ftml.io.rows import (
     LONG_COLUMNS,
     TEXT_SHARE,
     TIMESTAMP_NAMES,
+    column_key,
+    find_column,
     is_text_column,
     resolve_column,
     to_rows,
@@ -52,6 +54,6 @@ __all__ = [
     "atomic_path", "entity_pattern", "entity_stem", "expand_paths", "file_format", "fill_short_gaps",
     "incident_spans", "infer_step", "is_text_column", "iter_metric_rows", "label_times",
     "map_entities", "normalise", "parse_timestamps", "read_incidents", "read_metrics",
-    "read_table", "resolve_column", "rows_to_data", "step_from_config", "to_ns", "to_rows",
+    "column_key", "find_column", "read_table", "resolve_column", "rows_to_data", "step_from_config", "to_ns", "to_rows",
     "write_bytes", "write_records", "write_table", "write_text",
 ]

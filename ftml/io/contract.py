@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,3 +36,19 @@ class MetricData:
     def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         ts = self.frame["timestamp"]
         return ts.min(), ts.max()
+
+
+_log = logging.getLogger("ftml.io")
+_said: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """One stderr line (a warning of the ``ftml.io`` logger) for what a reader did about the
+    data, said once per process: a file read in chunks, or tailed by ``watch`` tick after tick,
+    does not repeat it."""
+    if message in _said:
+        return
+    if len(_said) > 10_000:  # a long-lived watch over ever-new files: bounded
+        _said.clear()
+    _said.add(message)
+    _log.warning("%s", message)

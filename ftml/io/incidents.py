@@ -11,7 +11,7 @@ import pandas as pd
 from ftml.config import ReadConfig
 from ftml.errors import InputError
 from ftml.io.entities import _entity_names, map_entities
-from ftml.io.rows import ENTITY_NAMES
+from ftml.io.rows import ENTITY_NAMES, find_column
 from ftml.io.tables import read_table
 from ftml.io.timestamps import parse_timestamps, to_ns
 
@@ -46,7 +46,7 @@ def read_incidents(path: str | Path, entities: list[str] | None = None,
                          where=f"row {pos + 1}, column '{cols['cause']}'",
                          hint="name the root cause of every incident")
     ent_col = (cfg.entity_col if cfg and cfg.entity_col in raw.columns else
-               next((cols[n] for n in ENTITY_NAMES if n in cols), None))
+               find_column(raw.columns, ENTITY_NAMES))
     if ent_col is not None:
         names = _entity_names(raw[ent_col], source, str(ent_col), 0)
         out.insert(0, "entity", map_entities(names, cfg.entity_map if cfg else None).to_numpy())

@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftml.config import ReadConfig, parse_duration
 from ftml.errors import ConfigError, InputError
-from ftml.io.contract import MetricData
+from ftml.io.contract import MetricData, note_once
 from ftml.io.entities import entity_pattern
 from ftml.io.files import _check_file, expand_paths
 from ftml.io.grid import infer_step, normalise
 from ftml.io.rows import to_rows
 from ftml.io.tables import _iter_raw, _read_errors, read_table
+from ftml.io.timestamps import to_ns
 
 
 def read_metrics(paths: Iterable[str | Path], cfg: ReadConfig | None = None,
@@ -64,7 +66,37 @@ def rows_to_data(rows: pd.DataFrame, cfg: ReadConfig, sources: list[str],
         if exc.source is not None:
             raise
         raise InputError(exc.problem, source=where, where=exc.where, hint=exc.hint) from None
+    far_apart_note(frame, where)
     return MetricData(frame, step, all_metrics, sources)
+
+
+#: An entity whose readings lie this far from the other entities' is named on stderr: one pod's
+#: epoch timestamps years off (as one export of Nezha's has) is read without an error, but its
+#: windows never meet the others' and a time split or calibration cut falls in the gap.
+FAR_APART = pd.Timedelta(days=365)
+
+
+def far_apart_note(frame: pd.DataFrame, where: str) -> None:
+    """Name, on stderr, the entities whose span lies :data:`FAR_APART` or more from the middle
+    entity's (the median first and last reading of all); nothing with fewer than 3 entities,
+    where no middle says which side is off."""
+    if len(frame) == 0:
+        return
+    span = frame.groupby("entity", observed=True)["timestamp"].agg(["min", "max"])
+    if len(span) < 3:
+        return
+    lo, hi = to_ns(span["min"]), to_ns(span["max"])
+    mid_lo, mid_hi = int(np.median(lo)), int(np.median(hi))
+    gap = np.maximum(np.maximum(lo - mid_hi, mid_lo - hi), 0)
+    far = np.flatnonzero(gap >= FAR_APART.value)
+    if not len(far):
+        return
+    day = lambda ns: pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d")  # noqa: E731
+    names = ", ".join(f"{span.index[i]!s} ({day(lo[i])}..{day(hi[i])})" for i in far[:3])
+    more = f" and {len(far) - 3} more" if len(far) > 3 else ""
+    note_once(f"ftml: warning: {where}: {len(far)} entit{'y' if len(far) == 1 else 'ies'} "
+              f"read far from the others' time ({day(mid_lo)}..{day(mid_hi)}): {names}{more}; "
+              "are their timestamps right? (--timestamp-col reads another column)")
 
 
 def _check_step_fits(rows: pd.DataFrame, step: pd.Timedelta, max_fill_steps: int,

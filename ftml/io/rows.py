@@ -3,6 +3,7 @@ metric, every cell validated."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -10,27 +11,59 @@ import pandas as pd
 
 from ftml.config import ReadConfig
 from ftml.errors import InputError
+from ftml.io.contract import note_once
 from ftml.io.entities import _entity_names, map_entities
 from ftml.io.timestamps import _show, parse_timestamps
 
+#: Column names found without an option, compared by :func:`column_key` (case, spaces, ``_``,
+#: ``-`` and ``.`` do not count: ``PodName``, ``pod_name`` and ``Pod Name`` are one), the
+#: earlier first.
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "date", "datetime")
-ENTITY_NAMES = ("entity", "host", "instance", "pod", "service")
+ENTITY_NAMES = ("entity", "host", "hostname", "instance", "pod", "podname", "service",
+                "servicename", "container", "containername", "node", "nodename")
+#: Failing those, a column whose key ends in one of these names the entity when it is the only
+#: one (``kubernetes.pod.name``, ``agent.hostname``: exporters' dotted field names).
+ENTITY_SUFFIXES = ("podname", "hostname", "servicename", "instancename", "containername",
+                   "nodename")
 DEFAULT_ENTITY = "default"
 LONG_COLUMNS = ("metric", "value")
 
 
+def column_key(name: object) -> str:
+    """A column name as it is compared with the known names: lower case, letters and digits."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def find_column(columns, candidates: tuple[str, ...]):
+    """The first of ``columns`` whose :func:`column_key` is a candidate's (in candidate order),
+    or None."""
+    keyed: dict[str, object] = {}
+    for c in columns:
+        keyed.setdefault(column_key(c), c)
+    return next((keyed[n] for n in candidates if n in keyed), None)
+
+
 def resolve_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...],
-                   what: str, source: str, option: str, required: bool) -> str | None:
+                   what: str, source: str, option: str, required: bool,
+                   suffixes: tuple[str, ...] = ()) -> str | None:
     if wanted:
         if wanted not in frame.columns:
             raise InputError(f"no column '{wanted}'", source=source,
                              hint=f"columns are {', '.join(map(str, frame.columns[:12]))}; "
                                   f"fix {option}")
         return wanted
-    lower = {str(c).lower(): c for c in frame.columns}
-    for name in candidates:
-        if name in lower:
-            return lower[name]
+    found = find_column(frame.columns, candidates)
+    if found is not None:
+        return found
+    ending = [c for c in frame.columns if column_key(c).endswith(suffixes)] if suffixes else []
+    if len(ending) == 1:
+        note_once(f"ftml: note: {source}: {what} column {str(ending[0])!r} (by its name; "
+                  f"{option} to choose another)")
+        return ending[0]
+    if len(ending) > 1:
+        note_once(f"ftml: note: {source}: no {what} column chosen among "
+                  f"{', '.join(repr(str(c)) for c in ending)}: every row is entity "
+                  f"{DEFAULT_ENTITY!r}; pass {option}")
     if required:
         raise InputError(f"no {what} column", source=source,
                          hint=f"name it '{candidates[0]}' or pass {option}")
@@ -53,7 +86,7 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
     ts_col = resolve_column(raw, cfg.timestamp_col, TIMESTAMP_NAMES, "timestamp", source,
                             "--timestamp-col", required=True)
     ent_col = resolve_column(raw, cfg.entity_col, ENTITY_NAMES, "entity", source,
-                             "--entity-col", required=False)
+                             "--entity-col", required=False, suffixes=ENTITY_SUFFIXES)
     columns = {str(c).lower(): c for c in raw.columns}
     has_metric, has_value = "metric" in columns, "value" in columns
     excluded = set(cfg.exclude)

@@ -7,7 +7,6 @@ import gzip
 import io as _io
 import itertools
 import json
-import logging
 import re
 import warnings
 import zlib
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ftml.errors import InputError
+from ftml.io.contract import note_once
 from ftml.io.files import _check_file
 
 
@@ -128,8 +128,8 @@ def field_separator(path: Path, gz: bool) -> str:
     count, sep = max((header.count(c), c) for c in OTHER_SEPARATORS)
     if not count:
         return ","
-    logging.getLogger("ftml.io").warning("ftml: note: %s: fields separated by %r (no comma in "
-                                         "its header line), read so", path, sep)
+    note_once(f"ftml: note: {path}: fields separated by {sep!r} (no comma in its header "
+              "line), read so")
     return sep
 
 

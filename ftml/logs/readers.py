@@ -33,7 +33,7 @@ import pyarrow.json as pajson
 
 from ftml.config import LogConfig
 from ftml.errors import InputError
-from ftml.io import ENTITY_NAMES, map_entities
+from ftml.io import ENTITY_NAMES, find_column, map_entities
 
 # Level codes of a parsed line.
 INFO, WARNING, ERROR = 0, 1, 2
@@ -680,7 +680,8 @@ def _parse_json(block: bytes, text: pa.Array, line_no: np.ndarray, fmt: str, sou
         ts_col = next((c for c in _JSON_TS if c in cols), None)
         lvl_col = next((c for c in _JSON_LEVEL if c in cols), None)
         msg_col = next((c for c in _JSON_MSG if c in cols), None)
-        ent_col = next((c for c in ENTITY_NAMES if c in cols), None)
+        found = find_column(table.column_names, ENTITY_NAMES)  # as metric files name it
+        ent_col = str(found).lower() if found is not None else None
         st_col = next((c for c in _JSON_STATUS if c in cols), None)
     if ts_col is None or ts_col not in cols:
         bad.add("no timestamp", lines_no)
