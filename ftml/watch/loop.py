@@ -123,6 +123,10 @@ class Watcher(PollingMixin, ScoringMixin, AlertsMixin, WorkersMixin, CheckpointM
         self._engine_q: queue.Queue = queue.Queue()
         self._engine_thread: threading.Thread | None = None
         self._engine_busy = threading.Event()
+        # Items enqueued and not yet handled, under this condition: wait_engine wakes when
+        # the engine thread finishes the last one, instead of polling the queue.
+        self._engine_idle = threading.Condition()
+        self._engine_pending = 0
         self._last_engine_poll = 0.0
         self._server: ThreadingHTTPServer | None = None
         if engine is not None and getattr(engine, "metrics", None) is None:

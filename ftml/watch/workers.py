@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 from typing import Any
 
 import pandas as pd
@@ -140,7 +139,10 @@ class WorkersMixin:
             self._engine_thread = threading.Thread(target=self._engine_loop,
                                                    name="ftml-recover", daemon=True)
             self._engine_thread.start()
-        self._engine_q.put(copy.deepcopy(item))
+        item = copy.deepcopy(item)
+        with self._engine_idle:
+            self._engine_pending += 1
+        self._engine_q.put(item)
 
     def _engine_loop(self) -> None:
         while True:
@@ -159,6 +161,9 @@ class WorkersMixin:
                 self.metrics.errors.labels("engine", "recover").inc()
             finally:
                 self._engine_busy.clear()
+                with self._engine_idle:
+                    self._engine_pending -= 1
+                    self._engine_idle.notify_all()
 
     def _handle(self, ev: Event) -> None:
         # A decision that acted (or would have) is never taken twice for one event, also
@@ -182,13 +187,11 @@ class WorkersMixin:
             self._submit("poll")
 
     def wait_engine(self, timeout: float = 10.0) -> bool:
-        """Block until queued recovery work is done (tests, and before exiting)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._engine_q.empty() and not self._engine_busy.is_set():
-                return True
-            time.sleep(0.01)
-        return False
+        """Block until queued recovery work is done (tests, and before exiting). Counted from
+        enqueue to the end of handling: an item the engine thread has taken off the queue but
+        not yet begun is still pending (the queue is empty then, and busy not yet set)."""
+        with self._engine_idle:
+            return self._engine_idle.wait_for(lambda: self._engine_pending == 0, timeout)
 
     def _start_delivery(self) -> None:
         if self._delivery is not None or not self.sinks:
