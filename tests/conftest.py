@@ -74,3 +74,30 @@ def write_metrics() -> Callable[..., Path]:
     """Writer of a wide frame to .csv[.gz], .jsonl[.gz] or .parquet, wide or long layout."""
     return _write_metrics
 
+
+
+# --------------------------------------------------------------------------- scheduling
+
+# The files that take longest (per-file sums of --junitxml times, 2 cores), slowest first.
+# With `-n 2 --dist loadfile` a file is one unit of work, and xdist by default hands out the
+# files with the most tests first: test_watch_prometheus.py (3 tests, 2 minutes of a real
+# Prometheus and Alertmanager in real time) came last, and the other worker sat idle for most
+# of it. Started first, the long files run side by side and the many short ones fill in
+# behind them. Files not named keep their order (by name); a stale list only costs balance.
+SLOWEST_FILES = ("test_watch_prometheus.py", "test_watch.py", "test_bundle.py",
+                 "test_level_carry.py", "test_distributed.py", "test_report.py",
+                 "test_record.py", "test_diagnose.py", "test_checks.py", "test_simulate.py",
+                 "test_detect_builder.py", "test_notebook.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's reordering by number of tests would undo the order below (it runs on the
+    # controller, which collects nothing of its own).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    # Stable: the tests of a file keep their order (test_distributed's kill test comes last).
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
