@@ -84,10 +84,10 @@ def write_metrics() -> Callable[..., Path]:
 # Prometheus and Alertmanager in real time) came last, and the other worker sat idle for most
 # of it. Started first, the long files run side by side and the many short ones fill in
 # behind them. Files not named keep their order (by name); a stale list only costs balance.
-SLOWEST_FILES = ("test_watch_prometheus.py", "test_watch.py", "test_bundle.py",
-                 "test_level_carry.py", "test_distributed.py", "test_report.py",
-                 "test_record.py", "test_diagnose.py", "test_checks.py", "test_simulate.py",
-                 "test_detect_builder.py", "test_notebook.py")
+SLOWEST_FILES = ("test_watch_prometheus.py", "test_watch.py", "test_level_carry.py",
+                 "test_distributed.py", "test_bundle.py", "test_diagnose.py", "test_checks.py",
+                 "test_record.py", "test_simulate.py", "test_detect_builder.py",
+                 "test_notebook.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
