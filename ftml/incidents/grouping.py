@@ -165,15 +165,11 @@ def _components(start: np.ndarray, entity: np.ndarray,
             next_label += 1
             continue
         ent = entity[idx]
-        codes = np.array([near.index.get(x, -1) for x in ent])
-        known = codes >= 0
-        linked = np.ones((len(idx), len(idx)), dtype=bool)
-        both = known[:, None] & known[None, :]
-        if both.any():
-            kc = np.where(known, codes, 0)
-            linked[both] = near.hops[kc[:, None], kc[None, :]][both] <= MAX_HOPS
-        linked |= ent[:, None] == ent[None, :]
-        k, comp = connected_components(coo_matrix(linked).tocsr(), directed=False)
+        ii, jj = np.triu_indices(len(idx), 1)
+        keep = _linked(ent[ii], ent[jj], near)
+        graph = coo_matrix((np.ones(int(keep.sum())), (ii[keep], jj[keep])),
+                           shape=(len(idx), len(idx)))
+        k, comp = connected_components(graph.tocsr(), directed=False)
         label[idx] = comp + next_label
         next_label += k
     return label
@@ -244,14 +240,20 @@ def _join_overlapping(label: np.ndarray, start: np.ndarray, end: np.ndarray,
 def _linked_pairs(a: np.ndarray, b: np.ndarray, grouping: Grouping) -> np.ndarray:
     """For event pairs (entities ``a`` of the later, ``b`` of the earlier event): linked as
     the grouping's join reads it (see :data:`JOINS`)."""
+    if grouping.topology is None:
+        return np.ones(len(a), dtype=bool)
+    near = _near_entities(grouping.topology, np.unique(np.r_[a, b]),
+                          directed=grouping.join == "overlap_callers")
+    return _linked(a, b, near)
+
+
+def _linked(a: np.ndarray, b: np.ndarray, near) -> np.ndarray:
+    """Per pair of entities: linked in the call graph, the one rule of grouping's topology
+    split and its join. The same entity, and an entity the graph does not know (it joins on
+    time alone), are linked; else at most :data:`MAX_HOPS` hops (``near.hops[a, b]``)."""
+    known = pd.Index(list(near.index))  # near.index: name -> its row of near.hops, in order
+    ca, cb = known.get_indexer(a), known.get_indexer(b)
     linked = np.ones(len(a), dtype=bool)
-    topo = grouping.topology
-    if topo is None:
-        return linked
-    uniq = np.unique(np.r_[a, b])
-    near = _near_entities(topo, uniq, directed=grouping.join == "overlap_callers")
-    ca = np.array([near.index.get(x, -1) for x in a], dtype=np.int64)
-    cb = np.array([near.index.get(x, -1) for x in b], dtype=np.int64)
     both = (ca >= 0) & (cb >= 0)
     linked[both] = near.hops[ca[both], cb[both]] <= MAX_HOPS
     return linked | (a == b)
