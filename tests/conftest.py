@@ -14,6 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _no_note_said_yet():
+    """The readers' notes are said once per process (ftml.io.contract.note_once): each test
+    starts with none said, so that what it reads is said to it whatever ran before."""
+    from ftml.io import contract
+
+    contract._said.clear()
+    yield
+
 START = "2026-01-05T00:00:00Z"
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -132,6 +132,23 @@ def test_known_entity_and_timestamp_names_are_found(tmp_path, caplog, time_col, 
     assert (said[0] if said else None) is None if note is None else note in said[0]
 
 
+@pytest.mark.parametrize("option,read,left_out", [
+    (None, "TimeStamp", "Time"),  # the candidates' order: timestamp before time
+    ("Time", "Time", "TimeStamp"),
+])
+def test_a_second_timestamp_column_is_not_a_metric(tmp_path, caplog, option, read, left_out):
+    path = tmp_path / "nezha.csv"  # as Nezha's exports: epoch TimeStamp and Go's Time
+    path.write_text("Time,TimeStamp,PodName,cpu\n"
+                    "2026-01-05 00:00:00.5 +0000 UTC m=+0.11,1767571200,a,1\n"
+                    "2026-01-05 00:01:00.5 +0000 UTC m=+60.1,1767571260,a,2\n")
+    with caplog.at_level("WARNING", logger="ftml.io"):
+        data = read_metrics([path], ReadConfig(timestamp_col=option), drop_text=True)
+    assert data.metrics == ["cpu"] and data.entities == ["a"]
+    assert str(data.frame["timestamp"].iloc[0]).startswith("2026-01-05 00:00:")
+    assert any(f"left out '{left_out}', a second timestamp column: the time read is '{read}'"
+               in r.getMessage() for r in caplog.records)
+
+
 def test_two_entity_like_columns_choose_none_and_say_so(tmp_path, caplog):
     path = tmp_path / "two.csv"
     path.write_text("timestamp,host.hostname,kubernetes.pod.name,cpu\n"

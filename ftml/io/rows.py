@@ -107,6 +107,15 @@ def to_rows(raw: pd.DataFrame, source: str, cfg: ReadConfig, row_offset: int = 0
     else:
         metric_cols = [c for c in raw.columns
                        if c not in (ts_col, ent_col) and str(c) not in excluded]
+        # A second column named as a timestamp is one (Nezha's Time beside TimeStamp), not a
+        # metric: as a counter it would only say that the clock runs.
+        clocks = [c for c in metric_cols if column_key(c) in TIMESTAMP_NAMES]
+        if clocks:
+            # Said once for all files (not per file): the same columns in each.
+            note_once(f"ftml: note: left out {', '.join(repr(str(c)) for c in clocks)}, a second "
+                      f"timestamp column: the time read is {str(ts_col)!r} (--timestamp-col "
+                      "chooses; rename a metric so named)")
+            metric_cols = [c for c in metric_cols if c not in clocks]
         if text_columns is not None:
             text = [c for c in metric_cols if is_text_column(raw[c])]
             text_columns.update(str(c) for c in text)
