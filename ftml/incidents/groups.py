@@ -59,8 +59,13 @@ def assign_groups(events: list[Event], grouping: Grouping | None,
         pool.update(grouping.entities)
     names = np.array(sorted(pool), dtype=object)
     ent_code = np.searchsorted(names, entity)
-    allowed = (np.isin(names, np.array(grouping.entities, dtype=object))
-               if grouping.entities is not None else np.ones(len(names), dtype=bool))
+    # The known entities are all in ``names`` (sorted): found by bisection. np.isin on object
+    # arrays compares every pair (1000 known entities: 5 ms a call, which made the live
+    # grouper the p99 of `bench watch`).
+    allowed = np.ones(len(names), dtype=bool)
+    if grouping.entities is not None:
+        allowed[:] = False
+        allowed[np.searchsorted(names, np.array(grouping.entities, dtype=object))] = True
     # Events in group order, each group's in time order (ties: by entity).
     order = np.lexsort((ent_code, start, label))
     lab_o = label[order]
