@@ -240,7 +240,7 @@ def _judge(train: tuple, test: tuple, topology: Path, work: Path, label: str,
                            vs="BARO-style", random=rand[key], highest_score=tm[key]))
     for variant, ranks in variant_all.items():
         nm = _ranks_to_metrics(ranks)
-        what = (variant if variant in ("no topology",) or variant.startswith("join ") else
+        what = (variant if variant == "no topology" or variant.startswith("join ") else
                 f"group gap {GAP_ROUND1} steps (round 1)" if variant == "gap5" else
                 f"ranking {variant}")
         out.append(row(f"{label}, all faults, ablation, {what}: Avg@5", nm["avg5"],

@@ -85,7 +85,6 @@ def write_metrics() -> Callable[..., Path]:
     return _write_metrics
 
 
-
 # --------------------------------------------------------------------------- scheduling
 
 # The files that take longest (per-file sums of --junitxml times, 2 cores), slowest first.

@@ -49,11 +49,11 @@ from ftml.io.timestamps import TIMESTAMP_HINT, parse_timestamps, to_ns
 from ftml.io.writers import atomic_path, write_bytes, write_records, write_table, write_text
 
 __all__ = [
-    "DEFAULT_ENTITY", "ENTITY_NAMES", "FORMATS", "FORMAT_HINT", "INCIDENT_COLUMNS",
-    "LONG_COLUMNS", "TEXT_SHARE", "TIMESTAMP_HINT", "TIMESTAMP_NAMES", "MetricData",
-    "atomic_path", "entity_pattern", "entity_stem", "expand_paths", "file_format", "fill_short_gaps",
-    "incident_spans", "infer_step", "is_text_column", "iter_metric_rows", "label_times",
-    "map_entities", "normalise", "parse_timestamps", "read_incidents", "read_metrics",
-    "column_key", "find_column", "read_table", "resolve_column", "rows_to_data", "step_from_config", "to_ns", "to_rows",
-    "write_bytes", "write_records", "write_table", "write_text",
+    "DEFAULT_ENTITY", "ENTITY_NAMES", "FORMATS", "FORMAT_HINT", "INCIDENT_COLUMNS", "LONG_COLUMNS",
+    "MetricData", "TEXT_SHARE", "TIMESTAMP_HINT", "TIMESTAMP_NAMES", "atomic_path", "column_key",
+    "entity_pattern", "entity_stem", "expand_paths", "file_format", "fill_short_gaps",
+    "find_column", "incident_spans", "infer_step", "is_text_column", "iter_metric_rows",
+    "label_times", "map_entities", "normalise", "parse_timestamps", "read_incidents",
+    "read_metrics", "read_table", "resolve_column", "rows_to_data", "step_from_config", "to_ns",
+    "to_rows", "write_bytes", "write_records", "write_table", "write_text",
 ]

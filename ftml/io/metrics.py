@@ -91,12 +91,15 @@ def far_apart_note(frame: pd.DataFrame, where: str) -> None:
     far = np.flatnonzero(gap >= FAR_APART.value)
     if not len(far):
         return
-    day = lambda ns: pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d")  # noqa: E731
-    names = ", ".join(f"{span.index[i]!s} ({day(lo[i])}..{day(hi[i])})" for i in far[:3])
+    names = ", ".join(f"{span.index[i]!s} ({_day(lo[i])}..{_day(hi[i])})" for i in far[:3])
     more = f" and {len(far) - 3} more" if len(far) > 3 else ""
     note_once(f"ftml: warning: {where}: {len(far)} entit{'y' if len(far) == 1 else 'ies'} "
-              f"read far from the others' time ({day(mid_lo)}..{day(mid_hi)}): {names}{more}; "
+              f"read far from the others' time ({_day(mid_lo)}..{_day(mid_hi)}): {names}{more}; "
               "are their timestamps right? (--timestamp-col reads another column)")
+
+
+def _day(ns: int) -> str:
+    return pd.Timestamp(int(ns), tz="UTC").strftime("%Y-%m-%d")
 
 
 def _check_step_fits(rows: pd.DataFrame, step: pd.Timedelta, max_fill_steps: int,
